@@ -68,7 +68,8 @@ def _no_groups(config) -> None:
     return None
 
 
-_DEEPSEEK_ATTN = dict(kv_lora_rank=16, q_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8)
+_DEEPSEEK_ATTN = dict(kv_lora_rank=16, q_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8,
+                      num_key_value_heads=4)  # MLA: one KV head per query head, or the forward fails
 
 ARCHS: dict[str, ArchSpec] = {
     # DeepSeek-V2(-Lite): softmax, greedy top-k (group_limited_greedy for the full V2), 2 shared experts, dense layer 0.
