@@ -1,0 +1,54 @@
+"""Key hashing shared by every set-based engine: one xxh3-128 per key gives the set offset and the Bloom positions.
+
+The low 64 bits choose the set offset j (the same j in every SetGroup), the high 64 bits seed the Bloom probes
+(double hashing h1 + i*h2). Using disjoint halves keeps the filter positions independent of the offset, which
+matters because every key in one set-level filter shares the same j.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import xxhash
+from numba import njit
+
+DEFAULT_SEED = 0x6E656D6F  # "nemo"; stored in the SG header so a reopened cache hashes the same way
+
+_MASK64 = (1 << 64) - 1
+
+
+class KeyHash(NamedTuple):
+    """What a lookup needs from one key, computed once: set offset and the two Bloom seeds."""
+
+    offset: int  # set offset j in [0, num_sets)
+    h1: int  # Bloom base (low 32 bits of the high half)
+    h2: int  # Bloom step (high 32 bits of the high half, forced odd)
+
+
+def hash128(key: bytes, seed: int = DEFAULT_SEED) -> int:
+    return xxhash.xxh3_128_intdigest(key, seed)
+
+
+def key_hash(key: bytes, num_sets: int, seed: int = DEFAULT_SEED) -> KeyHash:
+    h = xxhash.xxh3_128_intdigest(key, seed)
+    lo = h & _MASK64
+    hi = h >> 64
+    return KeyHash(lo % num_sets, hi & 0xFFFFFFFF, (hi >> 32) | 1)
+
+
+def set_offset(key: bytes, num_sets: int, seed: int = DEFAULT_SEED) -> int:
+    return (xxhash.xxh3_128_intdigest(key, seed) & _MASK64) % num_sets
+
+
+@njit(cache=True)
+def bloom_positions(h1: int, h2: int, k: int, m_bits: int) -> np.ndarray:
+    """The k bit positions of a key in an m-bit filter (Kirsch–Mitzenmacher double hashing)."""
+    out = np.empty(k, np.int64)
+    x = np.uint64(h1)
+    step = np.uint64(h2)
+    m = np.uint64(m_bits)
+    for i in range(k):
+        out[i] = np.int64(x % m)
+        x = x + step
+    return out

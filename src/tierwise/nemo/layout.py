@@ -1,0 +1,279 @@
+"""The 4 KB set page shared by every set-based engine (Nemo SetGroups, Set/BigHash, Kangaroo/FairyWREN sets).
+
+Page layout (little-endian), PAGE_SIZE = 4096:
+
+    offset  size  field
+    0       4     crc32c of bytes [4, 4096)
+    4       8     seq: sequence number of the SetGroup (or set write) this page was written for
+    12      2     count: objects in the page
+    14      2     used: payload bytes occupied by objects (headers included)
+    16      ...   objects, packed oldest first, then zero padding
+
+Object layout: OBJ_HEADER = 4 bytes, then key, then value:
+
+    0  u8   key length (1..255)
+    1  u8   flags (FLAG_TOMBSTONE, FLAG_SHADOWS, FLAG_WRITEBACK)
+    2  u16  value length (0 for a tombstone)
+
+A page is a numpy uint8 row so a SetGroup is one (S, 4096) array and the packing loops below run in numba.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, NamedTuple
+
+import crc32c
+import numpy as np
+from numba import njit
+
+from tierwise.common.errors import TierwiseError
+
+PAGE_SIZE = 4096
+PAGE_HEADER = 16
+OBJ_HEADER = 4
+PAYLOAD = PAGE_SIZE - PAGE_HEADER
+MAX_KEY = 255
+
+FLAG_TOMBSTONE = 1  # a delete marker: a lookup that meets it misses
+FLAG_SHADOWS = 2  # in a buffer: an older copy may be on flash, so sacrificing this object must leave a tombstone
+FLAG_WRITEBACK = 4  # re-inserted by hotness-aware write-back (charged as amplification, not logical bytes)
+
+
+class PageObject(NamedTuple):
+    key: bytes
+    value: bytes
+    flags: int
+
+
+def object_size(key_len: int, value_len: int) -> int:
+    return OBJ_HEADER + key_len + value_len
+
+
+def max_value_size(key_len: int) -> int:
+    return PAYLOAD - OBJ_HEADER - key_len
+
+
+def check_object(key: bytes, value: bytes, max_value: int = PAYLOAD) -> None:
+    """Reject objects the page format cannot hold, with a message naming the limit."""
+    if not 1 <= len(key) <= MAX_KEY:
+        raise TierwiseError(f"key length {len(key)} outside 1..{MAX_KEY} bytes")
+    limit = min(max_value, max_value_size(len(key)))
+    if len(value) > limit:
+        raise TierwiseError(f"value of {len(value)} bytes exceeds the {limit}-byte limit for a {len(key)}-byte key")
+
+
+# ---- header fields (numba) -------------------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def _u16(page, pos):
+    return np.int64(page[pos]) | (np.int64(page[pos + 1]) << 8)
+
+
+@njit(cache=True, inline="always")
+def _put_u16(page, pos, v):
+    page[pos] = v & 0xFF
+    page[pos + 1] = (v >> 8) & 0xFF
+
+
+@njit(cache=True)
+def page_count(page) -> int:
+    return _u16(page, 12)
+
+
+@njit(cache=True)
+def page_used(page) -> int:
+    return _u16(page, 14)
+
+
+@njit(cache=True)
+def page_free(page) -> int:
+    return PAYLOAD - _u16(page, 14)
+
+
+@njit(cache=True)
+def obj_size_at(page, pos) -> int:
+    return OBJ_HEADER + np.int64(page[pos]) + _u16(page, pos + 2)
+
+
+@njit(cache=True)
+def obj_flags_at(page, pos) -> int:
+    return np.int64(page[pos + 1])
+
+
+# ---- packing (numba) -------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def page_find(page, key) -> int:
+    """Byte position of the object header holding `key`, or -1. A set holds at most one copy of a key."""
+    klen = key.shape[0]
+    end = PAGE_HEADER + _u16(page, 14)
+    pos = PAGE_HEADER
+    while pos < end:
+        kl = np.int64(page[pos])
+        if kl == klen:
+            s = pos + OBJ_HEADER
+            same = True
+            for i in range(klen):
+                if page[s + i] != key[i]:
+                    same = False
+                    break
+            if same:
+                return pos
+        pos += OBJ_HEADER + kl + _u16(page, pos + 2)
+    return -1
+
+
+@njit(cache=True)
+def page_append(page, key, value, flags) -> bool:
+    """Append an object at the end (newest position); False if it does not fit."""
+    klen = key.shape[0]
+    vlen = value.shape[0]
+    used = _u16(page, 14)
+    need = OBJ_HEADER + klen + vlen
+    if used + need > PAYLOAD:
+        return False
+    pos = PAGE_HEADER + used
+    page[pos] = klen
+    page[pos + 1] = flags
+    _put_u16(page, pos + 2, vlen)
+    page[pos + OBJ_HEADER : pos + OBJ_HEADER + klen] = key
+    page[pos + OBJ_HEADER + klen : pos + need] = value
+    _put_u16(page, 12, _u16(page, 12) + 1)
+    _put_u16(page, 14, used + need)
+    return True
+
+
+@njit(cache=True)
+def page_copy_object(dst, src, pos, flags) -> bool:
+    """Append the object at `pos` of page `src` to `dst` with new flags; False if it does not fit."""
+    size = obj_size_at(src, pos)
+    used = _u16(dst, 14)
+    if used + size > PAYLOAD:
+        return False
+    d = PAGE_HEADER + used
+    dst[d : d + size] = src[pos : pos + size]
+    dst[d + 1] = flags
+    _put_u16(dst, 12, _u16(dst, 12) + 1)
+    _put_u16(dst, 14, used + size)
+    return True
+
+
+@njit(cache=True)
+def page_remove(page, pos) -> None:
+    """Remove the object at `pos`, shifting newer objects down so the page stays packed."""
+    size = obj_size_at(page, pos)
+    end = PAGE_HEADER + _u16(page, 14)
+    page[pos : end - size] = page[pos + size : end].copy()
+    page[end - size : end] = 0
+    _put_u16(page, 12, _u16(page, 12) - 1)
+    _put_u16(page, 14, end - size - PAGE_HEADER)
+
+
+@njit(cache=True)
+def page_to_tombstone(page, pos) -> None:
+    """Turn the object at `pos` into a tombstone for the same key in place (drops the value bytes)."""
+    klen = np.int64(page[pos])
+    vlen = _u16(page, pos + 2)
+    end = PAGE_HEADER + _u16(page, 14)
+    vstart = pos + OBJ_HEADER + klen
+    page[vstart : end - vlen] = page[vstart + vlen : end].copy()
+    page[end - vlen : end] = 0
+    page[pos + 1] = FLAG_TOMBSTONE
+    _put_u16(page, pos + 2, 0)
+    _put_u16(page, 14, end - vlen - PAGE_HEADER)
+
+
+@njit(cache=True)
+def page_positions(page) -> np.ndarray:
+    """Byte positions of all objects, oldest first."""
+    n = _u16(page, 12)
+    out = np.empty(n, np.int64)
+    pos = PAGE_HEADER
+    for i in range(n):
+        out[i] = pos
+        pos += OBJ_HEADER + np.int64(page[pos]) + _u16(page, pos + 2)
+    return out
+
+
+@njit(cache=True)
+def page_well_formed(page) -> bool:
+    """True if count/used agree with the object chain and every object lies inside the payload (untrusted pages)."""
+    used = _u16(page, 14)
+    if used > PAYLOAD:
+        return False
+    end = PAGE_HEADER + used
+    pos = PAGE_HEADER
+    n = 0
+    while pos < end:
+        if pos + OBJ_HEADER > end or page[pos] == 0:
+            return False
+        pos += OBJ_HEADER + np.int64(page[pos]) + _u16(page, pos + 2)
+        n += 1
+    return pos == end and n == _u16(page, 12)
+
+
+@njit(cache=True)
+def pages_tally(pages) -> np.ndarray:
+    """Per page: [user key+value bytes, user objects, write-back bytes, tombstone bytes, header bytes, used bytes].
+
+    Header bytes are the per-object headers of user objects; write-back and tombstone bytes include their headers.
+    """
+    n = pages.shape[0]
+    out = np.zeros((n, 6), np.int64)
+    for p in range(n):
+        page = pages[p]
+        end = PAGE_HEADER + _u16(page, 14)
+        pos = PAGE_HEADER
+        while pos < end:
+            size = OBJ_HEADER + np.int64(page[pos]) + _u16(page, pos + 2)
+            f = np.int64(page[pos + 1])
+            if f & FLAG_TOMBSTONE:
+                out[p, 3] += size
+            elif f & FLAG_WRITEBACK:
+                out[p, 2] += size
+            else:
+                out[p, 0] += size - OBJ_HEADER
+                out[p, 1] += 1
+                out[p, 4] += OBJ_HEADER
+            pos += size
+        out[p, 5] = end - PAGE_HEADER
+    return out
+
+
+# ---- sealing and reading (Python) ------------------------------------------------------------------------------
+
+
+def new_pages(n: int) -> np.ndarray:
+    return np.zeros((n, PAGE_SIZE), np.uint8)
+
+
+def seal_page(page: np.ndarray, seq: int) -> None:
+    """Stamp the sequence number and the checksum; call right before the page goes to flash."""
+    page[4:12] = np.frombuffer(int(seq).to_bytes(8, "little"), np.uint8)
+    page[0:4] = np.frombuffer(crc32c.crc32c(page[4:].data).to_bytes(4, "little"), np.uint8)
+
+
+def page_crc_ok(page: bytes | np.ndarray) -> bool:
+    buf = memoryview(page).cast("B") if not isinstance(page, np.ndarray) else page.data
+    return len(buf) == PAGE_SIZE and int.from_bytes(bytes(buf[0:4]), "little") == crc32c.crc32c(buf[4:])
+
+
+def page_seq(page: bytes | np.ndarray) -> int:
+    return int.from_bytes(bytes(page[4:12]), "little")
+
+
+def object_at(page: np.ndarray, pos: int) -> PageObject:
+    klen = int(page[pos])
+    vlen = int(page[pos + 2]) | (int(page[pos + 3]) << 8)
+    k0 = pos + OBJ_HEADER
+    return PageObject(page[k0 : k0 + klen].tobytes(), page[k0 + klen : k0 + klen + vlen].tobytes(), int(page[pos + 1]))
+
+
+def iter_objects(page: np.ndarray) -> Iterator[PageObject]:
+    """Objects of a page, oldest first (raises TierwiseError on a structurally broken page)."""
+    if not page_well_formed(page):
+        raise TierwiseError(f"malformed set page (seq {page_seq(page)}): object chain disagrees with its header")
+    for pos in page_positions(page):
+        yield object_at(page, int(pos))

@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from tierwise.common.errors import TierwiseError
+from tierwise.nemo import layout as L
+from tierwise.nemo.hashing import bloom_positions, key_hash
+
+
+def _a(b: bytes) -> np.ndarray:
+    return np.frombuffer(b, np.uint8)
+
+
+def test_append_find_remove_roundtrip():
+    page = L.new_pages(1)[0]
+    objs = [(f"key{i}".encode(), bytes([i]) * (10 * i)) for i in range(1, 8)]
+    for k, v in objs:
+        assert L.page_append(page, _a(k), _a(v), 0)
+    assert L.page_count(page) == 7
+    assert L.page_used(page) == sum(L.object_size(len(k), len(v)) for k, v in objs)
+    pos = L.page_find(page, _a(b"key3"))
+    assert L.object_at(page, pos) == (b"key3", objs[2][1], 0)
+    L.page_remove(page, pos)
+    assert L.page_find(page, _a(b"key3")) == -1
+    assert [o.key for o in L.iter_objects(page)] == [k for k, _ in objs if k != b"key3"]
+    assert all(o.value == dict(objs)[o.key] for o in L.iter_objects(page))
+
+
+def test_append_refuses_when_full_and_tombstone_conversion_frees_value():
+    page = L.new_pages(1)[0]
+    big = _a(b"v" * 2000)
+    assert L.page_append(page, _a(b"a"), big, 0)
+    assert L.page_append(page, _a(b"b"), big, L.FLAG_SHADOWS)
+    assert not L.page_append(page, _a(b"c"), big, 0)
+    assert L.page_free(page) == L.PAYLOAD - 2 * (L.OBJ_HEADER + 1 + 2000)
+    L.page_to_tombstone(page, L.page_find(page, _a(b"a")))
+    objs = list(L.iter_objects(page))
+    assert objs[0] == (b"a", b"", L.FLAG_TOMBSTONE) and objs[1].value == b"v" * 2000
+    assert L.page_append(page, _a(b"c"), big, 0)
+
+
+def test_seal_and_checksum_detect_corruption():
+    page = L.new_pages(1)[0]
+    L.page_append(page, _a(b"k"), _a(b"value"), 0)
+    L.seal_page(page, 12345)
+    assert L.page_crc_ok(page) and L.page_crc_ok(page.tobytes()) and L.page_seq(page) == 12345
+    raw = bytearray(page.tobytes())
+    raw[30] ^= 0xFF
+    assert not L.page_crc_ok(bytes(raw))
+
+
+def test_tally_splits_user_writeback_tombstone():
+    pages = L.new_pages(2)
+    L.page_append(pages[0], _a(b"u"), _a(b"12345"), 0)
+    L.page_append(pages[0], _a(b"w"), _a(b"123"), L.FLAG_WRITEBACK)
+    L.page_append(pages[1], _a(b"t"), _a(b""), L.FLAG_TOMBSTONE)
+    t = L.pages_tally(pages)
+    assert t[0].tolist() == [6, 1, 8, 0, 4, 18] and t[1].tolist() == [0, 0, 0, 5, 0, 5]
+
+
+def test_malformed_page_is_reported():
+    page = L.new_pages(1)[0]
+    L.page_append(page, _a(b"k"), _a(b"v"), 0)
+    page[12] = 5  # count disagrees with the chain
+    with pytest.raises(TierwiseError, match="malformed"):
+        list(L.iter_objects(page))
+
+
+def test_check_object_limits():
+    L.check_object(b"k", b"x" * 2048, max_value=2048)
+    with pytest.raises(TierwiseError, match="exceeds"):
+        L.check_object(b"k", b"x" * 2049, max_value=2048)
+    with pytest.raises(TierwiseError, match="key length"):
+        L.check_object(b"", b"x")
+
+
+def test_hashing_offsets_and_positions_are_stable_and_spread():
+    S = 64
+    offs = [key_hash(f"k{i}".encode(), S).offset for i in range(6400)]
+    counts = np.bincount(offs, minlength=S)
+    assert counts.min() > 50 and counts.max() < 160
+    h = key_hash(b"abc", S)
+    assert h == key_hash(b"abc", S) and h.h2 % 2 == 1
+    p = bloom_positions(h.h1, h.h2, 7, 216)
+    assert p.shape == (7,) and (p >= 0).all() and (p < 216).all()
