@@ -1,0 +1,360 @@
+"""memcached command semantics over an `Engine`: one `CommandHandler.run(request) -> reply bytes` per request.
+
+The engine stores opaque values, so every item carries its flags, exptime and cas in a small header (`items`).
+Read-modify-write commands (add, cas, append, incr, touch, ...) are a get followed by a set; that is atomic because
+the server runs every request of every connection on one engine thread, one after another.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from tierwise import __version__
+from tierwise.common.errors import TierwiseError
+from tierwise.nemo.server import items
+from tierwise.nemo.server.items import Item
+from tierwise.nemo.server.journal import DELETE, FLUSH, SET, AckJournal
+from tierwise.nemo.server.protocol import MS_MODES, Limits, Request, stats_reply, value_reply
+
+TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
+NOT_STORED_BY_ENGINE = b"SERVER_ERROR out of memory storing object\r\n"
+_MAX_U64 = (1 << 64) - 1
+
+
+class CommandHandler:
+    def __init__(self, engine, limits: Limits, journal: AckJournal | None = None):
+        self.engine = engine
+        self.limits = limits
+        self.journal = journal
+        self.clock = items.CasClock(journal.flush_threshold + 1 if journal else 0)
+        self.flush_threshold = journal.flush_threshold if journal else 0  # items with a lower cas were flushed
+        self.pending_flush_at = 0.0  # a delayed flush_all: when it takes effect
+        self.started = time.time()
+        self.now = self.started
+        self.counters = dict.fromkeys(
+            ("cmd_get", "cmd_set", "cmd_touch", "cmd_flush", "get_hits", "get_misses", "get_expired",
+             "get_flushed", "delete_hits", "delete_misses", "incr_hits", "incr_misses", "decr_hits", "decr_misses",
+             "cas_hits", "cas_misses", "cas_badval", "touch_hits", "touch_misses", "total_items",
+             "engine_rejects"), 0)
+        self.connection_stats: dict[str, int] = {}  # filled by the server (curr/total/rejected connections)
+        self._dispatch = {
+            b"get": self._get, b"gets": self._get, b"gat": self._get, b"gats": self._get,
+            b"set": self._store, b"add": self._store, b"replace": self._store, b"append": self._store,
+            b"prepend": self._store, b"cas": self._store,
+            b"delete": self._delete, b"incr": self._arith, b"decr": self._arith, b"touch": self._touch,
+            b"flush_all": self._flush_all, b"stats": self._stats, b"version": self._version,
+            b"verbosity": self._ok, b"quit": self._quit, b"mn": self._mn,
+            b"mg": self._mg, b"ms": self._ms, b"md": self._md,
+        }
+
+    def begin_batch(self) -> None:
+        self.now = time.time()
+        if self.pending_flush_at and self.now >= self.pending_flush_at:
+            self.pending_flush_at = 0.0
+            self._invalidate_all()
+
+    def run(self, req: Request) -> bytes:
+        if req.error:
+            return req.error + b"\r\n"
+        try:
+            reply = self._dispatch[req.cmd](req)
+        except TierwiseError as e:  # e.g. the device refused an I/O: report it, keep serving
+            return b"SERVER_ERROR %s\r\n" % str(e).encode("utf-8", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
+        return b"" if req.noreply else reply
+
+    # ---- item access ---------------------------------------------------------------------------------------------
+    def lookup(self, key: bytes) -> Item | None:
+        blob = self.engine.get(key)
+        if blob is None:
+            return None
+        try:
+            item = items.unpack(blob)
+        except TierwiseError:
+            return None  # a value some other tool wrote with the engine: not an item this server can serve
+        if item.cas < self.flush_threshold:
+            self.counters["get_flushed"] += 1
+            return None
+        if item.expired(self.now):
+            self.counters["get_expired"] += 1
+            return None
+        return item
+
+    def _put(self, key: bytes, item: Item) -> bool:
+        if not self.engine.set(key, items.pack(item)):
+            self.counters["engine_rejects"] += 1
+            return False
+        if self.journal is not None:
+            self.journal.add(SET, key, item.cas)
+        self.counters["total_items"] += 1
+        return True
+
+    def _remove(self, key: bytes) -> None:
+        self.engine.delete(key)
+        if self.journal is not None:
+            self.journal.add(DELETE, key, 0)
+
+    def _invalidate_all(self) -> None:
+        self.flush_threshold = self.clock.next()
+        if self.journal is not None:
+            self.journal.add(FLUSH, b"", self.flush_threshold)
+
+    # ---- classic commands ----------------------------------------------------------------------------------------
+    def _get(self, req: Request) -> bytes:
+        with_cas = req.cmd in (b"gets", b"gats")
+        touch = req.cmd in (b"gat", b"gats")
+        out = []
+        c = self.counters
+        for key in req.keys:
+            c["cmd_get"] += 1
+            item = self.lookup(key)
+            if item is None:
+                c["get_misses"] += 1
+                continue
+            c["get_hits"] += 1
+            if touch:
+                c["cmd_touch"] += 1
+                item.exptime = items.absolute_exptime(req.exptime, self.now)
+                self._put(key, item)
+            out.append(value_reply(key, item.flags, item.data, item.cas if with_cas else None))
+        out.append(b"END\r\n")
+        return b"".join(out)
+
+    def _store(self, req: Request) -> bytes:
+        self.counters["cmd_set"] += 1
+        key = req.keys[0]
+        cmd = req.cmd
+        if cmd == b"set":
+            return self._write(key, req.flags, req.exptime, req.data)
+        old = self.lookup(key)
+        if cmd == b"cas":
+            if old is None:
+                self.counters["cas_misses"] += 1
+                return b"NOT_FOUND\r\n"
+            if old.cas != req.cas:
+                self.counters["cas_badval"] += 1
+                return b"EXISTS\r\n"
+            self.counters["cas_hits"] += 1
+            return self._write(key, req.flags, req.exptime, req.data)
+        if (old is None) != (cmd == b"add"):  # add needs a miss; replace/append/prepend need a hit
+            return b"NOT_STORED\r\n"
+        if cmd == b"add" or cmd == b"replace":
+            return self._write(key, req.flags, req.exptime, req.data)
+        data = old.data + req.data if cmd == b"append" else req.data + old.data
+        if len(data) > self.limits.max_value:
+            return TOO_LARGE
+        return b"STORED\r\n" if self._put(key, Item(old.flags, old.exptime, self.clock.next(), data)) else NOT_STORED_BY_ENGINE
+
+    def _write(self, key: bytes, flags: int, exptime: int, data: bytes) -> bytes:
+        item = Item(flags, items.absolute_exptime(exptime, self.now), self.clock.next(), data)
+        return b"STORED\r\n" if self._put(key, item) else NOT_STORED_BY_ENGINE
+
+    def _delete(self, req: Request) -> bytes:
+        key = req.keys[0]
+        if self.lookup(key) is None:
+            self.counters["delete_misses"] += 1
+            return b"NOT_FOUND\r\n"
+        self.counters["delete_hits"] += 1
+        self._remove(key)
+        return b"DELETED\r\n"
+
+    def _arith(self, req: Request) -> bytes:
+        key = req.keys[0]
+        name = req.cmd.decode()
+        item = self.lookup(key)
+        if item is None:
+            self.counters[f"{name}_misses"] += 1
+            return b"NOT_FOUND\r\n"
+        text = item.data.rstrip(b" ")  # memcached may space-pad a number that got shorter
+        if not text.isdigit() or len(text) > 20 or int(text) > _MAX_U64:
+            return b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
+        value = int(text)
+        value = (value + req.delta) & _MAX_U64 if req.cmd == b"incr" else max(0, value - req.delta)
+        self.counters[f"{name}_hits"] += 1
+        item.data = b"%d" % value
+        item.cas = self.clock.next()
+        if not self._put(key, item):
+            return NOT_STORED_BY_ENGINE
+        return item.data + b"\r\n"
+
+    def _touch(self, req: Request) -> bytes:
+        key = req.keys[0]
+        self.counters["cmd_touch"] += 1
+        item = self.lookup(key)
+        if item is None:
+            self.counters["touch_misses"] += 1
+            return b"NOT_FOUND\r\n"
+        self.counters["touch_hits"] += 1
+        item.exptime = items.absolute_exptime(req.exptime, self.now)
+        return b"TOUCHED\r\n" if self._put(key, item) else NOT_STORED_BY_ENGINE
+
+    def _flush_all(self, req: Request) -> bytes:
+        # Items are not erased: they become invisible (cas below the threshold) and FIFO eviction reclaims them.
+        self.counters["cmd_flush"] += 1
+        if req.delta:
+            self.pending_flush_at = self.now + req.delta
+        else:
+            self._invalidate_all()
+        return b"OK\r\n"
+
+    def _version(self, req: Request) -> bytes:
+        return b"VERSION tierwise-nemo-%s\r\n" % __version__.encode()
+
+    def _ok(self, req: Request) -> bytes:
+        return b"OK\r\n"
+
+    def _quit(self, req: Request) -> bytes:
+        return b""
+
+    def _mn(self, req: Request) -> bytes:
+        return b"MN\r\n"
+
+    # ---- meta commands -------------------------------------------------------------------------------------------
+    def _meta_flags(self, req: Request, key: bytes, item: Item | None, which: bytes) -> bytes:
+        meta = req.meta
+        out = []
+        for flag in which:
+            if flag not in meta:
+                continue
+            if flag == 107:  # k
+                out.append(b"k" + key)
+            elif flag == 79:  # O
+                out.append(b"O" + meta[flag])
+            elif item is not None:
+                if flag == 99:  # c
+                    out.append(b"c%d" % item.cas)
+                elif flag == 102:  # f
+                    out.append(b"f%d" % item.flags)
+                elif flag == 115:  # s
+                    out.append(b"s%d" % len(item.data))
+                elif flag == 116:  # t
+                    out.append(b"t%d" % (max(0, item.exptime - int(self.now)) if item.exptime else -1))
+        return b"".join(b" " + f for f in out)
+
+    def _mg(self, req: Request) -> bytes:
+        key = req.keys[0]
+        self.counters["cmd_get"] += 1
+        item = self.lookup(key)
+        if item is None:
+            self.counters["get_misses"] += 1
+            return b"EN\r\n"
+        self.counters["get_hits"] += 1
+        if ord("T") in req.meta:
+            self.counters["cmd_touch"] += 1
+            item.exptime = items.absolute_exptime(req.exptime, self.now)
+            self._put(key, item)
+        flags = self._meta_flags(req, key, item, b"cfkOst")
+        if ord("v") in req.meta:
+            reply = b"VA %d%s\r\n%s\r\n" % (len(item.data), flags, item.data)
+        else:
+            reply = b"HD%s\r\n" % flags
+        req.noreply = False  # q only hides misses for mg
+        return reply
+
+    def _ms(self, req: Request) -> bytes:
+        key = req.keys[0]
+        self.counters["cmd_set"] += 1
+        mode = MS_MODES[req.meta.get(ord("M"), b"S")[:1].upper() or b"S"]
+        old = self.lookup(key) if (mode != b"set" or ord("C") in req.meta) else None
+        if ord("C") in req.meta:
+            if old is None:
+                return self._meta_reply(req, b"NF", key, None)
+            if old.cas != req.cas:
+                return self._meta_reply(req, b"EX", key, None)
+        if mode == b"add" and old is not None or mode != b"add" and mode != b"set" and old is None:
+            return self._meta_reply(req, b"NS", key, None)
+        if mode in (b"append", b"prepend"):
+            data = old.data + req.data if mode == b"append" else req.data + old.data
+            if len(data) > self.limits.max_value:
+                req.noreply = False
+                return TOO_LARGE
+            item = Item(old.flags, old.exptime, self.clock.next(), data)
+        else:
+            item = Item(req.flags, items.absolute_exptime(req.exptime, self.now), self.clock.next(), req.data)
+        if not self._put(key, item):
+            req.noreply = False
+            return NOT_STORED_BY_ENGINE
+        return self._meta_reply(req, b"HD", key, item)
+
+    def _md(self, req: Request) -> bytes:
+        key = req.keys[0]
+        item = self.lookup(key)
+        if item is None:
+            self.counters["delete_misses"] += 1
+            return self._meta_reply(req, b"NF", key, None)
+        if ord("C") in req.meta and item.cas != req.cas:
+            return self._meta_reply(req, b"EX", key, None)
+        self.counters["delete_hits"] += 1
+        self._remove(key)
+        return self._meta_reply(req, b"HD", key, None)
+
+    def _meta_reply(self, req: Request, code: bytes, key: bytes, item: Item | None) -> bytes:
+        # q suppresses only the "nothing interesting happened" code: HD for ms/md, plus NF for md.
+        if code not in (b"HD", b"NF") or (code == b"NF" and req.cmd == b"ms"):
+            req.noreply = False
+        return b"%s%s\r\n" % (code, self._meta_flags(req, key, item, b"ckO"))
+
+    # ---- stats ---------------------------------------------------------------------------------------------------
+    def _stats(self, req: Request) -> bytes:
+        if not req.args:
+            return stats_reply(self.general_stats())
+        if req.args == [b"settings"]:
+            lim = self.limits
+            return stats_reply([("item_size_max", lim.max_value), ("key_max", lim.max_key),
+                                ("line_max", lim.max_line), ("engine", type(self.engine).__name__)])
+        if req.args == [b"nemo"]:
+            return stats_reply(self.engine_stats(detail=True))
+        return b"CLIENT_ERROR unknown stats group (use: stats, stats settings, stats nemo)\r\n"
+
+    def general_stats(self) -> list[tuple[str, object]]:
+        now = time.time()
+        c = self.counters
+        stats: list[tuple[str, object]] = [
+            ("pid", os.getpid()), ("uptime", int(now - self.started)), ("time", int(now)),
+            ("version", f"tierwise-nemo-{__version__}"), ("pointer_size", 64),
+        ]
+        stats += sorted(self.connection_stats.items())
+        stats += list(c.items())
+        stats += self.engine_stats(detail=False)
+        if self.journal is not None:
+            stats.append(("journal_bytes_written", self.journal.bytes_written))
+        return stats
+
+    def engine_stats(self, *, detail: bool) -> list[tuple[str, object]]:
+        """The engine's own figures (the shared `Metrics` recorder): items, flash bytes, ALWA, bits/object."""
+        engine = self.engine
+        objects = engine.object_count()
+        dram = engine.dram_bytes()
+        summary = engine.metrics.summary(dram=dram, objects=objects, steady=False)
+        device = engine.device
+        in_use = sum(device.write_pointer(z) for z in range(device.num_zones))
+        c = self.counters
+        stats: list[tuple[str, object]] = [
+            ("curr_items", objects),
+            ("bytes", in_use),  # flash bytes holding data (written zone space), not the sum of item sizes
+            ("limit_maxbytes", device.capacity_bytes),
+            ("engine", engine.name),
+            ("miss_ratio", _fmt(c["get_misses"] / c["cmd_get"] if c["cmd_get"] else None)),
+            ("engine_miss_ratio", _fmt(summary["miss_ratio"])),
+            ("alwa", _fmt(summary["alwa"])),
+            ("alwa_with_dropped", _fmt(summary["alwa_with_dropped"])),
+            ("index_bits_per_object", _fmt(summary["dram"]["index_bits_per_object"])),
+            ("total_bits_per_object", _fmt(summary["dram"]["total_bits_per_object"])),
+            ("dram_index_bytes", summary["dram"]["index_bytes"]),
+            ("dram_buffer_bytes", summary["dram"]["buffer_bytes"]),
+            ("device_bytes_written", device.stats.bytes_written),
+            ("device_bytes_read", device.stats.bytes_read),
+            ("mean_sg_fill", _fmt(summary["mean_sg_fill"])),
+            ("sgs_flushed", int(summary["sgs_flushed"])),
+        ]
+        if detail:
+            stats += [(f"write_bytes_{k}", int(v)) for k, v in summary["write_bytes_by_cause"].items()]
+            stats += [(f"dram_bytes_{k}", v) for k, v in dram.items()]
+            stats += [(k, _fmt(summary[k])) for k in ("flash_reads_per_get", "bytes_read_per_get",
+                                                       "index_reads_per_get", "dropped_fraction")]
+            stats += [(f"config_{k}", v) for k, v in engine.config().items() if isinstance(v, (int, float, str))]
+        return stats
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"

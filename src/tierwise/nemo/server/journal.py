@@ -1,0 +1,146 @@
+"""The acknowledgement journal: which writes the server acknowledged that may not be on flash yet.
+
+Why: Nemo acknowledges a SET once the object sits in a buffered SG. If the process dies before that SG is flushed,
+the object is lost (fine for a cache) but an *older* copy of the same key may still be on flash, and recovery would
+serve it: a stale value. Deletes and `flush_all` have the same problem. So before replying, the server appends
+one small record per write (key, cas of the stored item; or a delete; or a flush_all threshold) to this journal.
+After a restart, every journaled key whose recovered value is not the journaled version is deleted, so a key reads
+back absent or as its last acknowledged value. Records are retired once the engine has flushed every buffered SG
+that could hold them.
+
+The journal is a folder of segment files written with plain `write` (it survives a process crash, kill -9; like
+the file-backed device it is not fsync'ed per write). Record layout, little-endian:
+
+    crc32c (u32, over the rest) | kind (u8) | key length (u16) | cas (u64) | key
+
+A segment starts with a FLUSH record carrying the current flush_all threshold, so retiring old segments never
+forgets it. A torn or corrupted record ends that segment's replay (it was never acknowledged).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import crc32c
+
+from tierwise.common.errors import TierwiseError
+
+SET, DELETE, FLUSH = 1, 2, 3
+_HEAD = struct.Struct("<IBHQ")
+
+
+def encode(kind: int, key: bytes, cas: int) -> bytes:
+    body = _HEAD.pack(0, kind, len(key), cas)[4:] + key
+    return crc32c.crc32c(body).to_bytes(4, "little") + body
+
+
+def decode_all(data: bytes) -> tuple[list[tuple[int, bytes, int]], int]:
+    """Records of one segment, up to the first torn or corrupted one; also returns the bytes that were valid."""
+    out = []
+    pos = 0
+    while pos + _HEAD.size <= len(data):
+        crc, kind, klen, cas = _HEAD.unpack_from(data, pos)
+        end = pos + _HEAD.size + klen
+        if end > len(data) or kind not in (SET, DELETE, FLUSH) or crc != crc32c.crc32c(data[pos + 4:end]):
+            break
+        out.append((kind, bytes(data[pos + _HEAD.size:end]), cas))
+        pos = end
+    return out, pos
+
+
+@dataclass
+class _Segment:
+    path: Path
+    closed_at: int  # engine durability counter when the segment was closed (-1 while open)
+
+
+class AckJournal:
+    def __init__(self, folder: str | Path, *, segment_bytes: int = 4 << 20):
+        self.folder = Path(folder)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TierwiseError(f"cannot create the server journal folder {self.folder}: {e}") from e
+        self.segment_bytes = segment_bytes
+        self.flush_threshold = 0
+        self.bytes_written = 0
+        self._pending = bytearray()
+        self._segments: list[_Segment] = []
+        self._next_seq = 0
+        self._fd = -1
+        self._size = 0
+
+    def load(self) -> dict[bytes, tuple[int, int]]:
+        """Replay every segment in order: key -> (kind, cas) of its last journaled write. Sets `flush_threshold`.
+        The loaded segments stay (closed) until retired: what they describe may still be only in DRAM buffers."""
+        last: dict[bytes, tuple[int, int]] = {}
+        for path in sorted(self.folder.glob("*.log")):
+            records, _ = decode_all(path.read_bytes())
+            for kind, key, cas in records:
+                if kind == FLUSH:
+                    self.flush_threshold = max(self.flush_threshold, cas)
+                else:
+                    last[key] = (kind, cas)
+            self._segments.append(_Segment(path, 0))
+            self._next_seq = int(path.stem) + 1
+        return last
+
+    # ---- writing ------------------------------------------------------------------------------------------------
+    def add(self, kind: int, key: bytes, cas: int) -> None:
+        if kind == FLUSH:
+            self.flush_threshold = max(self.flush_threshold, cas)
+        self._pending += encode(kind, key, cas)
+
+    def commit(self, durable: int) -> None:
+        """Write the records added since the last commit (before their writes are acknowledged)."""
+        if not self._pending:
+            return
+        if self._fd < 0 or self._size >= self.segment_bytes:
+            self._open_segment(durable)
+        os.write(self._fd, self._pending)
+        self._size += len(self._pending)
+        self.bytes_written += len(self._pending)
+        self._pending.clear()
+
+    def _open_segment(self, durable: int) -> None:
+        self._close_segment(durable)
+        path = self.folder / f"{self._next_seq:012d}.log"
+        self._next_seq += 1
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        self._segments.append(_Segment(path, -1))
+        head = encode(FLUSH, b"", self.flush_threshold)
+        os.write(self._fd, head)
+        self._size = len(head)
+
+    def _close_segment(self, durable: int) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self._segments[-1].closed_at = durable
+
+    def retire(self, durable: int, lag: int) -> None:
+        """Delete closed segments whose writes are all on flash: the engine's durability counter has advanced by
+        `lag` since they were closed. The newest segment stays: it carries the flush_all threshold."""
+        segs = self._segments
+        while len(segs) > 1 and 0 <= segs[0].closed_at <= durable - lag:
+            segs.pop(0).path.unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        """Everything acknowledged is on flash (after a full engine flush): keep only a fresh header segment,
+        written before the old segments are deleted so the flush_all threshold is never lost."""
+        old = self._segments
+        self._segments = []
+        self._open_segment(0)
+        self._close_segment(0)
+        for seg in old:
+            seg.path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self._close_segment(0)
+
+    @property
+    def size(self) -> int:
+        return sum(seg.path.stat().st_size for seg in self._segments if seg.path.exists())

@@ -1,0 +1,274 @@
+"""The memcached-protocol TCP server: asyncio networking (uvloop when installed) in front of one engine.
+
+The engine is single-threaded, so its requests are serialised: inline on the event loop (default), or on one
+engine thread that receives the requests of all waiting connections in one batch (`engine_thread`). Each
+connection has at most one batch in flight, so its replies stay in order.
+
+Limits: `max_conns` (one more gets `SERVER_ERROR too many open connections` and is closed, as memcached does);
+per-connection input is bounded by the parser (one command line + one data block; rejected blocks are discarded
+as they arrive) and, while the connection waits, by `buffer_bytes` of unparsed input; output is bounded by the
+transport's write-buffer high-water mark (`buffer_bytes`): above it the server stops reading from that client
+until it drains its replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from tierwise.nemo.server.commands import CommandHandler
+from tierwise.nemo.server.protocol import Limits, Parser, Request
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 11211
+    max_conns: int = 1024
+    buffer_bytes: int = 1 << 20  # per-connection output high-water mark (input is bounded by Limits)
+    max_batch: int = 256  # requests of one connection run per turn
+    engine_thread: bool = False  # run requests on a dedicated engine thread instead of inline on the loop
+    limits: Limits = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.limits is None:
+            self.limits = Limits()
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, server: "MemcacheServer"):
+        self.server = server
+        self.parser = Parser(server.config.limits)
+        self.transport: asyncio.Transport | None = None
+        self.busy = False  # a batch of this connection is with the engine thread
+        self.eof = False
+        self.reading = True
+        self.write_paused = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        if not self.server.admit(self):
+            transport.write(b"SERVER_ERROR too many open connections\r\n")
+            transport.close()
+            return
+        high = self.server.config.buffer_bytes
+        transport.set_write_buffer_limits(high=high, low=high // 4)
+
+    def connection_lost(self, exc) -> None:
+        self.server.forget(self)
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed(data)
+        if self.busy or self.write_paused:
+            if self.parser.buffered > self.server.config.buffer_bytes:
+                self._set_reading(False)
+            return
+        self.pump()
+
+    def eof_received(self) -> bool:
+        # Half-closed: the client sent everything it will send; answer what is complete, then close.
+        self.eof = True
+        if not self.busy:
+            self.pump()
+        return True
+
+    def pause_writing(self) -> None:
+        # The client is not reading its replies: stop reading its requests until they drain.
+        self.write_paused = True
+        self._set_reading(False)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if not self.busy:
+            self.pump()
+
+    def _set_reading(self, on: bool) -> None:
+        if self.transport is None or on == self.reading or self.eof:
+            return
+        self.reading = on
+        (self.transport.resume_reading if on else self.transport.pause_reading)()
+
+    def pump(self) -> None:
+        """Run the complete requests (inline, or on the engine thread), or close when nothing more can come."""
+        server = self.server
+        while self.transport is not None and not self.write_paused:
+            reqs = self.parser.parse(server.config.max_batch)
+            if not reqs:
+                if self.parser.closed or self.eof or server.closing:
+                    self.transport.close()
+                elif not self.reading:
+                    self._set_reading(True)
+                return
+            if server.engine_thread:
+                self.busy = True
+                server.submit(self, reqs)
+                return
+            reply = server.run_batch([reqs])[0]
+            if reply:
+                self.transport.write(reply)
+
+    def deliver(self, reply: bytes) -> None:
+        self.busy = False
+        if self.transport is None:
+            return
+        if reply:
+            self.transport.write(reply)
+        self.pump()
+
+
+class MemcacheServer:
+    """Serves one engine. `handler` holds the command semantics; `durable` / `lag` tell the journal when an
+    acknowledged write is on flash (see `tierwise.nemo.server.journal`).
+
+    By default requests run inline on the event loop (cheapest: no thread hop; connections take turns, each with
+    at most `max_batch` requests per turn). With `engine_thread`, they run on one engine thread instead, batched
+    across connections, so the loop keeps accepting and reading while the engine is busy (e.g. flushing an SG).
+    """
+
+    def __init__(self, handler: CommandHandler, config: ServerConfig, *, durable=lambda: 0, lag: int = 0):
+        self.handler = handler
+        self.config = config
+        self.engine_thread = config.engine_thread
+        self.durable = durable
+        self.lag = lag
+        self.conns: set[Connection] = set()
+        self.closing = False
+        self.total_conns = 0
+        self.rejected_conns = 0
+        self._queue: list[tuple[Connection, list[Request]]] = []
+        self._engine_busy = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nemo-engine")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._idle = asyncio.Event()
+        self.port = config.port
+
+    # ---- connections ---------------------------------------------------------------------------------------------
+    def admit(self, conn: Connection) -> bool:
+        if self.closing or len(self.conns) >= self.config.max_conns:
+            self.rejected_conns += 1
+            return False
+        self.conns.add(conn)
+        self.total_conns += 1
+        self.handler.connection_stats.update(curr_connections=len(self.conns), total_connections=self.total_conns)
+        return True
+
+    def forget(self, conn: Connection) -> None:
+        self.conns.discard(conn)
+        self.handler.connection_stats.update(curr_connections=len(self.conns),
+                                             rejected_connections=self.rejected_conns)
+
+    # ---- running requests ----------------------------------------------------------------------------------------
+    def run_batch(self, batch: list[list[Request]]) -> list[bytes]:
+        """Run requests of one or more connections; the journal is written before any reply leaves."""
+        handler = self.handler
+        handler.begin_batch()
+        run = handler.run
+        replies = [b"".join([run(r) for r in reqs]) for reqs in batch]
+        journal = handler.journal
+        if journal is not None:
+            durable = self.durable()
+            journal.commit(durable)
+            journal.retire(durable, self.lag)
+        return replies
+
+    def submit(self, conn: Connection, reqs: list[Request]) -> None:
+        self._queue.append((conn, reqs))
+        if not self._engine_busy:
+            self._start_batch()
+
+    def _start_batch(self) -> None:
+        batch, self._queue = self._queue, []
+        self._engine_busy = True
+        self._idle.clear()
+        fut = self._loop.run_in_executor(self._executor, self.run_batch, [reqs for _, reqs in batch])
+        fut.add_done_callback(lambda f: self._batch_done([conn for conn, _ in batch], f))
+
+    def _batch_done(self, conns: list[Connection], fut) -> None:
+        self._engine_busy = False
+        exc = fut.exception()
+        replies = [b"SERVER_ERROR %s\r\n" % type(exc).__name__.encode()] * len(conns) if exc else fut.result()
+        for conn, reply in zip(conns, replies):
+            conn.deliver(reply)
+        if self._queue:
+            self._start_batch()
+        else:
+            self._idle.set()
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._idle.set()
+        self._server = await self._loop.create_server(lambda: Connection(self), self.config.host, self.config.port,
+                                                      reuse_address=True, backlog=1024)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def shutdown(self, finalize) -> None:
+        """Stop accepting, let in-flight requests finish, close the connections, then run `finalize` (flush the
+        engine's buffered SGs and sync the device) on the engine thread."""
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        while self._engine_busy or self._queue:
+            await self._idle.wait()
+            await asyncio.sleep(0)
+        for conn in list(self.conns):
+            if conn.transport is not None:
+                conn.transport.close()
+        await self._loop.run_in_executor(self._executor, finalize)
+        self._executor.shutdown(wait=True)
+
+    async def serve_until_signalled(self, finalize, ready=None) -> None:
+        await self.start()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, stop.set)
+        if ready is not None:
+            ready(self)
+        await stop.wait()
+        await self.shutdown(finalize)
+
+
+def run_server(handler: CommandHandler, config: ServerConfig, finalize, *, durable=lambda: 0, lag: int = 0,
+               ready=None) -> None:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully. Uses uvloop when it is installed."""
+    server = MemcacheServer(handler, config, durable=durable, lag=lag)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(server.serve_until_signalled(finalize, ready))
+    else:
+        uvloop.run(server.serve_until_signalled(finalize, ready))
+
+
+def serve_in_thread(handler: CommandHandler, config: ServerConfig, *, durable=lambda: 0, lag: int = 0):
+    """Start a server on a background thread (tests, benchmarks); returns (server, stop) where stop() shuts it down
+    gracefully without finalizing the engine."""
+    started = threading.Event()
+    holder: dict = {}
+
+    def main() -> None:
+        async def body() -> None:
+            server = MemcacheServer(handler, config, durable=durable, lag=lag)
+            await server.start()
+            holder["server"], holder["loop"] = server, asyncio.get_running_loop()
+            holder["stop"] = asyncio.Event()
+            started.set()
+            await holder["stop"].wait()
+            await server.shutdown(lambda: None)
+
+        asyncio.run(body())
+
+    thread = threading.Thread(target=main, name="nemo-server", daemon=True)
+    thread.start()
+    started.wait(10)
+
+    def stop() -> None:
+        holder["loop"].call_soon_threadsafe(holder["stop"].set)
+        thread.join(10)
+
+    return holder["server"], stop

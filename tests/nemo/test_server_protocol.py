@@ -1,0 +1,116 @@
+"""memcached text-protocol parser: commands, limits, error replies, and staying in sync after bad input."""
+
+from __future__ import annotations
+
+import random
+
+from tierwise.nemo.server.items import Item, absolute_exptime, pack, unpack
+from tierwise.nemo.server.protocol import Limits, Parser
+
+
+def parse(data: bytes, limits: Limits | None = None, chunk: int | None = None):
+    p = Parser(limits)
+    out = []
+    if chunk is None:
+        p.feed(data)
+        out += p.parse()
+    else:  # byte-by-byte / chunked delivery must give the same requests
+        for i in range(0, len(data), chunk):
+            p.feed(data[i:i + chunk])
+            out += p.parse()
+    return out, p
+
+
+def test_storage_and_retrieval_commands():
+    reqs, _ = parse(b"set k 5 0 3\r\nabc\r\nget k k2\r\ngets k\r\ncas k 1 2 1 99 noreply\r\nx\r\n"
+                    b"delete k\r\nincr n 7\r\ntouch k 10\r\ngat 5 a b\r\nflush_all 3\r\nversion\r\nquit\r\nget z\r\n")
+    assert [r.cmd for r in reqs] == [b"set", b"get", b"gets", b"cas", b"delete", b"incr", b"touch", b"gat",
+                                     b"flush_all", b"version", b"quit"]  # nothing after quit
+    s = reqs[0]
+    assert (s.keys, s.flags, s.exptime, s.data, s.noreply) == ([b"k"], 5, 0, b"abc", False)
+    assert reqs[1].keys == [b"k", b"k2"]
+    assert (reqs[3].cas, reqs[3].noreply, reqs[3].data) == (99, True, b"x")
+    assert reqs[5].delta == 7 and reqs[6].exptime == 10 and reqs[7].exptime == 5 and reqs[7].keys == [b"a", b"b"]
+    assert reqs[8].delta == 3
+
+
+def test_chunked_delivery_gives_same_requests():
+    data = b"set k 0 0 10\r\n0123456789\r\nget k\r\nms key 2 T0 F5\r\nhi\r\nmg key v c\r\n"
+    whole, _ = parse(data)
+    for chunk in (1, 2, 7):
+        parts, _ = parse(data, chunk=chunk)
+        assert [(r.cmd, r.keys, r.data) for r in parts] == [(r.cmd, r.keys, r.data) for r in whole]
+
+
+def test_bad_keys_are_client_errors():
+    long_key = b"k" * 251
+    reqs, _ = parse(b"get " + long_key + b"\r\nget a\x01b\r\nget " + b"k" * 250 + b"\r\n")
+    assert reqs[0].error.startswith(b"CLIENT_ERROR") and reqs[1].error.startswith(b"CLIENT_ERROR")
+    assert reqs[2].cmd == b"get"
+
+
+def test_oversized_value_is_swallowed_and_connection_stays_in_sync():
+    big = b"x" * 5000
+    reqs, p = parse(b"set k 0 0 5000\r\n" + big + b"\r\nget k\r\n", Limits(max_value=2048), chunk=333)
+    assert reqs[0].error == b"SERVER_ERROR object too large for cache"
+    assert reqs[1].cmd == b"get" and reqs[1].keys == [b"k"]
+    assert p.buffered == 0
+
+
+def test_bad_key_in_set_swallows_its_block():
+    reqs, _ = parse(b"set " + b"k" * 300 + b" 0 0 3\r\nabc\r\nversion\r\n")
+    assert reqs[0].error.startswith(b"CLIENT_ERROR")
+    assert reqs[1].cmd == b"version"
+
+
+def test_wrong_byte_count_is_bad_data_chunk():
+    reqs, _ = parse(b"set k 0 0 2\r\nabc\r\nversion\r\n")
+    assert reqs[0].error == b"CLIENT_ERROR bad data chunk"
+
+
+def test_malformed_commands():
+    lines = [b"set k 0 0\r\n", b"set k 0 0 -1\r\n", b"set k 0 0 1x\r\n", b"incr k abc\r\n", b"delete k 5\r\n",
+             b"bogus\r\n", b"\r\n", b"\x80\x01\x00\x05garbage\r\n", b"touch k\r\n", b"get\r\n", b"verbosity\r\n"]
+    for line in lines:
+        reqs, _ = parse(line + b"version\r\n")
+        assert reqs[0].error.startswith((b"ERROR", b"CLIENT_ERROR")), line
+        assert reqs[-1].cmd == b"version", line
+    # A known byte count means the data block follows: it is swallowed even though the line is bad.
+    reqs, _ = parse(b"set k x 0 1\r\nz\r\nversion\r\n")
+    assert reqs[0].error.startswith(b"CLIENT_ERROR") and reqs[1].cmd == b"version"
+
+
+def test_over_long_line_is_rejected_once_then_resyncs():
+    limits = Limits(max_line=100)
+    reqs, p = parse(b"get " + b"a " * 500 + b"\r\nversion\r\n", limits, chunk=64)
+    assert [r.error for r in reqs[:1]] == [b"CLIENT_ERROR line too long"]
+    assert reqs[1].cmd == b"version" and len(reqs) == 2
+    assert p.buffered < 200
+
+
+def test_meta_commands():
+    reqs, _ = parse(b"mg foo v c f k Oab q\r\nms foo 3 T10 F7 MA C5\r\nabc\r\nmd foo q\r\nmn\r\nmg foo Z\r\n")
+    mg, ms, md, mn, bad = reqs
+    assert mg.cmd == b"mg" and mg.noreply and mg.meta[ord("O")] == b"ab"
+    assert (ms.exptime, ms.flags, ms.cas, ms.data, ms.meta[ord("M")]) == (10, 7, 5, b"abc", b"A")
+    assert md.noreply and mn.cmd == b"mn"
+    assert bad.error == b"CLIENT_ERROR invalid flag"
+
+
+def test_random_bytes_never_raise_and_buffer_stays_bounded():
+    rng = random.Random(1)
+    limits = Limits(max_value=100, max_line=200)
+    p = Parser(limits)
+    for _ in range(3000):
+        p.feed(rng.randbytes(rng.randrange(1, 300)))
+        for r in p.parse():
+            assert r.cmd or r.error
+        assert p.buffered <= limits.max_line + limits.max_value + 2 + 300
+
+
+def test_item_header_round_trip():
+    for item in (Item(0, 0, 1, b""), Item(7, 0, 2**64 - 1, b"v"), Item(0, 123, 5, b"x" * 2048), Item(2**32 - 1, 9, 0, b"z")):
+        assert unpack(pack(item)) == item
+    assert len(pack(Item(0, 0, 1, b"abc"))) == 9 + 3  # flags/exptime 0 cost nothing
+    assert absolute_exptime(0, 1000.0) == 0 and absolute_exptime(10, 1000.0) == 1010
+    assert absolute_exptime(2_000_000_000, 1000.0) == 2_000_000_000 and absolute_exptime(-1, 1000.0) == 1
