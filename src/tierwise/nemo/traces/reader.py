@@ -1,0 +1,163 @@
+"""What every trace reader shares: fixed-size output chunks, request counting, and bad-line handling for text
+traces (plain, `.zst` or `.gz`), so a format module only says how one line or record becomes requests."""
+
+from __future__ import annotations
+
+import gzip
+import io
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import xxhash
+import zstandard
+
+from tierwise.common.errors import TierwiseError
+from tierwise.nemo.traces.request import MAX_KEY_SIZE, REQUEST_DTYPE
+
+DEFAULT_CHUNK = 1 << 16
+_MAX_VALUE = (1 << 32) - 1
+_MAX_TTL = (1 << 31) - 1
+_BAD_EXAMPLES = 5  # how many skipped-line messages to keep for the report
+
+
+def key_id(key: str) -> int:
+    """64-bit id of a textual key (trace keys are anonymised strings or hex digests; hash them all the same way)."""
+    return xxhash.xxh3_64_intdigest(key.encode("utf-8", "surrogateescape"))
+
+
+class TraceReader(ABC):
+    """Iterate a trace as `REQUEST_DTYPE` chunks of exactly `chunk_size` requests (the last may be shorter).
+
+    After (or during) iteration: `requests` = requests yielded, `bad_lines` = malformed lines or records skipped
+    (with `skip_bad=True`; otherwise the first one raises `TierwiseError` naming the file and line), and
+    `bad_examples` = the first few of those messages.
+    """
+
+    format: str = ""
+
+    def __init__(self, path: str | Path, *, chunk_size: int = DEFAULT_CHUNK, skip_bad: bool = False):
+        if chunk_size <= 0:
+            raise TierwiseError(f"chunk_size must be positive, got {chunk_size}")
+        self.path = Path(path)
+        self.chunk_size = chunk_size
+        self.skip_bad = skip_bad
+        self.requests = 0
+        self.bad_lines = 0
+        self.bad_examples: list[str] = []
+
+    @abstractmethod
+    def _blocks(self) -> Iterator[np.ndarray]:
+        """Yield the trace as REQUEST_DTYPE arrays of any length."""
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        self.requests = self.bad_lines = 0
+        self.bad_examples = []
+        pending: list[np.ndarray] = []
+        have = 0
+        for block in self._blocks():
+            pending.append(block)
+            have += len(block)
+            if have < self.chunk_size:
+                continue
+            joined = np.concatenate(pending) if len(pending) > 1 else block
+            cut = have - have % self.chunk_size
+            for i in range(0, cut, self.chunk_size):
+                self.requests += self.chunk_size
+                yield joined[i:i + self.chunk_size]
+            pending = [joined[cut:]] if cut < have else []
+            have -= cut
+        if have:
+            self.requests += have
+            yield np.concatenate(pending) if len(pending) > 1 else pending[0]
+
+    def bad(self, where: str, message: str) -> None:
+        """A malformed line or record: raise, or count and skip with `skip_bad`."""
+        text = f"{self.path}:{where}: {message}"
+        if not self.skip_bad:
+            raise TierwiseError(f"{text} (pass skip_bad / --skip-bad to skip malformed lines)")
+        self.bad_lines += 1
+        if len(self.bad_examples) < _BAD_EXAMPLES:
+            self.bad_examples.append(text)
+
+
+def open_text(path: Path) -> io.TextIOBase:
+    """Open a plain, zstd (`.zst`) or gzip (`.gz`) text trace for streaming."""
+    try:
+        raw = open(path, "rb")
+    except OSError as e:
+        raise TierwiseError(f"cannot open trace {path}: {e.strerror}") from None
+    if path.suffix == ".zst":
+        raw = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
+    elif path.suffix == ".gz":
+        raw = gzip.GzipFile(fileobj=raw)
+    return io.TextIOWrapper(io.BufferedReader(raw) if path.suffix == ".zst" else raw, encoding="utf-8",
+                            errors="surrogateescape", newline="")
+
+
+class CsvTraceReader(TraceReader):
+    """Line-oriented CSV traces: `_parse` turns one line's fields into (op, key id, key size, value size, ttl,
+    count) or raises ValueError with what is wrong; the rest (chunking, line numbers, skipping) is here."""
+
+    header: bool = False  # the first line is a header handed to `_read_header`
+
+    def _read_header(self, fields: list[str]) -> None:
+        """Formats with a header parse it here (raise ValueError if it is not one)."""
+
+    @abstractmethod
+    def _parse(self, fields: list[str]) -> tuple[int, int, int, int, int, int]:
+        ...
+
+    def _blocks(self) -> Iterator[np.ndarray]:
+        rows: list[tuple[int, int, int, int, int, int]] = []
+        with open_text(self.path) as f:
+            try:
+                for lineno, line in enumerate(f, 1):
+                    line = line.rstrip("\r\n")
+                    fields = line.split(",")
+                    if lineno == 1 and self.header:
+                        try:
+                            self._read_header(fields)
+                        except ValueError as e:
+                            raise TierwiseError(f"{self.path}:1: {e}") from None
+                        continue
+                    if not line.strip():
+                        continue
+                    try:
+                        row = self._parse(fields)
+                        check_row(row)
+                    except (ValueError, IndexError) as e:
+                        self.bad(str(lineno), f"{e}: {line[:200]!r}")
+                        continue
+                    rows.append(row)
+                    if len(rows) >= self.chunk_size:
+                        yield rows_to_block(rows)
+                        rows = []
+            except (zstandard.ZstdError, EOFError, gzip.BadGzipFile, OSError) as e:
+                raise TierwiseError(f"{self.path}: corrupt or truncated compressed trace ({e})") from None
+        if rows:
+            yield rows_to_block(rows)
+
+
+def check_row(row: tuple[int, int, int, int, int, int]) -> None:
+    """Range checks that keep a bad field from wrapping silently into the request's fixed-width columns."""
+    _, _, key_size, value_size, ttl, count = row
+    if not 0 <= key_size <= MAX_KEY_SIZE:
+        raise ValueError(f"key size {key_size} outside [0, {MAX_KEY_SIZE}]")
+    if not 0 <= value_size <= _MAX_VALUE:
+        raise ValueError(f"value size {value_size} outside [0, {_MAX_VALUE}]")
+    if not -_MAX_TTL <= ttl <= _MAX_TTL:
+        raise ValueError(f"ttl {ttl} outside the 32-bit range")
+    if count < 1:
+        raise ValueError(f"op_count {count} < 1")
+
+
+def rows_to_block(rows: list[tuple[int, int, int, int, int, int]]) -> np.ndarray:
+    """(op, key, key_size, value_size, ttl, count) rows -> requests, each row repeated `count` times."""
+    cols = list(zip(*rows))
+    out = np.empty(len(rows), dtype=REQUEST_DTYPE)
+    for name, col in zip(("op", "key", "key_size", "value_size", "ttl"), cols):
+        out[name] = np.array(col, dtype=REQUEST_DTYPE[name])
+    counts = np.array(cols[5], dtype=np.int64)
+    return out if (counts == 1).all() else np.repeat(out, counts)
