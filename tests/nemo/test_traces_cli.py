@@ -1,0 +1,41 @@
+"""`tierwise nemo trace synth|stats` and `tierwise nemo device report` end to end."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from tierwise.cli import app
+from tierwise.nemo.device import FileZonedDevice
+
+
+def test_synth_then_stats(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "t.req"
+    r = runner.invoke(app, ["nemo", "trace", "synth", "--requests", "20k", "--seed", "4", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "wrote 20000 requests" in r.output
+    r = runner.invoke(app, ["nemo", "trace", "stats", str(out), "--json", str(tmp_path / "s.json")])
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["requests"] == 20000 and abs(s["object_size"]["mean"] - 246) < 15
+
+
+def test_stats_bad_line_and_skip(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("0,a,3,10,1,get,0\n0,a,3,10,1,frob,0\n")
+    runner = CliRunner()
+    r = runner.invoke(app, ["nemo", "trace", "stats", str(p)])
+    assert r.exit_code != 0 and "t.csv:2" in str(r.exception)
+    r = runner.invoke(app, ["nemo", "trace", "stats", str(p), "--skip-bad", "--json", str(tmp_path / "s.json")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "s.json").read_text())["bad_lines_skipped"] == 1
+
+
+def test_device_report(tmp_path):
+    with FileZonedDevice(tmp_path / "d", num_zones=3, zone_size=8192) as d:
+        d.append(1, bytes(4096))
+    r = CliRunner().invoke(app, ["nemo", "device", "report", f"file:{tmp_path / 'd'}"])
+    assert r.exit_code == 0, r.output
+    assert "CLOSED" in r.output and "EMPTY" in r.output
