@@ -1,0 +1,67 @@
+"""ExpertCache: which experts of one MoE layer are in memory, and in which slot row.
+
+Residency decisions come from the *same* policy classes the trace simulator uses (`tierwise.remoe.cachesim`), so a
+simulated hit rate and one measured by the runtime mean the same thing. This class only adds the slot bookkeeping
+the runtime needs: a resident expert owns one of C rows of the layer's slot tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from tierwise.common.errors import TierwiseError
+from tierwise.remoe.cachesim import make_policy
+
+ONLINE_POLICIES = ("lru", "lfu", "fifo", "lfru")  # belady needs the future, so it exists only in the simulator
+
+
+@dataclass
+class CacheStep:
+    """The outcome of one step (one forward call of the layer)."""
+
+    hits: list[int]
+    misses: list[int]
+    evicted: dict[int, int] = field(default_factory=dict)  # expert -> slot row it held until this step
+    inserted: dict[int, int] = field(default_factory=dict)  # expert -> slot row it was given this step
+
+
+class ExpertCache:
+    """At most `capacity` of a layer's `num_experts` experts; `row_of[e]` is e's slot row, or -1 when absent."""
+
+    def __init__(self, num_experts: int, capacity: int, policy: str = "lru"):
+        self.num_experts = num_experts
+        self.capacity = capacity
+        if policy not in ONLINE_POLICIES:
+            raise TierwiseError(f"unknown expert cache policy {policy!r} for the runtime; choose from {', '.join(ONLINE_POLICIES)}")
+        self.policy = make_policy(policy, capacity, num_experts)
+        self.name = self.policy.name
+        self.row_of = torch.full((num_experts,), -1, dtype=torch.long)  # a tensor: the runtime gathers with it
+        self.free_rows = list(range(capacity - 1, -1, -1))
+
+    def reset(self) -> None:
+        """Empty the cache (cold start of a request)."""
+        self.policy.reset()
+        self.row_of.fill_(-1)
+        self.free_rows = list(range(self.capacity - 1, -1, -1))
+
+    def resident(self) -> int:
+        return self.capacity - len(self.free_rows)
+
+    def access(self, requested: Sequence[int]) -> CacheStep:
+        """One step: the distinct experts one forward call needs, most important first (cachesim's U order)."""
+        result = self.policy.access(requested)
+        step = CacheStep(list(result.hits), list(result.misses))
+        for e in result.evicted:
+            row = int(self.row_of[e])
+            step.evicted[e] = row
+            self.row_of[e] = -1
+            self.free_rows.append(row)
+        for e in requested:
+            if self.row_of[e] < 0 and e in self.policy:
+                row = self.free_rows.pop()
+                self.row_of[e] = row
+                step.inserted[e] = row
+        return step
