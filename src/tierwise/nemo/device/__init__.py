@@ -6,9 +6,10 @@ from __future__ import annotations
 from tierwise.nemo.device.base import (BLOCK_SIZE, DeviceStats, ZoneCondition, ZonedDevice, ZoneError, ZoneInfo,
                                        ZoneType)
 from tierwise.nemo.device.file import FaultPlan, FileZonedDevice, SimulatedCrash
+from tierwise.nemo.device.ftl import BlockDevice, BlockStats, FtlSSD
 from tierwise.nemo.device.memory import MemoryZonedDevice
 
-__all__ = ["BLOCK_SIZE", "DeviceStats", "FaultPlan", "FileZonedDevice", "MemoryZonedDevice", "SimulatedCrash",
+__all__ = ["BLOCK_SIZE", "BlockDevice", "BlockStats", "DeviceStats", "FaultPlan", "FtlSSD", "FileZonedDevice", "MemoryZonedDevice", "SimulatedCrash",
            "ZoneCondition", "ZoneError", "ZoneInfo", "ZoneType", "ZonedDevice", "open_device"]
 
 DEVICE_SPECS = "mem | file:FOLDER | zbd:/dev/<zoned block device>"
