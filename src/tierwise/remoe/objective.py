@@ -1,0 +1,207 @@
+"""The ReMoE router fine-tuning objective (design doc remoe.md §2.3), as pure tensor functions.
+
+    L     = L_CE + λ_KL·L_Trust + α_s·(λ_Reuse·L_Reuse + λ_Smooth·L_Smooth + λ_Lag·L_Lag + λ_WS·L_WS)
+    α_s   = min(1, s / T_warm)
+
+Per MoE layer, with P_t the router distribution at position t and P_t^ref the frozen original gate's
+distribution on the *same* router input h_t:
+
+    L_Reuse  = −log(ρ + ε),  ρ = mean_t m_t,  m_t = (1/K)·Σ_{e ∈ sg(E_{t−1})} P_t[e]
+    L_Smooth = mean_t SymKL(P_t, P_{t−1})                      SymKL(p, q) = KL(p‖q) + KL(q‖p)
+    L_Lag    = mean_{d ∈ D} mean_t SymKL(P_t, P_{t−d})        D = {1, 2, 4, 8, 16}
+    L_WS     = mean_b H(P̄_b),  P̄_b = mean of P_t over tumbling window b of W tokens
+    L_Trust  = mean_t KL(P_t ‖ sg(P_t^ref))                    (reverse, mode-seeking KL)
+
+Shapes: every function takes log-probabilities `logp` of shape (L, B, T, E) — MoE layers, sequences,
+positions, experts — in float32, and `doc_ids` of shape (B, T) (int, -1 = padding). A pair (t, t−d)
+counts only when both positions are real tokens of the *same* document, so packed sequences never
+reward reuse across a document boundary; windows restart at each document start. Each term is
+computed per (sequence, layer) and then averaged over layers and sequences (λ independent of depth);
+a (sequence, layer) cell with nothing to average (e.g. a one-token row) is left out of the mean.
+
+Sigmoid-scored routers (DeepSeek-V3) have no distribution of their own: there P_t is the vector of
+sigmoid scores normalised to sum to one, log P = logσ(z) − logsumexp(logσ(z)) (`router_log_probs`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-8
+DEFAULT_LAGS = (1, 2, 4, 8, 16)
+
+
+def router_log_probs(logits: torch.Tensor, scoring: str = "softmax") -> torch.Tensor:
+    """Router logits (..., E) → log P (..., E) in float32. `scoring` is 'softmax' or 'sigmoid'."""
+    z = logits.float()
+    if scoring == "softmax":
+        return F.log_softmax(z, dim=-1)
+    if scoring == "sigmoid":
+        log_scores = F.logsigmoid(z)
+        return log_scores - torch.logsumexp(log_scores, dim=-1, keepdim=True)
+    raise ValueError(f"unknown router scoring {scoring!r} (expected 'softmax' or 'sigmoid')")
+
+
+def pair_mask(doc_ids: torch.Tensor, lag: int) -> torch.Tensor:
+    """(B, T−lag) bool: position t (t ≥ lag) and t−lag are real tokens of the same document."""
+    cur, prev = doc_ids[:, lag:], doc_ids[:, :-lag]
+    return (cur >= 0) & (cur == prev)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over the last dim of `values` (L, B, N) where `mask` (B, N) holds; returns (mean (L, B), count (B,))."""
+    m = mask.to(values.dtype)
+    count = m.sum(-1)
+    return (values * m).sum(-1) / count.clamp(min=1), count
+
+
+def _cell_mean(per_cell: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Average (L, B) per-(layer, sequence) values over the sequences that had anything to average."""
+    ok = (count > 0).to(per_cell.dtype)
+    if ok.sum() == 0:
+        return per_cell.sum() * 0.0  # keeps the graph connected
+    return (per_cell * ok).sum() / (ok.sum() * per_cell.shape[0])
+
+
+def sym_kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """KL(p‖q) + KL(q‖p) = Σ_e (p − q)(log p − log q), over the last dim."""
+    return ((logp.exp() - logq.exp()) * (logp - logq)).sum(-1)
+
+
+def trust_loss(logp: torch.Tensor, logp_ref: torch.Tensor, doc_ids: torch.Tensor) -> torch.Tensor:
+    """L_Trust = mean_t KL(P_t ‖ P_t^ref); `logp_ref` is detached here (sg)."""
+    kl = (logp.exp() * (logp - logp_ref.detach())).sum(-1)
+    per_cell, count = _masked_mean(kl, doc_ids >= 0)
+    return _cell_mean(per_cell, count)
+
+
+def reuse_loss(logp: torch.Tensor, topk_idx: torch.Tensor, doc_ids: torch.Tensor) -> torch.Tensor:
+    """L_Reuse = −log(ρ + ε): ρ = mean_t of P_t's mass on the experts selected at t−1 (divided by K).
+
+    `topk_idx` (L, B, T, K) are the experts actually selected (constants: gradient flows only into P_t).
+    """
+    k = topk_idx.shape[-1]
+    prev_sets = topk_idx[:, :, :-1].detach().long()
+    m = logp[:, :, 1:].exp().gather(-1, prev_sets).sum(-1) / k  # (L, B, T−1)
+    rho, count = _masked_mean(m, pair_mask(doc_ids, 1))
+    return _cell_mean(-torch.log(rho + EPS), count)
+
+
+def lagged_sym_kl(logp: torch.Tensor, doc_ids: torch.Tensor, lag: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per (layer, sequence) mean SymKL(P_t, P_{t−lag}) over same-document pairs, and the pair counts."""
+    if lag >= logp.shape[2]:
+        empty = logp.new_zeros(logp.shape[:2])
+        return empty + 0.0 * logp.sum(), empty.new_zeros(logp.shape[1])
+    d = sym_kl(logp[:, :, lag:], logp[:, :, :-lag])
+    return _masked_mean(d, pair_mask(doc_ids, lag))
+
+
+def smooth_loss(logp: torch.Tensor, doc_ids: torch.Tensor) -> torch.Tensor:
+    """L_Smooth = mean_t SymKL(P_t, P_{t−1}); no stop-gradient, both steps are pulled together."""
+    return _cell_mean(*lagged_sym_kl(logp, doc_ids, 1))
+
+
+def lag_loss(logp: torch.Tensor, doc_ids: torch.Tensor, lags: tuple[int, ...] = DEFAULT_LAGS) -> torch.Tensor:
+    """L_Lag = plain mean over lags d of mean_t SymKL(P_t, P_{t−d}); lags with no pair in a cell are skipped there."""
+    per_lag = [lagged_sym_kl(logp, doc_ids, d) for d in lags]
+    values = torch.stack([v for v, _ in per_lag])  # (D, L, B)
+    present = torch.stack([(c > 0).to(values.dtype) for _, c in per_lag])  # (D, B)
+    n = present.sum(0)  # (B,)
+    per_cell = (values * present[:, None]).sum(0) / n.clamp(min=1)
+    return _cell_mean(per_cell, n)
+
+
+def doc_positions(doc_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) position of each token within its document (restarts at 0 at every document start in a row)."""
+    b, t = doc_ids.shape
+    pos = torch.arange(t, device=doc_ids.device).expand(b, t)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    return pos - torch.where(starts, pos, torch.zeros_like(pos)).cummax(dim=1).values
+
+
+def window_ids(doc_ids: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, T) index of each token's tumbling window within its row (−1 for padding); windows restart per document."""
+    wid = (doc_positions(doc_ids) % window == 0).long().cumsum(1) - 1
+    return torch.where(doc_ids >= 0, wid, torch.full_like(wid, -1))
+
+
+def window_entropy_loss(logp: torch.Tensor, doc_ids: torch.Tensor, window: int) -> torch.Tensor:
+    """L_WS = mean over tumbling windows b of H(P̄_b), P̄_b the mean router distribution of the window's tokens."""
+    n_layers, b, t, e = logp.shape
+    wid = window_ids(doc_ids, window)
+    n_win = t  # an upper bound on windows per row; empty slots are masked below
+    idx = wid.clamp(min=0)[None, :, :, None].expand(n_layers, b, t, e)
+    probs = logp.exp() * (wid >= 0)[None, :, :, None]
+    sums = probs.new_zeros(n_layers, b, n_win, e).scatter_add(2, idx, probs)
+    counts = torch.zeros(b, n_win, device=logp.device).scatter_add(1, wid.clamp(min=0), (wid >= 0).float())
+    p_bar = sums / counts.clamp(min=1)[None, :, :, None]
+    entropy = -(p_bar * torch.log(p_bar + EPS)).sum(-1)  # (L, B, n_win)
+    per_cell, n = _masked_mean(entropy, counts > 0)
+    return _cell_mean(per_cell, n)
+
+
+@dataclass
+class LossWeights:
+    """The λ's of the objective (defaults chosen by the sweep in docs/results-remoe.md)."""
+
+    kl: float = 1.0  # λ_KL, trust region to the original router
+    reuse: float = 0.5  # λ_Reuse
+    smooth: float = 0.1  # λ_Smooth
+    lag: float = 0.1  # λ_Lag
+    ws: float = 0.25  # λ_WS
+    window: int = 16  # W, tokens per L_WS window
+    warmup_steps: int = 10  # T_warm, optimizer steps of the locality warm-up α_s
+    lags: tuple[int, ...] = DEFAULT_LAGS
+
+    def alpha(self, step: int) -> float:
+        """α_s = min(1, s / T_warm) for optimizer step s (1-based); T_warm = 0 means no warm-up."""
+        return 1.0 if self.warmup_steps <= 0 else min(1.0, step / self.warmup_steps)
+
+    def ce_only(self) -> "LossWeights":
+        """The paper's control: the router trained with L_CE alone."""
+        return LossWeights(kl=0.0, reuse=0.0, smooth=0.0, lag=0.0, ws=0.0, window=self.window,
+                           warmup_steps=self.warmup_steps, lags=self.lags)
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+TERMS = ("trust", "reuse", "smooth", "lag", "ws")
+
+
+def remoe_loss(
+    ce: torch.Tensor,
+    logp: torch.Tensor,
+    logp_ref: torch.Tensor,
+    topk_idx: torch.Tensor,
+    doc_ids: torch.Tensor,
+    weights: LossWeights,
+    alpha: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The total loss and each (unweighted, detached) term. Terms whose λ is 0 are not computed.
+
+    ce: scalar L_CE; logp, logp_ref: (L, B, T, E) float32; topk_idx: (L, B, T, K); doc_ids: (B, T).
+    """
+    lam = {"trust": weights.kl, "reuse": weights.reuse, "smooth": weights.smooth, "lag": weights.lag, "ws": weights.ws}
+    fns = {
+        "trust": lambda: trust_loss(logp, logp_ref, doc_ids),
+        "reuse": lambda: reuse_loss(logp, topk_idx, doc_ids),
+        "smooth": lambda: smooth_loss(logp, doc_ids),
+        "lag": lambda: lag_loss(logp, doc_ids, weights.lags),
+        "ws": lambda: window_entropy_loss(logp, doc_ids, weights.window),
+    }
+    total = ce
+    terms = {"ce": ce.detach()}
+    for name in TERMS:
+        if lam[name] == 0.0:
+            continue
+        value = fns[name]()
+        scale = lam[name] if name == "trust" else alpha * lam[name]
+        total = total + scale * value
+        terms[name] = value.detach()
+    terms["total"] = total.detach()
+    return total, terms
