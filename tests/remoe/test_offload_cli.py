@@ -1,0 +1,68 @@
+"""`tierwise remoe offload` end to end on a tiny checkpoint: JSON metrics, --compare with a router delta."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tierwise.cli import app
+from tierwise.remoe.delta import save_router_delta
+from tierwise.remoe.models import adapter_for, load_model, save_tiny
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("offload_cli")
+    ckpt = save_tiny("qwen3_moe", root / "ckpt")
+    model, _ = load_model(ckpt)
+    with torch.no_grad():
+        for layer in adapter_for(model).moe_layers:
+            w = adapter_for(model).router_weight(layer)
+            w.copy_(w.roll(1, dims=0))  # a different router: the same experts are chosen for other tokens
+    delta = save_router_delta(model, root / "router.safetensors")
+    prompts = root / "prompts.txt"
+    prompts.write_text("the quick brown fox\nhello world, again\n")
+    return ckpt, delta, prompts, root
+
+
+def _run(*args):
+    result = CliRunner().invoke(app, ["remoe", "offload", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_offload_json(checkpoint):
+    ckpt, _, prompts, root = checkpoint
+    out = _run(ckpt, "--cache-experts", 6, "--storage", "nvme", "--prompts", prompts, "--max-new-tokens", 5,
+               "--store", root / "store", "--json")
+    result = json.loads(out)
+    run = result["runs"]["original"]
+    assert result["config"]["cache_experts"] == 6 and result["config"]["storage"] == "nvme"
+    assert run["requests"] == 2 and run["output_tokens"] == 10
+    assert set(run["tpot_ms"]) == {"measured", "modelled", "total"}
+    assert run["bytes_read"] > 0 and len(run["per_layer"]) == 3
+
+
+def test_offload_compare_prints_both_and_ratio(checkpoint):
+    ckpt, delta, prompts, root = checkpoint
+    out = _run(ckpt, "--prompts", prompts, "--max-new-tokens", 4, "--router", delta, "--compare",
+               "--store", root / "store", "--out", root / "cmp.json")
+    assert "original" in out and "fine-tuned" in out and "speedup" in out
+    result = json.loads((root / "cmp.json").read_text())
+    assert set(result["runs"]) == {"original", "fine-tuned"}
+    orig, tuned = result["runs"]["original"], result["runs"]["fine-tuned"]
+    expected = orig["tpot_ms"]["total"]["median"] / tuned["tpot_ms"]["total"]["median"]
+    assert result["tpot_speedup"]["total"] == pytest.approx(expected)
+
+
+def test_offload_errors_are_clean(checkpoint):
+    ckpt, _, prompts, root = checkpoint
+    runner = CliRunner()
+    r = runner.invoke(app, ["remoe", "offload", str(ckpt), "--compare", "--prompts", str(prompts), "--store", str(root / "store")])
+    assert r.exit_code != 0 and "--router" in str(r.exception)
+    r = runner.invoke(app, ["remoe", "offload", str(ckpt), "--cache-experts", "99", "--prompts", str(prompts),
+                            "--store", str(root / "store")])
+    assert r.exit_code != 0 and "between K=" in str(r.exception)
