@@ -43,6 +43,10 @@ def dev(request, tmp_path):
         if d.condition(z) != ZoneCondition.EMPTY:
             d.reset(z)
     yield d
+    if hasattr(d, "kernel_zones"):  # a real device: the mirrored zone state must equal the kernel's report
+        mirror = [(z.condition, z.write_pointer) for z in d.report_zones()]
+        d.refresh()
+        assert [(z.condition, z.write_pointer) for z in d.report_zones()] == mirror
     d.close()
 
 

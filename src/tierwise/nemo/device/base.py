@@ -238,6 +238,7 @@ class ZonedDevice(ABC):
             victim = next((i for i, c in enumerate(self._cond) if c == IMP_OPEN), None)
             if victim is None:
                 raise ZoneError(f"zone {z}: too many open zones (max_open_zones={self.max_open_zones}, all explicitly open)")
+            self._close_hook(victim)
             self._cond[victim] = CLOSED
             self._zone_changed(victim)
 
