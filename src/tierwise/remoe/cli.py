@@ -166,3 +166,90 @@ def apply_router(
 
     write_patched_checkpoint(base, delta, out)
     typer.echo(f"wrote {out}")
+
+
+# -- routing analysis: tiny / trace / analyze -----------------------------------------------------------------------
+
+
+@app.command()
+def tiny(
+    arch: str = typer.Argument(..., help="Architecture: deepseek_v2, deepseek_v3, qwen2_moe, qwen3_moe, olmoe, mixtral."),
+    out: Path = typer.Option(..., "--out", help="Output folder (HF checkpoint + byte-level tokenizer)."),
+    seed: int = typer.Option(0, help="Seed of the random weights."),
+) -> None:
+    """Write a tiny random MoE checkpoint of ARCH (real structural features, built offline from a config)."""
+    from tierwise.remoe.models import adapter_for, load_model, save_tiny
+
+    save_tiny(arch, out, seed=seed)
+    described = adapter_for(load_model(out)[0]).describe()
+    typer.echo(f"wrote {out}: " + ", ".join(f"{k}={v}" for k, v in described.items()))
+
+
+@app.command()
+def trace(
+    model: str = typer.Argument(..., help="MoE checkpoint: local HF folder, hub id (online), or 'embedded'."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts: .txt (one per line) or .jsonl ({'prompt'} / chat {'messages'}); default: the embedded prompts."),
+    out: Path = typer.Option(..., "--out", help="Routing trace to write (.npz format)."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Greedy tokens generated per prompt."),
+    stop_at_eos: bool = typer.Option(True, "--stop-at-eos/--ignore-eos", help="Stop a request at the EOS token."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N prompts."),
+) -> None:
+    """Record the experts every token selects in every MoE layer: each prompt is one request (prefill, then greedy decode)."""
+    from tierwise.common.errors import TierwiseError
+    from tierwise.common.progress import progress_task
+    from tierwise.common.report import print_table
+    from tierwise.remoe import metrics
+    from tierwise.remoe.data import load_prompts
+    from tierwise.remoe.models import load_model
+    from tierwise.remoe.routing import capture_generation
+
+    if max_new_tokens < 1:
+        raise TierwiseError("--max-new-tokens must be >= 1")
+    hf_model, tokenizer = load_model(model)
+    if tokenizer is None:
+        raise TierwiseError(f"{model} has no tokenizer; tracing text prompts needs one")
+    if prompts is None:
+        from tierwise.remoe.embedded import default_prompts
+
+        texts = default_prompts()
+    else:
+        texts = load_prompts(prompts, tokenizer)
+    texts = texts[:limit] if limit else texts
+    ids = [tokenizer(t).input_ids for t in texts]
+    with progress_task("tracing prompts", total=len(ids)) as (progress, task):
+        routing = capture_generation(hf_model, ids, model_name=str(model), max_new_tokens=max_new_tokens,
+                                     eos_token_id=tokenizer.eos_token_id if stop_at_eos else None,
+                                     progress=lambda n: progress.update(task, completed=n))
+    routing.save(out)
+    print_table([{"requests": routing.num_requests, "tokens": routing.num_tokens,
+                  "decode tokens": int(routing.phase.sum()), "MoE layers": routing.num_layers,
+                  "E": routing.num_experts, "K": routing.top_k, "EOR": metrics.eor(routing)}], title=f"trace -> {out}")
+
+
+@app.command()
+def analyze(
+    trace_file: Path = typer.Argument(..., metavar="TRACE", help="Routing trace from `tierwise remoe trace`."),
+    cache: str = typer.Option("", "--cache", help="Comma-separated cache capacities C per layer (default K, 1.5K, 2K, 4K)."),
+    policy: str = typer.Option("lru,belady", "--policy", help="Comma-separated policies: lru, fifo, lfu, lfru, belady."),
+    warm: bool = typer.Option(False, "--warm", help="Keep caches warm across requests (default: cold per request)."),
+    prefill: str = typer.Option("exclude", "--prefill", help="exclude: simulate decode steps only; include: prefill calls are steps too."),
+    horizon: int = typer.Option(16, "--horizon", help="Largest horizon h of reuse-at-horizon."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every number as JSON here."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Folder for reuse_vs_horizon.png and hit_rate_vs_cache_size.png."),
+) -> None:
+    """Expert-reuse metrics (EOR, reuse at horizon, working set, load balance, SRP) and an expert-cache sweep of a trace."""
+    from tierwise.common.report import print_table, write_json
+    from tierwise.remoe.analysis import analyze as run_analysis, cache_rows, metric_rows, parse_list, write_plots
+    from tierwise.remoe.routing import RoutingTrace
+
+    routing = RoutingTrace.load(trace_file)
+    result = run_analysis(routing, capacities=parse_list(cache, "--cache", int), policies=parse_list(policy, "--policy"),
+                          cold=not warm, prefill=prefill, max_horizon=horizon)
+    m = result["trace"]
+    print_table(metric_rows(result), title=f"{trace_file}: {m['model']} ({m['model_type']}), {result['requests']} requests, "
+                f"{result['tokens']} tokens, E={m['num_experts']}, K={m['top_k']}")
+    print_table(cache_rows(result), title=f"per-layer expert cache ({'warm' if warm else 'cold per request'}, prefill {prefill})")
+    if json_out is not None:
+        write_json(result, json_out)
+    if plot is not None:
+        write_plots(result, plot)
