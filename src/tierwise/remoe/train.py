@@ -264,7 +264,9 @@ def finetune(cfg: FinetuneConfig, *, model: nn.Module | None = None, corpus: Pac
     from rich.progress import TextColumn
 
     cfg.validate()
-    accelerator = Accelerator()  # bf16 is our own autocast below: AcceleratorState's precision is fixed per process
+    # cpu=True without CUDA makes a multi-process launch (accelerate launch --multi_gpu / torchrun) use gloo on CPU.
+    # bf16 is our own autocast below: AcceleratorState's precision is fixed once per process.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(cfg.seed)
     if model is None or corpus is None:
         dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
