@@ -188,3 +188,18 @@ def test_request_view():
     chunk[1] = (Op.DELETE, 9, 3, 4, 5)
     reqs = list(iter_requests([chunk]))
     assert reqs[1] == Request(Op.DELETE, 9, 3, 4, 5) and reqs[0].op is Op.GET
+
+
+def test_request_file_bad_records(tmp_path):
+    good = np.zeros(3, dtype=REQUEST_DTYPE)
+    good["key"] = [1, 2, 3]
+    good["op"] = [0, 7, 1]  # 7 is not an op
+    p = tmp_path / "x.req"
+    write_trace(p, [good])
+    with open(p, "ab") as f:
+        f.write(b"\x01\x02")  # a torn record
+    with pytest.raises(TierwiseError, match=r"x.req:byte .*truncated"):
+        list(open_trace(p))
+    r = open_trace(p, skip_bad=True)
+    a = np.concatenate(list(r))
+    assert a["key"].tolist() == [1, 3] and r.bad_lines == 2 and "invalid op code 7" in r.bad_examples[1]

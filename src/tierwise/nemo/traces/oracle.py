@@ -9,12 +9,11 @@ key + value = obj_size and a byte-capacity cache sees exactly libCacheSim's obje
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 
-from tierwise.common.errors import TierwiseError
-from tierwise.nemo.traces.reader import TraceReader
+from tierwise.nemo.traces.reader import BinaryTraceReader
 from tierwise.nemo.traces.request import REQUEST_DTYPE, Op
 
 ORACLE_DTYPE = np.dtype([("timestamp", "<u4"), ("obj_id", "<u8"), ("obj_size", "<u4"), ("next_access_vtime", "<i8")])
@@ -22,36 +21,23 @@ DEFAULT_KEY_SIZE = 16
 assert ORACLE_DTYPE.itemsize == 24
 
 
-class OracleGeneralReader(TraceReader):
+class OracleGeneralReader(BinaryTraceReader):
     format = "oracle"
+    record = ORACLE_DTYPE
 
     def __init__(self, path, *, key_size: int = DEFAULT_KEY_SIZE, **kw):
         super().__init__(path, **kw)
         self.key_size = key_size
 
-    def _blocks(self) -> Iterator[np.ndarray]:
-        try:
-            size = self.path.stat().st_size
-            f = open(self.path, "rb")
-        except OSError as e:
-            raise TierwiseError(f"cannot open trace {self.path}: {e.strerror}") from None
-        whole = size // ORACLE_DTYPE.itemsize
-        if size % ORACLE_DTYPE.itemsize:
-            self.bad(f"byte {whole * ORACLE_DTYPE.itemsize}",
-                     f"file size {size} is not a multiple of the 24-byte oracleGeneral record: truncated last record")
-        with f:
-            done = 0
-            while done < whole:
-                recs = np.fromfile(f, dtype=ORACLE_DTYPE, count=min(self.chunk_size, whole - done))
-                done += len(recs)
-                out = np.empty(len(recs), dtype=REQUEST_DTYPE)
-                out["op"] = Op.GET
-                out["key"] = recs["obj_id"]
-                ks = np.minimum(recs["obj_size"], self.key_size)
-                out["key_size"] = ks
-                out["value_size"] = recs["obj_size"] - ks
-                out["ttl"] = 0
-                yield out
+    def _convert(self, recs: np.ndarray, first: int) -> np.ndarray:
+        out = np.empty(len(recs), dtype=REQUEST_DTYPE)
+        out["op"] = Op.GET
+        out["key"] = recs["obj_id"]
+        ks = np.minimum(recs["obj_size"], self.key_size)
+        out["key_size"] = ks
+        out["value_size"] = recs["obj_size"] - ks
+        out["ttl"] = 0
+        return out
 
 
 def next_access(keys: np.ndarray) -> np.ndarray:

@@ -82,6 +82,38 @@ class TraceReader(ABC):
             self.bad_examples.append(text)
 
 
+class BinaryTraceReader(TraceReader):
+    """Fixed-size little-endian records after an optional magic: `_convert` maps a record array to requests."""
+
+    record: np.dtype
+    magic: bytes = b""
+
+    @abstractmethod
+    def _convert(self, recs: np.ndarray, first: int) -> np.ndarray:
+        """Requests of records `recs` (record numbers start at `first`)."""
+
+    def _blocks(self) -> Iterator[np.ndarray]:
+        try:
+            size = self.path.stat().st_size
+            f = open(self.path, "rb")
+        except OSError as e:
+            raise TierwiseError(f"cannot open trace {self.path}: {e.strerror}") from None
+        with f:
+            if self.magic and f.read(len(self.magic)) != self.magic:
+                raise TierwiseError(f"{self.path}: not a {self.format} trace (bad magic)")
+            body = size - len(self.magic)
+            whole = body // self.record.itemsize
+            if body % self.record.itemsize:
+                self.bad(f"byte {len(self.magic) + whole * self.record.itemsize}",
+                         f"file size is not a whole number of {self.record.itemsize}-byte records: "
+                         "truncated last record")
+            done = 0
+            while done < whole:
+                recs = np.fromfile(f, dtype=self.record, count=min(self.chunk_size, whole - done))
+                yield self._convert(recs, done)
+                done += len(recs)
+
+
 def open_text(path: Path) -> io.TextIOBase:
     """Open a plain, zstd (`.zst`) or gzip (`.gz`) text trace for streaming."""
     try:
