@@ -1,0 +1,56 @@
+"""FairyWREN baseline: HLog + HSet on zones, passive and active migration, and the paper's L2SWA model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tierwise.common.errors import TierwiseError
+from tierwise.nemo.device import FtlSSD, MemoryZonedDevice
+from tierwise.nemo.engines import make_engine
+
+from .baseline_helpers import check_against_dict, device_bytes_match, random_ops
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["set", "set", "get", "delete"]), st.integers(0, 80),
+                          st.integers(1, 1500)), max_size=150))
+def test_fairywren_matches_dict_model(ops):
+    engine = make_engine("fairywren", MemoryZonedDevice(48, 4 * 4096), log_pct=0.04, set_op=0.25, buffer_pages=2)
+    check_against_dict(engine, [(op, b"k%d" % k, bytes([k]) * n if op == "set" else None) for op, k, n in ops])
+
+
+def test_fairywren_migrates_every_object_leaving_the_log():
+    engine = make_engine("fairywren", MemoryZonedDevice(48, 4 * 4096), log_pct=0.04, set_op=0.25, buffer_pages=2)
+    check_against_dict(engine, random_ops(7, 12_000, 4_000, sizes=(100, 300)))
+    c = engine.metrics.summary()["counters"]
+    assert c["migrations_passive"] > 0 and c["migrations_active"] > 0
+    # LogThreshold 1: nothing is dropped at log eviction; objects only leave the log into sets
+    assert "threshold_drops" not in c
+    assert c["migrated_objects_passive"] + c["migrated_objects_active"] > 0.5 * c["inserts"]
+    assert device_bytes_match(engine)
+
+
+def test_l2swa_matches_eq6_eq7():
+    """nemo.md §2.3: with log = 5% of flash and HSet OP X = 0.05, the measured L2SWA (set bytes written per byte
+    migrated) follows (2 - p) * (1 - X) * N_set / (2 * N_log), p = the passive share of set writes."""
+    dev = MemoryZonedDevice(100, 16 * 4096)  # 5 log zones = 80 pages, 95 set zones = 1520 pages
+    engine = make_engine("fairywren", dev, log_pct=0.05, set_op=0.05, buffer_pages=4)
+    sizes = np.random.default_rng(0).integers(180, 300, 30_000)
+    for i, size in enumerate(sizes):
+        if i == 10_000:
+            engine.metrics.mark_warm(i)  # past the first log cycles and the first set-zone GC
+        engine.set(b"key:%010d" % i, b"v" * int(size))
+    m = engine.l2swa(engine.metrics.summary()["counters"])
+    assert engine.log.capacity_pages == 80 and engine.sets.phys_pages == 1520
+    assert m["l2swa_passive_theory"] == pytest.approx(0.95 * 1520 / 160)
+    assert 0.1 < m["passive_share"] < 0.5  # both kinds of migration happen (the paper reports p ~ 25%)
+    assert m["l2swa"] == pytest.approx(m["l2swa_theory"], rel=0.15)
+    assert engine.metrics.summary()["alwa"] > 8
+
+
+def test_fairywren_needs_a_zoned_device():
+    with pytest.raises(TierwiseError, match="zoned"):
+        make_engine("fairywren", FtlSSD(1024 * 1024, op=0.1, pages_per_block=8))

@@ -1,0 +1,72 @@
+"""Kangaroo baseline: KLog + KSet, threshold admission, RRIParoo; correctness against a dict model."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tierwise.common.errors import TierwiseError
+from tierwise.nemo.device import FtlSSD, MemoryZonedDevice
+from tierwise.nemo.engines import make_engine
+from tierwise.nemo.engines.log import key_tag
+
+from .baseline_helpers import check_against_dict, device_bytes_match, random_ops
+
+
+def small_kangaroo(**config):
+    # 48 zones of 4 pages: 2 log zones (8 pages), 46 set zones; OP 0.25 leaves GC room
+    return make_engine("kangaroo", MemoryZonedDevice(48, 4 * 4096), log_pct=0.04, set_op=0.25, buffer_pages=2,
+                       **config)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["set", "set", "get", "delete"]), st.integers(0, 80),
+                          st.integers(1, 1500)), max_size=150))
+def test_kangaroo_matches_dict_model(ops):
+    check_against_dict(small_kangaroo(), [(op, b"k%d" % k, bytes([k]) * n if op == "set" else None)
+                                          for op, k, n in ops])
+
+
+def test_kangaroo_threshold_admission_migrates_and_drops():
+    engine = small_kangaroo(threshold=2)
+    check_against_dict(engine, random_ops(5, 15_000, 4_000, sizes=(100, 300)))
+    c = engine.metrics.summary()["counters"]
+    assert c["migrations_threshold"] > 0 and c["threshold_drops"] > 0
+    # a migration moves >= threshold objects, except updates that must overwrite a stale copy in the set
+    assert c["migrated_objects_threshold"] / c["migrations_threshold"] >= 1.5
+    assert device_bytes_match(engine)
+
+
+def in_sets(engine, key):
+    return engine.sets.lookup(*engine.sets.hash(key), key)
+
+
+def test_dropped_log_object_never_exposes_an_older_set_copy():
+    engine = small_kangaroo(threshold=1)  # everything migrates: "victim" lands in its set
+    engine.set(b"victim", b"old" * 10)
+    for i in range(600):
+        engine.set(b"filler%d" % i, b"x" * 200)
+    assert in_sets(engine, b"victim") == b"old" * 10
+    engine.threshold = 64  # now nothing reaches the threshold: log objects are dropped at eviction ...
+    engine.set(b"victim", b"new" * 10)
+    drops = engine.metrics.counters.get("threshold_drops", 0)
+    for i in range(600):
+        engine.set(b"more%d" % i, b"y" * 200)
+    assert engine.metrics.counters["threshold_drops"] > drops
+    # ... except the update, whose stale copy in the set had to be overwritten rather than exposed
+    assert engine.log.lookup(key_tag(b"victim"), b"victim") is None  # it left the log
+    assert in_sets(engine, b"victim") == b"new" * 10 and engine.get(b"victim") == b"new" * 10
+
+
+def test_kangaroo_in_place_on_a_conventional_ssd():
+    dev = FtlSSD(2 * 1024 * 1024, op=0.1, pages_per_block=8)
+    engine = make_engine("kangaroo", dev, segment_kb=16, log_pct=0.05)
+    check_against_dict(engine, random_ops(6, 12_000, 4_000, sizes=(100, 300)))
+    assert engine.metrics.summary()["counters"]["migrations_threshold"] > 0
+    assert dev.stats.dlwa > 1.0 and device_bytes_match(engine)
+
+
+def test_kangaroo_bad_threshold():
+    with pytest.raises(TierwiseError, match="threshold"):
+        small_kangaroo(threshold=0)

@@ -1,0 +1,69 @@
+"""The Set baseline (BigHash/SOC): read-modify-write of 4 KB sets, zone GC with OP, in place on the FTL model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tierwise.common.errors import TierwiseError
+from tierwise.nemo import layout
+from tierwise.nemo.device import FtlSSD, MemoryZonedDevice
+from tierwise.nemo.engines import make_engine
+from tierwise.nemo.engines.setassoc import RRIP_MAX, RRIP_NEW, RRIP_SHIFT, promote_hits, set_put
+
+from .baseline_helpers import check_against_dict, device_bytes_match, random_ops
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["set", "set", "get", "delete"]), st.integers(0, 60),
+                          st.integers(1, 1500)), max_size=120))
+def test_set_matches_dict_model(ops):
+    engine = make_engine("set", MemoryZonedDevice(6, 4 * 4096), op=0.5)
+    check_against_dict(engine, [(op, b"k%d" % k, bytes([k]) * n if op == "set" else None) for op, k, n in ops])
+
+
+def test_set_alwa_is_a_page_per_insert_times_gc():
+    dev = MemoryZonedDevice(32, 16 * 4096)
+    engine = make_engine("set", dev, op=0.25)
+    check_against_dict(engine, random_ops(3, 12_000, 6_000, sizes=(200, 300)))
+    s = engine.metrics.summary(engine.dram_bytes(), engine.object_count())
+    c = s["counters"]
+    assert dev.stats.resets > 0 and c["gc_set_copies"] > 0  # stale set versions were reclaimed by zone GC
+    pages = dev.stats.bytes_written / 4096
+    assert pages - c["gc_set_copies"] >= s["inserts"]  # one whole page per insert, besides GC's copies
+    assert 1.0 < pages / (pages - c["gc_set_copies"]) < 4.0  # greedy GC at 25% OP
+    mean_obj = 4 + 9 + 250  # header + key + mean value
+    assert s["alwa"] > 4096 / mean_obj  # at least one 4 KB page per ~260 B object
+    assert s["dram"]["index_bits_per_object"] < 40  # Bloom filters and the set map only
+    assert device_bytes_match(engine)
+
+
+def test_set_in_place_on_the_ftl_reports_dlwa():
+    dev = FtlSSD(1024 * 1024, op=0.1, pages_per_block=8)
+    engine = make_engine("set", dev)
+    check_against_dict(engine, random_ops(4, 6_000, 3_000, sizes=(200, 300)))
+    s = engine.metrics.summary()
+    assert s["counters"].get("gc_set_copies", 0) == 0  # no host GC: sets are overwritten in place
+    assert dev.stats.dlwa > 1.5  # the FTL's GC copies are the device-level amplification
+    assert 4096 / 263 < s["alwa"] < 4096 / 200 * 1.2
+    assert device_bytes_match(engine)
+
+
+def test_rriparoo_evicts_distant_objects_and_keeps_hit_ones():
+    page = layout.new_pages(1)[0]
+    evicted = np.zeros(2, np.int64)
+    rrip_new = RRIP_NEW << RRIP_SHIFT
+    for i in range(3):
+        assert set_put(page, np.frombuffer(b"k%d" % i, np.uint8), np.zeros(1300, np.uint8), rrip_new, True, evicted)
+    promote_hits(page, np.uint64(0b001))  # k0 was hit: near re-reference
+    assert set_put(page, np.frombuffer(b"k3", np.uint8), np.zeros(1300, np.uint8), rrip_new, True, evicted)
+    keys = [o.key for o in layout.iter_objects(page)]
+    assert keys == [b"k0", b"k2", b"k3"] and evicted[0] == 1  # k1 (oldest not-hit) went, not k0
+    assert max(o.flags >> RRIP_SHIFT for o in layout.iter_objects(page)) <= RRIP_MAX
+
+
+def test_set_rejects_too_little_op():
+    with pytest.raises(TierwiseError, match="OP"):
+        make_engine("set", MemoryZonedDevice(8, 16 * 4096), op=0.05)
