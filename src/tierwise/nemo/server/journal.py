@@ -73,9 +73,10 @@ class AckJournal:
         self._fd = -1
         self._size = 0
 
-    def load(self) -> dict[bytes, tuple[int, int]]:
+    def load(self, durable: int) -> dict[bytes, tuple[int, int]]:
         """Replay every segment in order: key -> (kind, cas) of its last journaled write. Sets `flush_threshold`.
-        The loaded segments stay (closed) until retired: what they describe may still be only in DRAM buffers."""
+        The loaded segments stay, closed at `durable`, until retired: the deletes that replaying them causes are
+        themselves only in DRAM buffers until the engine flushes."""
         last: dict[bytes, tuple[int, int]] = {}
         for path in sorted(self.folder.glob("*.log")):
             records, _ = decode_all(path.read_bytes())
@@ -84,7 +85,7 @@ class AckJournal:
                     self.flush_threshold = max(self.flush_threshold, cas)
                 else:
                     last[key] = (kind, cas)
-            self._segments.append(_Segment(path, 0))
+            self._segments.append(_Segment(path, durable))
             self._next_seq = int(path.stem) + 1
         return last
 
@@ -131,6 +132,7 @@ class AckJournal:
     def clear(self) -> None:
         """Everything acknowledged is on flash (after a full engine flush): keep only a fresh header segment,
         written before the old segments are deleted so the flush_all threshold is never lost."""
+        self._close_segment(0)
         old = self._segments
         self._segments = []
         self._open_segment(0)
