@@ -276,19 +276,55 @@ def _next_use(flat, ptr, first, cold, num_experts):
     return nxt
 
 
+@njit(cache=True, inline="always")
+def _victim_key(policy, r, count, score, next_of):
+    """The primary victim key of the scanned policies' `_key`, as a float (ties go to the least recently used)."""
+    if policy == LFU:
+        return float(count[r])
+    if policy == LFRU:
+        return score[r]
+    return -float(next_of[r])
+
+
+@njit(cache=True, inline="always")
+def _unlink(e, after, before):
+    after[before[e]] = after[e]
+    before[after[e]] = before[e]
+
+
+@njit(cache=True, inline="always")
+def _append(e, after, before, end):
+    """Put e at the tail of the list whose sentinel is `end` (the head is after[end])."""
+    tail = before[end]
+    after[tail] = e
+    before[e] = tail
+    after[e] = end
+    before[end] = e
+
+
 @njit(cache=True)
 def _simulate_layer(flat, ptr, first, cold, capacity, num_experts, policy, decay, hits, misses):
-    """The per-step semantics of ExpertCachePolicy.access over a whole stream; fills hits[s], misses[s]."""
+    """The per-step semantics of ExpertCachePolicy.access over a whole stream; fills hits[s], misses[s].
+
+    LRU and FIFO keep residents in a list ordered by their key (last use / insertion), so the victim is the
+    first listed expert not requested in this step: O(1) per request. The other policies scan the C residents.
+    """
     n_steps = len(ptr) - 1
     nxt = _next_use(flat, ptr, first, cold, num_experts) if policy == BELADY else np.empty(0, np.int64)
+    listed = policy == LRU or policy == FIFO
+    end = num_experts  # list sentinel
+    after = np.empty(num_experts + 1, np.int64)
+    before = np.empty(num_experts + 1, np.int64)
     resident = np.zeros(num_experts, np.bool_)
-    slots = np.empty(capacity, np.int64)
+    slots = np.empty(capacity, np.int64)  # resident experts, for scans
+    slot_of = np.zeros(num_experts, np.int64)
     last = np.zeros(num_experts, np.int64)
     inserted = np.zeros(num_experts, np.int64)
     count = np.zeros(num_experts, np.int64)
     score = np.zeros(num_experts, np.float64)
     next_of = np.full(num_experts, NEVER, np.int64)
     in_step = np.full(num_experts, -1, np.int64)
+    pending = np.empty(num_experts + 1, np.int64)  # this step's misses
     n_res = 0
     tick = 0
     for s in range(n_steps):
@@ -299,72 +335,86 @@ def _simulate_layer(flat, ptr, first, cold, capacity, num_experts, policy, decay
             count[:] = 0
             score[:] = 0.0
             next_of[:] = NEVER
+            after[end] = end
+            before[end] = end
             n_res = 0
         a, b = ptr[s], ptr[s + 1]
         if policy == LFRU:
             for e in range(num_experts):
                 score[e] *= decay
         h = 0
+        m = 0
         for i in range(a, b):
             e = flat[i]
             in_step[e] = s
-            count[e] += 1
-            score[e] += 1.0
-            if policy == BELADY:
+            if policy == LFU:
+                count[e] += 1
+            elif policy == LFRU:
+                score[e] += 1.0
+            elif policy == BELADY:
                 next_of[e] = nxt[i]
-            if resident[e]:
-                h += 1
-                tick += 1
-                last[e] = tick
-        for i in range(a, b):
-            e = flat[i]
-            if not resident[e]:
-                tick += 1
-                last[e] = tick
-                inserted[e] = tick
+            hit = resident[e]
+            if hit and policy == LRU:  # refreshed: to the tail of the recency list
+                _unlink(e, after, before)
+                _append(e, after, before, end)
+            # branch-free: a hit refreshes its recency, a miss is queued in U order
+            h += hit
+            tick += hit
+            last[e] = tick if hit else last[e]
+            pending[m] = e
+            m += 1 - hit
         hits[s] = h
-        misses[s] = (b - a) - h
-        if b - a > capacity:
+        misses[s] = m
+        if b - a > capacity:  # oversized step: the first C experts of U stay, listed in key order
+            for j in range(m):
+                tick += 1
+                last[pending[j]] = tick
+                inserted[pending[j]] = tick
             for j in range(n_res):
                 resident[slots[j]] = False
-            n_res = 0
-            for i in range(a, a + capacity):
-                resident[flat[i]] = True
-                slots[n_res] = flat[i]
-                n_res += 1
+            after[end] = end
+            before[end] = end
+            kept = flat[a : a + capacity].astype(np.int64)
+            order = np.argsort(last[kept] if policy != FIFO else inserted[kept])
+            for k in range(capacity):
+                e = kept[order[k]]
+                resident[e] = True
+                slots[k] = e
+                slot_of[e] = k
+                _append(e, after, before, end)
+            n_res = capacity
             continue
-        for i in range(a, b):
-            e = flat[i]
-            if resident[e]:
-                continue
+        # misses tick in U order as they load; victims are never in this step, so this equals ticking them first
+        for j in range(m):
+            e = pending[j]
+            tick += 1
+            last[e] = tick
+            inserted[e] = tick
             if n_res < capacity:
-                slots[n_res] = e
+                slot = n_res
                 n_res += 1
             else:
-                best = -1
-                for j in range(n_res):
-                    r = slots[j]
-                    if in_step[r] == s:
-                        continue
-                    if best < 0:
-                        best = j
-                        continue
-                    q = slots[best]
-                    if policy == LRU:
-                        better = last[r] < last[q]
-                    elif policy == FIFO:
-                        better = inserted[r] < inserted[q]
-                    elif policy == LFU:
-                        better = count[r] < count[q] or (count[r] == count[q] and last[r] < last[q])
-                    elif policy == LFRU:
-                        better = score[r] < score[q] or (score[r] == score[q] and last[r] < last[q])
-                    else:
-                        better = next_of[r] > next_of[q] or (next_of[r] == next_of[q] and last[r] < last[q])
-                    if better:
-                        best = j
-                resident[slots[best]] = False
-                slots[best] = e
+                if listed:
+                    victim = after[end]
+                    while in_step[victim] == s:
+                        victim = after[victim]
+                else:  # branch-free argmin of (key, last use) over residents not requested in this step
+                    best, best_key, best_last = 0, np.inf, NEVER
+                    for k in range(n_res):
+                        r = slots[k]
+                        key = _victim_key(policy, r, count, score, next_of)
+                        better = (in_step[r] != s) & ((key < best_key) | ((key == best_key) & (last[r] < best_last)))
+                        best = k if better else best
+                        best_key = key if better else best_key
+                        best_last = last[r] if better else best_last
+                    victim = slots[best]
+                resident[victim] = False
+                _unlink(victim, after, before)
+                slot = slot_of[victim]
+            slots[slot] = e
+            slot_of[e] = slot
             resident[e] = True
+            _append(e, after, before, end)
 
 
 def _layer_counts_fast(stream: StepStream, layer: int, cfg: "CacheConfig", num_experts: int):
