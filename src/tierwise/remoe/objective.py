@@ -66,52 +66,69 @@ def _cell_mean(per_cell: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return (per_cell * ok).sum() / (ok.sum() * per_cell.shape[0])
 
 
-def sym_kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+def _probs(logp: torch.Tensor, probs: torch.Tensor | None) -> torch.Tensor:
+    return logp.exp() if probs is None else probs
+
+
+def sym_kl(logp: torch.Tensor, logq: torch.Tensor, p: torch.Tensor | None = None, q: torch.Tensor | None = None) -> torch.Tensor:
     """KL(p‖q) + KL(q‖p) = Σ_e (p − q)(log p − log q), over the last dim."""
-    return ((logp.exp() - logq.exp()) * (logp - logq)).sum(-1)
+    return ((_probs(logp, p) - _probs(logq, q)) * (logp - logq)).sum(-1)
 
 
-def trust_loss(logp: torch.Tensor, logp_ref: torch.Tensor, doc_ids: torch.Tensor) -> torch.Tensor:
-    """L_Trust = mean_t KL(P_t ‖ P_t^ref); `logp_ref` is detached here (sg)."""
-    kl = (logp.exp() * (logp - logp_ref.detach())).sum(-1)
+def trust_loss(logp: torch.Tensor, logp_ref: torch.Tensor, doc_ids: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
+    """L_Trust = mean_t KL(P_t ‖ P_t^ref); `logp_ref` is detached here (sg). `probs` = logp.exp() if already at hand."""
+    kl = (_probs(logp, probs) * (logp - logp_ref.detach())).sum(-1)
     per_cell, count = _masked_mean(kl, doc_ids >= 0)
     return _cell_mean(per_cell, count)
 
 
-def reuse_loss(logp: torch.Tensor, topk_idx: torch.Tensor, doc_ids: torch.Tensor) -> torch.Tensor:
+def reuse_loss(logp: torch.Tensor, topk_idx: torch.Tensor, doc_ids: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
     """L_Reuse = −log(ρ + ε): ρ = mean_t of P_t's mass on the experts selected at t−1 (divided by K).
 
     `topk_idx` (L, B, T, K) are the experts actually selected (constants: gradient flows only into P_t).
     """
     k = topk_idx.shape[-1]
     prev_sets = topk_idx[:, :, :-1].detach().long()
-    m = logp[:, :, 1:].exp().gather(-1, prev_sets).sum(-1) / k  # (L, B, T−1)
+    m = _probs(logp, probs)[:, :, 1:].gather(-1, prev_sets).sum(-1) / k  # (L, B, T−1)
     rho, count = _masked_mean(m, pair_mask(doc_ids, 1))
     return _cell_mean(-torch.log(rho + EPS), count)
 
 
-def lagged_sym_kl(logp: torch.Tensor, doc_ids: torch.Tensor, lag: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per (layer, sequence) mean SymKL(P_t, P_{t−lag}) over same-document pairs, and the pair counts."""
-    if lag >= logp.shape[2]:
-        empty = logp.new_zeros(logp.shape[:2])
-        return empty + 0.0 * logp.sum(), empty.new_zeros(logp.shape[1])
-    d = sym_kl(logp[:, :, lag:], logp[:, :, :-lag])
-    return _masked_mean(d, pair_mask(doc_ids, lag))
+def lagged_sym_kl(logp: torch.Tensor, doc_ids: torch.Tensor, lags: tuple[int, ...],
+                  probs: torch.Tensor | None = None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """lag d → (per (layer, sequence) mean SymKL(P_t, P_{t−d}) over same-document pairs, pair count per sequence)."""
+    p = _probs(logp, probs)
+    out = {}
+    for d in sorted(set(lags)):
+        if d >= logp.shape[2]:  # no pair at this lag in any row
+            out[d] = (logp.new_zeros(logp.shape[:2]) + 0.0 * logp.sum(), logp.new_zeros(logp.shape[1]))
+            continue
+        values = sym_kl(logp[:, :, d:], logp[:, :, :-d], p[:, :, d:], p[:, :, :-d])
+        out[d] = _masked_mean(values, pair_mask(doc_ids, d))
+    return out
 
 
-def smooth_loss(logp: torch.Tensor, doc_ids: torch.Tensor) -> torch.Tensor:
-    """L_Smooth = mean_t SymKL(P_t, P_{t−1}); no stop-gradient, both steps are pulled together."""
-    return _cell_mean(*lagged_sym_kl(logp, doc_ids, 1))
+def _smooth(lagged: dict) -> torch.Tensor:
+    return _cell_mean(*lagged[1])
 
 
-def lag_loss(logp: torch.Tensor, doc_ids: torch.Tensor, lags: tuple[int, ...] = DEFAULT_LAGS) -> torch.Tensor:
-    """L_Lag = plain mean over lags d of mean_t SymKL(P_t, P_{t−d}); lags with no pair in a cell are skipped there."""
-    per_lag = [lagged_sym_kl(logp, doc_ids, d) for d in lags]
-    values = torch.stack([v for v, _ in per_lag])  # (D, L, B)
-    present = torch.stack([(c > 0).to(values.dtype) for _, c in per_lag])  # (D, B)
+def _lag(lagged: dict, lags: tuple[int, ...]) -> torch.Tensor:
+    values = torch.stack([lagged[d][0] for d in lags])  # (D, L, B)
+    present = torch.stack([(lagged[d][1] > 0).to(values.dtype) for d in lags])  # (D, B)
     n = present.sum(0)  # (B,)
     per_cell = (values * present[:, None]).sum(0) / n.clamp(min=1)
     return _cell_mean(per_cell, n)
+
+
+def smooth_loss(logp: torch.Tensor, doc_ids: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
+    """L_Smooth = mean_t SymKL(P_t, P_{t−1}); no stop-gradient, both steps are pulled together."""
+    return _smooth(lagged_sym_kl(logp, doc_ids, (1,), probs))
+
+
+def lag_loss(logp: torch.Tensor, doc_ids: torch.Tensor, lags: tuple[int, ...] = DEFAULT_LAGS,
+             probs: torch.Tensor | None = None) -> torch.Tensor:
+    """L_Lag = plain mean over lags d of mean_t SymKL(P_t, P_{t−d}); lags with no pair in a cell are skipped there."""
+    return _lag(lagged_sym_kl(logp, doc_ids, lags, probs), lags)
 
 
 def doc_positions(doc_ids: torch.Tensor) -> torch.Tensor:
@@ -129,14 +146,14 @@ def window_ids(doc_ids: torch.Tensor, window: int) -> torch.Tensor:
     return torch.where(doc_ids >= 0, wid, torch.full_like(wid, -1))
 
 
-def window_entropy_loss(logp: torch.Tensor, doc_ids: torch.Tensor, window: int) -> torch.Tensor:
+def window_entropy_loss(logp: torch.Tensor, doc_ids: torch.Tensor, window: int, probs: torch.Tensor | None = None) -> torch.Tensor:
     """L_WS = mean over tumbling windows b of H(P̄_b), P̄_b the mean router distribution of the window's tokens."""
     n_layers, b, t, e = logp.shape
     wid = window_ids(doc_ids, window)
     n_win = t  # an upper bound on windows per row; empty slots are masked below
     idx = wid.clamp(min=0)[None, :, :, None].expand(n_layers, b, t, e)
-    probs = logp.exp() * (wid >= 0)[None, :, :, None]
-    sums = probs.new_zeros(n_layers, b, n_win, e).scatter_add(2, idx, probs)
+    masked = _probs(logp, probs) * (wid >= 0)[None, :, :, None]
+    sums = masked.new_zeros(n_layers, b, n_win, e).scatter_add(2, idx, masked)
     counts = torch.zeros(b, n_win, device=logp.device).scatter_add(1, wid.clamp(min=0), (wid >= 0).float())
     p_bar = sums / counts.clamp(min=1)[None, :, :, None]
     entropy = -(p_bar * torch.log(p_bar + EPS)).sum(-1)  # (L, B, n_win)
@@ -187,12 +204,15 @@ def remoe_loss(
     ce: scalar L_CE; logp, logp_ref: (L, B, T, E) float32; topk_idx: (L, B, T, K); doc_ids: (B, T).
     """
     lam = {"trust": weights.kl, "reuse": weights.reuse, "smooth": weights.smooth, "lag": weights.lag, "ws": weights.ws}
+    p = logp.exp()  # shared by every term
+    needed_lags = (tuple(weights.lags) if lam["lag"] else ()) + ((1,) if lam["smooth"] else ())
+    lagged = lagged_sym_kl(logp, doc_ids, needed_lags, p) if needed_lags else {}  # L_Smooth reuses L_Lag's d = 1
     fns = {
-        "trust": lambda: trust_loss(logp, logp_ref, doc_ids),
-        "reuse": lambda: reuse_loss(logp, topk_idx, doc_ids),
-        "smooth": lambda: smooth_loss(logp, doc_ids),
-        "lag": lambda: lag_loss(logp, doc_ids, weights.lags),
-        "ws": lambda: window_entropy_loss(logp, doc_ids, weights.window),
+        "trust": lambda: trust_loss(logp, logp_ref, doc_ids, p),
+        "reuse": lambda: reuse_loss(logp, topk_idx, doc_ids, p),
+        "smooth": lambda: _smooth(lagged),
+        "lag": lambda: _lag(lagged, weights.lags),
+        "ws": lambda: window_entropy_loss(logp, doc_ids, weights.window, p),
     }
     total = ce
     terms = {"ce": ce.detach()}
