@@ -32,36 +32,40 @@ class ExpertCache:
     """At most `capacity` of a layer's `num_experts` experts; `row_of[e]` is e's slot row, or -1 when absent."""
 
     def __init__(self, num_experts: int, capacity: int, policy: str = "lru"):
-        self.num_experts = num_experts
-        self.capacity = capacity
         if policy not in ONLINE_POLICIES:
             raise TierwiseError(f"unknown expert cache policy {policy!r} for the runtime; choose from {', '.join(ONLINE_POLICIES)}")
+        self.num_experts = num_experts
+        self.capacity = capacity
         self.policy = make_policy(policy, capacity, num_experts)
         self.name = self.policy.name
-        self.row_of = torch.full((num_experts,), -1, dtype=torch.long)  # a tensor: the runtime gathers with it
+        # The same mapping twice: a dict for the per-step bookkeeping, a tensor for the runtime's gather.
+        self.slot: dict[int, int] = {}
+        self.row_of = torch.full((num_experts,), -1, dtype=torch.long)
         self.free_rows = list(range(capacity - 1, -1, -1))
 
     def reset(self) -> None:
         """Empty the cache (cold start of a request)."""
         self.policy.reset()
+        self.slot.clear()
         self.row_of.fill_(-1)
         self.free_rows = list(range(self.capacity - 1, -1, -1))
 
     def resident(self) -> int:
-        return self.capacity - len(self.free_rows)
+        return len(self.slot)
 
     def access(self, requested: Sequence[int]) -> CacheStep:
         """One step: the distinct experts one forward call needs, most important first (cachesim's U order)."""
         result = self.policy.access(requested)
-        step = CacheStep(list(result.hits), list(result.misses))
+        step = CacheStep(result.hits, result.misses)
         for e in result.evicted:
-            row = int(self.row_of[e])
+            row = self.slot.pop(e)
             step.evicted[e] = row
             self.row_of[e] = -1
             self.free_rows.append(row)
-        for e in requested:
-            if self.row_of[e] < 0 and e in self.policy:
+        for e in result.misses:
+            if e in self.policy:  # misses beyond capacity (prefill) are computed from staging rows, not cached
                 row = self.free_rows.pop()
+                self.slot[e] = row
                 self.row_of[e] = row
                 step.inserted[e] = row
         return step
