@@ -172,7 +172,7 @@ class SyntheticTrace(TraceReader):
         total = 0.0
         for cl in self._clusters:
             obj = cl.key_size + cl.values(cl.units, self.profile.max_object).astype(np.float64)
-            zipf_mean = float(cl.p_key @ obj)
+            zipf_mean = float((cl.p_key * obj).sum())  # not `@`: BLAS threads spin on a busy machine
             total += cl.weight * ((1 - cl.one_hit_share) * zipf_mean + cl.one_hit_share * float(obj.mean()))
         return total
 
