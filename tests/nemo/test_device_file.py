@@ -112,3 +112,16 @@ def test_open_device_specs(tmp_path):
         open_device("mem")
     with pytest.raises(ZoneError, match="smaller than one zone"):
         open_device("mem", flash_bytes=BS, zone_size=2 * BS)
+
+
+def test_crash_before_reset(tmp_path):
+    d = FileZonedDevice(tmp_path / "d", **GEO, faults=FaultPlan(crash_before_reset=2))
+    d.append(0, b"a" * BS)
+    d.append(1, b"b" * BS)
+    d.reset(0)
+    with pytest.raises(SimulatedCrash, match="before reset #2"):
+        d.reset(1)
+    d = FileZonedDevice(tmp_path / "d")
+    assert d.write_pointer(0) == 0 and d.read(1, 0, BS) == b"b" * BS  # the second reset never happened
+    with pytest.raises(ZoneError, match="crash_before_reset"):
+        FaultPlan(crash_before_reset=0)

@@ -203,3 +203,11 @@ def test_request_file_bad_records(tmp_path):
     r = open_trace(p, skip_bad=True)
     a = np.concatenate(list(r))
     assert a["key"].tolist() == [1, 3] and r.bad_lines == 2 and "invalid op code 7" in r.bad_examples[1]
+
+
+def test_reader_is_also_an_iterator():
+    r = open_trace("synth:twitter-merged:1000", chunk_size=400)
+    assert [len(next(r)), len(next(r)), len(next(r))] == [400, 400, 200]
+    with pytest.raises(StopIteration):
+        next(r)
+    assert sum(len(c) for c in r) == 1000  # a for loop is a fresh pass

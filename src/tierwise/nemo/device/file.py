@@ -10,8 +10,9 @@ blocks (a write torn by a crash) is cut back to its last whole block on open, as
 blocks. `direct=True` uses O_DIRECT through a page-aligned staging buffer (what a real zoned device requires).
 
 Fault injection for recovery tests: `FaultPlan(crash_after_bytes=N, torn=...)` makes the device "lose power" once
-N more bytes have been written: the write crossing the limit is torn (only its first bytes reach the file), the
-device refuses further use, and `SimulatedCrash` is raised; reopen the folder to recover.
+N bytes have been written: the write crossing the limit is torn (only its first bytes reach the file), the
+device refuses further use, and `SimulatedCrash` is raised; `FaultPlan(crash_before_reset=K)` dies instead of
+carrying out the K-th zone reset. Reopen the folder to recover.
 """
 
 from __future__ import annotations
@@ -40,20 +41,23 @@ class FaultPlan:
 
     crash_after_bytes: the device dies once this many bytes have been written through it; the write that crosses
         the limit persists only its first `crash_after_bytes - already_written` bytes.
+    crash_before_reset: the device dies instead of carrying out its N-th zone reset (a reset itself is atomic).
     torn: the partial last block of that write is "drop"ped (the zone ends at the previous whole block), padded
         with "zeros", or padded with "garbage" (random bytes: a torn page a reader must detect by checksum).
     seed: seeds the garbage.
     """
 
-    crash_after_bytes: int
+    crash_after_bytes: int | None = None
     torn: str = "drop"
     seed: int = 0
+    crash_before_reset: int | None = None  # the device dies instead of performing its N-th reset (1 = the first)
 
     def __post_init__(self):
         if self.torn not in ("drop", "zeros", "garbage"):
             raise ZoneError(f"FaultPlan.torn must be 'drop', 'zeros' or 'garbage', got {self.torn!r}")
-        if self.crash_after_bytes < 0:
-            raise ZoneError("FaultPlan.crash_after_bytes must be >= 0")
+        if (self.crash_after_bytes is not None and self.crash_after_bytes < 0) or \
+                (self.crash_before_reset is not None and self.crash_before_reset < 1):
+            raise ZoneError("FaultPlan.crash_after_bytes must be >= 0 and crash_before_reset >= 1")
 
 
 class FileZonedDevice(ZonedDevice):
@@ -84,6 +88,7 @@ class FileZonedDevice(ZonedDevice):
         self._dirty: set[int] = set()
         self._stage: mmap.mmap | None = None  # page-aligned buffer for O_DIRECT
         self._written_total = 0
+        self._resets_seen = 0
         self._recover_zones()
 
     # ---- metadata ---------------------------------------------------------------------------------------------
@@ -154,7 +159,8 @@ class FileZonedDevice(ZonedDevice):
         self._dirty.add(z)
 
     def _store(self, z: int, offset: int, data) -> None:
-        if self.faults is not None and self._written_total + len(data) > self.faults.crash_after_bytes:
+        limit = None if self.faults is None else self.faults.crash_after_bytes
+        if limit is not None and self._written_total + len(data) > limit:
             self._crash_during_write(z, offset, data)
         self._pwrite(z, data, offset)
         self._written_total += len(data)
@@ -194,6 +200,11 @@ class FileZonedDevice(ZonedDevice):
                         f"(read of {n} B at {offset}): the folder was modified behind the device's back")
 
     def _discard(self, z: int) -> None:
+        if self.faults is not None and self.faults.crash_before_reset is not None:
+            self._resets_seen += 1
+            if self._resets_seen == self.faults.crash_before_reset:
+                self.crash()
+                raise SimulatedCrash(f"simulated power loss before reset #{self._resets_seen} (zone {z})")
         os.ftruncate(self._fd(z), 0)
         self._dirty.add(z)
 

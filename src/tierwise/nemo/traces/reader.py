@@ -72,6 +72,12 @@ class TraceReader(ABC):
             self.requests += have
             yield np.concatenate(pending) if len(pending) > 1 else pending[0]
 
+    def __next__(self) -> np.ndarray:
+        """`next(reader)` works too: one pass shared by successive calls (each `for` loop starts a fresh pass)."""
+        if getattr(self, "_pass", None) is None:
+            self._pass = iter(self)
+        return next(self._pass)
+
     def bad(self, where: str, message: str) -> None:
         """A malformed line or record: raise, or count and skip with `skip_bad`."""
         text = f"{self.path}:{where}: {message}"
