@@ -126,6 +126,17 @@ def page_find(page, key) -> int:
 
 
 @njit(cache=True)
+def page_index_of(page, pos) -> int:
+    """Slot number (0 = oldest) of the object at byte position `pos`."""
+    p = PAGE_HEADER
+    i = 0
+    while p < pos:
+        p += OBJ_HEADER + np.int64(page[p]) + _u16(page, p + 2)
+        i += 1
+    return i
+
+
+@njit(cache=True)
 def page_append(page, key, value, flags) -> bool:
     """Append an object at the end (newest position); False if it does not fit."""
     klen = key.shape[0]
@@ -214,14 +225,19 @@ def page_well_formed(page) -> bool:
     return pos == end and n == _u16(page, 12)
 
 
+TALLY_COLUMNS = ("user_kv_bytes", "user_objects", "writeback_bytes", "tombstone_bytes", "user_header_bytes",
+                 "used_bytes", "writeback_objects", "tombstones")
+
+
 @njit(cache=True)
 def pages_tally(pages) -> np.ndarray:
-    """Per page: [user key+value bytes, user objects, write-back bytes, tombstone bytes, header bytes, used bytes].
+    """Per page, the TALLY_COLUMNS: user key+value bytes, user objects, write-back bytes, tombstone bytes,
+    user per-object header bytes, used bytes, write-back objects, tombstones.
 
-    Header bytes are the per-object headers of user objects; write-back and tombstone bytes include their headers.
+    Write-back and tombstone bytes include their headers.
     """
     n = pages.shape[0]
-    out = np.zeros((n, 6), np.int64)
+    out = np.zeros((n, 8), np.int64)
     for p in range(n):
         page = pages[p]
         end = PAGE_HEADER + _u16(page, 14)
@@ -231,8 +247,10 @@ def pages_tally(pages) -> np.ndarray:
             f = np.int64(page[pos + 1])
             if f & FLAG_TOMBSTONE:
                 out[p, 3] += size
+                out[p, 7] += 1
             elif f & FLAG_WRITEBACK:
                 out[p, 2] += size
+                out[p, 6] += 1
             else:
                 out[p, 0] += size - OBJ_HEADER
                 out[p, 1] += 1

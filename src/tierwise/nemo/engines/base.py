@@ -16,6 +16,7 @@ class Engine(ABC):
     """A key-value flash cache: `get` returns exactly the bytes last `set` (or None), `delete` makes a key miss."""
 
     name: str = "engine"
+    max_value_size: int = 2048  # largest value accepted (CacheLib's small-item max); larger sets raise TierwiseError
 
     def __init__(self, device: Any, metrics: Metrics | None = None):
         self.device = device

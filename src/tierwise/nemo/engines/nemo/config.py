@@ -1,0 +1,123 @@
+"""Nemo parameters (nemo.md §4), paper values scaled to laptop size per §11, and the flash geometry they imply."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from tierwise.common.errors import TierwiseError
+from tierwise.nemo.hashing import DEFAULT_SEED
+from tierwise.nemo.index.bloom import FilterParams
+from tierwise.nemo.layout import OBJ_HEADER, PAGE_HEADER, PAGE_SIZE, PAYLOAD
+
+SG_META_PAGES = 2  # SG header page + SG trailer (commit) page around the S set pages
+PAPER_SETS_PER_SG = 275_712
+PAPER_P_TH = 4096
+
+
+@dataclass
+class NemoConfig:
+    sets_per_sg: int | None = None  # S; None = as many as fill one zone (the paper's SG = zone)
+    buffered_sgs: int = 2  # M, in-memory SetGroups (paper: 2)
+    flush_mode: str = "count"  # "count": flush after p_th failed inserts; "probability": flush w.p. p per failure
+    flush_threshold: float | None = None  # p_th (count) or p (probability); None = 4096/275712 of S, or 0.001
+    pbfg_cache_ratio: float = 0.5  # fraction of set offsets whose PBFG is cached in DRAM (paper: 50%)
+    fp_rate: float = 0.001  # design false-positive rate of a set-level filter (paper: 0.1%)
+    expected_object_bytes: float = 250.0  # key+value bytes per object, to size the filters (twitter-merged: 246)
+    filter_fill: float = 0.9  # set fill the filters are sized for (the target SG fill)
+    group_size: int | None = None  # G, SGs per index group; None = chosen so ceil(N/G) ≈ 7 (the paper's 7 pages)
+    index_pages_per_pbfg: int = 7  # target ceil(N/G) when group_size is None
+    hot_window: float = 0.3  # hotness bits only for the oldest 30% of live SGs
+    cooling: float = 0.1  # clear the hotness bits every 10% of cache writes (in SG flushes)
+    write_back: bool = True  # hotness-aware write-back from the evicted SG
+    write_back_cold: bool = True  # then also re-insert non-hot objects while space remains (artifact default)
+    max_value_size: int = 2048  # largest value accepted (CacheLib small-item max)
+    hash_seed: int = DEFAULT_SEED
+    seed: int = 0  # RNG for probability-mode flushes
+
+    def __post_init__(self) -> None:
+        if self.buffered_sgs < 2:
+            raise TierwiseError(f"Nemo needs at least 2 buffered SGs (got buffered_sgs={self.buffered_sgs})")
+        if self.flush_mode not in ("count", "probability"):
+            raise TierwiseError(f"flush_mode must be 'count' or 'probability', got {self.flush_mode!r}")
+        if self.flush_mode == "probability" and self.flush_threshold is not None and not 0 < self.flush_threshold <= 1:
+            raise TierwiseError(f"probability-mode flush_threshold must be in (0, 1], got {self.flush_threshold}")
+        if not 0 < self.pbfg_cache_ratio <= 1:
+            raise TierwiseError(f"pbfg_cache_ratio must be in (0, 1], got {self.pbfg_cache_ratio}")
+        if not 0 < self.hot_window <= 1 or not 0 < self.cooling <= 1:
+            raise TierwiseError("hot_window and cooling must be fractions in (0, 1]")
+        if self.sets_per_sg is not None and self.sets_per_sg < 1:
+            raise TierwiseError(f"sets_per_sg must be >= 1, got {self.sets_per_sg}")
+        if not 0 < self.max_value_size <= PAYLOAD - OBJ_HEADER - 1:
+            raise TierwiseError(f"max_value_size must be in 1..{PAYLOAD - OBJ_HEADER - 1}")
+
+    def filter_params(self) -> FilterParams:
+        """Set-level filter sized for the objects a set holds at `filter_fill` (nemo.md §3.5 caveat)."""
+        expected = self.filter_fill * PAYLOAD / (self.expected_object_bytes + OBJ_HEADER)
+        return FilterParams.for_objects(expected, self.fp_rate)
+
+    def p_threshold(self, sets: int) -> float:
+        if self.flush_threshold is not None:
+            return self.flush_threshold
+        if self.flush_mode == "probability":
+            return 0.001
+        return max(1, round(PAPER_P_TH / PAPER_SETS_PER_SG * sets))  # §11: keep p_th / S at the paper's 1.5%
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where SetGroups and index groups live on the device."""
+
+    sets: int  # S
+    zones_per_sg: int
+    data_slots: int  # N, SGs on flash at most (FIFO ring of slots)
+    group_size: int  # G
+    live_groups: int  # L = ceil(N/G), written index groups that can cover live SGs
+    rows_per_page: int  # R, PBFG rows (one per set offset) packed in one 4 KB index page
+    index_block_pages: int  # header page + ceil(S/R) row pages
+    index_zones: list[int]
+    filter: FilterParams
+
+    @property
+    def sg_pages(self) -> int:
+        return self.sets + SG_META_PAGES
+
+    @property
+    def row_bytes(self) -> int:
+        return self.group_size * self.filter.nbytes
+
+
+def _index_zones_needed(block_bytes: int, zone_capacity: int, live_groups: int) -> int:
+    # One block more than L can be live while the newest is written; a partly dead zone needs one zone of slack.
+    if block_bytes <= zone_capacity:
+        return math.ceil((live_groups + 1) / (zone_capacity // block_bytes)) + 1
+    return (live_groups + 1) * math.ceil(block_bytes / zone_capacity)
+
+
+def plan_geometry(cfg: NemoConfig, num_zones: int, zone_capacity: int) -> Geometry:
+    """Split the zones into the SG ring and the index zones, choosing G so a PBFG spans ~7 index pages."""
+    if zone_capacity % PAGE_SIZE:
+        raise TierwiseError(f"zone capacity {zone_capacity} is not a multiple of the {PAGE_SIZE}-byte set size")
+    sets = cfg.sets_per_sg or zone_capacity // PAGE_SIZE - SG_META_PAGES
+    if sets < 1:
+        raise TierwiseError(f"zone capacity {zone_capacity} B cannot hold an SG header, a set and a trailer")
+    zps = math.ceil((sets + SG_META_PAGES) * PAGE_SIZE / zone_capacity)
+    filt = cfg.filter_params()
+    max_group = (PAGE_SIZE - PAGE_HEADER) // filt.nbytes
+    for n in range(num_zones // zps, 1, -1):
+        g = cfg.group_size or max(1, math.ceil(n / cfg.index_pages_per_pbfg))
+        if g > max_group:
+            raise TierwiseError(f"group_size {g} too large: {g} filters of {filt.nbytes} B exceed one 4 KB index page "
+                                f"(max {max_group}); raise fp_rate or lower group_size")
+        live = math.ceil(n / g)
+        rows = (PAGE_SIZE - PAGE_HEADER) // (g * filt.nbytes)
+        block_pages = 1 + math.ceil(sets / rows)
+        need = _index_zones_needed(block_pages * PAGE_SIZE, zone_capacity, live)
+        if n * zps + need <= num_zones:
+            first = n * zps
+            return Geometry(sets, zps, n, g, live, rows, block_pages, list(range(first, first + need)), filt)
+    raise TierwiseError(f"{num_zones} zones of {zone_capacity} B are too few for Nemo with S={sets} "
+                        f"(need at least 2 SG slots plus index zones); use more zones or fewer sets per SG")

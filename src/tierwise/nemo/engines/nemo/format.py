@@ -1,0 +1,132 @@
+"""On-flash records of a Nemo cache besides the set pages (`tierwise.nemo.layout`); see docs/nemo-format.md.
+
+Every record is one 4 KB page ending its fixed fields with a crc32c over them, so recovery can tell a complete,
+self-consistent SG or index block from a torn one.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import crc32c
+import numpy as np
+
+from tierwise.common.errors import TierwiseError
+from tierwise.nemo.layout import PAGE_SIZE
+
+FORMAT_VERSION = 1
+SG_MAGIC = b"NEMOSG01"
+SG_COMMIT_MAGIC = b"NEMOSGC1"
+INDEX_MAGIC = b"NEMOIX01"
+
+_SG_HEADER = struct.Struct("<8sHHQIIIIQIII")  # magic, version, flags, seq, S, set size, slot, zones/SG, seed, m, k, G
+_SG_TRAILER = struct.Struct("<8sHHQIIQI")  # magic, version, flags, seq, S, objects, user kv bytes, crc32c of set CRCs
+_INDEX_HEADER = struct.Struct("<8sHHQQQIIIIIIQ")  # magic, ver, flags, group, seq lo, seq hi, S, G, m, k, R, pages, seed
+INDEX_ROW_HEADER = 16  # crc32c u32 over [4, 4096), group id u64, first set offset u32; then R rows
+
+
+@dataclass(frozen=True)
+class SGHeader:
+    seq: int
+    sets: int
+    slot: int
+    zones_per_sg: int
+    hash_seed: int
+    m_bits: int
+    k: int
+    group_size: int
+    set_size: int = PAGE_SIZE
+    flags: int = 0
+
+
+@dataclass(frozen=True)
+class SGTrailer:
+    seq: int
+    sets: int
+    objects: int
+    user_bytes: int
+    sets_crc: int  # crc32c of the S set-page crc fields, in offset order
+    flags: int = 0
+
+
+@dataclass(frozen=True)
+class IndexHeader:
+    group: int
+    seq_lo: int  # first SG sequence number covered (group * G)
+    seq_hi: int  # one past the last
+    sets: int
+    group_size: int
+    m_bits: int
+    k: int
+    rows_per_page: int
+    row_pages: int
+    hash_seed: int
+    flags: int = 0
+
+
+def _page(body: bytes) -> bytes:
+    body = body + crc32c.crc32c(body).to_bytes(4, "little")
+    return body + bytes(PAGE_SIZE - len(body))
+
+
+def _unpack(st: struct.Struct, page: bytes, magic: bytes, what: str) -> tuple:
+    if len(page) < st.size + 4:
+        raise TierwiseError(f"{what}: page too short")
+    fields = st.unpack_from(page)
+    if fields[0] != magic:
+        raise TierwiseError(f"{what}: bad magic {fields[0]!r}")
+    if int.from_bytes(page[st.size:st.size + 4], "little") != crc32c.crc32c(page[:st.size]):
+        raise TierwiseError(f"{what}: checksum mismatch (torn or corrupted)")
+    if fields[1] != FORMAT_VERSION:
+        raise TierwiseError(f"{what}: format version {fields[1]} unsupported (this build reads {FORMAT_VERSION})")
+    return fields
+
+
+def encode_sg_header(h: SGHeader) -> bytes:
+    return _page(_SG_HEADER.pack(SG_MAGIC, FORMAT_VERSION, h.flags, h.seq, h.sets, h.set_size, h.slot,
+                                 h.zones_per_sg, h.hash_seed, h.m_bits, h.k, h.group_size))
+
+
+def decode_sg_header(page: bytes) -> SGHeader:
+    f = _unpack(_SG_HEADER, page, SG_MAGIC, "SG header")
+    return SGHeader(seq=f[3], sets=f[4], set_size=f[5], slot=f[6], zones_per_sg=f[7], hash_seed=f[8], m_bits=f[9],
+                    k=f[10], group_size=f[11], flags=f[2])
+
+
+def encode_sg_trailer(t: SGTrailer) -> bytes:
+    return _page(_SG_TRAILER.pack(SG_COMMIT_MAGIC, FORMAT_VERSION, t.flags, t.seq, t.sets, t.objects, t.user_bytes,
+                                  t.sets_crc))
+
+
+def decode_sg_trailer(page: bytes) -> SGTrailer:
+    f = _unpack(_SG_TRAILER, page, SG_COMMIT_MAGIC, "SG trailer")
+    return SGTrailer(seq=f[3], sets=f[4], objects=f[5], user_bytes=f[6], sets_crc=f[7], flags=f[2])
+
+
+def sets_crc(pages: np.ndarray) -> int:
+    """crc32c over the crc fields of the S set pages (the trailer's commit check)."""
+    return crc32c.crc32c(np.ascontiguousarray(pages[:, 0:4]).tobytes())
+
+
+def encode_index_header(h: IndexHeader) -> bytes:
+    return _page(_INDEX_HEADER.pack(INDEX_MAGIC, FORMAT_VERSION, h.flags, h.group, h.seq_lo, h.seq_hi, h.sets,
+                                    h.group_size, h.m_bits, h.k, h.rows_per_page, h.row_pages, h.hash_seed))
+
+
+def decode_index_header(page: bytes) -> IndexHeader:
+    f = _unpack(_INDEX_HEADER, page, INDEX_MAGIC, "index header")
+    return IndexHeader(group=f[3], seq_lo=f[4], seq_hi=f[5], sets=f[6], group_size=f[7], m_bits=f[8], k=f[9],
+                       rows_per_page=f[10], row_pages=f[11], hash_seed=f[12], flags=f[2])
+
+
+def seal_row_page(page: np.ndarray, group: int, first_offset: int) -> None:
+    page[4:12] = np.frombuffer(int(group).to_bytes(8, "little"), np.uint8)
+    page[12:16] = np.frombuffer(int(first_offset).to_bytes(4, "little"), np.uint8)
+    page[0:4] = np.frombuffer(crc32c.crc32c(page[4:].data).to_bytes(4, "little"), np.uint8)
+
+
+def row_page_ok(page: np.ndarray, group: int, first_offset: int) -> bool:
+    return (int.from_bytes(page[0:4].tobytes(), "little") == crc32c.crc32c(page[4:].data)
+            and int.from_bytes(page[4:12].tobytes(), "little") == group
+            and int.from_bytes(page[12:16].tobytes(), "little") == first_offset)

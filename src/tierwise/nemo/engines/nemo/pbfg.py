@@ -1,0 +1,230 @@
+"""The PBFG index (nemo.md §3.5–3.6): set-level Bloom filters of every live SG, grouped per set offset.
+
+A *row* is the G set-level filters of one offset j across the G SGs of an index group (member s = SG seq mod G).
+- The open group (SGs flushed since the last index write) lives in DRAM as S rows.
+- A complete group is written to the index zones as one block: a header page, then ceil(S/R) pages each packing the
+  rows of R consecutive offsets (R = 1 at paper scale, where a row already fills a page; more at laptop scale, which
+  cuts index writes without adding reads: a PBFG still costs one page per live group).
+- The DRAM cache holds, for a fraction of the offsets (LRU), the rows of every written group that covers live SGs.
+Positives of SGs outside the live range [lo, hi) are ignored (evicted SGs).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from tierwise.common.errors import TierwiseError
+from tierwise.nemo.engines.nemo.config import Geometry
+from tierwise.nemo.engines.nemo.format import (INDEX_ROW_HEADER, IndexHeader, encode_index_header, row_page_ok,
+                                               seal_row_page)
+from tierwise.nemo.index.bloom import filter_test
+from tierwise.nemo.layout import PAGE_SIZE
+
+
+@njit(cache=True)
+def _candidates(open_row, open_group, open_members, rows, row_group, G, mb, positions, lo, hi, out) -> int:
+    """SG sequence numbers in [lo, hi) whose set-level filter may hold the key, newest first."""
+    n = 0
+    for s in range(open_members - 1, -1, -1):
+        seq = open_group * G + s
+        if lo <= seq < hi and filter_test(open_row, s * mb, positions):
+            out[n] = seq
+            n += 1
+    m = n
+    for li in range(rows.shape[0]):
+        g = row_group[li]
+        if g < 0:
+            continue
+        for s in range(G):
+            seq = g * G + s
+            if lo <= seq < hi and filter_test(rows[li], s * mb, positions):
+                out[n] = seq
+                n += 1
+    if n > m + 1:  # written groups sit in ring order; sort them newest first
+        out[m:n] = np.sort(out[m:n])[::-1]
+    return n
+
+
+class IndexLog:
+    """Index blocks appended to a ring of index zones; a zone is reset when reused, once all its groups are dead."""
+
+    def __init__(self, device, zones: list[int], block_pages: int):
+        self.device = device
+        self.zones = zones
+        self.block_bytes = block_pages * PAGE_SIZE
+        self.cap = device.zone_capacity
+        self.cur = 0
+        self.where: dict[int, list[tuple[int, int, int]]] = {}  # group -> [(zone, byte offset, pages)]
+        self.zone_groups: dict[int, set[int]] = {z: set() for z in zones}
+
+    def _advance(self) -> int:
+        self.cur = (self.cur + 1) % len(self.zones)
+        z = self.zones[self.cur]
+        if self.zone_groups[z]:
+            raise TierwiseError(f"index zone {z} still holds live groups {sorted(self.zone_groups[z])}: too few index zones")
+        if self.device.write_pointer(z):
+            self.device.reset(z)
+        return z
+
+    def write_block(self, group: int, pages: np.ndarray) -> None:
+        z = self.zones[self.cur]
+        room = self.cap - self.device.write_pointer(z)
+        if room < min(self.block_bytes, self.cap) or (self.block_bytes > self.cap and room < self.cap):
+            z = self._advance()
+        segs = []
+        done = 0
+        total = pages.shape[0]
+        while done < total:
+            if self.cap - self.device.write_pointer(z) < PAGE_SIZE:
+                z = self._advance()
+            n = min(total - done, (self.cap - self.device.write_pointer(z)) // PAGE_SIZE)
+            off = self.device.append(z, pages[done:done + n])
+            segs.append((z, off, n))
+            self.zone_groups[z].add(group)
+            done += n
+        self.where[group] = segs
+
+    def locate(self, group: int, page: int) -> tuple[int, int]:
+        for z, off, n in self.where[group]:
+            if page < n:
+                return z, off + page * PAGE_SIZE
+            page -= n
+        raise IndexError(page)
+
+    def drop(self, group: int) -> None:
+        for z, _, _ in self.where.pop(group, ()):
+            self.zone_groups[z].discard(group)
+
+
+class PBFG:
+    def __init__(self, geo: Geometry, cache_ratio: float, device, hash_seed: int):
+        S, G, mb = geo.sets, geo.group_size, geo.filter.nbytes
+        self.geo, self.S, self.G, self.mb = geo, S, G, mb
+        self.device = device
+        self.hash_seed = hash_seed
+        self.log = IndexLog(device, geo.index_zones, geo.index_block_pages)
+        self.open_rows = np.zeros((S, G * mb), np.uint8)
+        self.open_group = 0
+        self.open_members = 0
+        cap = max(1, math.floor(cache_ratio * S))
+        L = geo.live_groups
+        self.rows = np.zeros((cap, L, G * mb), np.uint8)
+        self.row_group = np.full((cap, L), -1, np.int64)
+        self.slot_of = np.full(S, -1, np.int32)
+        self.offset_of = np.full(cap, -1, np.int32)
+        self.last_use = np.zeros(cap, np.int64)
+        self._clock = 0
+        self._free = cap
+        self._none_rows = np.zeros((0, G * mb), np.uint8)
+        self._none_groups = np.zeros(0, np.int64)
+        self._out = np.empty(geo.data_slots + G + 1, np.int64)
+        self._page = np.empty(PAGE_SIZE, np.uint8)
+
+    # ---- lookups -------------------------------------------------------------------------------------------------
+
+    def cached(self, j: int) -> bool:
+        return self.slot_of[j] >= 0
+
+    def cached_offsets(self) -> np.ndarray:
+        return np.sort(self.offset_of[self.offset_of >= 0]).astype(np.int64)
+
+    def candidates(self, j: int, positions: np.ndarray, lo: int, hi: int, fetch: bool = True):
+        """(SG seqs in [lo, hi) that may hold the key at offset j, newest first; index pages read).
+
+        Without `fetch`, an uncached PBFG gives (None, 0): the caller cannot rule out flash copies.
+        """
+        slot = int(self.slot_of[j])
+        pages = 0
+        if slot < 0:
+            if fetch:
+                slot, pages = self._fetch(j, lo)
+            elif self.open_group * self.G > lo:
+                return None, 0  # written groups cover live SGs and their rows are not in DRAM
+        if slot >= 0:
+            self._clock += 1
+            self.last_use[slot] = self._clock
+            rows, groups = self.rows[slot], self.row_group[slot]
+        else:
+            rows, groups = self._none_rows, self._none_groups
+        n = _candidates(self.open_rows[j], self.open_group, self.open_members, rows, groups, self.G, self.mb,
+                        positions, lo, hi, self._out)
+        return self._out[:n].copy(), pages
+
+    def _fetch(self, j: int, lo: int) -> tuple[int, int]:
+        """Read row j of every written group covering live SGs (one page each) into an LRU slot."""
+        slot = self._take_slot()
+        self.slot_of[j] = slot
+        self.offset_of[slot] = j
+        self.row_group[slot] = -1
+        R, L = self.geo.rows_per_page, self.geo.live_groups
+        rb = self.G * self.mb
+        first = (j // R) * R
+        start = INDEX_ROW_HEADER + (j - first) * rb
+        reads = 0
+        for g in range(max(0, lo // self.G), self.open_group):
+            z, off = self.log.locate(g, 1 + j // R)
+            self.device.read_into(z, off, self._page)
+            reads += 1
+            if row_page_ok(self._page, g, first):
+                self.rows[slot, g % L] = self._page[start:start + rb]
+            else:  # torn/corrupt index page: every member may hold the key (extra reads, never a stale hit)
+                self.rows[slot, g % L] = 0xFF
+            self.row_group[slot, g % L] = g
+        return slot, reads
+
+    def _take_slot(self) -> int:
+        if self._free:
+            self._free -= 1
+            return int(np.flatnonzero(self.offset_of < 0)[0])
+        slot = int(np.argmin(self.last_use))
+        self.slot_of[self.offset_of[slot]] = -1
+        return slot
+
+    # ---- flushes -------------------------------------------------------------------------------------------------
+
+    def add_sg(self, seq: int, filters: np.ndarray) -> int:
+        """Put a flushed SG's S set-level filters into the open group; write the group when full. Returns index
+        bytes written."""
+        s = seq % self.G
+        if seq // self.G != self.open_group or s != self.open_members:
+            raise TierwiseError(f"SG {seq} flushed out of order (open group {self.open_group}, {self.open_members} members)")
+        self.open_rows[:, s * self.mb:(s + 1) * self.mb] = filters
+        self.open_members += 1
+        if self.open_members < self.G:
+            return 0
+        return self._write_group()
+
+    def _write_group(self) -> int:
+        g, G, geo = self.open_group, self.G, self.geo
+        # cached offsets get the new group's row now, so the cache never needs a re-fetch for it
+        live = self.offset_of >= 0
+        self.rows[live, g % geo.live_groups] = self.open_rows[self.offset_of[live]]
+        self.row_group[live, g % geo.live_groups] = g
+        R, rb = geo.rows_per_page, self.G * self.mb
+        row_pages = geo.index_block_pages - 1
+        pages = np.zeros((geo.index_block_pages, PAGE_SIZE), np.uint8)
+        header = IndexHeader(group=g, seq_lo=g * G, seq_hi=(g + 1) * G, sets=self.S, group_size=G,
+                             m_bits=geo.filter.m_bits, k=geo.filter.k, rows_per_page=R, row_pages=row_pages,
+                             hash_seed=self.hash_seed)
+        pages[0] = np.frombuffer(encode_index_header(header), np.uint8)
+        for p in range(row_pages):
+            chunk = self.open_rows[p * R:(p + 1) * R]
+            pages[1 + p, INDEX_ROW_HEADER:INDEX_ROW_HEADER + chunk.size] = chunk.reshape(-1)
+            seal_row_page(pages[1 + p], g, p * R)
+        self.log.write_block(g, pages)
+        self.open_rows[:] = 0
+        self.open_group += 1
+        self.open_members = 0
+        return pages.nbytes
+
+    def on_evict(self, seq: int) -> None:
+        if seq % self.G == self.G - 1:
+            self.log.drop(seq // self.G)
+
+    def nbytes(self) -> dict[str, int]:
+        return {"pbfg_cache": self.rows.nbytes + self.row_group.nbytes + self.slot_of.nbytes + self.offset_of.nbytes
+                + self.last_use.nbytes,
+                "open_group": self.open_rows.nbytes}

@@ -1,0 +1,51 @@
+import json
+
+import pytest
+
+from tierwise.common.errors import TierwiseError
+from tierwise.nemo.replay import ReplayOptions, open_engine, parse_engine_options, replay, value_bytes
+from tierwise.nemo.traces import open_trace
+
+
+def test_value_bytes_deterministic_and_distinct():
+    assert value_bytes(7, 1, 100) == value_bytes(7, 1, 100) and len(value_bytes(7, 1, 100)) == 100
+    assert value_bytes(7, 1, 100) != value_bytes(7, 2, 100) != value_bytes(8, 1, 100)
+
+
+def test_parse_engine_options():
+    assert parse_engine_options(["a=1", "b=0.5", "c=true", "d=none", "e=x"]) == \
+        {"a": 1, "b": 0.5, "c": True, "d": None, "e": "x"}
+    with pytest.raises(TierwiseError):
+        parse_engine_options(["novalue"])
+
+
+def test_replay_synthetic_checks_values_and_reaches_steady_state():
+    engine = open_engine("nemo", flash_mb=1, zone_kb=64)  # 16 zones of 14 sets: far below the working set
+    result = replay(engine, open_trace("synth:twitter-merged:100000"),
+                    ReplayOptions(sample_every=20_000, warmup=0.5, limit=60_000))
+    s = result.summary
+    assert result.requests == 60_000 and result.counters["wrong_values"] == 0
+    assert result.counters["lookaside_sets"] > 0 and s["gets"] > 0
+    assert s["window"] == "steady" and 0 < s["warm_at_request"] < 60_000 and s["sgs_flushed"] > 5
+    assert 1.0 < s["alwa"] < 3.0 and 0 < s["miss_ratio"] < 1
+    assert s["device_bytes_written"] > 0 and s["dram"]["index_bits_per_object"] > 0
+    assert len(result.series) == 3 and result.series[-1]["requests"] == 60_000
+    json.dumps(result.as_dict(), default=str)
+
+
+def test_dram_budget_enforced():
+    with pytest.raises(TierwiseError, match="DRAM"):
+        open_engine("nemo", flash_mb=4, zone_kb=256, dram_mb=0.01)
+
+
+def test_cli_replay_writes_json(tmp_path):
+    from typer.testing import CliRunner
+
+    from tierwise.nemo.cli import app
+
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["replay", "--trace", "synth:twitter-merged:20000", "--flash-mb", "2",
+                                   "--zone-kb", "128", "--opt", "sets_per_sg=30", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["requests"] == 20000 and data["engine"]["S"] == 30 and data["replay"]["wrong_values"] == 0
