@@ -111,12 +111,15 @@ def _hf_records(name: str, split: str) -> Iterable[tuple[Any, str]]:
 
 def read_documents(spec: str, tokenizer: Any = None, *, doc_separator: str | None = None,
                    max_docs: int | None = None) -> list[tuple[str, bool]]:
-    """Documents of a data source as (text, is_rendered_chat) pairs; see the module doc for `spec`."""
+    """Documents of a data source as (text, is_rendered_chat) pairs; see the module doc for `spec`.
+
+    `max_docs` keeps that many documents spread evenly over the source.
+    """
     if spec.startswith("embedded:"):
         from tierwise.remoe import embedded
 
         split = spec.split(":", 1)[1]
-        return [(doc, False) for doc in embedded.corpus_documents(split)[:max_docs]]
+        return _spread([(doc, False) for doc in embedded.corpus_documents(split)], max_docs)
     if spec.startswith("hf:"):
         name, _, split = spec[3:].partition(":")
         records = _hf_records(name, split or "train")
@@ -132,21 +135,26 @@ def read_documents(spec: str, tokenizer: Any = None, *, doc_separator: str | Non
             except UnicodeDecodeError as e:
                 raise TierwiseError(f"{path}: not UTF-8 text ({e})") from e
             return _split_text(text, doc_separator, max_docs)
-    docs = []
-    for record, where in records:
-        docs.append(record_text(record, tokenizer, where))
-        if max_docs is not None and len(docs) >= max_docs:
-            break
+    docs = [record_text(record, tokenizer, where) for record, where in records]
     if not docs:
         raise TierwiseError(f"{spec}: no documents")
-    return docs
+    return _spread(docs, max_docs)
 
 
 def _split_text(text: str, separator: str | None, max_docs: int | None) -> list[tuple[str, bool]]:
     parts = [p for p in (text.split(separator) if separator else [text]) if p.strip()]
     if not parts:
         raise TierwiseError("the text source is empty")
-    return [(p, False) for p in parts[:max_docs]]
+    return _spread([(p, False) for p in parts], max_docs)
+
+
+def _spread(docs: list, n: int | None) -> list:
+    """`n` documents spread evenly over the source (a corpus ordered by origin stays mixed), all when n is None."""
+    if n is None or n >= len(docs):
+        return docs
+    if n < 1:
+        raise TierwiseError(f"max_docs must be at least 1, got {n}")
+    return [docs[round(i * (len(docs) - 1) / max(1, n - 1))] for i in range(n)]
 
 
 @dataclass
@@ -167,9 +175,12 @@ class PackedCorpus:
     def num_tokens(self) -> int:
         return int((self.doc_ids >= 0).sum())
 
-    def head(self, n: int) -> "PackedCorpus":
-        """The first `n` rows."""
-        return PackedCorpus(self.input_ids[:n], self.doc_ids[:n], self.pad_id)
+    def subset(self, n: int) -> "PackedCorpus":
+        """`n` rows spread evenly over the corpus (all rows when n >= len): a sample of every part of it."""
+        if n >= len(self):
+            return self
+        rows = torch.linspace(0, len(self) - 1, n).round().long()
+        return PackedCorpus(self.input_ids[rows], self.doc_ids[rows], self.pad_id)
 
     def batch(self, rows: torch.Tensor | Sequence[int]) -> dict[str, torch.Tensor]:
         """Model inputs for the given rows: input_ids, labels, position_ids, attention_mask (B,1,T,T bool), doc_ids."""
@@ -216,19 +227,21 @@ def tokenize_documents(docs: Sequence[tuple[str, bool]], tokenizer: Any) -> list
     if tokenizer is None:
         raise TierwiseError("this model has no tokenizer; text data needs one (save it next to the checkpoint)")
     eos = getattr(tokenizer, "eos_token_id", None)
-    out = []
-    for text, is_chat in docs:
-        ids = list(tokenizer(text, add_special_tokens=not is_chat)["input_ids"])
-        if eos is not None and (not ids or ids[-1] != eos):
-            ids.append(eos)
-        out.append(ids)
+    out: list[list[int]] = [[] for _ in docs]
+    for is_chat in (False, True):  # one batched (parallel) tokenizer call per kind
+        which = [i for i, (_, chat) in enumerate(docs) if chat == is_chat]
+        if not which:
+            continue
+        encoded = tokenizer([docs[i][0] for i in which], add_special_tokens=not is_chat, verbose=False)["input_ids"]
+        for i, ids in zip(which, encoded):
+            out[i] = list(ids) + ([eos] if eos is not None and (not ids or ids[-1] != eos) else [])
     return out
 
 
 def load_corpus(spec: str, tokenizer: Any, seq_len: int, *, doc_separator: str | None = None,
                 max_docs: int | None = None, max_rows: int | None = None) -> PackedCorpus:
-    """read_documents → tokenize_documents → pack, keeping at most `max_rows` rows."""
+    """read_documents → tokenize_documents → pack, keeping at most `max_rows` rows (spread evenly)."""
     docs = read_documents(spec, tokenizer, doc_separator=doc_separator, max_docs=max_docs)
     pad_id = getattr(tokenizer, "pad_token_id", None)
     packed = pack(tokenize_documents(docs, tokenizer), seq_len, pad_id if pad_id is not None else 0)
-    return packed.head(max_rows) if max_rows is not None else packed
+    return packed.subset(max_rows) if max_rows is not None else packed

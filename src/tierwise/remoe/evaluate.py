@@ -30,7 +30,7 @@ class EvalConfig:
     data: str = "embedded:heldout"
     seq_len: int = 256
     batch_size: int = 8
-    max_rows: int | None = None  # evaluate only the first N packed rows
+    max_rows: int | None = None  # evaluate N packed rows spread evenly over the data
     cache_sizes: tuple[int, ...] = ()  # uHR@C capacities; empty = (K, 2K)
     doc_separator: str | None = None
 
@@ -106,9 +106,7 @@ def evaluate_cli(model_name: str, router: Path | None, cfg: EvalConfig) -> dict[
 
     delta = load_router_delta(router) if router is not None else None  # a bad delta fails before the model loads
     model, tokenizer = load_model(model_name)
-    corpus = load_corpus(cfg.data, tokenizer, cfg.seq_len, doc_separator=cfg.doc_separator)
-    if cfg.max_rows is not None:
-        corpus = corpus.head(cfg.max_rows)
+    corpus = load_corpus(cfg.data, tokenizer, cfg.seq_len, doc_separator=cfg.doc_separator, max_rows=cfg.max_rows)
     results: dict[str, Any] = {"model": model_name, "data": cfg.data, "rows": len(corpus), "seq_len": cfg.seq_len,
                                "before": evaluate_model(model, corpus, cfg, model_name=model_name)}
     if delta is not None:
