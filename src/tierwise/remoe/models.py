@@ -36,18 +36,6 @@ _TINY_COMMON: dict[str, Any] = dict(
 )
 
 
-@dataclass(frozen=True)
-class ArchSpec:
-    """What one architecture's transformers implementation does, read off its modeling file."""
-
-    scoring: str  # 'softmax' | 'sigmoid': how router logits become scores before top-k
-    num_shared_experts: Callable[[Any], int]
-    norm_topk_prob: Callable[[Any], bool]  # whether the implementation renormalises the top-k weights
-    is_moe_layer: Callable[[Any, int], bool]  # the layer rule of the modeling file (dense layers -> False)
-    groups: Callable[[Any], tuple[int, int] | None]  # (n_group, topk_group) for grouped top-k, else None
-    tiny: dict[str, Any] = field(default_factory=dict)  # structural features of the real model, tiny sizes
-
-
 def _deepseek_layer(config, i: int) -> bool:
     return i >= (config.first_k_dense_replace or 0)
 
@@ -68,6 +56,22 @@ def _no_groups(config) -> None:
     return None
 
 
+def _no_shared(config) -> int:
+    return 0
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """What one architecture's transformers implementation does, read off its modeling file."""
+
+    tiny: dict[str, Any]  # structural features of the real model at tiny sizes
+    scoring: str = "softmax"  # how router logits become scores before top-k: 'softmax' | 'sigmoid'
+    num_shared_experts: Callable[[Any], int] = _no_shared
+    norm_topk_prob: Callable[[Any], bool] = _config_norm  # whether the implementation renormalises top-k weights
+    is_moe_layer: Callable[[Any, int], bool] = _every_layer  # the modeling file's layer rule (dense layers -> False)
+    groups: Callable[[Any], tuple[int, int] | None] = _no_groups  # (n_group, topk_group) of grouped top-k
+
+
 _DEEPSEEK_ATTN = dict(kv_lora_rank=16, q_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8,
                       num_key_value_heads=4)  # MLA: one KV head per query head, or the forward fails
 
@@ -75,7 +79,6 @@ ARCHS: dict[str, ArchSpec] = {
     # DeepSeek-V2(-Lite): softmax, greedy top-k (group_limited_greedy for the full V2), 2 shared experts, dense layer 0.
     # The 5.24 router never renormalises top-k weights whatever norm_topk_prob says.
     "deepseek_v2": ArchSpec(
-        scoring="softmax",
         num_shared_experts=lambda c: int(c.n_shared_experts or 0),
         norm_topk_prob=lambda c: False,
         is_moe_layer=_deepseek_layer,
@@ -87,7 +90,6 @@ ARCHS: dict[str, ArchSpec] = {
     "deepseek_v3": ArchSpec(
         scoring="sigmoid",
         num_shared_experts=lambda c: int(c.n_shared_experts or 0),
-        norm_topk_prob=_config_norm,
         is_moe_layer=_deepseek_layer,
         groups=lambda c: (c.n_group, c.topk_group),
         tiny=dict(_DEEPSEEK_ATTN, n_routed_experts=16, num_experts_per_tok=4, n_shared_experts=1, moe_intermediate_size=16,
@@ -95,40 +97,22 @@ ARCHS: dict[str, ArchSpec] = {
     ),
     # Qwen1.5-MoE: one shared expert scaled by its own sigmoid gate, top-k weights NOT renormalised.
     "qwen2_moe": ArchSpec(
-        scoring="softmax",
         num_shared_experts=lambda c: 1 if (c.shared_expert_intermediate_size or 0) > 0 else 0,
-        norm_topk_prob=_config_norm,
         is_moe_layer=_qwen_layer,
-        groups=_no_groups,
         tiny=dict(num_experts=12, num_experts_per_tok=4, moe_intermediate_size=16, shared_expert_intermediate_size=64,
                   norm_topk_prob=False, mlp_only_layers=[0], decoder_sparse_step=1),
     ),
     # Qwen3-MoE: no shared expert, renormalised top-k.
     "qwen3_moe": ArchSpec(
-        scoring="softmax",
-        num_shared_experts=lambda c: 0,
-        norm_topk_prob=_config_norm,
         is_moe_layer=_qwen_layer,
-        groups=_no_groups,
         tiny=dict(num_experts=16, num_experts_per_tok=4, moe_intermediate_size=16, norm_topk_prob=True, head_dim=8,
                   mlp_only_layers=[0], decoder_sparse_step=1),
     ),
     # OLMoE: MoE in every layer, no shared expert, no renormalisation.
-    "olmoe": ArchSpec(
-        scoring="softmax",
-        num_shared_experts=lambda c: 0,
-        norm_topk_prob=_config_norm,
-        is_moe_layer=_every_layer,
-        groups=_no_groups,
-        tiny=dict(num_experts=16, num_experts_per_tok=4, intermediate_size=16, norm_topk_prob=False),
-    ),
+    "olmoe": ArchSpec(tiny=dict(num_experts=16, num_experts_per_tok=4, intermediate_size=16, norm_topk_prob=False)),
     # Mixtral: 8 coarse experts, top-2, always renormalised.
     "mixtral": ArchSpec(
-        scoring="softmax",
-        num_shared_experts=lambda c: 0,
         norm_topk_prob=lambda c: True,
-        is_moe_layer=_every_layer,
-        groups=_no_groups,
         tiny=dict(num_local_experts=8, num_experts_per_tok=2, intermediate_size=32),
     ),
 }
