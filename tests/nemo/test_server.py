@@ -1,0 +1,173 @@
+"""The memcached server over TCP: pymemcache round trips, bad input, limits, half-closed connections.
+
+Every test runs against the real Nemo engine on a file-backed zoned device; the protocol-level tests also run
+against a dict-backed engine double, which separates protocol bugs from engine bugs.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from pymemcache.client.base import Client
+from pymemcache.exceptions import MemcacheServerError
+
+from tierwise.nemo.server.commands import CommandHandler
+from tierwise.nemo.server.protocol import Limits
+from tierwise.nemo.server.server import ServerConfig, serve_in_thread
+from tierwise.nemo.server.serve import open_cache
+
+from tests.nemo.test_server_support import DictEngine, recv_until
+
+
+@pytest.fixture(params=["nemo", "dict"])
+def served_server(request, tmp_path):
+    """(server, port) of a running server; torn down after the test."""
+    if request.param == "nemo":
+        cache = open_cache(f"file:{tmp_path / 'dev'}", flash_bytes=32 << 20, zone_bytes=1 << 20)
+        handler, engine = cache.handler, cache.engine
+    else:
+        engine = DictEngine()
+        handler = CommandHandler(engine, Limits())
+    server, stop = serve_in_thread(handler, ServerConfig(port=0, max_conns=8, buffer_bytes=64 << 10))
+    yield server, server.port
+    stop()
+    engine.close()
+
+
+@pytest.fixture
+def served(served_server):
+    server, port = served_server
+    return port, server.handler
+
+
+def client(port: int) -> Client:
+    return Client(("127.0.0.1", port), no_delay=True, timeout=10, default_noreply=False)
+
+
+def raw(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def test_pymemcache_round_trips(served):
+    port, _ = served
+    c = client(port)
+    values = {f"key{i}": bytes((i * 7 + j) % 256 for j in range(i * 13 % 600)) for i in range(300)}
+    values["large"] = bytes(range(256)) * 8
+    for k, v in values.items():
+        assert c.set(k, v)
+    assert c.get_many(list(values)) == values
+    assert c.get("missing") is None
+    v, cas = c.gets("key1")
+    assert c.cas("key1", b"new", cas) and not c.cas("key1", b"newer", cas)
+    assert c.get("key1") == b"new"
+    assert not c.add("key1", b"x") and c.add("fresh", b"x") and c.replace("fresh", b"y") and not c.replace("nope", b"z")
+    assert c.append("fresh", b"++") and c.prepend("fresh", b"--") and c.get("fresh") == b"--y++"
+    assert c.set("n", b"10") and c.incr("n", 5) == 15 and c.decr("n", 100) == 0 and c.incr("missing", 1) is None
+    assert c.set("f", b"v", flags=42) and c.gets_many(["f"])["f"][0] == b"v"
+    assert c.touch("f", 100) and not c.touch("missing", 1)
+    assert c.delete("key2") and c.get("key2") is None and not c.delete("key2")
+    assert c.set("gone", b"v", expire=-1) and c.get("gone") is None
+    stats = c.stats()
+    for name in (b"curr_items", b"bytes", b"alwa", b"index_bits_per_object", b"miss_ratio", b"get_hits"):
+        assert name in stats
+    assert c.version().startswith(b"tierwise")
+    assert c.flush_all() and c.get("key3") is None and c.get("fresh") is None
+    assert c.set("after", b"1") and c.get("after") == b"1"
+
+
+def test_value_limit_and_key_limit(served):
+    port, _ = served
+    c = client(port)
+    assert c.set("big", b"x" * 2048)
+    with pytest.raises(MemcacheServerError, match="too large"):
+        c.set("big", b"x" * 2049)
+    assert c.get("big") == b"x" * 2048  # connection still in sync, old value kept
+    s = raw(port)
+    s.sendall(b"set " + b"k" * 251 + b" 0 0 1\r\nx\r\nget big\r\n")
+    reply = recv_until(s, b"END\r\n")
+    assert reply.startswith(b"CLIENT_ERROR") and b"VALUE big 0 2048" in reply
+
+
+def test_bad_input_keeps_connection_in_sync(served):
+    port, _ = served
+    s = raw(port)
+    s.sendall(b"bogus command\r\nset k 0 0 3\r\nabcdef\r\nset k 0 0 x\r\nincr\r\n\x00\x01\x02\xff\r\n"
+              b"set k 0 0 3\r\nabc\r\nget k\r\n")
+    reply = recv_until(s, b"END\r\n")
+    # As in memcached, the bytes after a bad data chunk ("f") are read as the next command.
+    assert reply.split(b"\r\n")[:7] == [b"ERROR", b"CLIENT_ERROR bad data chunk", b"ERROR",
+                                        b"CLIENT_ERROR bad command line format",
+                                        b"CLIENT_ERROR bad command line format", b"ERROR", b"STORED"]
+    assert reply.endswith(b"VALUE k 0 3\r\nabc\r\nEND\r\n")
+
+
+def test_meta_commands(served):
+    port, _ = served
+    s = raw(port)
+    s.sendall(b"ms mk 2 T0 F3 c\r\nhi\r\nmg mk v f k Oxy\r\nmg nokey v q\r\nmg mk s t\r\nmd mk q\r\nmg mk v\r\nmn\r\n")
+    reply = recv_until(s, b"MN\r\n").split(b"\r\n")
+    assert reply[0].startswith(b"HD c")
+    assert reply[1:3] == [b"VA 2 f3 kmk Oxy", b"hi"]
+    assert reply[3] == b"HD s2 t-1"
+    assert reply[4:6] == [b"EN", b"MN"]
+
+
+def test_half_closed_connection_gets_its_replies(served):
+    port, _ = served
+    s = raw(port)
+    s.sendall(b"set hc 0 0 2\r\nok\r\nget hc\r\n")
+    s.shutdown(socket.SHUT_WR)
+    data = b""
+    while chunk := s.recv(4096):
+        data += chunk
+    assert data == b"STORED\r\nVALUE hc 0 2\r\nok\r\nEND\r\n"
+    assert client(port).get("hc") == b"ok"
+
+
+def test_connection_limit(served):
+    port, _ = served
+    socks = [raw(port) for _ in range(8)]
+    for s in socks:  # make sure all 8 are admitted
+        s.sendall(b"version\r\n")
+        assert recv_until(s, b"\r\n").startswith(b"VERSION")
+    extra = raw(port)
+    assert recv_until(extra, b"\r\n") == b"SERVER_ERROR too many open connections\r\n"
+    socks[0].close()
+    time.sleep(0.2)
+    assert client(port).version().startswith(b"tierwise")
+
+
+def test_client_that_does_not_read_is_throttled_not_fatal(served_server):
+    server, port = served_server
+    c = client(port)
+    c.set("p", b"v" * 100)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window so the server's output backs up soon
+    s.connect(("127.0.0.1", port))
+    s.setblocking(False)
+    sent, burst = 0, b"get p\r\n" * 2000
+    deadline = time.time() + 10
+    while time.time() < deadline and sent < 8 << 20:  # send without ever reading
+        try:
+            sent += s.send(burst)
+        except BlockingIOError:
+            time.sleep(0.05)
+            try:
+                sent += s.send(burst)
+            except BlockingIOError:
+                break
+    assert sent < 8 << 20  # the server stopped taking input from this client
+    deadline = time.time() + 20
+    while time.time() < deadline and not any(cn.write_paused for cn in list(server.conns)):
+        time.sleep(0.05)  # the server works through what it took in until its output backs up
+    conn = next(cn for cn in list(server.conns) if cn.write_paused)
+    # Input held for it: at most the limit plus one socket read (uvloop reads up to 256 KiB at a time).
+    assert not conn.reading and conn.parser.buffered <= server.config.buffer_bytes + (256 << 10)
+    assert client(port).get("p") == b"v" * 100  # everyone else is still served
+    s.close()  # and a client vanishing with unread replies is no problem
+    time.sleep(0.2)
+    assert client(port).get("p") == b"v" * 100

@@ -1,0 +1,56 @@
+"""Helpers shared by the server tests: a dict-backed engine double and socket reading."""
+
+from __future__ import annotations
+
+import socket
+
+
+class DictEngine:
+    """Protocol-only engine double: a dict behind the Engine get/set/delete API, with the stats hooks."""
+
+    name = "dict"
+
+    def __init__(self):
+        from tierwise.nemo.device import MemoryZonedDevice
+        from tierwise.nemo.metrics import Metrics
+
+        self.d: dict[bytes, bytes] = {}
+        self.metrics = Metrics()
+        self.device = MemoryZonedDevice(2, 4096)
+
+    def get(self, key: bytes) -> bytes | None:
+        v = self.d.get(key)
+        self.metrics.get(v is not None)
+        return v
+
+    def set(self, key: bytes, value: bytes) -> bool:
+        self.d[key] = value
+        return True
+
+    def delete(self, key: bytes) -> None:
+        self.d.pop(key, None)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def object_count(self) -> int:
+        return len(self.d)
+
+    def dram_bytes(self) -> dict[str, int]:
+        return {"dict": sum(len(k) + len(v) for k, v in self.d.items())}
+
+    def config(self) -> dict:
+        return {"engine": "dict"}
+
+
+def recv_until(sock: socket.socket, end: bytes) -> bytes:
+    data = b""
+    while not data.endswith(end):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
