@@ -1,0 +1,120 @@
+"""HF MoE -> GGUF export read back with gguf's reader; router patching; opt-in llama.cpp greedy equality."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tierwise.common.errors import TierwiseError
+from tierwise.remoe.delta import load_router_delta, save_router_delta
+from tierwise.remoe.gguf import GGUF_ARCHS, export_gguf, patch_router, read_gguf
+from tierwise.remoe.models import SUPPORTED_ARCHS, adapter_for, tiny_model, tiny_tokenizer
+
+# llama.cpp's qwen2moe/qwen3moe have MoE in every layer, so their tiny models drop the dense layer 0.
+ALL_MOE = {"qwen2_moe": {"mlp_only_layers": []}, "qwen3_moe": {"mlp_only_layers": []}}
+
+
+def _export(arch, path, **kw):
+    model = tiny_model(arch, **ALL_MOE.get(arch, {}), **kw)
+    return model, export_gguf(model, tiny_tokenizer(), path)
+
+
+def _field(reader, key):
+    return reader.fields[key].contents()
+
+
+@pytest.mark.parametrize("arch", SUPPORTED_ARCHS)
+def test_export_reads_back(arch, tmp_path):
+    model, path = _export(arch, tmp_path / f"{arch}.gguf")
+    adapter = adapter_for(model)
+    reader = read_gguf(path)
+    name = GGUF_ARCHS[arch].name
+    assert _field(reader, "general.architecture") == name
+    assert _field(reader, f"{name}.expert_count") == adapter.num_experts
+    assert _field(reader, f"{name}.expert_used_count") == adapter.top_k
+    assert _field(reader, f"{name}.block_count") == model.config.num_hidden_layers
+    assert len(_field(reader, "tokenizer.ggml.tokens")) == model.config.vocab_size
+    tensors = {t.name: np.asarray(t.data) for t in reader.tensors}
+    for layer in adapter.moe_layers:
+        np.testing.assert_array_equal(tensors[f"blk.{layer}.ffn_gate_inp.weight"], adapter.router_weight(layer).detach().numpy())
+        w = adapter.expert_weights(layer, 1)
+        np.testing.assert_array_equal(tensors[f"blk.{layer}.ffn_gate_exps.weight"][1], w["gate_proj"].detach().numpy())
+        np.testing.assert_array_equal(tensors[f"blk.{layer}.ffn_up_exps.weight"][1], w["up_proj"].detach().numpy())
+        np.testing.assert_array_equal(tensors[f"blk.{layer}.ffn_down_exps.weight"][1], w["down_proj"].detach().numpy())
+    np.testing.assert_array_equal(tensors["token_embd.weight"], model.model.embed_tokens.weight.detach().numpy())
+
+
+def test_dense_layers_refused_where_llama_cpp_cannot_hold_them(tmp_path):
+    with pytest.raises(TierwiseError, match="dense"):
+        export_gguf(tiny_model("qwen2_moe"), tiny_tokenizer(), tmp_path / "x.gguf")
+
+
+def test_patch_router_replaces_only_the_gates(tmp_path):
+    model, path = _export("deepseek_v2", tmp_path / "base.gguf")
+    adapter = adapter_for(model)
+    with torch.no_grad():
+        for layer in adapter.moe_layers:
+            adapter.router_weight(layer).mul_(-2.0)
+    delta = load_router_delta(save_router_delta(model, tmp_path / "router.safetensors"))
+    out = patch_router(path, delta, tmp_path / "patched.gguf")
+    base, patched = read_gguf(path), read_gguf(out)
+    assert [t.name for t in base.tensors] == [t.name for t in patched.tensors]
+    for a, b in zip(base.tensors, patched.tensors):
+        if a.name.endswith("ffn_gate_inp.weight"):
+            layer = int(a.name.split(".")[1])
+            np.testing.assert_array_equal(np.asarray(b.data), adapter.router_weight(layer).detach().numpy())
+            assert not np.array_equal(np.asarray(a.data), np.asarray(b.data))
+        else:
+            assert np.asarray(a.data).tobytes() == np.asarray(b.data).tobytes(), a.name
+    assert {k: f.contents() for k, f in base.fields.items()} == {k: f.contents() for k, f in patched.fields.items()}
+
+
+def test_patch_router_errors(tmp_path):
+    _, path = _export("olmoe", tmp_path / "olmoe.gguf")
+    delta = save_router_delta(tiny_model("deepseek_v2"), tmp_path / "dsv2_router.safetensors")  # layers 1..3 only
+    with pytest.raises(TierwiseError, match="router delta covers"):
+        patch_router(path, delta, tmp_path / "out.gguf")
+    narrow = save_router_delta(tiny_model("mixtral"), tmp_path / "mixtral_router.safetensors")  # E = 8, not 16
+    with pytest.raises(TierwiseError, match="differs"):
+        patch_router(path, narrow, tmp_path / "out.gguf")
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a gguf file at all" * 10)
+    with pytest.raises(TierwiseError, match="not a readable GGUF"):
+        patch_router(junk, delta, tmp_path / "out.gguf")
+
+
+@pytest.mark.optin
+@pytest.mark.parametrize("arch", SUPPORTED_ARCHS)
+def test_llama_cpp_greedy_matches_transformers(arch, tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    model, path = _export(arch, tmp_path / f"{arch}.gguf")
+    prompt = [5, 17, 99, 3, 42, 7, 250, 31]
+    expected = model.generate(torch.tensor([prompt]), max_new_tokens=12, min_new_tokens=12, do_sample=False)[0, len(prompt):]
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=1, verbose=False, logits_all=False)
+    got = []
+    llm.eval(prompt)
+    for _ in range(12):
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        got.append(token)
+        llm.eval([token])
+    assert got == expected.tolist()
+
+
+def test_cli_export_and_patch(tmp_path):
+    from typer.testing import CliRunner
+
+    from tierwise.cli import app
+    from tierwise.remoe.models import save_tiny
+
+    ckpt = save_tiny("deepseek_v2", tmp_path / "ckpt")
+    model = tiny_model("deepseek_v2", seed=3)
+    delta = save_router_delta(model, tmp_path / "router.safetensors")
+    runner = CliRunner()
+    r = runner.invoke(app, ["remoe", "export-gguf", str(ckpt), "--out", str(tmp_path / "m.gguf")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["remoe", "patch-gguf", str(tmp_path / "m.gguf"), "--router", str(delta), "--out", str(tmp_path / "p.gguf")])
+    assert r.exit_code == 0, r.output
+    gates = {t.name: np.asarray(t.data) for t in read_gguf(tmp_path / "p.gguf").tensors if "ffn_gate_inp" in t.name}
+    for layer in adapter_for(model).moe_layers:
+        np.testing.assert_array_equal(gates[f"blk.{layer}.ffn_gate_inp.weight"], adapter_for(model).router_weight(layer).detach().numpy())
