@@ -101,6 +101,12 @@ def obj_flags_at(page, pos) -> int:
     return np.int64(page[pos + 1])
 
 
+@njit(cache=True)
+def obj_value_span(page, pos):
+    """(start, length, flags) of the value of the object at `pos`."""
+    return pos + OBJ_HEADER + np.int64(page[pos]), _u16(page, pos + 2), np.int64(page[pos + 1])
+
+
 # ---- packing (numba) -------------------------------------------------------------------------------------------
 
 

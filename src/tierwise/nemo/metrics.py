@@ -92,12 +92,16 @@ class Metrics:
         self._add("rejected", 1)
 
     def get(self, hit: bool, bytes_read: int = 0, flash_reads: int = 0, index_reads: int = 0) -> None:
-        self._add("gets", 1)
-        self._add("hits", 1 if hit else 0)
-        self._add("get_bytes_read", bytes_read)
-        self._add("get_flash_reads", flash_reads)
-        self._add("get_index_reads", index_reads)
-        self._add("gets_fetching_index", 1 if index_reads else 0)
+        c = self.counters  # the hottest recorder: skip zero updates
+        c["gets"] = c.get("gets", 0) + 1
+        if hit:
+            c["hits"] = c.get("hits", 0) + 1
+        if bytes_read:
+            c["get_bytes_read"] = c.get("get_bytes_read", 0) + bytes_read
+            c["get_flash_reads"] = c.get("get_flash_reads", 0) + flash_reads
+        if index_reads:
+            c["get_index_reads"] = c.get("get_index_reads", 0) + index_reads
+            c["gets_fetching_index"] = c.get("gets_fetching_index", 0) + 1
 
     def flushed_sets(self, fills: np.ndarray) -> None:
         """Fill fraction (0..1) of every set page in one flushed SetGroup (or one batch of set writes)."""

@@ -31,7 +31,7 @@ from tierwise.nemo.engines.nemo.setgroup import SetGroupBuffers, sacrifice
 from tierwise.nemo.hashing import bloom_positions, key_hash
 from tierwise.nemo.index.bloom import filter_add
 from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, FLAG_WRITEBACK, OBJ_HEADER, PAGE_SIZE, PAYLOAD,
-                                  TALLY_COLUMNS, check_object, obj_flags_at, obj_size_at, object_at,
+                                  TALLY_COLUMNS, check_object, obj_flags_at, obj_size_at, obj_value_span, object_at,
                                   page_copy_object, page_crc_ok, page_find, page_free, page_index_of,
                                   page_positions, pages_tally, seal_page)
 from tierwise.nemo.metrics import Metrics
@@ -45,6 +45,12 @@ def _config(options: dict[str, Any]) -> NemoConfig:
         raise TierwiseError(f"bad option for engine 'nemo': {', '.join(unknown)} (known: "
                             f"{', '.join(NemoConfig.__dataclass_fields__)})")
     return NemoConfig(**options)
+
+
+def _value(page: np.ndarray, pos: int) -> bytes | None:
+    """The value of the record at `pos`, or None for a tombstone."""
+    start, n, flags = obj_value_span(page, pos)
+    return None if flags & FLAG_TOMBSTONE else page[start:start + n].tobytes()
 
 
 def _key_array(key: bytes) -> np.ndarray:
@@ -99,20 +105,23 @@ class NemoEngine(Engine):
 
     def _hash(self, key: bytes):
         h = key_hash(key, self.S, self.cfg.hash_seed)
-        return h.offset, bloom_positions(h.h1, h.h2, self.filter.k, self.filter.m_bits)
+        return h.offset, self._positions(h)
+
+    def _positions(self, h) -> np.ndarray:
+        return bloom_positions(h.h1, h.h2, self.filter.k, self.filter.m_bits)
 
     # ---- API -----------------------------------------------------------------------------------------------------
 
     def get(self, key: bytes) -> bytes | None:
-        j, positions = self._hash(key)
+        h = key_hash(key, self.S, self.cfg.hash_seed)
+        j = h.offset
         kb = _key_array(key)
         i, pos = self.buffers.find(j, kb)
         if i >= 0:
-            page = self.buffers.page(i, j)
-            hit = not obj_flags_at(page, pos) & FLAG_TOMBSTONE
-            self.metrics.get(hit)
-            return object_at(page, pos).value if hit else None
-        cands, index_reads = self.pbfg.candidates(j, positions, self.oldest, self.next_seq)
+            value = _value(self.buffers.page(i, j), pos)
+            self.metrics.get(value is not None)
+            return value
+        cands, index_reads = self.pbfg.candidates(j, self._positions(h), self.oldest, self.next_seq)
         reads = 0
         value = None
         for seq in cands:
@@ -123,10 +132,9 @@ class NemoEngine(Engine):
             pos = page_find(self._page, kb)
             if pos < 0:
                 continue  # a filter false positive
-            if not obj_flags_at(self._page, pos) & FLAG_TOMBSTONE:
-                value = object_at(self._page, pos).value
-                if self.hotness.tracked(int(seq), self.oldest):
-                    self.hotness.mark(int(seq), j, page_index_of(self._page, pos))
+            value = _value(self._page, pos)
+            if value is not None and self.hotness.tracked(int(seq), self.oldest):
+                self.hotness.mark(int(seq), j, page_index_of(self._page, pos))
             break
         self.metrics.get(value is not None, (reads + index_reads) * PAGE_SIZE, reads, index_reads)
         return value
