@@ -29,7 +29,8 @@ class MetaKVReader(CsvTraceReader):
         self._count, self._key_size, self._ttl = col.get("op_count"), col.get("key_size"), col.get("ttl")
         self._width = len(names)
 
-    def _parse(self, fields: list[str]) -> tuple[int, int, int, int, int, int]:
+    def _parse(self, line: str) -> tuple[int, int, int, int, int, int]:
+        fields = line.rstrip("\r\n").split(",")
         if len(fields) != self._width:
             raise ValueError(f"expected {self._width} fields as in the header, got {len(fields)}")
         key = fields[self._key]

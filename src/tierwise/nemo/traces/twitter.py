@@ -11,19 +11,24 @@ from tierwise.nemo.traces.request import Op
 
 OPS = {"get": Op.GET, "gets": Op.GET, "delete": Op.DELETE, "set": Op.SET, "add": Op.SET, "replace": Op.SET,
        "cas": Op.SET, "append": Op.SET, "prepend": Op.SET, "incr": Op.SET, "decr": Op.SET}
+_CODES = {name: int(op) for name, op in OPS.items()}
 _FIELDS = 7
 
 
 class TwitterReader(CsvTraceReader):
     format = "twitter"
 
-    def _parse(self, fields: list[str]) -> tuple[int, int, int, int, int, int]:
-        if len(fields) < _FIELDS:
-            raise ValueError(f"expected {_FIELDS} comma-separated fields, got {len(fields)}")
-        key = ",".join(fields[1:-5])  # an anonymised key could itself hold commas: the other fields are fixed
-        key_size, value_size, _client, op, ttl = fields[-5:]
-        code = OPS.get(op.strip().lower())
+    def _parse(self, line: str) -> tuple[int, int, int, int, int, int]:
+        # Split from the right: an anonymised key could itself hold commas, the five fields after it cannot.
+        parts = line.rsplit(",", 5)
+        head = parts[0].split(",", 1)
+        if len(parts) != 6 or len(head) != 2:
+            raise ValueError(f"expected {_FIELDS} comma-separated fields, got {line.count(',') + 1}")
+        _, key_size, value_size, _client, op, ttl = parts
+        code = _CODES.get(op)
         if code is None:
-            raise ValueError(f"unknown operation {op!r} (expected one of {', '.join(OPS)})")
-        int(fields[0])  # the timestamp must be an integer too
-        return int(code), key_id(key), int(key_size), int(value_size), int(ttl), 1
+            code = _CODES.get(op.strip().lower())
+            if code is None:
+                raise ValueError(f"unknown operation {op!r} (expected one of {', '.join(OPS)})")
+        int(head[0])  # the timestamp must be an integer too
+        return code, key_id(head[1]), int(key_size), int(value_size), int(ttl), 1
