@@ -52,6 +52,9 @@ def test_twitter_plain_and_zst(tmp_path):
     ("x,k,10,100,1,get,0", "invalid literal"),
     ("0,k,70000,100,1,get,0", "key size"),
     ("0,k,10,-5,1,get,0", "value size"),
+    ("0,k,10,99999999999999999999999,1,get,0", "value size"),
+    ("0,k,10,1,1,set,99999999999", "ttl"),
+    ("0,k,10,1,1,set", "expected 7"),
 ])
 def test_twitter_bad_line_named_and_skippable(tmp_path, line, why):
     p = tmp_path / "bad.csv"
