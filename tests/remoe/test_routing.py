@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tierwise.common.errors import TierwiseError
-from tierwise.remoe.data import load_prompts, read_prompts
+from tierwise.remoe.data import encode_prompt, load_prompts, read_prompts
 from tierwise.remoe.models import adapter_for, tiny_model, tiny_tokenizer
 from tierwise.remoe.routing import (
     DECODE,
@@ -172,6 +172,9 @@ def test_prompt_formats(tmp_path):
     assert load_prompts(tmp_path / "p.jsonl", tok) == ["plain", "user: hi\nassistant:"]
     tok.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
     assert load_prompts(tmp_path / "p.jsonl", tok)[1] == "<user>hi<assistant>"
+    chat = read_prompts(tmp_path / "p.jsonl")[1]
+    assert encode_prompt(chat, tok) == tok("<user>hi<assistant>").input_ids
+    assert encode_prompt("plain", tok) == tok("plain").input_ids
 
 
 @pytest.mark.parametrize(

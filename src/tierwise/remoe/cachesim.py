@@ -241,22 +241,27 @@ def step_stream(trace: RoutingTrace, *, prefill: str = "exclude") -> StepStream:
     keep = np.ones(len(starts), dtype=bool) if prefill == "include" else phase == DECODE
     starts, ends, phase, prefill_idx, req = starts[keep], ends[keep], phase[keep], prefill_idx[keep], req[keep]
     first = np.r_[True, req[1:] != req[:-1]] if len(req) else np.zeros(0, bool)
-    flat, ptr = [], []
     K = trace.top_k
+    decode = np.flatnonzero(phase == DECODE)
+    flat, ptr = [], []
     for layer in range(trace.num_layers):
-        if not (phase == PREFILL).any():  # decode-only: every step is one token's K experts, no loop needed
-            flat.append(np.ascontiguousarray(trace.experts[starts, layer, :]).ravel())
-            ptr.append(np.arange(len(starts) + 1, dtype=np.int64) * K)
-            continue
-        parts = []
-        for s, e, ph, pi in zip(starts, ends, phase, prefill_idx):
-            if ph == DECODE:
-                parts.append(trace.experts[s, layer, :])
-            else:
-                mass = trace.prefill_mass[pi, layer] if trace.prefill_mass is not None else None
-                parts.append(_prefill_order(trace.experts[s:e, layer, :], mass))
-        flat.append(np.concatenate(parts).astype(np.int16) if parts else np.zeros(0, np.int16))
-        ptr.append(np.r_[0, np.cumsum([len(p) for p in parts])].astype(np.int64))
+        sizes = np.full(len(starts), K, dtype=np.int64)  # a decode step requests its token's K experts
+        prefill_sets = {}
+        for j in np.flatnonzero(phase == PREFILL):  # one call per request: a short Python loop
+            mass = trace.prefill_mass[prefill_idx[j], layer] if trace.prefill_mass is not None else None
+            prefill_sets[j] = _prefill_order(trace.experts[starts[j] : ends[j], layer, :], mass)
+            sizes[j] = len(prefill_sets[j])
+        offsets = np.r_[0, np.cumsum(sizes)].astype(np.int64)
+        decode_experts = trace.experts[starts[decode], layer, :].ravel()
+        if not prefill_sets:  # decode steps only: they are the whole stream, in order
+            layer_flat = decode_experts
+        else:
+            layer_flat = np.empty(offsets[-1], dtype=np.int16)
+            layer_flat[(offsets[decode][:, None] + np.arange(K)).ravel()] = decode_experts
+        for j, u in prefill_sets.items():
+            layer_flat[offsets[j] : offsets[j + 1]] = u
+        flat.append(layer_flat)
+        ptr.append(offsets)
     return StepStream(flat, ptr, first, (ends - starts).astype(np.int64), phase)
 
 

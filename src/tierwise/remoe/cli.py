@@ -224,7 +224,7 @@ def trace(
     from tierwise.common.progress import progress_task
     from tierwise.common.report import print_table
     from tierwise.remoe import metrics
-    from tierwise.remoe.data import load_prompts
+    from tierwise.remoe.data import encode_prompt, read_prompts
     from tierwise.remoe.models import load_model
     from tierwise.remoe.routing import capture_generation
 
@@ -236,11 +236,10 @@ def trace(
     if prompts is None:
         from tierwise.remoe.embedded import default_prompts
 
-        texts = default_prompts()
+        items = default_prompts()
     else:
-        texts = load_prompts(prompts, tokenizer)
-    texts = texts[:limit] if limit else texts
-    ids = [tokenizer(t).input_ids for t in texts]
+        items = read_prompts(prompts)
+    ids = [encode_prompt(p, tokenizer) for p in (items[:limit] if limit else items)]
     with progress_task("tracing prompts", total=len(ids)) as (progress, task):
         routing = capture_generation(hf_model, ids, model_name=str(model), max_new_tokens=max_new_tokens,
                                      eos_token_id=tokenizer.eos_token_id if stop_at_eos else None,

@@ -68,6 +68,14 @@ def render_prompt(prompt: Prompt, tokenizer: Any) -> str:
     return "".join(f"{m['role']}: {m['content']}\n" for m in prompt) + "assistant:"
 
 
+def encode_prompt(prompt: Prompt, tokenizer: Any) -> list[int]:
+    """Token ids of one prompt; a templated chat is tokenised by its template, so special tokens are not doubled."""
+    if not isinstance(prompt, str) and getattr(tokenizer, "chat_template", None):
+        encoded = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+        return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+    return list(tokenizer(render_prompt(prompt, tokenizer)).input_ids)
+
+
 def load_prompts(path: str | Path, tokenizer: Any) -> list[str]:
     """Read and render every prompt of a file."""
     return [render_prompt(p, tokenizer) for p in read_prompts(path)]
