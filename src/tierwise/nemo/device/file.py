@@ -17,6 +17,7 @@ carrying out the K-th zone reset. Reopen the folder to recover.
 
 from __future__ import annotations
 
+import errno
 import json
 import mmap
 import os
@@ -135,7 +136,9 @@ class FileZonedDevice(ZonedDevice):
             try:
                 fd = os.open(self.zone_path(z), flags, 0o644)
             except OSError as e:
-                raise ZoneError(f"cannot open zone file {self.zone_path(z)}: {e}") from None
+                hint = " (O_DIRECT is not supported there: open the device without direct=True)" \
+                    if self.direct and e.errno == errno.EINVAL else ""
+                raise ZoneError(f"cannot open zone file {self.zone_path(z)}: {e.strerror}{hint}") from None
             self._fds[z] = fd
         return fd
 
