@@ -214,3 +214,13 @@ def test_reader_is_also_an_iterator():
     with pytest.raises(StopIteration):
         next(r)
     assert sum(len(c) for c in r) == 1000  # a for loop is a fresh pass
+
+
+def test_kangaroo_tao_csv(tmp_path):
+    p = tmp_path / "tao.csv"
+    p.write_text("fbid,size,op_count\n17,300,2\n18,40,1\n")
+    r = open_trace(p)
+    a = np.concatenate(list(r))
+    assert r.format == "metakv" and len(a) == 3 and (a["op"] == Op.GET).all()
+    assert a["key_size"].tolist() == [44, 44, 44] and a["value_size"].tolist() == [300, 300, 40]
+    assert a["key"].tolist() == [key_id("17")] * 2 + [key_id("18")]

@@ -41,7 +41,7 @@ def detect_format(path: Path) -> str:
     except Exception as e:  # zstd/gzip decoders raise their own error types on corrupt input
         raise TierwiseError(f"cannot read trace {path}: {e}") from None
     fields = [f.strip().lower() for f in first.split(",")]
-    if {"key", "op"} <= set(fields):
+    if {"key", "op"} <= set(fields) or {"fbid", "size"} <= set(fields):
         return "metakv"
     if len(fields) >= 7 and fields[0].isdigit():
         return "twitter"
