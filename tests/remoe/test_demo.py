@@ -1,0 +1,33 @@
+"""The ReMoE half of `tierwise demo`, end to end on a tiny checkpoint with a 2-step fine-tune."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tierwise.remoe.demo import DemoConfig, run
+from tierwise.remoe.models import save_tiny
+
+
+@pytest.mark.slow
+def test_demo_writes_report(tmp_path):
+    ckpt = save_tiny("deepseek_v2", tmp_path / "ckpt")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("In the beginning\nA hacker is\nThe Python library\n")
+    out = tmp_path / "report" / "remoe"
+    section = run(out, DemoConfig(model=str(ckpt), prompts=str(prompts), trace_prompts=3, trace_tokens=6,
+                                  finetune_overrides=dict(steps=2, max_docs=20), eval_rows=2, eval_seq_len=64,
+                                  offload_prompts=2, offload_tokens=5))
+    for png in ("reuse_vs_horizon.png", "hit_rate_vs_cache.png", "tpot_before_after.png"):
+        assert (out / png).stat().st_size > 1000
+        assert f"(remoe/{png})" in section  # links resolve from the combined report one folder up
+    assert (out / "finetune" / "router_delta.safetensors").is_file()
+    summary = (out / "summary.md").read_text()
+    assert "Decode TPOT speedup" in summary and "| held-out perplexity |" in summary
+    results = json.loads((out / "results.json").read_text())
+    runs = results["offload"]["runs"]
+    assert set(runs) == {"original", "fine-tuned"} and results["offload"]["config"]["cache_experts"] == 4
+    assert results["offload"]["tpot_speedup"]["total"] == pytest.approx(
+        runs["original"]["tpot_ms"]["total"]["median"] / runs["fine-tuned"]["tpot_ms"]["total"]["median"])
+    assert len(results["analysis"]["original"]["reuse_at_horizon"]) == 16
