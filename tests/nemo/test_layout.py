@@ -83,3 +83,12 @@ def test_hashing_offsets_and_positions_are_stable_and_spread():
     assert h == key_hash(b"abc", S) and h.h2 % 2 == 1
     p = bloom_positions(h.h1, h.h2, 7, 216)
     assert p.shape == (7,) and (p >= 0).all() and (p < 216).all()
+
+
+def test_rotate_to_front_keeps_objects():
+    page = L.new_pages(1)[0]
+    for k in (b"a", b"b", b"c"):
+        L.page_append(page, _a(k), _a(k * 5), 0)
+    L.page_rotate_to_front(page, L.page_find(page, _a(b"b")))
+    assert [o.key for o in L.iter_objects(page)] == [b"b", b"c", b"a"]
+    assert all(o.value == o.key * 5 for o in L.iter_objects(page))

@@ -189,6 +189,18 @@ def page_remove(page, pos) -> None:
 
 
 @njit(cache=True)
+def page_rotate_to_front(page, pos) -> None:
+    """Move the objects from byte position `pos` to the end in front of the older ones (order within a page is
+    free on flash; write-back uses it so re-inserted hot objects keep low slot numbers for hotness bits)."""
+    end = PAGE_HEADER + _u16(page, 14)
+    if PAGE_HEADER < pos < end:
+        tail = page[pos:end].copy()
+        head = page[PAGE_HEADER:pos].copy()
+        page[PAGE_HEADER:PAGE_HEADER + tail.size] = tail
+        page[PAGE_HEADER + tail.size:end] = head
+
+
+@njit(cache=True)
 def page_to_tombstone(page, pos) -> None:
     """Turn the object at `pos` into a tombstone for the same key in place (drops the value bytes)."""
     klen = np.int64(page[pos])

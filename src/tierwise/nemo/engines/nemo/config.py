@@ -22,6 +22,8 @@ class NemoConfig:
     flush_mode: str = "count"  # "count": flush after p_th failed inserts; "probability": flush w.p. p per failure
     flush_threshold: float | None = None  # p_th (count) or p (probability); None = 4096/275712 of S, or 0.001
     pbfg_cache_ratio: float = 0.5  # fraction of set offsets whose PBFG is cached in DRAM (paper: 50%)
+    filter_budget: float | None = None  # instead: DRAM for all set-level filters (open group + cache) as a
+    # fraction of the filters of every live SG (Table 6's "14.4 x 50%"); the LRU cache gets what the open group leaves
     fp_rate: float = 0.001  # design false-positive rate of a set-level filter (paper: 0.1%)
     expected_object_bytes: float = 250.0  # key+value bytes per object, to size the filters (twitter-merged: 246)
     filter_fill: float = 0.9  # set fill the filters are sized for (the target SG fill)
@@ -44,6 +46,8 @@ class NemoConfig:
             raise TierwiseError(f"probability-mode flush_threshold must be in (0, 1], got {self.flush_threshold}")
         if not 0 < self.pbfg_cache_ratio <= 1:
             raise TierwiseError(f"pbfg_cache_ratio must be in (0, 1], got {self.pbfg_cache_ratio}")
+        if self.filter_budget is not None and not 0 < self.filter_budget <= 1:
+            raise TierwiseError(f"filter_budget must be in (0, 1], got {self.filter_budget}")
         if not 0 < self.hot_window <= 1 or not 0 < self.cooling <= 1:
             raise TierwiseError("hot_window and cooling must be fractions in (0, 1]")
         if self.sets_per_sg is not None and self.sets_per_sg < 1:
@@ -55,6 +59,16 @@ class NemoConfig:
         """Set-level filter sized for the objects a set holds at `filter_fill` (nemo.md §3.5 caveat)."""
         expected = self.filter_fill * PAYLOAD / (self.expected_object_bytes + OBJ_HEADER)
         return FilterParams.for_objects(expected, self.fp_rate)
+
+    def pbfg_cache_offsets(self, geo: "Geometry") -> int:
+        """How many set offsets the PBFG cache holds (each costs live_groups rows of G filters)."""
+        if self.filter_budget is None:
+            return max(1, math.floor(self.pbfg_cache_ratio * geo.sets))
+        spare = self.filter_budget * geo.data_slots - geo.group_size  # filters per offset left after the open group
+        if spare <= 0:
+            raise TierwiseError(f"filter_budget {self.filter_budget} does not even cover the open index group "
+                                f"({geo.group_size} of {geo.data_slots} SGs)")
+        return max(1, min(geo.sets, math.floor(geo.sets * spare / (geo.live_groups * geo.group_size))))
 
     def p_threshold(self, sets: int) -> float:
         if self.flush_threshold is not None:

@@ -25,15 +25,16 @@ from tierwise.nemo.engines import register_engine
 from tierwise.nemo.engines.base import Engine
 from tierwise.nemo.engines.nemo.config import SG_META_PAGES, NemoConfig, plan_geometry
 from tierwise.nemo.engines.nemo.format import SGHeader, SGTrailer, encode_sg_header, encode_sg_trailer, sets_crc
-from tierwise.nemo.engines.nemo.hotness import HotnessTracker
+from tierwise.nemo.engines.nemo.hotness import SLOTS, HotnessTracker
 from tierwise.nemo.engines.nemo.pbfg import PBFG
 from tierwise.nemo.engines.nemo.setgroup import SetGroupBuffers, sacrifice
 from tierwise.nemo.hashing import bloom_positions, key_hash
 from tierwise.nemo.index.bloom import filter_add
-from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, FLAG_WRITEBACK, OBJ_HEADER, PAGE_SIZE, PAYLOAD,
-                                  TALLY_COLUMNS, check_object, obj_flags_at, obj_size_at, obj_value_span, object_at,
-                                  page_copy_object, page_crc_ok, page_find, page_free, page_index_of,
-                                  page_positions, pages_tally, seal_page)
+from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, FLAG_WRITEBACK, OBJ_HEADER, PAGE_HEADER,
+                                  PAGE_SIZE, PAYLOAD, TALLY_COLUMNS, check_object, obj_flags_at, obj_size_at,
+                                  obj_value_span, object_at, page_copy_object, page_crc_ok, page_find, page_free,
+                                  page_index_of, page_positions, page_rotate_to_front, page_used, pages_tally,
+                                  seal_page)
 from tierwise.nemo.metrics import Metrics
 
 _T = {name: i for i, name in enumerate(TALLY_COLUMNS)}
@@ -72,7 +73,7 @@ class NemoEngine(Engine):
         self.p_th = cfg.p_threshold(self.S)
         self.max_value_size = cfg.max_value_size
         self.buffers = SetGroupBuffers(cfg.buffered_sgs, self.S, self.filter.nbytes)
-        self.pbfg = PBFG(geo, cfg.pbfg_cache_ratio, device, cfg.hash_seed)
+        self.pbfg = PBFG(geo, cfg.pbfg_cache_offsets(geo), device, cfg.hash_seed)
         self.hotness = HotnessTracker(self.N, self.S, cfg.hot_window, cfg.cooling)
         self.sg_objects = np.zeros(self.N, np.int64)  # objects (user + write-back) in each live SG slot
         self.next_seq = 0  # sequence number the next flushed SG gets
@@ -184,7 +185,7 @@ class NemoEngine(Engine):
         return {"engine": self.name, **self.cfg.as_dict(), "S": g.sets, "N": g.data_slots, "G": g.group_size,
                 "zones_per_sg": g.zones_per_sg, "index_zones": len(g.index_zones), "rows_per_index_page":
                 g.rows_per_page, "filter_m_bits": self.filter.m_bits, "filter_k": self.filter.k, "p_th": self.p_th,
-                "pbfg_pages_per_fetch": g.live_groups}
+                "pbfg_pages_per_fetch": g.live_groups, "pbfg_cached_offsets": int(self.pbfg.offset_of.size)}
 
     # ---- insert path ---------------------------------------------------------------------------------------------
 
@@ -295,9 +296,10 @@ class NemoEngine(Engine):
             self.metrics.device_read("writeback", PAGE_SIZE)
             positions = page_positions(page)
             hot = self.hotness.set_bits(v, j) if tracked else 0
-            order = [i for i in range(len(positions)) if i < 32 and hot >> i & 1]
+            order = [i for i in range(len(positions)) if i < SLOTS and hot >> i & 1]
             if self.cfg.write_back_cold:
-                order += [i for i in range(len(positions)) if not (i < 32 and hot >> i & 1)]
+                order += [i for i in range(len(positions)) if not (i < SLOTS and hot >> i & 1)]
+            first_new = PAGE_HEADER + page_used(dst_pages[j])
             for i in order:
                 pos = int(positions[i])
                 if obj_flags_at(page, pos) & FLAG_TOMBSTONE or obj_size_at(page, pos) > page_free(dst_pages[j]):
@@ -309,7 +311,8 @@ class NemoEngine(Engine):
                     continue
                 page_copy_object(dst_pages[j], page, pos, FLAG_WRITEBACK)
                 filter_add(dst_filters[j], 0, bpos)
-                self.metrics.count("writeback_hot" if i < 32 and hot >> i & 1 else "writeback_cold")
+                self.metrics.count("writeback_hot" if i < SLOTS and hot >> i & 1 else "writeback_cold")
+            page_rotate_to_front(dst_pages[j], first_new)
 
     def _shadowed(self, key: bytes, j: int, positions: np.ndarray, v: int) -> bool:
         """Does a buffer or an SG younger than `v` hold any record (copy or tombstone) of `key`?"""

@@ -8,14 +8,14 @@ import math
 
 import numpy as np
 
-SLOTS = 32  # bits per (SG, set): objects beyond the 32nd of a set are never tracked (a set holds ~15 on average)
+SLOTS = 16  # bits per (SG, set) ≈ 1 bit per object (a set holds ~15 objects at 246 B); later slots are never hot
 
 
 class HotnessTracker:
     def __init__(self, data_slots: int, sets: int, window: float, cooling: float):
         self.window = max(1, math.ceil(window * data_slots))  # SGs tracked: [oldest, oldest + window)
         self.cool_every = max(1, math.ceil(cooling * data_slots))  # SG flushes between clears (10% of writes)
-        self.bits = np.zeros((self.window, sets), np.uint32)
+        self.bits = np.zeros((self.window, sets), np.uint16)
         self._flushes = 0
 
     def tracked(self, seq: int, oldest: int) -> bool:
@@ -23,7 +23,7 @@ class HotnessTracker:
 
     def mark(self, seq: int, j: int, slot: int) -> None:
         if slot < SLOTS:
-            self.bits[seq % self.window, j] |= np.uint32(1 << slot)
+            self.bits[seq % self.window, j] |= np.uint16(1 << slot)
 
     def set_bits(self, seq: int, j: int) -> int:
         return int(self.bits[seq % self.window, j])

@@ -11,8 +11,6 @@ Positives of SGs outside the live range [lo, hi) are ignored (evicted SGs).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit
 
@@ -100,7 +98,7 @@ class IndexLog:
 
 
 class PBFG:
-    def __init__(self, geo: Geometry, cache_ratio: float, device, hash_seed: int):
+    def __init__(self, geo: Geometry, cache_offsets: int, device, hash_seed: int):
         S, G, mb = geo.sets, geo.group_size, geo.filter.nbytes
         self.geo, self.S, self.G, self.mb = geo, S, G, mb
         self.device = device
@@ -109,7 +107,7 @@ class PBFG:
         self.open_rows = np.zeros((S, G * mb), np.uint8)
         self.open_group = 0
         self.open_members = 0
-        cap = max(1, math.floor(cache_ratio * S))
+        cap = cache_offsets
         L = geo.live_groups
         self.rows = np.zeros((cap, L, G * mb), np.uint8)
         self.row_group = np.full((cap, L), -1, np.int64)
