@@ -55,14 +55,23 @@ def delta_meta(model: nn.Module, **extra: Any) -> dict[str, Any]:
             "top_k": adapter.top_k, "hidden_size": adapter.hidden_size, "moe_layers": list(adapter.moe_layers), **extra}
 
 
-def save_router_delta(model: nn.Module, path: str | Path, **extra_meta: Any) -> Path:
-    """Write the router weights of `model` (and its facts, plus `extra_meta`) as a delta file."""
+def save_router_delta(model: nn.Module, path: str | Path, *, state_dict: dict[str, torch.Tensor] | None = None,
+                      **extra_meta: Any) -> Path:
+    """Write the router weights of `model` (and its facts, plus `extra_meta`) as a delta file.
+
+    `state_dict`: a full state dict to take the gates from instead of the module's own parameters (under FSDP the
+    module holds only shards; `accelerator.get_state_dict` gathers them).
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = delta_meta(model, **extra_meta)
-    save_file(router_state(model), str(path), metadata={k: json.dumps(v) for k, v in meta.items()})
+    if state_dict is None:
+        tensors = router_state(model)
+    else:
+        tensors = {n: state_dict[n].detach().float().cpu().clone() for n in adapter_for(model).router_param_names()}
+    save_file(tensors, str(path), metadata={k: json.dumps(v) for k, v in meta.items()})
     return path
 
 

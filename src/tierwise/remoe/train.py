@@ -332,11 +332,12 @@ def finetune(cfg: FinetuneConfig, *, model: nn.Module | None = None, corpus: Pac
     accelerator.wait_for_everyone()
     finished = last == cfg.steps
     delta_path = None
+    full_state = accelerator.get_state_dict(ddp_model) if finished else None  # every rank joins the FSDP gather
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(ddp_model)
         if finished:
-            delta_path = save_router_delta(unwrapped, out / DELTA_NAME, base_model=cfg.model, step=last,
-                                           config=cfg.to_dict())
+            delta_path = save_router_delta(unwrapped, out / DELTA_NAME, state_dict=full_state, base_model=cfg.model,
+                                           step=last, config=cfg.to_dict())
         elif last > start:
             _save_checkpoint(out, last, unwrapped, optimizer, cfg)
     return FinetuneResult(out, delta_path, last, finished, history, time.perf_counter() - t0)

@@ -1,0 +1,124 @@
+"""The λ sweep, ablations and CE-only control of docs/results-remoe.md, on one model in one process.
+
+Every run starts from the original gates, fine-tunes the routers with `tierwise.remoe.train.finetune` on the train
+split and is evaluated with `tierwise.remoe.evaluate.evaluate_model` on the same held-out rows as the baseline.
+Results are appended to OUT/runs.jsonl as each run ends (a rerun skips runs already there), then OUT/summary.md and
+OUT/eor_vs_ppl.png are written.
+
+    nice .venv/bin/python scripts/remoe_sweep.py --out reports/remoe-sweep [--runs default,ce-only,...] [--steps 150]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from tierwise.common.plots import line_plot
+from tierwise.common.report import markdown_table, to_jsonable
+from tierwise.remoe.corpus import load_corpus
+from tierwise.remoe.delta import RouterDelta, apply_router_delta, delta_meta, router_state
+from tierwise.remoe.evaluate import EvalConfig, evaluate_model
+from tierwise.remoe.models import load_model
+from tierwise.remoe.objective import LossWeights
+from tierwise.remoe.train import FinetuneConfig, config_with_preset, finetune
+
+D = LossWeights()  # the defaults under test
+RUNS: dict[str, dict] = {
+    # λ family sweeps around the defaults (one family at a time, remoe.md §4)
+    "default": {},
+    "kl=0.3": dict(loss=replace(D, kl=0.3)),
+    "kl=3": dict(loss=replace(D, kl=3.0)),
+    "loc x0.5": dict(loss=replace(D, reuse=D.reuse / 2, smooth=D.smooth / 2, lag=D.lag / 2, ws=D.ws / 2)),
+    "loc x2": dict(loss=replace(D, reuse=D.reuse * 2, smooth=D.smooth * 2, lag=D.lag * 2, ws=D.ws * 2)),
+    # the paper's control and the ablations (each term off)
+    "ce-only": dict(ce_only=True),
+    "no-trust": dict(loss=replace(D, kl=0.0)),
+    "no-reuse": dict(loss=replace(D, reuse=0.0)),
+    "no-smooth": dict(loss=replace(D, smooth=0.0)),
+    "no-lag": dict(loss=replace(D, lag=0.0)),
+    "no-ws": dict(loss=replace(D, ws=0.0)),
+    "no-consistency": dict(loss=replace(D, smooth=0.0, lag=0.0, ws=0.0)),
+    # the short preset used by the demo
+    "demo": dict(preset="demo"),
+}
+COLUMNS = ("run", "eor", "eor_gain", "ppl", "ppl_change", "uhr@4", "misses_per_token@4", "uhr@8",
+           "effective_experts", "max_load_share", "load_cv", "entropy_norm", "train_s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="embedded")
+    ap.add_argument("--out", default="reports/remoe-sweep")
+    ap.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of: {', '.join(RUNS)}")
+    ap.add_argument("--steps", type=int, default=None, help="override the steps of every non-preset run")
+    ap.add_argument("--eval-rows", type=int, default=256, help="held-out rows of 256 tokens, spread evenly")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    model, tokenizer = load_model(args.model)
+    original = RouterDelta(router_state(model), delta_meta(model))
+    heldout = load_corpus("embedded:heldout", tokenizer, 256, max_rows=args.eval_rows)
+    train_corpora: dict[int, object] = {}
+    log = out / "runs.jsonl"
+    done = {json.loads(line)["run"]: json.loads(line) for line in log.read_text().splitlines()} if log.is_file() else {}
+
+    if "baseline" not in done:
+        base = {"run": "baseline", **evaluate_model(model, heldout, EvalConfig(), model_name=args.model)}
+        done["baseline"] = base
+        with log.open("a") as f:
+            f.write(json.dumps(to_jsonable(base)) + "\n")
+    for name in args.runs.split(","):
+        if name in done:
+            continue
+        spec = dict(RUNS[name])
+        preset = spec.pop("preset", "default")
+        cfg = config_with_preset(preset, model=args.model, out=str(out / name.replace(" ", "_")), checkpoint_every=0)
+        cfg = replace(cfg, **spec)
+        if args.steps is not None and preset == "default":
+            cfg = replace(cfg, steps=args.steps)
+        if cfg.seq_len not in train_corpora:
+            train_corpora[cfg.seq_len] = load_corpus(cfg.data, tokenizer, cfg.seq_len)
+        corpus = train_corpora[cfg.seq_len]
+        if cfg.max_docs is not None:  # a preset that reads fewer documents must see exactly those
+            corpus = load_corpus(cfg.data, tokenizer, cfg.seq_len, max_docs=cfg.max_docs)
+        apply_router_delta(model, original)
+        result = finetune(cfg, model=model, corpus=corpus)
+        row = {"run": name, "train_s": result.seconds, "steps": cfg.steps, "config": cfg.to_dict(),
+               **evaluate_model(model, heldout, EvalConfig(), model_name=f"{args.model}+{name}")}
+        done[name] = row
+        with log.open("a") as f:
+            f.write(json.dumps(to_jsonable(row)) + "\n")
+    apply_router_delta(model, original)
+    write_summary(done, out)
+
+
+def write_summary(done: dict[str, dict], out: Path) -> None:
+    base = done["baseline"]
+    rows = []
+    for name, r in done.items():
+        rows.append({**{c: r.get(c) for c in COLUMNS}, "run": name,
+                     "eor_gain": f"{100 * (r['eor'] / base['eor'] - 1):+.1f}%",
+                     "ppl_change": f"{100 * (r['ppl'] / base['ppl'] - 1):+.2f}%"})
+    (out / "summary.md").write_text(markdown_table(rows, COLUMNS))
+    groups = {"λ sweep": ["default", "kl=0.3", "kl=3", "loc x0.5", "loc x2"],
+              "ablations / control": ["ce-only", "no-trust", "no-reuse", "no-smooth", "no-lag", "no-ws", "no-consistency"],
+              "baseline / demo": ["baseline", "demo"]}
+    series = {}
+    for label, names in groups.items():
+        pts = sorted((done[n]["ppl"], done[n]["eor"]) for n in names if n in done)
+        if pts:
+            series[label] = ([p for p, _ in pts], [e for _, e in pts])
+    line_plot(series, out / "eor_vs_ppl.png", title="EOR vs held-out perplexity (router fine-tuning)",
+              xlabel="held-out perplexity", ylabel="EOR (teacher-forced)")
+    print((out / "summary.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
