@@ -29,7 +29,7 @@ from tierwise.nemo.device.base import BLOCK_SIZE, CLOSED, EMPTY, FULL, ZonedDevi
 
 _GEOMETRY_FILE = "zoned.json"
 _FORMAT = "tierwise-zoned-folder-v1"
-_MAX_OPEN_FILES = 256  # file descriptors kept open at once; older ones are closed and reopened on demand
+_MAX_OPEN_FILES = 256  # file descriptors kept open at once (LRU); others are reopened on demand
 
 
 class SimulatedCrash(Exception):
@@ -124,14 +124,12 @@ class FileZonedDevice(ZonedDevice):
 
     # ---- file access ------------------------------------------------------------------------------------------
     def _fd(self, z: int) -> int:
-        fd = self._fds.get(z)
-        if fd is None:
+        fd = self._fds.pop(z, None)
+        if fd is not None:
+            self._fds[z] = fd  # most recently used last: the least recently used is closed first
+        else:
             if len(self._fds) >= _MAX_OPEN_FILES:
-                old = next(iter(self._fds))
-                if old in self._dirty:
-                    os.fsync(self._fds[old])
-                    self._dirty.discard(old)
-                os.close(self._fds.pop(old))
+                os.close(self._fds.pop(next(iter(self._fds))))  # its writes stay dirty until sync()
             flags = os.O_RDWR | os.O_CREAT | (os.O_DIRECT if self.direct else 0)
             try:
                 fd = os.open(self.zone_path(z), flags, 0o644)
@@ -216,9 +214,8 @@ class FileZonedDevice(ZonedDevice):
         self._dirty.add(z)
 
     def _sync(self) -> None:
-        for z in self._dirty:
-            if z in self._fds:
-                os.fsync(self._fds[z])
+        for z in sorted(self._dirty):
+            os.fsync(self._fd(z))
         self._dirty.clear()
 
     def _release(self) -> None:
