@@ -19,6 +19,7 @@ PAPER_P_TH = 4096
 class NemoConfig:
     sets_per_sg: int | None = None  # S; None = as many as fill one zone (the paper's SG = zone)
     buffered_sgs: int = 2  # M, in-memory SetGroups (paper: 2)
+    buffer_fallback: bool = True  # B: a full set in B[0] falls back to the same set of older buffers (ablation: off)
     flush_mode: str = "count"  # "count": flush after p_th failed inserts; "probability": flush w.p. p per failure
     flush_threshold: float | None = None  # p_th (count) or p (probability); None = 4096/275712 of S, or 0.001
     pbfg_cache_ratio: float = 0.5  # fraction of set offsets whose PBFG is cached in DRAM (paper: 50%)

@@ -72,7 +72,7 @@ class NemoEngine(Engine):
         self.filter = geo.filter
         self.p_th = cfg.p_threshold(self.S)
         self.max_value_size = cfg.max_value_size
-        self.buffers = SetGroupBuffers(cfg.buffered_sgs, self.S, self.filter.nbytes)
+        self.buffers = SetGroupBuffers(cfg.buffered_sgs, self.S, self.filter.nbytes, cfg.buffer_fallback)
         self.pbfg = PBFG(geo, cfg.pbfg_cache_offsets(geo), device, cfg.hash_seed)
         self.hotness = HotnessTracker(self.N, self.S, cfg.hot_window, cfg.cooling)
         self.sg_objects = np.zeros(self.N, np.int64)  # objects (user + write-back) in each live SG slot
@@ -196,8 +196,8 @@ class NemoEngine(Engine):
         if self._flush_due():
             self._flush_sg()
         else:
-            rear = self.buffers.rear
-            lost, lost_bytes, ok = sacrifice(self.buffers.pages[rear, j], OBJ_HEADER + kb.size + vb.size)
+            row = self.buffers.last_tried
+            lost, lost_bytes, ok = sacrifice(self.buffers.pages[row, j], OBJ_HEADER + kb.size + vb.size)
             self.metrics.dropped(lost, lost_bytes)
             if not ok:
                 self._flush_sg()  # the set holds only tombstones: flushing is the only way to make room

@@ -40,9 +40,9 @@ def buffers_remove(pages, order, j, key) -> int:
 
 
 @njit(cache=True)
-def buffers_insert(pages, filters, order, j, key, value, flags, positions) -> int:
-    """Put the object into the first buffer (B[0], B[1], ...) whose set j has room; its index, or -1."""
-    for i in range(order.shape[0]):
+def buffers_insert(pages, filters, order, j, key, value, flags, positions, tries) -> int:
+    """Put the object into the first of B[0..tries) whose set j has room; its index, or -1."""
+    for i in range(min(tries, order.shape[0])):
         b = order[i]
         if page_append(pages[b, j], key, value, flags):
             filter_add(filters[b, j], 0, positions)
@@ -85,7 +85,9 @@ def buffered_objects(pages) -> int:
 
 
 class SetGroupBuffers:
-    def __init__(self, buffered: int, sets: int, filter_bytes: int):
+    def __init__(self, buffered: int, sets: int, filter_bytes: int, fallback: bool = True):
+        # fallback=False inserts into B[0] only: the "no buffered SGs" rows of the fill-rate ablation (Fig. 17)
+        self.tries = buffered if fallback else 1
         self.pages = np.zeros((buffered, sets, PAGE_SIZE), np.uint8)
         self.filters = np.zeros((buffered, sets, filter_bytes), np.uint8)
         self.order = np.arange(buffered, dtype=np.int64)
@@ -94,6 +96,11 @@ class SetGroupBuffers:
     def rear(self) -> int:
         """Physical row of B[M-1], the SG flushed next."""
         return int(self.order[-1])
+
+    @property
+    def last_tried(self) -> int:
+        """Physical row of the oldest buffer inserts may use (where a delayed flush sacrifices objects)."""
+        return int(self.order[self.tries - 1])
 
     def rotate(self) -> None:
         """After B[M-1] is written: empty it and make it the new front B[0]."""
@@ -112,7 +119,7 @@ class SetGroupBuffers:
         return buffers_remove(self.pages, self.order, j, key)
 
     def insert(self, j: int, key: np.ndarray, value: np.ndarray, flags: int, positions: np.ndarray) -> int:
-        return buffers_insert(self.pages, self.filters, self.order, j, key, value, flags, positions)
+        return buffers_insert(self.pages, self.filters, self.order, j, key, value, flags, positions, self.tries)
 
     def objects(self) -> int:
         return buffered_objects(self.pages)
