@@ -55,13 +55,19 @@ class CommandHandler:
             self._invalidate_all()
 
     def run(self, req: Request) -> bytes:
+        if req.cmd == b"get" and len(req.keys) == 1:  # the hot path: one plain get
+            return self._get_one(req.keys[0])
         if req.error:
             return req.error + b"\r\n"
         try:
             reply = self._dispatch[req.cmd](req)
         except TierwiseError as e:  # e.g. the device refused an I/O: report it, keep serving
-            return b"SERVER_ERROR %s\r\n" % str(e).encode("utf-8", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
+            return self._server_error(e)
         return b"" if req.noreply else reply
+
+    @staticmethod
+    def _server_error(e: Exception) -> bytes:
+        return b"SERVER_ERROR %s\r\n" % str(e).encode("utf-8", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
 
     # ---- item access ---------------------------------------------------------------------------------------------
     def lookup(self, key: bytes) -> Item | None:
@@ -100,6 +106,19 @@ class CommandHandler:
             self.journal.add(FLUSH, b"", self.flush_threshold)
 
     # ---- classic commands ----------------------------------------------------------------------------------------
+    def _get_one(self, key: bytes) -> bytes:
+        c = self.counters
+        c["cmd_get"] += 1
+        try:
+            item = self.lookup(key)
+        except TierwiseError as e:
+            return self._server_error(e)
+        if item is None:
+            c["get_misses"] += 1
+            return b"END\r\n"
+        c["get_hits"] += 1
+        return b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key, item.flags, len(item.data), item.data)
+
     def _get(self, req: Request) -> bytes:
         with_cas = req.cmd in (b"gets", b"gats")
         touch = req.cmd in (b"gat", b"gats")

@@ -36,6 +36,8 @@ class Item:
 
 
 def pack(item: Item) -> bytes:
+    if not item.flags and not item.exptime:  # the common case, one concatenation
+        return b"\x00" + _U64.pack(item.cas) + item.data
     shape = (_HAS_FLAGS if item.flags else 0) | (_HAS_EXPTIME if item.exptime else 0)
     parts = [bytes((shape,))]
     if item.flags:
@@ -52,6 +54,8 @@ def unpack(blob: bytes) -> Item:
     if not blob or blob[0] & ~(_HAS_FLAGS | _HAS_EXPTIME):
         raise TierwiseError("stored value is not a tierwise memcached item (bad header byte)")
     shape = blob[0]
+    if shape == 0 and len(blob) >= 9:
+        return Item(0, 0, _U64.unpack_from(blob, 1)[0], blob[9:])
     pos = 1
     flags = exptime = 0
     try:
@@ -64,7 +68,7 @@ def unpack(blob: bytes) -> Item:
         (cas,) = _U64.unpack_from(blob, pos)
     except struct.error as e:
         raise TierwiseError(f"stored value is not a tierwise memcached item ({len(blob)} bytes, truncated header)") from e
-    return Item(flags, exptime, cas, bytes(blob[pos + 8:]))
+    return Item(flags, exptime, cas, blob[pos + 8:])
 
 
 def header_size(flags: int, exptime: int) -> int:

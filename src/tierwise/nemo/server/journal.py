@@ -9,12 +9,13 @@ back absent or as its last acknowledged value. Records are retired once the engi
 that could hold them.
 
 The journal is a folder of segment files written with plain `write` (it survives a process crash, kill -9; like
-the file-backed device it is not fsync'ed per write). Record layout, little-endian:
+the file-backed device it is not fsync'ed per write). Each commit (the records of one batch of requests) is one
+block, little-endian:
 
-    crc32c (u32, over the rest) | kind (u8) | key length (u16) | cas (u64) | key
+    body length (u32) | crc32c of the body (u32) | records: kind (u8), key length (u16), cas (u64), key
 
 A segment starts with a FLUSH record carrying the current flush_all threshold, so retiring old segments never
-forgets it. A torn or corrupted record ends that segment's replay (it was never acknowledged).
+forgets it. A torn or corrupted block ends that segment's replay: none of its writes had been acknowledged.
 """
 
 from __future__ import annotations
@@ -29,26 +30,35 @@ import crc32c
 from tierwise.common.errors import TierwiseError
 
 SET, DELETE, FLUSH = 1, 2, 3
-_HEAD = struct.Struct("<IBHQ")
+_BLOCK = struct.Struct("<II")
+_RECORD = struct.Struct("<BHQ")
 
 
-def encode(kind: int, key: bytes, cas: int) -> bytes:
-    body = _HEAD.pack(0, kind, len(key), cas)[4:] + key
-    return crc32c.crc32c(body).to_bytes(4, "little") + body
+def encode_block(records: bytes) -> bytes:
+    return _BLOCK.pack(len(records), crc32c.crc32c(records)) + records
 
 
-def decode_all(data: bytes) -> tuple[list[tuple[int, bytes, int]], int]:
-    """Records of one segment, up to the first torn or corrupted one; also returns the bytes that were valid."""
+def decode_all(data: bytes) -> list[tuple[int, bytes, int]]:
+    """Records of one segment, up to the first torn or corrupted block."""
     out = []
     pos = 0
-    while pos + _HEAD.size <= len(data):
-        crc, kind, klen, cas = _HEAD.unpack_from(data, pos)
-        end = pos + _HEAD.size + klen
-        if end > len(data) or kind not in (SET, DELETE, FLUSH) or crc != crc32c.crc32c(data[pos + 4:end]):
+    while pos + _BLOCK.size <= len(data):
+        n, crc = _BLOCK.unpack_from(data, pos)
+        body = data[pos + _BLOCK.size:pos + _BLOCK.size + n]
+        if len(body) < n or crc32c.crc32c(body) != crc:
             break
-        out.append((kind, bytes(data[pos + _HEAD.size:end]), cas))
-        pos = end
-    return out, pos
+        records = []
+        r = 0
+        while r + _RECORD.size <= n:
+            kind, klen, cas = _RECORD.unpack_from(body, r)
+            r += _RECORD.size
+            records.append((kind, bytes(body[r:r + klen]), cas))
+            r += klen
+        if r != n or any(kind not in (SET, DELETE, FLUSH) for kind, _, _ in records):
+            break
+        out += records
+        pos += _BLOCK.size + n
+    return out
 
 
 @dataclass
@@ -79,8 +89,7 @@ class AckJournal:
         themselves only in DRAM buffers until the engine flushes."""
         last: dict[bytes, tuple[int, int]] = {}
         for path in sorted(self.folder.glob("*.log")):
-            records, _ = decode_all(path.read_bytes())
-            for kind, key, cas in records:
+            for kind, key, cas in decode_all(path.read_bytes()):
                 if kind == FLUSH:
                     self.flush_threshold = max(self.flush_threshold, cas)
                 else:
@@ -93,7 +102,12 @@ class AckJournal:
     def add(self, kind: int, key: bytes, cas: int) -> None:
         if kind == FLUSH:
             self.flush_threshold = max(self.flush_threshold, cas)
-        self._pending += encode(kind, key, cas)
+        self._pending += _RECORD.pack(kind, len(key), cas)
+        self._pending += key
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
 
     def commit(self, durable: int) -> None:
         """Write the records added since the last commit (before their writes are acknowledged)."""
@@ -101,9 +115,10 @@ class AckJournal:
             return
         if self._fd < 0 or self._size >= self.segment_bytes:
             self._open_segment(durable)
-        os.write(self._fd, self._pending)
-        self._size += len(self._pending)
-        self.bytes_written += len(self._pending)
+        block = encode_block(self._pending)
+        os.write(self._fd, block)
+        self._size += len(block)
+        self.bytes_written += len(block)
         self._pending.clear()
 
     def _open_segment(self, durable: int) -> None:
@@ -112,7 +127,7 @@ class AckJournal:
         self._next_seq += 1
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
         self._segments.append(_Segment(path, -1))
-        head = encode(FLUSH, b"", self.flush_threshold)
+        head = encode_block(_RECORD.pack(FLUSH, 0, self.flush_threshold))
         os.write(self._fd, head)
         self._size = len(head)
 

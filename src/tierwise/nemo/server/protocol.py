@@ -100,6 +100,7 @@ class Parser:
         buf = self.buf
         pos = 0
         n = len(buf)
+        max_key = self.limits.max_key
         while pos < n and len(out) < max_requests and not self.closed:
             if self._swallow:
                 k = min(self._swallow, n - pos)
@@ -130,10 +131,13 @@ class Parser:
                     self._skip_line = True
                     continue
                 break
-            line = bytes(buf[pos:nl])
+            line = bytes(buf[pos:nl - 1] if nl > pos and buf[nl - 1] == 13 else buf[pos:nl])
             pos = nl + 1
-            if line.endswith(b"\r"):
-                line = line[:-1]
+            if line[:4] == b"get ":  # fast path for the most common command: single spaces, valid keys
+                key = line[4:]
+                if 0 < len(key) <= max_key and len(key.translate(None, _KEY_FORBIDDEN)) == len(key):
+                    out.append(Request(b"get", [key]))  # one valid key (a space would be forbidden)
+                    continue
             req = self._parse_line(line)
             if req.cmd in STORAGE or req.cmd == b"ms":
                 self._pending = req

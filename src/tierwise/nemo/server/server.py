@@ -95,10 +95,11 @@ class Connection(asyncio.Protocol):
     def pump(self) -> None:
         """Run the complete requests (inline, or on the engine thread), or close when nothing more can come."""
         server = self.server
+        parser = self.parser
         while self.transport is not None and not self.write_paused:
-            reqs = self.parser.parse(server.config.max_batch)
+            reqs = parser.parse(server.config.max_batch) if parser.buf else None
             if not reqs:
-                if self.parser.closed or self.eof or server.closing:
+                if parser.closed or self.eof or server.closing:
                     self.transport.close()
                 elif not self.reading:
                     self._set_reading(True)
@@ -107,7 +108,7 @@ class Connection(asyncio.Protocol):
                 self.busy = True
                 server.submit(self, reqs)
                 return
-            reply = server.run_batch([reqs])[0]
+            reply = server.run_requests(reqs)
             if reply:
                 self.transport.write(reply)
 
@@ -163,18 +164,30 @@ class MemcacheServer:
                                              rejected_connections=self.rejected_conns)
 
     # ---- running requests ----------------------------------------------------------------------------------------
+    def run_requests(self, reqs: list[Request]) -> bytes:
+        """Run the requests of one connection; the journal is written before the reply leaves."""
+        handler = self.handler
+        handler.begin_batch()
+        reply = handler.run(reqs[0]) if len(reqs) == 1 else b"".join([handler.run(r) for r in reqs])
+        if handler.journal is not None and handler.journal.pending:
+            self._commit_journal()
+        return reply
+
     def run_batch(self, batch: list[list[Request]]) -> list[bytes]:
-        """Run requests of one or more connections; the journal is written before any reply leaves."""
+        """Run the requests of several connections (engine thread); one journal write covers them all."""
         handler = self.handler
         handler.begin_batch()
         run = handler.run
         replies = [b"".join([run(r) for r in reqs]) for reqs in batch]
-        journal = handler.journal
-        if journal is not None:
-            durable = self.durable()
-            journal.commit(durable)
-            journal.retire(durable, self.lag)
+        if handler.journal is not None and handler.journal.pending:
+            self._commit_journal()
         return replies
+
+    def _commit_journal(self) -> None:
+        journal = self.handler.journal
+        durable = self.durable()
+        journal.commit(durable)
+        journal.retire(durable, self.lag)
 
     def submit(self, conn: Connection, reqs: list[Request]) -> None:
         self._queue.append((conn, reqs))
