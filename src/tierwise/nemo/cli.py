@@ -137,3 +137,74 @@ def serve_cmd(
     serve(device, host=host, port=port, flash_bytes=parse_size(flash_size) if flash_size else None,
           dram_bytes=int(dram_mb * 2**20) if dram_mb else None, max_conns=max_conns, max_value=max_value,
           engine_thread=engine_thread, fresh=fresh)
+
+
+# ---- bench and sweep (owner: baselines) ------------------------------------------------------------------------
+@app.command("bench")
+def bench_cmd(
+    trace: str = typer.Option("synth:twitter-merged:1M", "--trace", help="Trace file or synth:PROFILE[:REQUESTS[:SEED]]."),
+    engines: str = typer.Option("nemo,log,set,kangaroo,fairywren", "--engines",
+                                help="Comma-separated engines; NAME@ssd runs one in place on the conventional-SSD model."),
+    flash_mb: float = typer.Option(4.0, "--flash-mb", help="Flash (device) size in MiB, the same for every engine."),
+    dram_mb: float = typer.Option(None, "--dram-mb", help="DRAM budget in MiB: refuse an engine that needs more."),
+    device: str = typer.Option("file", "--device", help="file (emulated zones in a temp folder; latency), mem, or ssd."),
+    zone_kb: int = typer.Option(64, "--zone-kb", help="Zone size of the baselines (KiB)."),
+    nemo_zone_kb: int = typer.Option(256, "--nemo-zone-kb", help="Zone size for Nemo (KiB): one SetGroup per zone."),
+    requests: str = typer.Option(None, "--requests", help="Stop each run after this many requests."),
+    opt: list[str] = typer.Option([], "--opt", help="ENGINE.option=value (repeatable), e.g. --opt fairywren.set_op=0.5."),
+    ablation: bool = typer.Option(True, "--ablation/--no-ablation", help="Also run Nemo's fill-rate ablation."),
+    sizes: str = typer.Option("0.5,2", "--sizes", help="Extra cache sizes (x --flash-mb) for the miss-ratio curve; '' for none."),
+    executor: str = typer.Option("process", "--executor", help="process (local pool), serial, or ray."),
+    address: str = typer.Option(None, "--address", help="Ray cluster address (with --executor ray), e.g. ray://head:10001."),
+    workers: int = typer.Option(None, "--workers", help="Local worker processes (default: CPU count)."),
+    json_out: str = typer.Option(None, "--json", help="Write the table, ablation, curves and time series as JSON."),
+    plot: str = typer.Option(None, "--plot", help="Folder for the plots (WA over time, fill ablation, miss ratio vs size)."),
+) -> None:
+    """Compare flash-cache designs on one trace: ALWA, DLWA, end-to-end WA, DRAM bits/object, miss ratio,
+    read amplification and get latency percentiles, beside the paper's WA."""
+    from tierwise.common.errors import TierwiseError
+    from tierwise.common.report import print_table, write_json
+    from tierwise.nemo.bench import BenchSettings, bench, rows_for_print
+    from tierwise.nemo.replay import parse_engine_options
+    from tierwise.nemo.traces.synth import parse_count
+
+    options: dict[str, dict] = {}
+    for pair in opt:
+        eng, dot, rest = pair.partition(".")
+        if not dot:
+            raise TierwiseError(f"--opt {pair!r}: write ENGINE.option=value, e.g. nemo.flush_threshold=16")
+        options.setdefault(eng, {}).update(parse_engine_options([rest]))
+    try:
+        factors = tuple(float(x) for x in sizes.split(",") if x.strip())
+    except ValueError:
+        raise TierwiseError(f"--sizes {sizes!r}: give factors like 0.5,2") from None
+    st = BenchSettings(trace=trace, engines=engines, flash_mb=flash_mb, dram_mb=dram_mb, device=device,
+                       zone_kb=zone_kb, nemo_zone_kb=nemo_zone_kb, requests=parse_count(requests) if requests else None,
+                       options=options, ablation=ablation, cache_sizes=factors)
+    report = bench(st, executor=executor, workers=workers, address=address, plot_dir=plot)
+    print_table(rows_for_print(report["table"]), title=f"bench {trace}, {flash_mb:g} MiB flash")
+    if report.get("ablation"):
+        print_table(report["ablation"], title="Nemo fill-rate ablation (paper Fig. 17)")
+    if report["miss_ratio_curve"]:
+        print_table(report["miss_ratio_curve"], title="miss ratio vs cache size")
+    if json_out:
+        write_json(report, json_out)
+
+
+@app.command("sweep")
+def sweep_cmd(
+    config: str = typer.Argument(..., help="YAML: trace, engine, flash_mb (value or list), zone_kb, device, grid: {option: [values]}."),
+    executor: str = typer.Option("process", "--executor", help="process (local pool), serial, or ray."),
+    address: str = typer.Option(None, "--address", help="Ray cluster address (with --executor ray)."),
+    workers: int = typer.Option(None, "--workers", help="Local worker processes (default: CPU count)."),
+    json_out: str = typer.Option(None, "--json", help="Write every run's row as JSON."),
+) -> None:
+    """Run an engine over the cartesian product of a parameter grid (cache size, p_th, cached-PBFG ratio, SG size,
+    ...) in parallel and print one table."""
+    from tierwise.common.report import print_table, write_json
+    from tierwise.nemo.bench import load_sweep_config, rows_for_print, sweep
+
+    rows = sweep(load_sweep_config(config), executor=executor, workers=workers, address=address)
+    print_table(rows_for_print(rows), title=f"sweep {config}")
+    if json_out:
+        write_json(rows, json_out)

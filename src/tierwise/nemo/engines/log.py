@@ -20,9 +20,9 @@ from tierwise.nemo.device import ZonedDevice
 from tierwise.nemo.engines import register_engine
 from tierwise.nemo.engines.base import Engine
 from tierwise.nemo.hashing import hash128
-from tierwise.nemo.layout import PAGE_SIZE
+from tierwise.nemo.layout import PAGE_HEADER, PAGE_SIZE
 
-# --- DRAM index: buckets of chained entries (tag = 64-bit key hash, loc = global page id) -------------
+# --- DRAM index: buckets of chained entries (tag = 64-bit key hash, loc = page id << 12 | byte position) ---
 
 
 @njit(cache=True)
@@ -96,11 +96,11 @@ class LogIndex:
     def __init__(self, num_buckets: int, capacity: int = 1024):
         self.head = np.full(num_buckets, -1, dtype=np.int32)
         self.tags = np.zeros(capacity, dtype=np.uint64)
-        self.locs = np.zeros(capacity, dtype=np.int32)
+        self.locs = np.zeros(capacity, dtype=np.int64)
         self.nxt = np.full(capacity, -1, dtype=np.int32)
         self.free = np.arange(capacity - 1, -1, -1, dtype=np.int32)
         self.state = np.array([capacity, 0], dtype=np.int64)  # [free entries, live entries]
-        self._scratch = (np.zeros(256, dtype=np.uint64), np.zeros(256, dtype=np.int32))
+        self._scratch = (np.zeros(256, dtype=np.uint64), np.zeros(256, dtype=np.int64))
 
     def __len__(self) -> int:
         return int(self.state[1])
@@ -128,7 +128,7 @@ class LogIndex:
         out_t, out_l = self._scratch
         n = _ix_bucket(self.head, self.tags, self.locs, self.nxt, bucket, out_t, out_l)
         while n == out_t.shape[0]:  # a long chain: retry with more room
-            self._scratch = out_t, out_l = np.zeros(2 * n, dtype=np.uint64), np.zeros(2 * n, dtype=np.int32)
+            self._scratch = out_t, out_l = np.zeros(2 * n, dtype=np.uint64), np.zeros(2 * n, dtype=np.int64)
             n = _ix_bucket(self.head, self.tags, self.locs, self.nxt, bucket, out_t, out_l)
         return list(zip(out_t[:n].tolist(), out_l[:n].tolist()))
 
@@ -136,7 +136,7 @@ class LogIndex:
         old = self.tags.shape[0]
         new = 2 * old
         self.tags = np.concatenate([self.tags, np.zeros(old, dtype=np.uint64)])
-        self.locs = np.concatenate([self.locs, np.zeros(old, dtype=np.int32)])
+        self.locs = np.concatenate([self.locs, np.zeros(old, dtype=np.int64)])
         self.nxt = np.concatenate([self.nxt, np.full(old, -1, dtype=np.int32)])
         free = np.empty(new, dtype=np.int32)
         nfree = int(self.state[0])
@@ -252,6 +252,9 @@ def report_get(engine: Engine, reads_before: int, hit: bool) -> None:
 
 # --- the log tier ----------------------------------------------------------------------------------
 
+POS_BITS = 12  # an index entry locates the object itself: page id << 12 | byte position in the page
+POS_MASK = (1 << POS_BITS) - 1
+
 _MASK64 = (1 << 64) - 1
 
 
@@ -322,15 +325,15 @@ class LogTier:
     # --- writes -------------------------------------------------------------------------------------
 
     def insert(self, tag: int, key: bytes, value: bytes, flags: int = 0) -> None:
+        """Append an object; an older copy anywhere in the log (even in the open page) just stops being indexed."""
         k, v = as_u8(key), as_u8(value)
         page = self.seg[self.nbuf]
-        pos = layout.page_find(page, k)
-        if pos >= 0:  # an update of an object still in the open page
-            layout.page_remove(page, pos)
+        pos = PAGE_HEADER + layout.page_used(page)
         if not layout.page_append(page, k, v, flags):
             self._close_page()
+            pos = PAGE_HEADER
             layout.page_append(self.seg[self.nbuf], k, v, flags)
-        self.index.insert(self.bucket_of(tag), tag, self._open_pid())
+        self.index.insert(self.bucket_of(tag), tag, self._open_pid() << POS_BITS | pos)
 
     def remove(self, tag: int) -> bool:
         return self.index.remove(self.bucket_of(tag), tag)
@@ -378,10 +381,11 @@ class LogTier:
         for p in range(self.ppz):
             pid = victim * self.ppz + p
             self._evicting[pid] = pages[p]
-            for o in layout.iter_objects(pages[p]):
-                tag = key_tag(o.key)
-                if self.index.lookup(self.bucket_of(tag), tag) == pid:
-                    out.append(LogObject(tag, o.key, o.value, pid))
+            for pos in layout.page_positions(pages[p]).tolist():
+                o = layout.object_at(pages[p], pos)
+                tag, loc = key_tag(o.key), pid << POS_BITS | pos
+                if self.index.lookup(self.bucket_of(tag), tag) == loc:
+                    out.append(LogObject(tag, o.key, o.value, loc))
         self.io.reset(victim)
         self.free.append(victim)
         return out
@@ -397,25 +401,23 @@ class LogTier:
         return self.io.read(z, p, 1, cause)[0]
 
     def lookup(self, tag: int, key: bytes) -> bytes | None:
-        pid = self.index.lookup(self.bucket_of(tag), tag)
-        if pid < 0:
+        loc = self.index.lookup(self.bucket_of(tag), tag)
+        if loc < 0:
             return None
-        page = self._page(pid, "get")
-        pos = layout.page_find(page, as_u8(key))
-        return None if pos < 0 else layout.object_at(page, pos).value
+        o = layout.object_at(self._page(loc >> POS_BITS, "get"), loc & POS_MASK)
+        return o.value if o.key == key else None  # a different key with the same 64-bit tag: a miss
 
     def take_bucket(self, bucket: int) -> list[LogObject]:
         """Remove and return every log object of one bucket (reads each page once)."""
         out: list[LogObject] = []
         pages: dict[int, np.ndarray] = {}
-        for tag, pid in self.index.bucket(bucket):
+        for tag, loc in self.index.bucket(bucket):
+            pid = loc >> POS_BITS
             if pid not in pages:
                 pages[pid] = self._page(pid, self.cause)
-            for o in layout.iter_objects(pages[pid]):
-                if key_tag(o.key) == tag:
-                    out.append(LogObject(tag, o.key, o.value, pid))
-                    break
-            self.index.remove(bucket, tag, pid)
+            o = layout.object_at(pages[pid], loc & POS_MASK)
+            out.append(LogObject(tag, o.key, o.value, loc))
+            self.index.remove(bucket, tag, loc)
         return out
 
     def dram_bytes(self) -> dict[str, int]:

@@ -1,0 +1,103 @@
+"""`tierwise nemo bench` / `sweep`: runs, executors, the table's columns, plots, config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from tierwise.cli import app
+from tierwise.common.errors import TierwiseError
+from tierwise.nemo.bench import (BenchSettings, RunSpec, bench, execute, load_sweep_config, parse_engines, run_one,
+                                 sweep, sweep_specs)
+
+TRACE = "synth:twitter-merged:10000"  # ~60 KB working set: caches of 64-256 KB
+
+
+def spec(engine, **kw):
+    base = dict(engine=engine, trace=TRACE, flash_mb=0.125, zone_kb=16, device="mem", sample_every=2000)
+    return RunSpec(**{**base, **kw})
+
+
+def test_run_one_row_has_every_column_and_latencies_on_the_file_device(tmp_path):
+    r = run_one(spec("log", device="file", tmp_dir=str(tmp_path)))
+    row = r["row"]
+    assert row["requests"] == 10_000 and row["device"] == "file"
+    assert 1.0 < row["alwa"] < 1.2 and row["dlwa"] == 1.0 and row["e2e_wa"] == pytest.approx(row["alwa"])
+    assert 0 < row["miss_ratio"] < 1 and row["index_bits_per_obj"] > 100
+    assert 0 < row["p50_us"] <= row["p99_us"] <= row["p99.99_us"]
+    assert row["read_amp"] > 1  # a hit reads a whole 4 KB page for a ~250 B object
+    assert r["series"] and list(tmp_path.iterdir()) == []  # the temporary device folder is gone
+
+
+def test_process_pool_matches_serial_results():
+    specs = [spec("log"), spec("set")]
+    serial = execute(specs, executor="serial")
+    pooled = execute(specs, executor="process", workers=2)
+    for a, b in zip(serial, pooled):
+        assert a["row"]["alwa"] == b["row"]["alwa"] and a["row"]["miss_ratio"] == b["row"]["miss_ratio"]
+
+
+def test_bench_table_curve_and_plots(tmp_path):
+    st = BenchSettings(trace=TRACE, engines="log,set@ssd", flash_mb=0.25, zone_kb=16, device="mem", ablation=False,
+                       cache_sizes=(0.5,), sample_every=2000, ssd_op=0.25)
+    report = bench(st, executor="serial", plot_dir=tmp_path)
+    assert [r["run"] for r in report["table"]] == ["log", "set@ssd"]
+    assert report["table"][0]["paper_wa"] == 1.08 and report["table"][1]["paper_wa"] is None
+    assert report["table"][1]["dlwa"] > 1  # in place on the FTL model
+    assert report["table"][1]["e2e_wa"] == pytest.approx(report["table"][1]["alwa"] * report["table"][1]["dlwa"])
+    by = {(r["engine"], r["flash_mb"]): r["miss_ratio"] for r in report["miss_ratio_curve"]}
+    assert set(by) == {("log", 0.125), ("log", 0.25)}  # the curve covers engines on the bench's own device
+    assert by[("log", 0.125)] > by[("log", 0.25)]  # a smaller cache misses more
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["miss_ratio_vs_size.png", "wa_over_time.png"]
+
+
+def test_sweep_grid_is_a_cartesian_product(tmp_path):
+    cfg = {"trace": TRACE, "engine": "set", "flash_mb": [0.125, 1], "zone_kb": 16, "grid": {"op": [0.25, 0.5]}}
+    specs = sweep_specs(cfg)
+    assert [(s.flash_mb, s.options["op"]) for s in specs] == [(0.125, 0.25), (0.125, 0.5), (1.0, 0.25), (1.0, 0.5)]
+    rows = sweep({**cfg, "flash_mb": 0.125}, executor="serial")
+    assert [r["options"]["op"] for r in rows] == [0.25, 0.5]
+    assert rows[1]["alwa"] < rows[0]["alwa"]  # more over-provisioning, less GC copying
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trace: x\nengine: set\nflsh_mb: 3\n")
+    with pytest.raises(TierwiseError, match="unknown sweep keys"):
+        sweep_specs(load_sweep_config(bad))
+    bad.write_text("[1, 2")
+    with pytest.raises(TierwiseError, match="not valid YAML"):
+        load_sweep_config(bad)
+
+
+def test_engine_list_parsing_and_errors():
+    assert parse_engines("nemo, set@ssd") == [("nemo", None), ("set", "ssd")]
+    with pytest.raises(TierwiseError, match="unknown device"):
+        parse_engines("set@tape")
+    with pytest.raises(TierwiseError, match="no engines"):
+        parse_engines(" , ")
+    with pytest.raises(TierwiseError, match="executor"):
+        execute([spec("log")], executor="mpi")
+
+
+def test_bench_and_sweep_commands(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "b.json"
+    res = runner.invoke(app, ["nemo", "bench", "--trace", TRACE, "--engines", "log", "--flash-mb", "0.125",
+                              "--zone-kb", "16", "--device", "mem", "--no-ablation", "--sizes", "",
+                              "--executor", "serial", "--json", str(out), "--plot", str(tmp_path / "plots")])
+    assert res.exit_code == 0, res.output
+    assert "log" in res.output and json.loads(out.read_text())["table"][0]["run"] == "log"
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(f"trace: {TRACE}\nengine: log\nflash_mb: [0.125]\nzone_kb: 16\n")
+    res = runner.invoke(app, ["nemo", "sweep", str(cfg), "--executor", "serial", "--json", str(tmp_path / "s.json")])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads((tmp_path / "s.json").read_text())) == 1
+
+
+@pytest.mark.optin
+@pytest.mark.skipif(os.environ.get("TIERWISE_TEST_RAY") != "1", reason="Ray start-up is heavy: set TIERWISE_TEST_RAY=1")
+def test_ray_executor_runs_specs():
+    pytest.importorskip("ray")
+    rows = execute([spec("log")], executor="ray")
+    assert rows[0]["row"]["requests"] == 10_000
