@@ -36,7 +36,7 @@ from tierwise.nemo.engines.nemo.format import (decode_index_header, decode_sg_he
                                                row_page_ok, sets_crc)
 from tierwise.nemo.hashing import bloom_positions, hash128
 from tierwise.nemo.index.bloom import filter_add
-from tierwise.nemo.layout import OBJ_HEADER, PAGE_SIZE, page_count, page_positions, page_seq, page_well_formed
+from tierwise.nemo.layout import OBJ_HEADER, PAGE_SIZE, page_count, page_positions, page_well_formed
 
 
 @dataclass
@@ -199,12 +199,12 @@ def _read_slot(engine, slot: int) -> _Slot:
 
 def _bad_pages(sets: np.ndarray, seq: int) -> list[int]:
     """Set pages whose crc or sequence number is wrong (bytes flipped after the trailer was written)."""
-    bad = []
     stored = sets[:, 0:4].copy().view("<u4").reshape(-1)
-    for j in range(sets.shape[0]):
-        if crc32c.crc32c(sets[j, 4:].data) != stored[j] or page_seq(sets[j]) != seq:
-            bad.append(j)
-    return bad
+    seqs = sets[:, 4:12].copy().view("<u8").reshape(-1)
+    flat = memoryview(sets.reshape(-1))
+    crc = crc32c.crc32c
+    return [j for j in range(sets.shape[0])
+            if seqs[j] != seq or crc(flat[j * PAGE_SIZE + 4:(j + 1) * PAGE_SIZE]) != stored[j]]
 
 
 def _reset_slot(engine, slot: int) -> None:
