@@ -367,12 +367,11 @@ class LogTier:
         if not self.free:
             evicted = self._evict_oldest()
         self.zone, self.wp = self.free.popleft(), 0
-        if evicted:
-            if self.on_evict is not None:
-                self.on_evict(evicted)
-            for o in evicted:  # whatever the owner did not take is dropped
-                self.index.remove(self.bucket_of(o.tag), o.tag, o.loc)
-            self._evicting.clear()
+        if evicted and self.on_evict is not None:
+            self.on_evict(evicted)
+        for o in evicted:  # whatever the owner did not take is dropped
+            self.index.remove(self.bucket_of(o.tag), o.tag, o.loc)
+        self._evicting.clear()  # the zone may be reused right away: its old pages must not shadow new ones
 
     def _evict_oldest(self) -> list[LogObject]:
         victim = self.live.popleft()

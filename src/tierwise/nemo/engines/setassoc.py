@@ -347,7 +347,7 @@ class SetEngine(Engine):
 
     name = "set"
 
-    def __init__(self, device, metrics=None, *, op: float = 0.25, victim: str = "greedy", bloom_fp: float = 0.01,
+    def __init__(self, device, metrics=None, *, op: float = 0.5, victim: str = "greedy", bloom_fp: float = 0.01,
                  objects_per_set: float = 16.0, segment_kb: int = 256):
         super().__init__(device, metrics)
         self.io = PageIO(device, self.metrics, segment_kb * 1024)
