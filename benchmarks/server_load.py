@@ -95,13 +95,13 @@ def populate(port: int, keys: int, vmin: int, vmax: int) -> None:
 
 
 def client_loop(port: int, seconds: float, max_ops: int, keys: int, get_ratio: float, vmin: int, vmax: int,
-                seed: int, out: mp.Queue) -> None:
+                multiget: int, seed: int, out: mp.Queue) -> None:
     c = Client(("127.0.0.1", port), no_delay=True, timeout=60, default_noreply=False)
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, keys, max_ops)
     gets = rng.random(max_ops) < get_ratio
     lat = np.empty(max_ops, np.int64)
-    hits = 0
+    hits = n_gets = 0
     n = 0
     clock = time.perf_counter_ns
     start = clock()
@@ -110,25 +110,31 @@ def client_loop(port: int, seconds: float, max_ops: int, keys: int, get_ratio: f
         k = int(ids[n])
         key = b"key:%d" % k
         t = clock()
-        if gets[n]:
-            hits += c.get(key) is not None
-        else:
+        if not gets[n]:
             c.set(key, value_for(k, vmin, vmax))
+            done = 1
+        elif multiget == 1:
+            hits += c.get(key) is not None
+            done = 1
+        else:  # one request for the next `multiget` keys, counted as that many gets
+            done = min(multiget, max_ops - n)
+            hits += len(c.get_many([b"key:%d" % i for i in ids[n:n + done].tolist()]))
+        n_gets += done if gets[n] else 0
         t2 = clock()
-        lat[n] = t2 - t
-        n += 1
+        lat[n:n + done] = (t2 - t) // done
+        n += done
         if t2 > end:
             break
     elapsed = (clock() - start) / 1e9
     c.close()
-    out.put((n, hits, int(gets[:n].sum()), lat[:n], elapsed))
+    out.put((n, hits, n_gets, lat[:n], elapsed))
 
 
 def run_load(port: int, args) -> dict:
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     procs = [ctx.Process(target=client_loop, args=(port, args.seconds, args.max_ops, args.keys, args.get_ratio,
-                                                   args.value_min, args.value_max, 100 + i, q))
+                                                   args.value_min, args.value_max, args.multiget, 100 + i, q))
              for i in range(args.clients)]
     for p in procs:
         p.start()
@@ -167,6 +173,8 @@ def main() -> None:
     ap.add_argument("--get-ratio", type=float, default=0.9)
     ap.add_argument("--value-min", type=int, default=50)
     ap.add_argument("--value-max", type=int, default=300, help="tiny values: at most this many bytes")
+    ap.add_argument("--multiget", type=int, default=1,
+                    help="keys per get request (get_many); latencies are then per key")
     ap.add_argument("--flash-size", default="256M", help="Nemo device size")
     ap.add_argument("--dram-mb", type=int, default=48, help="Nemo DRAM budget (sizes the SGs)")
     ap.add_argument("--engine-thread", action="store_true", help="serve Nemo with --engine-thread")
@@ -202,7 +210,8 @@ def main() -> None:
                     best[name] = r
 
     print(f"\n{args.clients} clients x {args.seconds:g} s, {args.keys} keys, values {args.value_min}-"
-          f"{args.value_max} B, {args.get_ratio:.0%} gets (best of {args.rounds} rounds)")
+          f"{args.value_max} B, {args.get_ratio:.0%} gets, {args.multiget} key(s) per get "
+          f"(best of {args.rounds} rounds)")
     print(f"{'server':<10} {'ops/s':>10} {'p50 us':>8} {'p99 us':>8} {'hit ratio':>9} {'server CPU us/op':>17}")
     for name, r in best.items():
         print(f"{name:<10} {r['ops_per_s']:>10.0f} {r['p50_us']:>8.0f} {r['p99_us']:>8.0f} {r['hit_ratio']:>9.3f} "

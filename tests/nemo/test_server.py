@@ -7,6 +7,7 @@ against a dict-backed engine double, which separates protocol bugs from engine b
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import pytest
@@ -171,3 +172,27 @@ def test_client_that_does_not_read_is_throttled_not_fatal(served_server):
     s.close()  # and a client vanishing with unread replies is no problem
     time.sleep(0.2)
     assert client(port).get("p") == b"v" * 100
+
+
+def test_engine_thread_mode_batches_connections(tmp_path):
+    cache = open_cache(f"file:{tmp_path / 'dev'}", flash_bytes=32 << 20, zone_bytes=1 << 20)
+    server, stop = serve_in_thread(cache.handler, ServerConfig(port=0, engine_thread=True),
+                                   durable=cache.durable, lag=cache.lag)
+    errors = []
+
+    def worker(w: int) -> None:
+        c = client(server.port)
+        for i in range(150):
+            key, value = f"t{w}-{i}", b"%d-%d" % (w, i) * 10
+            if not c.set(key, value) or c.get(key) != value:
+                errors.append(key)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    stop()
+    cache.close()
+    assert not errors
+    assert cache.handler.counters["cmd_set"] == 600
