@@ -50,7 +50,7 @@ def offload(
     store: Optional[Path] = typer.Option(None, help="Expert store folder (default ~/.cache/tierwise/expert-stores/<fingerprint>)."),
     json_out: bool = typer.Option(False, "--json", help="Print the full metrics as JSON instead of tables."),
     out: Optional[Path] = typer.Option(None, help="Also write the full metrics JSON here."),
-    threads: int = typer.Option(2, help="torch CPU threads."),
+    threads: int = typer.Option(1, help="torch CPU threads (B = 1 decode of small models is fastest on one)."),
 ) -> None:
     """Greedy decoding with routed experts offloaded to an on-disk store and at most C per layer in memory."""
     import json
@@ -121,10 +121,13 @@ def finetune(
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint (same settings required)."),
     stop_after: Optional[int] = typer.Option(None, help="End this session after this step, leaving a resumable checkpoint."),
     doc_separator: Optional[str] = typer.Option(None, help="Split plain-text data into documents at this string."),
-    max_docs: Optional[int] = typer.Option(None, help="Use at most this many documents."),
+    max_docs: Optional[int] = typer.Option(None, help="Use at most this many documents (spread evenly over the data)."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads per process (default: torch's choice; 1 is fastest on a busy machine)."),
 ) -> None:
     """Fine-tune only the router (gate) weights with the ReMoE locality objective; writes a router-only delta."""
     from dataclasses import replace
+
+    import torch
 
     from tierwise.common.errors import TierwiseError
     from tierwise.common.report import print_table
@@ -144,6 +147,8 @@ def finetune(
     off = dict(kl=no_trust, reuse=no_reuse, smooth=no_smooth, lag=no_lag, ws=no_ws)
     loss = replace(cfg.loss, **{k: v for k, v in given.items() if v is not None})
     cfg = replace(cfg, loss=replace(loss, **{k: 0.0 for k, v in off.items() if v}))
+    if threads:
+        torch.set_num_threads(threads)
     result = run_finetune(cfg)
     if result.history:
         last = result.history[-1]
@@ -162,14 +167,23 @@ def eval_cmd(
     cache_sizes: str = typer.Option("", help="Comma-separated expert-cache capacities C for uHR@C (default K and 2K)."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON results to this file."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
 ) -> None:
     """Held-out perplexity and expert-reuse metrics (EOR, uHR@C, misses/token, load CV, entropy), before/after a router delta."""
     import json
 
+    import torch
+
+    from tierwise.common.errors import TierwiseError
     from tierwise.common.report import print_table, to_jsonable, write_json
     from tierwise.remoe.evaluate import EvalConfig, evaluate_cli, summary_rows
 
-    sizes = tuple(int(c) for c in cache_sizes.split(",") if c.strip())
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        sizes = tuple(int(c) for c in cache_sizes.split(",") if c.strip())
+    except ValueError as e:
+        raise TierwiseError(f"--cache-sizes must be comma-separated integers, got {cache_sizes!r}") from e
     results = evaluate_cli(model, router, EvalConfig(data=data, seq_len=seq_len, batch_size=batch_size,
                                                      max_rows=max_rows, cache_sizes=sizes))
     if out is not None:
@@ -305,127 +319,3 @@ def patch_gguf_cmd(
 
     path = patch_router(gguf_file, router, out)
     stdout.print(f"wrote {path}: routers replaced, all other tensors copied")
-
-
-# -- ReMoE router fine-tuning: finetune / eval / apply-router -------------------------------------------------------
-
-
-@app.command()
-def finetune(
-    model: str = typer.Argument("embedded", help="MoE checkpoint: local HF folder, hub id (online), or 'embedded'."),
-    data: str = typer.Option("embedded:train", "--data", help="Training text: .txt, .jsonl/.json (text, prompt/completion, messages, conversations), embedded:train, or hf:NAME[:SPLIT]."),
-    out: Path = typer.Option(Path("runs/remoe"), "--out", help="Output folder: router_delta.safetensors, config.json, train_log.jsonl, checkpoint/."),
-    preset: str = typer.Option("default", help="Named settings to start from: 'default' (the swept defaults) or 'demo' (a ~2 min CPU run)."),
-    steps: Optional[int] = typer.Option(None, help="Optimizer steps [default 150]."),
-    seq_len: Optional[int] = typer.Option(None, help="Tokens per packed sequence [256]."),
-    batch_size: Optional[int] = typer.Option(None, help="Sequences per micro-batch per process [4]."),
-    grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step [1]."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate of the gates [3e-3]."),
-    lr_warmup: Optional[int] = typer.Option(None, help="Linear LR warm-up steps, then cosine [10]."),
-    min_lr_ratio: Optional[float] = typer.Option(None, help="Cosine floor as a fraction of --lr [0.1]."),
-    weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay [0]."),
-    grad_clip: Optional[float] = typer.Option(None, help="Gradient-norm clip [1.0]."),
-    precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (bf16 model weights, fp32 gates and loss) [fp32]."),
-    seed: Optional[int] = typer.Option(None, help="Seed of the data order [0]."),
-    lambda_kl: Optional[float] = typer.Option(None, "--lambda-kl", help="λ_KL, trust region KL(P‖P_ref) [1.0]."),
-    lambda_reuse: Optional[float] = typer.Option(None, "--lambda-reuse", help="λ_Reuse [0.5]."),
-    lambda_smooth: Optional[float] = typer.Option(None, "--lambda-smooth", help="λ_Smooth [0.1]."),
-    lambda_lag: Optional[float] = typer.Option(None, "--lambda-lag", help="λ_Lag [0.1]."),
-    lambda_ws: Optional[float] = typer.Option(None, "--lambda-ws", help="λ_WS [0.25]."),
-    window: Optional[int] = typer.Option(None, help="W, tokens per L_WS window [16]."),
-    t_warm: Optional[int] = typer.Option(None, "--t-warm", help="T_warm, steps of the locality warm-up α_s = min(1, s/T_warm) [10]."),
-    lags: Optional[str] = typer.Option(None, help="Comma-separated lags of L_Lag [1,2,4,8,16]."),
-    no_trust: bool = typer.Option(False, "--no-trust", help="Ablation: λ_KL = 0."),
-    no_reuse: bool = typer.Option(False, "--no-reuse", help="Ablation: λ_Reuse = 0."),
-    no_smooth: bool = typer.Option(False, "--no-smooth", help="Ablation: λ_Smooth = 0."),
-    no_lag: bool = typer.Option(False, "--no-lag", help="Ablation: λ_Lag = 0."),
-    no_ws: bool = typer.Option(False, "--no-ws", help="Ablation: λ_WS = 0."),
-    ce_only: bool = typer.Option(False, "--ce-only", help="The paper's control: train the router with L_CE alone."),
-    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints; 0 = none [50]."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint (same settings required)."),
-    stop_after: Optional[int] = typer.Option(None, help="End this session after this step, leaving a resumable checkpoint."),
-    doc_separator: Optional[str] = typer.Option(None, help="Split plain-text data into documents at this string."),
-    max_docs: Optional[int] = typer.Option(None, help="Use at most this many documents (spread evenly over the data)."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads per process (default: torch's choice; 1 is fastest on a busy machine)."),
-) -> None:
-    """Fine-tune only the router (gate) weights with the ReMoE locality objective; writes a router-only delta."""
-    from dataclasses import replace
-
-    import torch
-
-    from tierwise.common.errors import TierwiseError
-    from tierwise.common.report import print_table
-    from tierwise.remoe.train import config_with_preset, finetune as run_finetune
-
-    cfg = config_with_preset(preset, model=model, data=data, out=str(out), steps=steps, seq_len=seq_len,
-                             batch_size=batch_size, grad_accum=grad_accum, lr=lr, lr_warmup=lr_warmup,
-                             min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, grad_clip=grad_clip,
-                             precision=precision, seed=seed, checkpoint_every=checkpoint_every, resume=resume,
-                             stop_after=stop_after, doc_separator=doc_separator, max_docs=max_docs, ce_only=ce_only)
-    try:
-        lag_values = tuple(int(x) for x in lags.split(",")) if lags else None
-    except ValueError as e:
-        raise TierwiseError(f"--lags must be comma-separated integers, got {lags!r}") from e
-    given = dict(kl=lambda_kl, reuse=lambda_reuse, smooth=lambda_smooth, lag=lambda_lag, ws=lambda_ws, window=window,
-                 warmup_steps=t_warm, lags=lag_values)
-    off = dict(kl=no_trust, reuse=no_reuse, smooth=no_smooth, lag=no_lag, ws=no_ws)
-    loss = replace(cfg.loss, **{k: v for k, v in given.items() if v is not None})
-    cfg = replace(cfg, loss=replace(loss, **{k: 0.0 for k, v in off.items() if v}))
-    if threads:
-        torch.set_num_threads(threads)
-    result = run_finetune(cfg)
-    if result.history:
-        last = result.history[-1]
-        print_table([{k: last[k] for k in last if k not in ("lr", "grad_norm")}],
-                    title=f"step {result.steps_done}/{cfg.steps} -> {result.delta_path or out / 'checkpoint'}")
-
-
-@app.command("eval")
-def eval_cmd(
-    model: str = typer.Argument("embedded", help="MoE checkpoint: local HF folder, hub id (online), or 'embedded'."),
-    router: Optional[Path] = typer.Option(None, "--router", help="A router delta: evaluate the model before and after applying it, side by side."),
-    data: str = typer.Option("embedded:heldout", "--data", help="Evaluation text (same formats as finetune --data)."),
-    seq_len: int = typer.Option(256, help="Tokens per packed sequence."),
-    batch_size: int = typer.Option(8, help="Sequences per forward pass."),
-    max_rows: Optional[int] = typer.Option(None, help="Evaluate N packed sequences spread evenly over the data (default: all)."),
-    cache_sizes: str = typer.Option("", help="Comma-separated expert-cache capacities C for uHR@C (default K and 2K)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON results to this file."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
-) -> None:
-    """Held-out perplexity and expert-reuse metrics (EOR, uHR@C, misses/token, load CV, entropy), before/after a router delta."""
-    import json
-
-    import torch
-
-    from tierwise.common.errors import TierwiseError
-    from tierwise.common.report import print_table, to_jsonable, write_json
-    from tierwise.remoe.evaluate import EvalConfig, evaluate_cli, summary_rows
-
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        sizes = tuple(int(c) for c in cache_sizes.split(",") if c.strip())
-    except ValueError as e:
-        raise TierwiseError(f"--cache-sizes must be comma-separated integers, got {cache_sizes!r}") from e
-    results = evaluate_cli(model, router, EvalConfig(data=data, seq_len=seq_len, batch_size=batch_size,
-                                                     max_rows=max_rows, cache_sizes=sizes))
-    if out is not None:
-        write_json(results, out)
-    if json_out:
-        typer.echo(json.dumps(to_jsonable(results), indent=2))
-    else:
-        print_table(summary_rows(results), title=f"{model} on {data}")
-
-
-@app.command("apply-router")
-def apply_router(
-    base: str = typer.Argument(..., help="Base MoE checkpoint (folder, hub id, or 'embedded')."),
-    delta: Path = typer.Argument(..., help="Router delta (.safetensors) from `tierwise remoe finetune`."),
-    out: Path = typer.Argument(..., help="Output folder for the full checkpoint with the new gates."),
-) -> None:
-    """Write a full Hugging Face checkpoint: BASE with its router weights replaced by DELTA."""
-    from tierwise.remoe.delta import write_patched_checkpoint
-
-    write_patched_checkpoint(base, delta, out)
-    typer.echo(f"wrote {out}")

@@ -42,7 +42,8 @@ class DemoConfig:
     storage: str = "ufs4"
     target: str = "dsv2-lite-bf16"
     max_horizon: int = 16
-    threads: int = 2
+    threads: int = 2  # trace, fine-tune, eval
+    offload_threads: int = 1  # B = 1 decode of a small model is fastest on one thread
 
 
 def _trace(model, prompts_ids, cfg: DemoConfig, label: str):
@@ -112,6 +113,7 @@ def run(out_dir: str | Path, config: DemoConfig | None = None) -> str:
     t = lap("eval + trace", t)
 
     # 5. offload compare: C = K experts per layer, modelled storage, original vs fine-tuned router
+    torch.set_num_threads(cfg.offload_threads)
     del model
     model, tokenizer = load_model(cfg.model)
     offload = offload_compare(model, tokenizer, prompts[: cfg.offload_prompts], cfg.offload_tokens,
