@@ -86,6 +86,12 @@ class CommandHandler:
             return None
         return item
 
+    def _find(self, key: bytes, stat: str) -> Item | None:
+        """lookup() that counts `<stat>_hits` / `<stat>_misses`."""
+        item = self.lookup(key)
+        self.counters[f"{stat}_misses" if item is None else f"{stat}_hits"] += 1
+        return item
+
     def _put(self, key: bytes, item: Item) -> bool:
         if not self.engine.set(key, items.pack(item)):
             self.counters["engine_rejects"] += 1
@@ -107,16 +113,13 @@ class CommandHandler:
 
     # ---- classic commands ----------------------------------------------------------------------------------------
     def _get_one(self, key: bytes) -> bytes:
-        c = self.counters
-        c["cmd_get"] += 1
+        self.counters["cmd_get"] += 1
         try:
-            item = self.lookup(key)
+            item = self._find(key, "get")
         except TierwiseError as e:
             return self._server_error(e)
         if item is None:
-            c["get_misses"] += 1
             return b"END\r\n"
-        c["get_hits"] += 1
         return b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key, item.flags, len(item.data), item.data)
 
     def _get(self, req: Request) -> bytes:
@@ -126,11 +129,9 @@ class CommandHandler:
         c = self.counters
         for key in req.keys:
             c["cmd_get"] += 1
-            item = self.lookup(key)
+            item = self._find(key, "get")
             if item is None:
-                c["get_misses"] += 1
                 continue
-            c["get_hits"] += 1
             if touch:
                 c["cmd_touch"] += 1
                 item.exptime = items.absolute_exptime(req.exptime, self.now)
@@ -170,26 +171,21 @@ class CommandHandler:
 
     def _delete(self, req: Request) -> bytes:
         key = req.keys[0]
-        if self.lookup(key) is None:
-            self.counters["delete_misses"] += 1
+        if self._find(key, "delete") is None:
             return b"NOT_FOUND\r\n"
-        self.counters["delete_hits"] += 1
         self._remove(key)
         return b"DELETED\r\n"
 
     def _arith(self, req: Request) -> bytes:
         key = req.keys[0]
-        name = req.cmd.decode()
-        item = self.lookup(key)
+        item = self._find(key, req.cmd.decode())
         if item is None:
-            self.counters[f"{name}_misses"] += 1
             return b"NOT_FOUND\r\n"
         text = item.data.rstrip(b" ")  # memcached may space-pad a number that got shorter
         if not text.isdigit() or len(text) > 20 or int(text) > _MAX_U64:
             return b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
         value = int(text)
         value = (value + req.delta) & _MAX_U64 if req.cmd == b"incr" else max(0, value - req.delta)
-        self.counters[f"{name}_hits"] += 1
         item.data = b"%d" % value
         item.cas = self.clock.next()
         if not self._put(key, item):
@@ -199,11 +195,9 @@ class CommandHandler:
     def _touch(self, req: Request) -> bytes:
         key = req.keys[0]
         self.counters["cmd_touch"] += 1
-        item = self.lookup(key)
+        item = self._find(key, "touch")
         if item is None:
-            self.counters["touch_misses"] += 1
             return b"NOT_FOUND\r\n"
-        self.counters["touch_hits"] += 1
         item.exptime = items.absolute_exptime(req.exptime, self.now)
         return b"TOUCHED\r\n" if self._put(key, item) else NOT_STORED_BY_ENGINE
 
@@ -253,11 +247,9 @@ class CommandHandler:
     def _mg(self, req: Request) -> bytes:
         key = req.keys[0]
         self.counters["cmd_get"] += 1
-        item = self.lookup(key)
+        item = self._find(key, "get")
         if item is None:
-            self.counters["get_misses"] += 1
             return b"EN\r\n"
-        self.counters["get_hits"] += 1
         if ord("T") in req.meta:
             self.counters["cmd_touch"] += 1
             item.exptime = items.absolute_exptime(req.exptime, self.now)
@@ -297,13 +289,11 @@ class CommandHandler:
 
     def _md(self, req: Request) -> bytes:
         key = req.keys[0]
-        item = self.lookup(key)
+        item = self._find(key, "delete")
         if item is None:
-            self.counters["delete_misses"] += 1
             return self._meta_reply(req, b"NF", key, None)
         if ord("C") in req.meta and item.cas != req.cas:
             return self._meta_reply(req, b"EX", key, None)
-        self.counters["delete_hits"] += 1
         self._remove(key)
         return self._meta_reply(req, b"HD", key, None)
 
@@ -336,7 +326,7 @@ class CommandHandler:
         stats += list(c.items())
         stats += self.engine_stats(detail=False)
         if self.journal is not None:
-            stats.append(("journal_bytes_written", self.journal.bytes_written))
+            stats += [("journal_bytes_written", self.journal.bytes_written), ("journal_bytes", self.journal.size)]
         return stats
 
     def engine_stats(self, *, detail: bool) -> list[tuple[str, object]]:
