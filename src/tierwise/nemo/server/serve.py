@@ -76,8 +76,16 @@ def open_cache(device: str, *, flash_bytes: int | None = None, zone_bytes: int |
     from tierwise.nemo.device import open_device
     from tierwise.nemo.engines import make_engine
 
+    from tierwise.nemo.layout import OBJ_HEADER, PAYLOAD
+
+    largest = PAYLOAD - OBJ_HEADER - 1 - ITEM_HEADER_MAX
+    if not 1 <= max_value <= largest:
+        raise TierwiseError(f"--max-value {max_value} out of range: at most {largest} bytes (a value, its "
+                            f"{ITEM_HEADER_MAX}-byte item header and the key must fit one 4 KB set page)")
     spec = device if ":" in device or device == "mem" else f"file:{device}"
     folder = Path(spec[5:]) if spec.startswith("file:") else None
+    if folder is not None and folder.exists() and not folder.is_dir():
+        raise TierwiseError(f"--device {device}: {folder} is a file; give a folder for a file-backed zoned device")
     existing = folder is not None and (folder / "zoned.json").exists()
     geometry = {}
     if not existing and not spec.startswith("zbd:"):
