@@ -31,13 +31,13 @@ from tierwise.common.plots import bar_plot, line_plot
 
 PAPER_WA = {"nemo": 1.56, "log": 1.08, "fairywren": 15.20, "set": 16.31, "kangaroo": 55.59}
 PAPER_BITS = {"nemo": 8.3, "fairywren": 9.9, "log": ">100"}
-# Fig. 17's fill-rate breakdown as Nemo configuration switches (nemo.md §7)
+# Fig. 17's fill-rate breakdown as Nemo configuration switches (nemo.md §7); "P" rows delay the flush by p_th
 ABLATION = {
     "naive": {"buffer_fallback": False, "flush_threshold": 1, "write_back": False},
     "+buffered SGs": {"buffer_fallback": True, "flush_threshold": 1, "write_back": False},
-    "+delayed flush": {"buffer_fallback": False, "write_back": False},
-    "+both": {"buffer_fallback": True, "write_back": False},
-    "+write-back": {"buffer_fallback": True, "write_back": True},
+    "+delayed flush": {"buffer_fallback": False, "flush_threshold": "P", "write_back": False},
+    "+both": {"buffer_fallback": True, "flush_threshold": "P", "write_back": False},
+    "+write-back": {"buffer_fallback": True, "flush_threshold": "P", "write_back": True},
 }
 PAPER_FILL = {"naive": 6.78, "+buffered SGs": 31.32, "+delayed flush": 36.77, "+both": 64.13, "+write-back": 89.34}
 DEVICES = ("file", "mem", "ssd")
@@ -254,6 +254,17 @@ def _spec(st: BenchSettings, name: str, device: str | None, **over) -> RunSpec:
     return replace(spec, **over)
 
 
+def ablation_p_th(st: BenchSettings) -> int:
+    """p_th of the ablation's delayed-flush rows: the bench's `--opt nemo.flush_threshold` if given, else S/8.
+
+    nemo.md §11 keeps p_th at 1.5% of S (4096 of 275,712 sets), which rounds to 1 (no delay at all) below
+    S ~ 100 sets per SG; S/8 puts B+P at the paper's ~64% fill at laptop S (see docs/results-nemo.md)."""
+    from tierwise.nemo.engines.nemo.config import SG_META_PAGES
+
+    given = st.options.get("nemo", {}).get("flush_threshold")
+    return int(given) if given else max(1, round((st.nemo_zone_kb * 1024 // 4096 - SG_META_PAGES) / 8))
+
+
 def bench(st: BenchSettings, *, executor: str = "process", workers: int | None = None, address: str | None = None,
           plot_dir: str | Path | None = None) -> dict[str, Any]:
     """The comparison table, and optionally the fill-rate ablation and the miss-ratio-vs-size curve, with plots."""
@@ -261,7 +272,10 @@ def bench(st: BenchSettings, *, executor: str = "process", workers: int | None =
     main = [_spec(st, n, d) for n, d in engines]
     ablation = []
     if st.ablation and any(n == "nemo" for n, _ in engines):
-        ablation = [_spec(st, "nemo", "mem", label=f"nemo {k}", options={**st.options.get("nemo", {}), **o})
+        p_th = ablation_p_th(st)
+        ablation = [_spec(st, "nemo", "mem", label=f"nemo {k}",
+                          options={**st.options.get("nemo", {}), **o, "flush_threshold": o["flush_threshold"]
+                                   if o["flush_threshold"] != "P" else p_th})
                     for k, o in ABLATION.items()]
     curve = [_spec(st, n, "mem", flash_mb=st.flash_mb * f, label=f"{n} x{f:g}") for n, d in engines
              if d is None for f in st.cache_sizes if f != 1.0]
