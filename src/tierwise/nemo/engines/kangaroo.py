@@ -19,8 +19,7 @@ import numpy as np
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo import layout
 from tierwise.nemo.engines import register_engine
-from tierwise.nemo.engines.base import Engine
-from tierwise.nemo.engines.log import LogObject, LogTier, PageIO, key_tag, report_get
+from tierwise.nemo.engines.log import LogObject, LogTier, PagedEngine, PageIO, key_tag
 from tierwise.nemo.engines.setassoc import SetTier
 
 
@@ -34,7 +33,7 @@ def split_zones(num_zones: int, log_pct: float) -> tuple[list[int], list[int]]:
     return list(range(n_log)), list(range(n_log, num_zones))
 
 
-class HierarchicalEngine(Engine):
+class HierarchicalEngine(PagedEngine):
     """A log tier in front of a set tier: gets check the log first, sets append to the log, deletes hit both.
     Subclasses decide what happens when the log evicts (`_on_log_evict`) and how set GC behaves."""
 
@@ -55,26 +54,16 @@ class HierarchicalEngine(Engine):
 
     # --- the shared request paths -------------------------------------------------------------------
 
-    def get(self, key: bytes) -> bytes | None:
-        before = self.io.get_reads
+    def _lookup(self, key: bytes) -> bytes | None:
         value = self.log.lookup(key_tag(key), key)
-        if value is None:
-            j, positions = self.sets.hash(key)
-            value = self.sets.lookup(j, positions, key)
-        report_get(self, before, value is not None)
-        return value
+        return value if value is not None else self.sets.lookup(*self.sets.hash(key), key)
 
-    def set(self, key: bytes, value: bytes) -> bool:
-        layout.check_object(key, value)
-        self.metrics.user_insert(len(key) + len(value))
+    def _insert(self, key: bytes, value: bytes) -> None:
         self.log.insert(key_tag(key), key, value)
-        return True
 
-    def delete(self, key: bytes) -> None:
-        self.metrics.user_delete()
+    def _remove(self, key: bytes) -> None:
         self.log.remove(key_tag(key))
-        j, positions = self.sets.hash(key)
-        self.sets.remove(j, positions, key)
+        self.sets.remove(*self.sets.hash(key), key)
 
     def flush(self) -> None:
         self.log.flush()

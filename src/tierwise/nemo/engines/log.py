@@ -8,6 +8,7 @@ The DRAM index is a chained hash table held in flat numpy arrays, so its size is
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections import deque
 from typing import Callable, NamedTuple
 
@@ -244,10 +245,39 @@ class PageIO:
         self.dev.trim(pid * PAGE_SIZE, PAGE_SIZE)
 
 
-def report_get(engine: Engine, reads_before: int, hit: bool) -> None:
-    """One `Metrics.get` row with the pages this lookup read."""
-    n = engine.io.get_reads - reads_before
-    engine.metrics.get(hit, bytes_read=n * PAGE_SIZE, flash_reads=n)
+class PagedEngine(Engine):
+    """What the page-based baselines share around their tiers: the object limits, and the metric calls of
+    get/set/delete (a get reports the pages it read). Subclasses set `self.io` and implement the three paths."""
+
+    io: PageIO
+
+    def get(self, key: bytes) -> bytes | None:
+        before = self.io.get_reads
+        value = self._lookup(key)
+        n = self.io.get_reads - before
+        self.metrics.get(value is not None, bytes_read=n * PAGE_SIZE, flash_reads=n)
+        return value
+
+    def set(self, key: bytes, value: bytes) -> bool:
+        layout.check_object(key, value, self.max_value_size)
+        self.metrics.user_insert(len(key) + len(value))
+        self._insert(key, value)
+        return True
+
+    def delete(self, key: bytes) -> None:
+        if not 1 <= len(key) <= layout.MAX_KEY:
+            raise TierwiseError(f"key length {len(key)} outside 1..{layout.MAX_KEY} bytes")
+        self.metrics.user_delete()
+        self._remove(key)
+
+    @abstractmethod
+    def _lookup(self, key: bytes) -> bytes | None: ...
+
+    @abstractmethod
+    def _insert(self, key: bytes, value: bytes) -> None: ...
+
+    @abstractmethod
+    def _remove(self, key: bytes) -> None: ...
 
 
 # --- the log tier ----------------------------------------------------------------------------------
@@ -427,7 +457,7 @@ class LogTier:
 
 
 @register_engine("log")
-class LogEngine(Engine):
+class LogEngine(PagedEngine):
     """Log-structured FIFO cache (CacheLib BlockCache-like): each object appended once, an exact DRAM index,
     FIFO eviction a zone at a time. Low write amplification, but > 100 index bits per object."""
 
@@ -444,20 +474,13 @@ class LogEngine(Engine):
         nb = 1 << max(4, int(np.ceil(np.log2(pages * 16 / bucket_load))))
         self.log = LogTier(self, zones, nb, lambda t: t & (nb - 1), buffer_pages=buffer_pages)
 
-    def get(self, key: bytes) -> bytes | None:
-        before = self.io.get_reads
-        value = self.log.lookup(key_tag(key), key)
-        report_get(self, before, value is not None)
-        return value
+    def _lookup(self, key: bytes) -> bytes | None:
+        return self.log.lookup(key_tag(key), key)
 
-    def set(self, key: bytes, value: bytes) -> bool:
-        layout.check_object(key, value)
-        self.metrics.user_insert(len(key) + len(value))
+    def _insert(self, key: bytes, value: bytes) -> None:
         self.log.insert(key_tag(key), key, value)
-        return True
 
-    def delete(self, key: bytes) -> None:
-        self.metrics.user_delete()
+    def _remove(self, key: bytes) -> None:
         self.log.remove(key_tag(key))
 
     def flush(self) -> None:

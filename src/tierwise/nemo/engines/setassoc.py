@@ -18,10 +18,10 @@ from tierwise.common.errors import TierwiseError
 from tierwise.nemo import layout
 from tierwise.nemo.engines import register_engine
 from tierwise.nemo.engines.base import Engine
-from tierwise.nemo.engines.log import PageIO, as_u8, report_get
+from tierwise.nemo.engines.log import PagedEngine, PageIO, as_u8
 from tierwise.nemo.hashing import bloom_positions, set_offset
 from tierwise.nemo.index.bloom import BloomArray, FilterParams, filter_add
-from tierwise.nemo.layout import PAGE_HEADER, PAGE_SIZE
+from tierwise.nemo.layout import PAGE_HEADER
 
 # RRIParoo (Kangaroo): a 3-bit re-reference prediction per object, kept on flash in the unused top bits of the
 # object's flags byte; 0 = reused soon, RRIP_MAX = evict first. New objects enter at RRIP_MAX - 1 ("long").
@@ -341,7 +341,7 @@ class SetTier:
 
 
 @register_engine("set")
-class SetEngine(Engine):
+class SetEngine(PagedEngine):
     """BigHash/SOC: every insert reads, modifies and rewrites the key's 4 KB set (FIFO within the set);
     per-set Bloom filters in DRAM spare flash reads for absent keys. ALWA ~ 4096 / object size x zone GC."""
 
@@ -354,26 +354,17 @@ class SetEngine(Engine):
         self.sets = SetTier(self, list(range(self.io.num_zones)), op=op, victim=victim, bloom_fp=bloom_fp,
                             objects_per_set=objects_per_set)
 
-    def get(self, key: bytes) -> bytes | None:
-        before = self.io.get_reads
-        j, positions = self.sets.hash(key)
-        value = self.sets.lookup(j, positions, key)
-        report_get(self, before, value is not None)
-        return value
+    def _lookup(self, key: bytes) -> bytes | None:
+        return self.sets.lookup(*self.sets.hash(key), key)
 
-    def set(self, key: bytes, value: bytes) -> bool:
-        layout.check_object(key, value)
-        self.metrics.user_insert(len(key) + len(value))
+    def _insert(self, key: bytes, value: bytes) -> None:
         j, _ = self.sets.hash(key)
         page = self.sets.begin_update(j, "rmw")
         added = self.sets.put(page, key, value)
         self.sets.write(j, page, added, len(key) + len(value), 1)
-        return True
 
-    def delete(self, key: bytes) -> None:
-        self.metrics.user_delete()
-        j, positions = self.sets.hash(key)
-        self.sets.remove(j, positions, key)
+    def _remove(self, key: bytes) -> None:
+        self.sets.remove(*self.sets.hash(key), key)
 
     def flush(self) -> None:
         """Nothing is buffered (every insert is already on flash); only pending fill statistics are reported."""
