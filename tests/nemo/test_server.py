@@ -145,7 +145,7 @@ def test_connection_limit(served):
 def test_client_that_does_not_read_is_throttled_not_fatal(served_server):
     server, port = served_server
     c = client(port)
-    c.set("p", b"v" * 100)
+    c.set("p", b"v" * 2000)
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window so the server's output backs up soon
     s.connect(("127.0.0.1", port))
@@ -168,10 +168,10 @@ def test_client_that_does_not_read_is_throttled_not_fatal(served_server):
     conn = next(cn for cn in list(server.conns) if cn.write_paused)
     # Input held for it: at most the limit plus one socket read (uvloop reads up to 256 KiB at a time).
     assert not conn.reading and conn.parser.buffered <= server.config.buffer_bytes + (256 << 10)
-    assert client(port).get("p") == b"v" * 100  # everyone else is still served
+    assert client(port).get("p") == b"v" * 2000  # everyone else is still served
     s.close()  # and a client vanishing with unread replies is no problem
     time.sleep(0.2)
-    assert client(port).get("p") == b"v" * 100
+    assert client(port).get("p") == b"v" * 2000
 
 
 def test_engine_thread_mode_batches_connections(tmp_path):
