@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+from hypothesis import strategies as st
+
 from tierwise.nemo.engines.base import Engine
 
 
@@ -52,3 +54,13 @@ def check_against_dict(engine: Engine, ops) -> dict[str, int]:
 def device_bytes_match(engine: Engine) -> bool:
     """The metrics' per-cause write bytes add up to what the device itself counted."""
     return sum(engine.metrics.writes.values()) == engine.device.stats.bytes_written
+
+
+def op_lists(max_key: int, max_size: int = 150):
+    """Hypothesis strategy: lists of (op, key number, value size), sets twice as likely as gets or deletes."""
+    return st.lists(st.tuples(st.sampled_from(["set", "set", "get", "delete"]), st.integers(0, max_key),
+                              st.integers(1, 1500)), max_size=max_size)
+
+
+def check_op_list(engine: Engine, ops) -> None:
+    check_against_dict(engine, [(op, b"k%d" % k, bytes([k % 256]) * n if op == "set" else None) for op, k, n in ops])

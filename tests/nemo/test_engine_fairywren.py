@@ -5,21 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo.device import FtlSSD, MemoryZonedDevice
 from tierwise.nemo.engines import make_engine
 
-from .baseline_helpers import check_against_dict, device_bytes_match, random_ops
+from .baseline_helpers import check_against_dict, check_op_list, device_bytes_match, op_lists, random_ops
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["set", "set", "get", "delete"]), st.integers(0, 80),
-                          st.integers(1, 1500)), max_size=150))
+@given(op_lists(80))
 def test_fairywren_matches_dict_model(ops):
-    engine = make_engine("fairywren", MemoryZonedDevice(48, 4 * 4096), log_pct=0.04, set_op=0.25, buffer_pages=2)
-    check_against_dict(engine, [(op, b"k%d" % k, bytes([k]) * n if op == "set" else None) for op, k, n in ops])
+    check_op_list(make_engine("fairywren", MemoryZonedDevice(48, 4 * 4096), log_pct=0.04, set_op=0.25,
+                              buffer_pages=2), ops)
 
 
 def test_fairywren_migrates_every_object_leaving_the_log():

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo.device import FtlSSD, MemoryZonedDevice
 from tierwise.nemo.engines import make_engine
 from tierwise.nemo.engines.log import key_tag
 
-from .baseline_helpers import check_against_dict, device_bytes_match, random_ops
+from .baseline_helpers import check_against_dict, check_op_list, device_bytes_match, op_lists, random_ops
 
 
 def small_kangaroo(**config):
@@ -21,11 +20,9 @@ def small_kangaroo(**config):
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["set", "set", "get", "delete"]), st.integers(0, 80),
-                          st.integers(1, 1500)), max_size=150))
+@given(op_lists(80))
 def test_kangaroo_matches_dict_model(ops):
-    check_against_dict(small_kangaroo(), [(op, b"k%d" % k, bytes([k]) * n if op == "set" else None)
-                                          for op, k, n in ops])
+    check_op_list(small_kangaroo(), ops)
 
 
 def test_kangaroo_threshold_admission_migrates_and_drops():

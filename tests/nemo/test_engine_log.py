@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo.device import FtlSSD, MemoryZonedDevice
 from tierwise.nemo.engines import make_engine
 from tierwise.nemo.engines.log import LogIndex
 
-from .baseline_helpers import check_against_dict, device_bytes_match, random_ops
+from .baseline_helpers import check_against_dict, check_op_list, device_bytes_match, op_lists, random_ops
 
 
 def test_log_index_insert_replace_remove_and_grow():
@@ -27,11 +26,9 @@ def test_log_index_insert_replace_remove_and_grow():
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["set", "set", "get", "delete"]), st.integers(0, 40),
-                          st.integers(1, 1500)), max_size=120))
+@given(op_lists(40))
 def test_log_matches_dict_model(ops):
-    engine = make_engine("log", MemoryZonedDevice(3, 16 * 4096), buffer_pages=2)
-    check_against_dict(engine, [(op, b"k%d" % k, bytes([k]) * n if op == "set" else None) for op, k, n in ops])
+    check_op_list(make_engine("log", MemoryZonedDevice(3, 16 * 4096), buffer_pages=2), ops)
 
 
 def test_log_fifo_eviction_alwa_and_index_bits():

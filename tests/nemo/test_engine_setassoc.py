@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo import layout
@@ -13,15 +12,13 @@ from tierwise.nemo.device import FtlSSD, MemoryZonedDevice
 from tierwise.nemo.engines import make_engine
 from tierwise.nemo.engines.setassoc import RRIP_MAX, RRIP_NEW, RRIP_SHIFT, promote_hits, set_put
 
-from .baseline_helpers import check_against_dict, device_bytes_match, random_ops
+from .baseline_helpers import check_against_dict, check_op_list, device_bytes_match, op_lists, random_ops
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["set", "set", "get", "delete"]), st.integers(0, 60),
-                          st.integers(1, 1500)), max_size=120))
+@given(op_lists(60))
 def test_set_matches_dict_model(ops):
-    engine = make_engine("set", MemoryZonedDevice(6, 4 * 4096), op=0.5)
-    check_against_dict(engine, [(op, b"k%d" % k, bytes([k]) * n if op == "set" else None) for op, k, n in ops])
+    check_op_list(make_engine("set", MemoryZonedDevice(6, 4 * 4096), op=0.5), ops)
 
 
 def test_set_alwa_is_a_page_per_insert_times_gc():
