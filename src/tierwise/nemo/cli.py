@@ -130,13 +130,15 @@ def serve_cmd(
     engine_thread: bool = typer.Option(False, "--engine-thread/--inline", help="Run the engine on its own thread "
                                        "(the event loop keeps reading while an SG flush runs) or inline (faster)."),
     fresh: bool = typer.Option(False, "--fresh", help="Discard what the device holds instead of recovering it."),
+    journal: str = typer.Option(None, "--journal", help="Acknowledgement journal folder (default: inside a file "
+                                "device's folder; give one for zbd: devices so no stale value is served after a crash)."),
 ) -> None:
     """Serve a Nemo cache over the memcached text protocol until SIGTERM/SIGINT (then flush and sync)."""
     from tierwise.nemo.server.serve import parse_size, serve
 
     serve(device, host=host, port=port, flash_bytes=parse_size(flash_size) if flash_size else None,
           dram_bytes=int(dram_mb * 2**20) if dram_mb else None, max_conns=max_conns, max_value=max_value,
-          engine_thread=engine_thread, fresh=fresh)
+          engine_thread=engine_thread, fresh=fresh, journal_dir=journal)
 
 
 # ---- bench and sweep (owner: baselines) ------------------------------------------------------------------------

@@ -71,8 +71,9 @@ class Cache:
 
 def open_cache(device: str, *, flash_bytes: int | None = None, zone_bytes: int | None = None,
                dram_bytes: int | None = None, max_value: int = 2048, fresh: bool = False,
-               journal: bool = True) -> Cache:
-    """Open `device` (`file:FOLDER`, a folder path, `mem` or `zbd:/dev/...`) and the Nemo cache on it."""
+               journal_dir: str | Path | None = None) -> Cache:
+    """Open `device` (`file:FOLDER`, a folder path, `mem` or `zbd:/dev/...`) and the Nemo cache on it. The
+    acknowledgement journal lives in `journal_dir`, by default inside a file-backed device's folder."""
     from tierwise.nemo.device import open_device
     from tierwise.nemo.engines import make_engine
 
@@ -108,8 +109,9 @@ def open_cache(device: str, *, flash_bytes: int | None = None, zone_bytes: int |
                                 f"{dram_bytes / 2**20:.1f} MiB budget: raise --dram-mb or use a smaller zone size")
     ack = None
     replayed = {"keys": 0, "deleted": 0}
-    if journal and folder is not None:
-        ack = AckJournal(folder / "server-journal")
+    jdir = Path(journal_dir) if journal_dir else folder / "server-journal" if folder is not None else None
+    if jdir is not None:
+        ack = AckJournal(jdir)
         if fresh:
             ack.clear()
         replayed = replay_journal(engine, ack.load(engine.next_seq))
@@ -152,15 +154,19 @@ def describe(cache: Cache) -> str:
     if cache.journal is not None:
         lines.append(f"journal: {cache.journal_replayed['keys']} keys replayed, {cache.journal_replayed['deleted']} "
                      "stale or deleted keys dropped")
+    else:
+        lines.append("no acknowledgement journal (give --journal DIR): after a crash, a key whose last write was "
+                     "still buffered may read back an older value")
     return "\n".join(lines)
 
 
 def serve(device: str, *, host: str, port: int, flash_bytes: int | None, dram_bytes: int | None, max_conns: int,
-          max_value: int, engine_thread: bool, fresh: bool) -> None:
+          max_value: int, engine_thread: bool, fresh: bool, journal_dir: str | None = None) -> None:
     from tierwise.nemo.server.server import ServerConfig, run_server
 
     t0 = time.perf_counter()
-    cache = open_cache(device, flash_bytes=flash_bytes, dram_bytes=dram_bytes, max_value=max_value, fresh=fresh)
+    cache = open_cache(device, flash_bytes=flash_bytes, dram_bytes=dram_bytes, max_value=max_value, fresh=fresh,
+                       journal_dir=journal_dir)
     print(describe(cache), flush=True)
     config = ServerConfig(host=host, port=port, max_conns=max_conns, engine_thread=engine_thread,
                           limits=cache.handler.limits)
