@@ -6,12 +6,17 @@ import json
 import os
 
 import pytest
+from hypothesis import given, settings
 from typer.testing import CliRunner
 
 from tierwise.cli import app
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo.bench import (BenchSettings, RunSpec, bench, execute, load_sweep_config, parse_engines, run_one,
                                  sweep, sweep_specs)
+from tierwise.nemo.device import MemoryZonedDevice
+from tierwise.nemo.engines import make_engine
+
+from .baseline_helpers import check_op_list, op_lists
 
 TRACE = "synth:twitter-merged:10000"  # ~60 KB working set: caches of 64-256 KB
 
@@ -126,3 +131,20 @@ def test_demo_section_and_report_files(tmp_path):
     md = run(tmp_path / "nemo", st)
     assert "| log |" in md and "(nemo/wa_over_time.png)" in md and "Paper (ZN540" in md
     assert {p.name for p in (tmp_path / "nemo").iterdir()} >= {"bench.json", "bench.md", "wa_over_time.png"}
+
+
+ENGINE_ON_SMALL_DEVICE = {
+    "nemo": lambda: make_engine("nemo", MemoryZonedDevice(14, 6 * 4096), sets_per_sg=4, group_size=2,
+                                flush_threshold=3),
+    "log": lambda: make_engine("log", MemoryZonedDevice(3, 16 * 4096), buffer_pages=2),
+    "set": lambda: make_engine("set", MemoryZonedDevice(6, 4 * 4096), op=0.5),
+    "kangaroo": lambda: make_engine("kangaroo", MemoryZonedDevice(48, 4 * 4096), log_pct=0.04, set_op=0.25),
+    "fairywren": lambda: make_engine("fairywren", MemoryZonedDevice(48, 4 * 4096), log_pct=0.04, set_op=0.25),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENGINE_ON_SMALL_DEVICE))
+@settings(max_examples=15, deadline=None)
+@given(ops=op_lists(50))
+def test_every_engine_passes_the_same_dict_model_check(name, ops):
+    check_op_list(ENGINE_ON_SMALL_DEVICE[name](), ops)
