@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from tierwise.common.errors import TierwiseError
 from tierwise.remoe import embedded
 from tierwise.remoe.pretrain import (MoEModelConfig, PretrainConfig, build_model, load_balancing_loss,
-                                     load_tokenizer, lr_at, pretrain, routing_summary)
+                                     load_tokenizer, lr_at, pretrain)
 
 TINY = MoEModelConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
                       moe_intermediate_size=16, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
@@ -38,7 +38,7 @@ def test_tiny_pretrain_writes_a_loadable_deterministic_checkpoint(tmp_path, smal
     model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
     assert model.config.n_routed_experts == 8 and model.config.first_k_dense_replace == 1
     assert np.isfinite(report["heldout_ppl"]) and report["heldout_tokens"] == 4 * 32
-    assert len(report["experts_used_per_layer"]) == 2 and 0 <= report["eor"] <= 1
+    assert len(report["experts_used_per_layer"]) == 2 and 0 <= report["eor"] <= 1 and report["load_cv"] >= 0
     assert json.loads((out / "pretrain_report.json").read_text())["parameters"] == report["parameters"]
     assert len((out / "pretrain_history.jsonl").read_text().splitlines()) == 3
     # bf16 storage, fp32 routers, tied head stored once; transformers writes experts in DeepSeek's per-expert layout
@@ -78,15 +78,6 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
     assert lr_at(55, cfg) == pytest.approx(0.55) and lr_at(100, cfg) == pytest.approx(0.1)
     assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 100))
-
-
-def test_routing_summary_on_known_traces():
-    same = np.tile(np.array([0, 1]), (1, 6, 1, 1))  # [windows=1, tokens=6, layers=1, K=2], always experts {0, 1}
-    s = routing_summary(same, num_experts=4)
-    assert s["eor"] == 1.0 and s["experts_used_per_layer"] == [2] and s["load_cv"] == pytest.approx(1.0)
-    alternating = np.array([[[[0, 1]], [[2, 3]]] * 3])  # disjoint consecutive sets, every expert equally used
-    s = routing_summary(alternating, num_experts=4)
-    assert s["eor"] == 0.0 and s["load_cv"] == pytest.approx(0.0) and s["entropy_norm"] == pytest.approx(1.0)
 
 
 def test_cli_rejects_bad_settings(tmp_path):

@@ -136,50 +136,47 @@ def load_balancing_loss(router_logits: tuple[torch.Tensor, ...], top_k: int) -> 
     return torch.stack(losses).mean(), float(np.mean(cvs))
 
 
-def routing_summary(experts: np.ndarray, num_experts: int) -> dict:
-    """Held-out routing figures from selected experts `experts` [windows, tokens, layers, K] (teacher forced).
+def routing_summary(trace) -> dict:
+    """Held-out routing figures of a RoutingTrace via tierwise.remoe.metrics: EOR (§5.1), load CV, normalised entropy,
+    effective experts and largest share (§5.4), and how many experts each MoE layer used at all."""
+    from tierwise.remoe import metrics
 
-    EOR (remoe.md §5.1): mean over (window, layer, t ≥ 2) of |E_t ∩ E_{t−1}| / K. Load CV and normalised entropy of
-    the per-layer expert load (§5.4), and how many experts each layer used at all.
-    """
-    w, t, n_layers, k = experts.shape
-    onehot = np.zeros((w, t, n_layers, num_experts), dtype=bool)
-    np.put_along_axis(onehot, experts.astype(np.int64), True, axis=-1)
-    overlap = (onehot[:, 1:] & onehot[:, :-1]).sum(-1) / k  # (w, t-1, layers)
-    load = onehot.sum(axis=(0, 1)).astype(np.float64)  # (layers, E)
-    u = load / load.sum(-1, keepdims=True)
-    cv = u.std(-1) / u.mean(-1)
-    entropy = -(u * np.log(np.where(u > 0, u, 1.0))).sum(-1) / math.log(num_experts)
+    stats = metrics.load_stats(trace)
     return {
-        "eor": float(overlap.mean()),
-        "eor_per_layer": overlap.mean(axis=(0, 1)).tolist(),
-        "load_cv": float(cv.mean()),
-        "load_cv_per_layer": cv.tolist(),
-        "entropy_norm": float(entropy.mean()),
-        "experts_used_per_layer": (load > 0).sum(-1).tolist(),
-        "min_expert_share_per_layer": u.min(-1).tolist(),
-        "max_expert_share_per_layer": u.max(-1).tolist(),
+        "eor": metrics.eor(trace),
+        "eor_per_layer": metrics.eor_per_layer(trace).tolist(),
+        **{name: float(values.mean()) for name, values in stats.items()},
+        "load_cv_per_layer": stats["load_cv"].tolist(),
+        "experts_used_per_layer": (metrics.expert_load(trace) > 0).sum(axis=1).tolist(),
+        "min_expert_share_per_layer": metrics.expert_load(trace).min(axis=1).tolist(),
     }
 
 
 @torch.no_grad()
 def evaluate(model, stream: torch.Tensor, seq_len: int, windows: int) -> dict:
-    """Held-out perplexity over consecutive non-overlapping windows, plus routing_summary of the same tokens."""
+    """Held-out perplexity over consecutive non-overlapping windows, and the routing of the same tokens (teacher
+    forced, one request per window)."""
+    from tierwise.remoe.models import adapter_for
+    from tierwise.remoe.routing import DECODE, RouterRecorder, TraceBuilder, trace_meta
+
     n = min(windows, (len(stream) - 1) // seq_len)
     if n < 1:
         raise TierwiseError(f"held-out stream of {len(stream)} tokens is shorter than one window of {seq_len}")
     model.eval()
-    k = model.config.num_experts_per_tok
-    nll, count, selected = 0.0, 0, []
-    for i in range(n):
-        chunk = stream[i * seq_len: i * seq_len + seq_len + 1]
-        out = model(input_ids=chunk[None, :-1], output_router_logits=True)
-        nll += F.cross_entropy(out.logits[0].float(), chunk[1:], reduction="sum").item()
-        count += seq_len
-        selected.append(torch.stack([torch.topk(z, k, dim=-1).indices for z in out.router_logits], dim=1))
+    adapter = adapter_for(model)
+    builder = TraceBuilder(trace_meta(adapter, "pretrain", teacher_forced=True))
+    nll = 0.0
+    with RouterRecorder(adapter) as recorder:
+        for i in range(n):
+            chunk = stream[i * seq_len: i * seq_len + seq_len + 1]
+            logits = model(input_ids=chunk[None, :-1]).logits[0]
+            nll += F.cross_entropy(logits.float(), chunk[1:], reduction="sum").item()
+            builder.start_request()
+            builder.add_call(*recorder.pop(), DECODE)
     model.train()
-    routing = routing_summary(torch.stack(selected).numpy(), model.config.n_routed_experts)
-    return {"heldout_loss": nll / count, "heldout_ppl": math.exp(nll / count), "heldout_tokens": count, **routing}
+    loss = nll / (n * seq_len)
+    return {"heldout_loss": loss, "heldout_ppl": math.exp(loss), "heldout_tokens": n * seq_len,
+            **routing_summary(builder.build())}
 
 
 # --- training ---------------------------------------------------------------------------------------------------------
