@@ -196,3 +196,52 @@ def test_engine_thread_mode_batches_connections(tmp_path):
     cache.close()
     assert not errors
     assert cache.handler.counters["cmd_set"] == 600
+
+
+def test_command_semantics(served):
+    port, handler = served
+    s = raw(port)
+
+    def ask(cmd: bytes, end: bytes = b"\r\n") -> bytes:
+        s.sendall(cmd)
+        return recv_until(s, end)
+
+    assert ask(b"set n 5 0 2\r\nab\r\n") == b"STORED\r\n"
+    assert ask(b"incr n 1\r\n") == b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
+    assert ask(b"set n 0 0 20\r\n18446744073709551615\r\n") == b"STORED\r\n"
+    assert ask(b"incr n 2\r\n") == b"1\r\n"  # wraps at 2^64, as memcached does
+    assert ask(b"append n 0 0 2048\r\n" + b"x" * 2048 + b"\r\n") == b"SERVER_ERROR object too large for cache\r\n"
+    assert ask(b"cas n 0 0 1 1 noreply\r\nz\r\nget n\r\n", b"END\r\n") == b"VALUE n 0 1\r\n1\r\nEND\r\n"  # bad cas
+    assert ask(b"gat 100 n\r\n", b"END\r\n") == b"VALUE n 0 1\r\n1\r\nEND\r\n"
+    assert ask(b"gats 0 n\r\n", b"END\r\n").startswith(b"VALUE n 0 1 ")
+    assert ask(b"verbosity 1\r\n") == b"OK\r\n"
+    assert ask(b"stats settings\r\n", b"END\r\n").startswith(b"STAT item_size_max 2048\r\n")
+    assert b"STAT config_engine " in ask(b"stats nemo\r\n", b"END\r\n")
+    assert ask(b"stats bogus\r\n").startswith(b"CLIENT_ERROR")
+    assert ask(b"flush_all 1\r\nget n\r\n", b"END\r\n") == b"OK\r\nVALUE n 0 1\r\n1\r\nEND\r\n"
+    time.sleep(1.1)  # the delayed flush_all takes effect at the next request after its time
+    assert ask(b"get n\r\n", b"END\r\n") == b"END\r\n"
+    assert ask(b"ms m 1 MR\r\nv\r\n") == b"NS\r\n" and ask(b"ms m 1 ME\r\nv\r\n") == b"HD\r\n"
+    assert ask(b"ms m 1 MA\r\nw\r\nmg m v\r\n", b"vw\r\n") == b"HD\r\nVA 2\r\nvw\r\n"
+    assert ask(b"md m C1\r\n") == b"EX\r\n" and ask(b"md m\r\n") == b"HD\r\n" and ask(b"md m\r\n") == b"NF\r\n"
+
+
+def test_engine_bug_is_reported_not_fatal(served):
+    port, handler = served
+    engine = handler.engine
+    plain_get = engine.get
+
+    def broken_get(key):
+        if key == b"boom":
+            raise ZeroDivisionError("simulated bug")
+        return plain_get(key)
+
+    engine.get = broken_get
+    try:
+        s = raw(port)
+        s.sendall(b"get boom\r\nset ok 0 0 1\r\n1\r\nget ok\r\n")
+        assert recv_until(s, b"END\r\n").split(b"\r\n")[:3] == [b"SERVER_ERROR internal error (ZeroDivisionError)",
+                                                                b"STORED", b"VALUE ok 0 1"]
+        assert handler.counters["internal_errors"] == 1
+    finally:
+        engine.get = plain_get

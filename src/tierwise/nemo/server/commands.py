@@ -8,7 +8,9 @@ the server runs every request of every connection on one engine thread, one afte
 from __future__ import annotations
 
 import os
+import sys
 import time
+import traceback
 
 from tierwise import __version__
 from tierwise.common.errors import TierwiseError
@@ -36,7 +38,7 @@ class CommandHandler:
             ("cmd_get", "cmd_set", "cmd_touch", "cmd_flush", "get_hits", "get_misses", "get_expired",
              "get_flushed", "delete_hits", "delete_misses", "incr_hits", "incr_misses", "decr_hits", "decr_misses",
              "cas_hits", "cas_misses", "cas_badval", "touch_hits", "touch_misses", "total_items",
-             "engine_rejects"), 0)
+             "engine_rejects", "internal_errors"), 0)
         self.connection_stats: dict[str, int] = {}  # filled by the server (curr/total/rejected connections)
         self._dispatch = {
             b"get": self._get, b"gets": self._get, b"gat": self._get, b"gats": self._get,
@@ -55,14 +57,18 @@ class CommandHandler:
             self._invalidate_all()
 
     def run(self, req: Request) -> bytes:
-        if req.cmd == b"get" and len(req.keys) == 1:  # the hot path: one plain get
-            return self._get_one(req.keys[0])
-        if req.error:
-            return req.error + b"\r\n"
         try:
+            if req.cmd == b"get" and len(req.keys) == 1:  # the hot path: one plain get
+                return self._get_one(req.keys[0])
+            if req.error:
+                return req.error + b"\r\n"
             reply = self._dispatch[req.cmd](req)
         except TierwiseError as e:  # e.g. the device refused an I/O: report it, keep serving
             return self._server_error(e)
+        except Exception as e:  # a bug must not take the server down: log it, answer this request, keep serving
+            self.counters["internal_errors"] += 1
+            traceback.print_exc(file=sys.stderr)
+            return b"SERVER_ERROR internal error (%s)\r\n" % type(e).__name__.encode()
         return b"" if req.noreply else reply
 
     @staticmethod
@@ -114,10 +120,7 @@ class CommandHandler:
     # ---- classic commands ----------------------------------------------------------------------------------------
     def _get_one(self, key: bytes) -> bytes:
         self.counters["cmd_get"] += 1
-        try:
-            item = self._find(key, "get")
-        except TierwiseError as e:
-            return self._server_error(e)
+        item = self._find(key, "get")
         if item is None:
             return b"END\r\n"
         return b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key, item.flags, len(item.data), item.data)
