@@ -75,6 +75,7 @@ class TimedEngine:
     def __init__(self, engine, warm_bytes: float):
         self.engine = engine
         self.latencies_ns: list[int] = []
+        self.hits = 0
         self.hit_bytes = 0
         self.requests = 0  # gets + deletes + sets that are not the lookaside refill of the previous miss
         self._missed: bytes | None = None
@@ -92,6 +93,7 @@ class TimedEngine:
         if value is None:
             self._missed = key
         else:
+            self.hits += 1
             self.hit_bytes += len(key) + len(value)
             self._missed = None
         return value
@@ -171,12 +173,13 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     dram = s.get("dram", {})
     lat = np.asarray(timed.latencies_ns, np.float64)
     dlwa = dev.stats.dlwa
-    got = s["gets"] * (s["bytes_read_per_get"] or 0)
+    # read amplification: flash bytes read per get over the object bytes a get returns (mean hit size x hit ratio)
+    returned = (1 - s["miss_ratio"]) * timed.hit_bytes / timed.hits if timed.hits and s["miss_ratio"] is not None else 0
     row = {
         "run": spec.name(), "engine": spec.engine, "device": spec.device, "flash_mb": spec.flash_mb,
         "alwa": s["alwa"], "dlwa": dlwa, "e2e_wa": s["alwa"] * dlwa if s["alwa"] is not None else None,
         "index_bits_per_obj": dram.get("index_bits_per_object"), "total_bits_per_obj": dram.get("total_bits_per_object"),
-        "miss_ratio": s["miss_ratio"], "read_amp": got / timed.hit_bytes if timed.hit_bytes else None,
+        "miss_ratio": s["miss_ratio"], "read_amp": (s["bytes_read_per_get"] or 0) / returned if returned else None,
         "flash_reads_per_get": s["flash_reads_per_get"], "p50_us": _pct(lat, 50), "p99_us": _pct(lat, 99),
         "p99.99_us": _pct(lat, 99.99), "set_fill": s["mean_sg_fill"], "requests": result.requests,
         "window": s["window"], "seconds": result.seconds, "options": dict(spec.options),
