@@ -74,6 +74,8 @@ def offload(
         typer.echo(json.dumps(to_jsonable(result), indent=2))
         return
     c = result["config"]
+    stdout.print("TPOT/TTFT: median over requests of measured wall time + modelled storage time; "
+                 "'measured' and 'modelled' are the two parts of TPOT")
     print_table(summary_rows(result), title=(
         f"offload {model}: C={c['cache_experts']} of E={c['num_experts']} (K={c['top_k']}), {c['policy']}, "
         f"{c['storage']} x {c['target']} ({c['modelled_ms_per_miss']:.3f} ms/miss), store I/O {c['store_io']}"))
