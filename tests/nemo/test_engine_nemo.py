@@ -178,3 +178,15 @@ def test_probability_mode_and_no_write_back():
         e.set(b"k%d" % i, val(i, 200))
     assert e.metrics.counters.get("writeback_objects", 0) == 0
     assert e.get(b"k1999") == val(1999, 200)
+
+
+def test_filter_budget_counts_the_open_group():
+    geo = plan_geometry(NemoConfig(), 48, 128 * PAGE_SIZE)
+    by_offsets = NemoConfig().pbfg_cache_offsets(geo)
+    by_budget = NemoConfig(filter_budget=0.5).pbfg_cache_offsets(geo)
+    assert by_offsets == geo.sets // 2 and 0 < by_budget < by_offsets
+    # DRAM filters (open group + cached rows) stay within half of all live filters
+    filters = geo.sets * geo.group_size + by_budget * geo.live_groups * geo.group_size
+    assert filters <= 0.5 * geo.data_slots * geo.sets
+    with pytest.raises(TierwiseError, match="open index group"):
+        NemoConfig(filter_budget=0.05).pbfg_cache_offsets(geo)

@@ -102,12 +102,16 @@ def replay_cmd(
                     total=getattr(reader, "total", None))
     s = result.summary
     dram = s.get("dram", {})
-    print_table([{"engine": engine, "requests": result.requests, "req/s": result.requests_per_second,
-                  "window": s["window"], "alwa": s["alwa"], "alwa_with_dropped": s["alwa_with_dropped"],
-                  "dropped": s["dropped_fraction"], "miss_ratio": s["miss_ratio"], "sg_fill": s["mean_sg_fill"],
-                  "index_bits/obj": dram.get("index_bits_per_object"),
-                  "flash_reads/get": s["flash_reads_per_get"], "index_reads/get": s["index_reads_per_get"]}],
-                title=f"replay {trace}")
+    figures = {"engine": engine, "requests": result.requests, "requests/s": result.requests_per_second,
+               "window": s["window"], "warm at request": s["warm_at_request"], "ALWA": s["alwa"],
+               "ALWA (headers logical)": s["alwa_headers_logical"], "ALWA incl. dropped": s["alwa_with_dropped"],
+               "dropped inserts": s["dropped_fraction"], "miss ratio": s["miss_ratio"],
+               "mean SG fill": s["mean_sg_fill"], "index bits/object": dram.get("index_bits_per_object_mean",
+                                                                                dram.get("index_bits_per_object")),
+               "total bits/object": dram.get("total_bits_per_object"), "bytes read/get": s["bytes_read_per_get"],
+               "flash reads/get": s["flash_reads_per_get"], "index pages/get": s["index_reads_per_get"],
+               "wrong values": result.counters["wrong_values"]}
+    print_table([{"figure": k, "value": v} for k, v in figures.items()], title=f"replay {trace}")
     print_table([{"cause": k, "alwa_share": v} for k, v in s["alwa_breakdown"].items()], title="ALWA by cause")
     if result.counters["wrong_values"]:
         typer.echo(f"WRONG VALUES: {result.counters['wrong_values']}", err=True)
