@@ -63,17 +63,24 @@ class CommandHandler:
             if req.error:
                 return req.error + b"\r\n"
             reply = self._dispatch[req.cmd](req)
-        except TierwiseError as e:  # e.g. the device refused an I/O: report it, keep serving
-            return self._server_error(e)
-        except Exception as e:  # a bug must not take the server down: log it, answer this request, keep serving
-            self.counters["internal_errors"] += 1
-            traceback.print_exc(file=sys.stderr)
-            return b"SERVER_ERROR internal error (%s)\r\n" % type(e).__name__.encode()
+        except Exception as e:
+            return self._failed(e)
         return b"" if req.noreply else reply
 
-    @staticmethod
-    def _server_error(e: Exception) -> bytes:
-        return b"SERVER_ERROR %s\r\n" % str(e).encode("utf-8", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
+    def run_get(self, key: bytes) -> bytes:
+        """`get <key>` with one valid key, recognised by the server without building a Request."""
+        try:
+            return self._get_one(key)
+        except Exception as e:
+            return self._failed(e)
+
+    def _failed(self, e: Exception) -> bytes:
+        if isinstance(e, TierwiseError):  # e.g. the device refused an I/O: report it, keep serving
+            return b"SERVER_ERROR %s\r\n" % str(e).encode("utf-8", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
+        # A bug must not take the server down: log it, answer this request, keep serving.
+        self.counters["internal_errors"] += 1
+        traceback.print_exception(e, file=sys.stderr)
+        return b"SERVER_ERROR internal error (%s)\r\n" % type(e).__name__.encode()
 
     # ---- item access ---------------------------------------------------------------------------------------------
     def lookup(self, key: bytes) -> Item | None:

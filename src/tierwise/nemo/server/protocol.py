@@ -53,6 +53,16 @@ def _valid_key(key: bytes, limits: Limits) -> bool:
     return 0 < len(key) <= limits.max_key and len(key.translate(None, _KEY_FORBIDDEN)) == len(key)
 
 
+def single_get_key(line: bytes, max_key: int) -> bytes | None:
+    """The key of a `get <key>` line with one valid key, else None: the most common request, recognised without
+    tokenising (a second key would need a space, which is not a valid key byte)."""
+    if line[:4] == b"get ":
+        key = line[4:]
+        if 0 < len(key) <= max_key and len(key.translate(None, _KEY_FORBIDDEN)) == len(key):
+            return key
+    return None
+
+
 def _uint(tok: bytes, bits: int) -> int | None:
     if not tok.isdigit() or len(tok) > 20:
         return None
@@ -85,6 +95,12 @@ class Parser:
     @property
     def buffered(self) -> int:
         return len(self.buf)
+
+    @property
+    def idle(self) -> bool:
+        """At a command boundary with nothing buffered: the next bytes start a new command."""
+        return not self.buf and self._pending is None and not self._swallow and not self._skip_line \
+            and not self.closed
 
     def feed(self, data: bytes) -> None:
         if self.closed:
@@ -133,11 +149,10 @@ class Parser:
                 break
             line = bytes(buf[pos:nl - 1] if nl > pos and buf[nl - 1] == 13 else buf[pos:nl])
             pos = nl + 1
-            if line[:4] == b"get ":  # fast path for the most common command: single spaces, valid keys
-                key = line[4:]
-                if 0 < len(key) <= max_key and len(key.translate(None, _KEY_FORBIDDEN)) == len(key):
-                    out.append(Request(b"get", [key]))  # one valid key (a space would be forbidden)
-                    continue
+            key = single_get_key(line, max_key)
+            if key is not None:
+                out.append(Request(b"get", [key]))
+                continue
             req = self._parse_line(line)
             if req.cmd in STORAGE or req.cmd == b"ms":
                 self._pending = req

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tierwise.nemo.server.commands import CommandHandler
-from tierwise.nemo.server.protocol import Limits, Parser, Request
+from tierwise.nemo.server.protocol import Limits, Parser, Request, single_get_key
 
 
 @dataclass
@@ -62,6 +62,14 @@ class Connection(asyncio.Protocol):
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
+        server = self.server
+        if data[-2:] == b"\r\n" and data.find(b"\n") == len(data) - 1 and self.parser.idle and not self.busy \
+                and not self.write_paused and not server.engine_thread:
+            key = single_get_key(data[:-2], server.config.limits.max_key)
+            if key is not None:  # the whole read is one plain get: answer it without the general path
+                server.handler.begin_batch()
+                self.transport.write(server.handler.run_get(key))
+                return
         self.parser.feed(data)
         if self.busy or self.write_paused:
             if self.parser.buffered > self.server.config.buffer_bytes:
