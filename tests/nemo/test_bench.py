@@ -148,3 +148,8 @@ ENGINE_ON_SMALL_DEVICE = {
 @given(ops=op_lists(50))
 def test_every_engine_passes_the_same_dict_model_check(name, ops):
     check_op_list(ENGINE_ON_SMALL_DEVICE[name](), ops)
+
+
+def test_a_refused_configuration_is_an_error_row_not_a_crash():
+    ok, bad = execute([spec("log"), spec("fairywren", zone_kb=16)], executor="serial")  # 8 zones: too few
+    assert "error" not in ok["row"] and "zone GC needs" in bad["row"]["error"]

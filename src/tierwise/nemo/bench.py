@@ -147,6 +147,17 @@ def _pct(values: np.ndarray, q: float) -> float | None:
     return float(np.percentile(values, q)) / 1000 if values.size else None
 
 
+def run_safely(spec: RunSpec) -> dict[str, Any]:
+    """`run_one`, but a configuration the engine refuses (e.g. too little OP for the zones) becomes a row with an
+    `error` instead of sinking the whole bench."""
+    try:
+        return run_one(spec)
+    except TierwiseError as e:
+        row = {"run": spec.name(), "engine": spec.engine, "device": spec.device, "flash_mb": spec.flash_mb,
+               "error": str(e), "options": dict(spec.options)}
+        return {"row": row, "series": [], "summary": {}, "engine_config": {}, "replay": {}}
+
+
 def run_one(spec: RunSpec) -> dict[str, Any]:
     """Replay one spec on a fresh device; returns the table row, the time series and the full summary."""
     from tierwise.nemo.engines import make_engine
@@ -195,10 +206,10 @@ def execute(specs: list[RunSpec], *, executor: str = "process", workers: int | N
             address: str | None = None) -> list[dict[str, Any]]:
     """Run every spec; results come back in the order of `specs`."""
     if executor == "serial" or (executor == "process" and (workers == 1 or len(specs) == 1)):
-        return [run_one(s) for s in specs]
+        return [run_safely(s) for s in specs]
     if executor == "process":
         with ProcessPoolExecutor(max_workers=workers or min(len(specs), os.cpu_count() or 1)) as pool:
-            return list(pool.map(run_one, specs))
+            return list(pool.map(run_safely, specs))
     if executor == "ray":
         return _execute_ray(specs, address)
     raise TierwiseError(f"unknown executor {executor!r}: use process, serial or ray")
@@ -215,7 +226,7 @@ def _execute_ray(specs: list[RunSpec], address: str | None) -> list[dict[str, An
                  runtime_env={"env_vars": {"TIERWISE_NO_PROGRESS": "1"}})
         started = True
     try:
-        task = ray.remote(run_one)
+        task = ray.remote(run_safely)
         return ray.get([task.remote(s) for s in specs])
     finally:
         if started:
@@ -280,8 +291,10 @@ def bench(st: BenchSettings, *, executor: str = "process", workers: int | None =
                           options={**st.options.get("nemo", {}), **o, "flush_threshold": o["flush_threshold"]
                                    if o["flush_threshold"] != "P" else p_th})
                     for k, o in ABLATION.items()]
-    curve = [_spec(st, n, "mem", flash_mb=st.flash_mb * f, label=f"{n} x{f:g}") for n, d in engines
-             if d is None for f in st.cache_sizes if f != 1.0]
+    # the curve keeps the zone count: zones scale with the cache (a set tier's GC needs its spare zones)
+    curve = [_spec(st, n, "mem", flash_mb=st.flash_mb * f, label=f"{n} x{f:g}",
+                   zone_kb=max(4, int((st.nemo_zone_kb if n == "nemo" else st.zone_kb) * f) // 4 * 4))
+             for n, d in engines if d is None for f in st.cache_sizes if f != 1.0]
     results = execute(main + ablation + curve, executor=executor, workers=workers, address=address)
     out_main, out_abl, out_curve = results[:len(main)], results[len(main):len(main) + len(ablation)], \
         results[len(main) + len(ablation):]
@@ -293,14 +306,16 @@ def bench(st: BenchSettings, *, executor: str = "process", workers: int | None =
                               "engine_configs": {r["row"]["run"]: r["engine_config"] for r in out_main},
                               "summaries": {r["row"]["run"]: r["summary"] for r in out_main}}
     if ablation:
-        report["ablation"] = [{"config": k, "sg_fill_pct": 100 * (r["row"]["set_fill"] or 0),
-                               "paper_fill_pct": PAPER_FILL[k], "alwa": r["row"]["alwa"],
-                               "miss_ratio": r["row"]["miss_ratio"]} for k, r in zip(ABLATION, out_abl)]
+        report["ablation"] = [{"config": k, "sg_fill_pct": 100 * (r["row"].get("set_fill") or 0),
+                               "paper_fill_pct": PAPER_FILL[k], "alwa": r["row"].get("alwa"),
+                               "miss_ratio": r["row"].get("miss_ratio")} for k, r in zip(ABLATION, out_abl)]
     sizes: dict[str, list[tuple[float, float]]] = {}
     for r in out_curve + [x for x in out_main if x["row"]["device"] == st.device]:
-        sizes.setdefault(r["row"]["engine"], []).append((r["row"]["flash_mb"], r["row"]["miss_ratio"]))
+        if "error" not in r["row"]:
+            sizes.setdefault(r["row"]["engine"], []).append((r["row"]["flash_mb"], r["row"]["miss_ratio"]))
     report["miss_ratio_curve"] = [{"engine": e, "flash_mb": f, "miss_ratio": m}
                                   for e, pts in sizes.items() for f, m in sorted(pts)]
+    report["errors"] = [r["row"] for r in results if "error" in r["row"]]
     if plot_dir is not None:
         report["plots"] = [str(p) for p in write_plots(report, Path(plot_dir))]
     return report
@@ -310,7 +325,7 @@ def write_plots(report: dict[str, Any], folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     series = {name: ([r["requests"] for r in rows if r["alwa"]], [r["alwa"] for r in rows if r["alwa"]])
-              for name, rows in report["series"].items()}
+              for name, rows in report["series"].items() if rows}
     paths.append(line_plot(series, folder / "wa_over_time.png", title="Write amplification over time (windowed ALWA)",
                            xlabel="requests", ylabel="ALWA", logy=True))
     if report.get("ablation"):

@@ -193,6 +193,8 @@ def bench_cmd(
         print_table(report["ablation"], title="Nemo fill-rate ablation (paper Fig. 17)")
     if report["miss_ratio_curve"]:
         print_table(report["miss_ratio_curve"], title="miss ratio vs cache size")
+    for row in report["errors"]:
+        typer.echo(f"run {row['run']} (flash {row['flash_mb']:g} MiB) failed: {row['error']}", err=True)
     if json_out:
         write_json(report, json_out)
 
