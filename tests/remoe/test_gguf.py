@@ -8,15 +8,16 @@ import torch
 
 from tierwise.common.errors import TierwiseError
 from tierwise.remoe.delta import load_router_delta, save_router_delta
-from tierwise.remoe.gguf import GGUF_ARCHS, export_gguf, patch_router, read_gguf
+from tierwise.remoe.gguf import GGUF_ARCHS, LITE_LAYERS, PADDING_KEY, export_gguf, patch_router, read_gguf
 from tierwise.remoe.models import SUPPORTED_ARCHS, adapter_for, tiny_model, tiny_tokenizer
 
-# llama.cpp's qwen2moe/qwen3moe have MoE in every layer, so their tiny models drop the dense layer 0.
-ALL_MOE = {"qwen2_moe": {"mlp_only_layers": []}, "qwen3_moe": {"mlp_only_layers": []}}
+# What llama.cpp's graphs can hold: qwen2moe/qwen3moe have MoE in every layer, olmoe has no grouped-query attention.
+LLAMA_CPP_SHAPES = {"qwen2_moe": {"mlp_only_layers": []}, "qwen3_moe": {"mlp_only_layers": []},
+                    "olmoe": {"num_key_value_heads": 4}}
 
 
 def _export(arch, path, **kw):
-    model = tiny_model(arch, **ALL_MOE.get(arch, {}), **kw)
+    model = tiny_model(arch, **LLAMA_CPP_SHAPES.get(arch, {}), **kw)
     return model, export_gguf(model, tiny_tokenizer(), path)
 
 
@@ -33,7 +34,9 @@ def test_export_reads_back(arch, tmp_path):
     assert _field(reader, "general.architecture") == name
     assert _field(reader, f"{name}.expert_count") == adapter.num_experts
     assert _field(reader, f"{name}.expert_used_count") == adapter.top_k
-    assert _field(reader, f"{name}.block_count") == model.config.num_hidden_layers
+    padding = _field(reader, PADDING_KEY) if PADDING_KEY in reader.fields else 0
+    assert padding == (LITE_LAYERS - model.config.num_hidden_layers if arch == "deepseek_v2" else 0)
+    assert _field(reader, f"{name}.block_count") == model.config.num_hidden_layers + padding
     assert len(_field(reader, "tokenizer.ggml.tokens")) == model.config.vocab_size
     tensors = {t.name: np.asarray(t.data) for t in reader.tensors}
     for layer in adapter.moe_layers:
@@ -45,9 +48,20 @@ def test_export_reads_back(arch, tmp_path):
     np.testing.assert_array_equal(tensors["token_embd.weight"], model.model.embed_tokens.weight.detach().numpy())
 
 
-def test_dense_layers_refused_where_llama_cpp_cannot_hold_them(tmp_path):
+def test_shapes_llama_cpp_cannot_hold_are_refused(tmp_path):
     with pytest.raises(TierwiseError, match="dense"):
         export_gguf(tiny_model("qwen2_moe"), tiny_tokenizer(), tmp_path / "x.gguf")
+    with pytest.raises(TierwiseError, match="grouped-query"):
+        export_gguf(tiny_model("olmoe"), tiny_tokenizer(), tmp_path / "x.gguf")
+
+
+def test_padding_blocks_are_all_zero(tmp_path):
+    """deepseek2 without q_lora is padded to DeepSeek-V2-Lite's layer count with blocks that add exactly nothing."""
+    model, path = _export("deepseek_v2", tmp_path / "m.gguf")
+    n = model.config.num_hidden_layers
+    padded = [t for t in read_gguf(path).tensors if int(t.name.split(".")[1] if t.name.startswith("blk.") else -1) >= n]
+    assert len({t.name.split(".")[1] for t in padded}) == LITE_LAYERS - n
+    assert all(not np.asarray(t.data).any() for t in padded)
 
 
 def test_patch_router_replaces_only_the_gates(tmp_path):
@@ -61,7 +75,7 @@ def test_patch_router_replaces_only_the_gates(tmp_path):
     base, patched = read_gguf(path), read_gguf(out)
     assert [t.name for t in base.tensors] == [t.name for t in patched.tensors]
     for a, b in zip(base.tensors, patched.tensors):
-        if a.name.endswith("ffn_gate_inp.weight"):
+        if a.name.endswith("ffn_gate_inp.weight") and int(a.name.split(".")[1]) in adapter.moe_layers:
             layer = int(a.name.split(".")[1])
             np.testing.assert_array_equal(np.asarray(b.data), adapter.router_weight(layer).detach().numpy())
             assert not np.array_equal(np.asarray(a.data), np.asarray(b.data))
@@ -84,21 +98,41 @@ def test_patch_router_errors(tmp_path):
         patch_router(junk, delta, tmp_path / "out.gguf")
 
 
+def _llama_cpp_greedy(path, prompt, n):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=1, verbose=False, logits_all=True)
+    got = []
+    llm.eval(prompt)
+    for _ in range(n):
+        got.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval([got[-1]])
+    return got
+
+
+def _hf_greedy(model, prompt, n):
+    return model.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False)[0, len(prompt):].tolist()
+
+
+PROMPT = [5, 17, 99, 3, 42, 7, 250, 31]
+
+
 @pytest.mark.optin
 @pytest.mark.parametrize("arch", SUPPORTED_ARCHS)
 def test_llama_cpp_greedy_matches_transformers(arch, tmp_path):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    pytest.importorskip("llama_cpp")
     model, path = _export(arch, tmp_path / f"{arch}.gguf")
-    prompt = [5, 17, 99, 3, 42, 7, 250, 31]
-    expected = model.generate(torch.tensor([prompt]), max_new_tokens=12, min_new_tokens=12, do_sample=False)[0, len(prompt):]
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=1, verbose=False, logits_all=False)
-    got = []
-    llm.eval(prompt)
-    for _ in range(12):
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        got.append(token)
-        llm.eval([token])
-    assert got == expected.tolist()
+    assert _llama_cpp_greedy(path, PROMPT, 12) == _hf_greedy(model, PROMPT, 12)
+
+
+@pytest.mark.optin
+def test_llama_cpp_runs_the_patched_router(tmp_path):
+    pytest.importorskip("llama_cpp")
+    model, path = _export("deepseek_v2", tmp_path / "base.gguf")
+    with torch.no_grad():
+        for layer in adapter_for(model).moe_layers:
+            adapter_for(model).router_weight(layer).copy_(torch.randn_like(adapter_for(model).router_weight(layer)))
+    patched = patch_router(path, save_router_delta(model, tmp_path / "router.safetensors"), tmp_path / "patched.gguf")
+    assert _llama_cpp_greedy(patched, PROMPT, 12) == _hf_greedy(model, PROMPT, 12)
 
 
 def test_cli_export_and_patch(tmp_path):

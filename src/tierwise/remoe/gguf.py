@@ -44,6 +44,10 @@ GGUF_ARCHS: dict[str, GGUFArch] = {
     "mixtral": GGUFArch("llama", True, False, True),
 }
 ROUTER_TENSOR = "blk.{layer}.ffn_gate_inp.weight"
+# llama.cpp reads deepseek2's q_lora_rank unless the model has DeepSeek-V2-Lite's 27 layers (its "lite" test), so a
+# smaller model without q_lora is padded to 27 layers with all-zero blocks: each adds exactly 0 to the residual stream.
+LITE_LAYERS = 27
+PADDING_KEY = "tierwise.padding_layers"
 
 
 def _gguf():
@@ -119,7 +123,25 @@ def _tensors(model, arch: GGUFArch, gguf_mod) -> dict[str, np.ndarray]:
     return out
 
 
-def _write_hparams(w, model, arch: GGUFArch, gguf_mod) -> None:
+def _padding_layers(model, arch: GGUFArch) -> int:
+    config = model.config
+    if arch.name != "deepseek2" or config.q_lora_rank:
+        return 0
+    if config.num_hidden_layers > LITE_LAYERS:
+        raise TierwiseError(f"llama.cpp cannot load a deepseek2 model of {config.num_hidden_layers} layers without q_lora_rank")
+    return LITE_LAYERS - config.num_hidden_layers
+
+
+def _pad_with_null_layers(tensors: dict[str, np.ndarray], n_layers: int, padding: int) -> None:
+    """Append `padding` blocks shaped like the last one, all zeros: attention and FFN outputs vanish."""
+    last = f"blk.{n_layers - 1}."
+    template = {name[len(last):]: t for name, t in tensors.items() if name.startswith(last)}
+    for layer in range(n_layers, n_layers + padding):
+        for suffix, t in template.items():
+            tensors[f"blk.{layer}.{suffix}"] = np.zeros_like(t)
+
+
+def _write_hparams(w, model, arch: GGUFArch, gguf_mod, padding: int) -> None:
     config = model.config
     adapter = adapter_for(model)
     if arch.renormalises is not None and arch.renormalises != adapter.norm_topk_prob:
@@ -131,7 +153,7 @@ def _write_hparams(w, model, arch: GGUFArch, gguf_mod) -> None:
     w.add_vocab_size(config.vocab_size)
     w.add_context_length(config.max_position_embeddings)
     w.add_embedding_length(config.hidden_size)
-    w.add_block_count(config.num_hidden_layers)
+    w.add_block_count(config.num_hidden_layers + padding)
     w.add_feed_forward_length(config.intermediate_size)
     w.add_head_count(config.num_attention_heads)
     w.add_layer_norm_rms_eps(config.rms_norm_eps)
@@ -140,6 +162,9 @@ def _write_hparams(w, model, arch: GGUFArch, gguf_mod) -> None:
     w.add_expert_used_count(adapter.top_k)
     w.add_expert_feed_forward_length(int(experts.down_proj.shape[2]))
     w.add_file_type(gguf_mod.LlamaFileType.ALL_F32)
+    if arch.name == "olmoe" and config.num_key_value_heads != config.num_attention_heads:
+        raise TierwiseError("llama.cpp's olmoe has no grouped-query attention (k_norm spans all heads); "
+                            f"this model has {config.num_key_value_heads} KV heads for {config.num_attention_heads} query heads")
     if arch.name == "deepseek2":
         w.add_head_count_kv(1)  # MLA runs as MQA over the compressed KV in llama.cpp
         w.add_leading_dense_block_count(config.first_k_dense_replace)
@@ -222,11 +247,15 @@ def export_gguf(model, tokenizer, out_path: str | Path, *, name: str = "tierwise
         raise TierwiseError("GGUF export needs the model's tokenizer (llama.cpp files carry their vocabulary)")
     arch = _arch(model)
     tensors = _tensors(model, arch, gguf_mod)
+    padding = _padding_layers(model, arch)
+    _pad_with_null_layers(tensors, model.config.num_hidden_layers, padding)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     w = gguf_mod.GGUFWriter(str(out_path), arch.name)
     w.add_name(name)
-    _write_hparams(w, model, arch, gguf_mod)
+    if padding:
+        w.add_uint32(PADDING_KEY, padding)
+    _write_hparams(w, model, arch, gguf_mod, padding)
     _write_tokenizer(w, tokenizer, model.config.vocab_size, gguf_mod)
     for tensor_name, array in tensors.items():
         w.add_tensor(tensor_name, np.ascontiguousarray(array, dtype=np.float32))
@@ -272,10 +301,14 @@ def patch_router(in_gguf: str | Path, delta, out_gguf: str | Path) -> Path:
     gates = {ROUTER_TENSOR.format(layer=layer): t for layer, t in delta.by_layer().items()}
     reader = read_gguf(in_gguf)
     routers = {t.name: t for t in reader.tensors if t.name.endswith(".ffn_gate_inp.weight")}
-    if set(routers) != set(gates):
-        raise TierwiseError(f"router delta covers {sorted(gates)} but {in_gguf} has router tensors {sorted(routers)}")
     arch_field = reader.fields["general.architecture"]
     arch = bytes(arch_field.parts[arch_field.data[0]]).decode()
+    if PADDING_KEY in reader.fields:  # the all-zero padding blocks keep their (zero) routers
+        blocks = int(reader.fields[f"{arch}.block_count"].contents())
+        first_pad = blocks - int(reader.fields[PADDING_KEY].contents())
+        routers = {n: t for n, t in routers.items() if int(n.split(".")[1]) < first_pad}
+    if set(routers) != set(gates):
+        raise TierwiseError(f"router delta covers {sorted(gates)} but {in_gguf} has router tensors {sorted(routers)}")
     w = gguf_mod.GGUFWriter(str(out_gguf), arch)
     for key, field in reader.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture":
