@@ -151,6 +151,10 @@ def test_load_model_errors(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(TierwiseError, match="no config.json"):
         load_model(tmp_path / "empty")
-    monkeypatch.setitem(sys.modules, "tierwise.remoe.embedded", None)  # simulate the module being absent
+    # simulate the module being absent (also when another test already imported it into the package)
+    import tierwise.remoe
+
+    monkeypatch.setitem(sys.modules, "tierwise.remoe.embedded", None)
+    monkeypatch.delattr(tierwise.remoe, "embedded", raising=False)
     with pytest.raises(TierwiseError, match="embedded checkpoint is not available"):
         load_model("embedded")

@@ -116,7 +116,29 @@ def open_cache(device: str, *, flash_bytes: int | None = None, zone_bytes: int |
             ack.clear()
         replayed = replay_journal(engine, ack.load(engine.next_seq))
     handler = CommandHandler(engine, Limits(max_value=max_value), ack)
+    warm_up_engine_code()
     return Cache(engine, handler, ack, getattr(engine, "recovery", None), replayed)
+
+
+def warm_up_engine_code() -> None:
+    """Run a throwaway Nemo cache in memory through sets, gets, deletes, flushes and evictions, so the engine's
+    numba kernels are compiled (or loaded from their on-disk cache) before the first client connects, instead of
+    stalling that client for seconds."""
+    from tierwise.nemo.device import MemoryZonedDevice
+    from tierwise.nemo.engines import make_engine
+    from tierwise.nemo.layout import PAGE_SIZE
+
+    sets = 4
+    engine = make_engine("nemo", MemoryZonedDevice(8, (sets + 2) * PAGE_SIZE), sets_per_sg=sets)
+    for i in range(1500):  # enough to fill, flush and evict SGs on this geometry
+        key = b"warm-%d" % i
+        engine.set(key, key * 20)
+        engine.get(key)
+        engine.get(b"warm-miss-%d" % i)
+        if i % 7 == 0:
+            engine.delete(key)
+    engine.flush()
+    engine.close()
 
 
 def replay_journal(engine, last: dict[bytes, tuple[int, int]]) -> dict:
