@@ -73,7 +73,6 @@ def test_measured_hits_equal_cachesim(tmp_path):
 
 def test_metrics_and_modelled_time(tmp_path):
     model, adapter, runtime = _offloaded("qwen3_moe", tmp_path, storage="ufs4", target="dsv2-lite-bf16")
-    runtime.reset_counters()
     gens = [greedy_generate(model, PROMPT[:n], 6, runtime=runtime) for n in (3, 7)]
     m = run_metrics(gens, runtime)
     misses = m["prefill"]["misses"] + m["decode"]["misses"]

@@ -74,14 +74,14 @@ def offload(
         typer.echo(json.dumps(to_jsonable(result), indent=2))
         return
     c = result["config"]
-    stdout.print("TPOT/TTFT: median over requests of measured wall time + modelled storage time; "
-                 "'measured' and 'modelled' are the two parts of TPOT")
+    stdout.print("TPOT = mean decode-step time (measured wall time + modelled storage time; 'measured' and 'modelled' "
+                 "are its two parts; median/p90 over requests); TTFT: median over requests")
     print_table(summary_rows(result), title=(
         f"offload {model}: C={c['cache_experts']} of E={c['num_experts']} (K={c['top_k']}), {c['policy']}, "
         f"{c['storage']} x {c['target']} ({c['modelled_ms_per_miss']:.3f} ms/miss), store I/O {c['store_io']}"))
     if compare:
         s = result["tpot_speedup"]
-        stdout.print(f"decode TPOT speedup, fine-tuned vs original router: [bold]{s['total']:.2f}x[/] total "
+        stdout.print(f"decode TPOT speedup (mean), fine-tuned vs original router: [bold]{s['total']:.2f}x[/] total "
                      f"(measured only: {s['measured']:.2f}x)")
 
 

@@ -1,8 +1,9 @@
 """`tierwise remoe offload`: run prompts through the offloading runtime, optionally original vs fine-tuned router.
 
 The expert store is written once; `--compare` then runs the original router and the fine-tuned one back to back on
-the same prompts, the same store and the same cache configuration (only the gate weights differ), and reports the
-ratio of their decode TPOT.
+every prompt, with the same store and the same cache configuration (only the gate weights differ), and reports the
+ratio of their mean decode TPOT (every request decodes the same number of tokens, so this is total decode time
+over decode tokens; medians and p90 are reported beside it).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tierwise.common.errors import TierwiseError
-from tierwise.remoe.offload.generate import greedy_generate, run_prompts
+from tierwise.common.progress import progress_task
+from tierwise.remoe.offload.generate import greedy_generate, run_metrics
 from tierwise.remoe.offload.runtime import OffloadConfig, OffloadRuntime
 
 WARMUP_TOKENS = 4
@@ -33,32 +35,45 @@ def resolve_prompts(model_name: str, prompts_file: str | Path | None, tokenizer,
 
 def offload_compare(model, tokenizer, prompts: list[str], max_new_tokens: int, config: OffloadConfig, *,
                     router: str | Path | None = None, compare: bool = False) -> dict:
-    """Offload `model` in place and measure; returns {'runs': {label: metrics}, 'tpot_speedup': ... (with compare)}."""
-    from tierwise.remoe.delta import apply_router_delta, load_router_delta
+    """Offload `model` in place and measure; returns {'runs': {label: metrics}, 'tpot_speedup': ... (with compare)}.
 
+    With `compare`, each prompt runs under both routers, alternating which goes first (A B, B A, ...), so that
+    machine noise and drift hit both alike; swapping routers is a copy of the small gate matrices.
+    """
+    from tierwise.remoe.delta import RouterDelta, apply_router_delta, delta_meta, load_router_delta, router_state
+
+    if tokenizer is None:
+        raise TierwiseError("this checkpoint has no tokenizer; offload runs need one to encode the prompts")
     if max_new_tokens < 2:
         raise TierwiseError(f"--max-new-tokens must be at least 2 to measure TPOT, got {max_new_tokens}")
     if compare and router is None:
         raise TierwiseError("--compare needs --router DELTA (the fine-tuned router to compare with the original)")
-    delta = load_router_delta(router) if router is not None else None
+    routers: dict[str, RouterDelta | None] = {}
+    if router is None or compare:
+        routers["original"] = RouterDelta(router_state(model), delta_meta(model)) if compare else None
+    if router is not None:
+        routers["fine-tuned"] = load_router_delta(router)
     runtime = OffloadRuntime(model, config)
+    prompts_ids = [tokenizer(p)["input_ids"] for p in prompts]
+    gens: dict[str, list] = {label: [] for label in routers}
+    labels = list(routers)
     try:
         # One short untimed request first, so one-off start-up costs (allocator, kernels) hit neither run.
-        greedy_generate(model, tokenizer(prompts[0])["input_ids"], WARMUP_TOKENS, runtime=runtime)
-        runs: dict[str, dict] = {}
-        if delta is None or compare:
-            runs["original"] = run_prompts(model, tokenizer, prompts, max_new_tokens, runtime=runtime,
-                                           description="offload: original router")[1]
-        if delta is not None:
-            apply_router_delta(model, delta)
-            runs["fine-tuned"] = run_prompts(model, tokenizer, prompts, max_new_tokens, runtime=runtime,
-                                             description="offload: fine-tuned router")[1]
+        greedy_generate(model, prompts_ids[0], WARMUP_TOKENS, runtime=runtime)
+        with progress_task("offload: " + " vs ".join(labels), len(prompts_ids) * len(labels)) as (progress, task):
+            for i, ids in enumerate(prompts_ids):
+                for label in (labels if i % 2 == 0 else labels[::-1]):
+                    if routers[label] is not None:
+                        apply_router_delta(model, routers[label])
+                    gens[label].append(greedy_generate(model, ids, max_new_tokens, runtime=runtime))
+                    progress.update(task, advance=1)
     finally:
         runtime.close()
+    runs = {label: run_metrics(g, runtime) for label, g in gens.items()}
     result = {"config": runtime.describe(), "max_new_tokens": max_new_tokens, "runs": runs}
     if compare:
         result["tpot_speedup"] = {
-            kind: runs["original"]["tpot_ms"][kind]["median"] / runs["fine-tuned"]["tpot_ms"][kind]["median"]
+            kind: runs["original"]["tpot_ms"][kind]["mean"] / runs["fine-tuned"]["tpot_ms"][kind]["mean"]
             for kind in ("measured", "total")
         }
     return result
@@ -72,10 +87,11 @@ def summary_rows(result: dict) -> list[dict]:
         rows.append({
             "router": label,
             "TTFT ms": m["ttft_ms"]["total"]["median"],
-            "TPOT ms": tpot["total"]["median"],
+            "TPOT ms": tpot["total"]["mean"],
+            "median": tpot["total"]["median"],
             "p90": tpot["total"]["p90"],
-            "measured": tpot["measured"]["median"],
-            "modelled": tpot["modelled"]["median"],
+            "measured": tpot["measured"]["mean"],
+            "modelled": tpot["modelled"]["mean"],
             "tok/s": m["tokens_per_s"]["total"],
             "hit rate": m["decode"]["hit_rate"],
             "miss/tok": m["decode"]["misses_per_token"],

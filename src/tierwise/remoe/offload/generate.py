@@ -16,7 +16,6 @@ import torch
 from transformers import DynamicCache
 
 from tierwise.common.errors import TierwiseError
-from tierwise.common.progress import track
 from tierwise.remoe.offload.runtime import OffloadRuntime, StepCounters
 
 
@@ -29,6 +28,9 @@ class Generation:
     step_seconds: list[float] = field(default_factory=list)
     steps: list[StepCounters] = field(default_factory=list)
     logits: list[torch.Tensor] = field(default_factory=list)  # last-position logits per step, when kept
+    layer_hits: dict[int, int] = field(default_factory=dict)  # per MoE layer, this request only
+    layer_misses: dict[int, int] = field(default_factory=dict)
+    bytes_read: int = 0  # from the expert store, this request only
 
 
 @torch.inference_mode()
@@ -43,6 +45,7 @@ def greedy_generate(model, prompt_ids: list[int], max_new_tokens: int, *, runtim
     if runtime is not None:
         runtime.reset()  # request isolation: every request starts with cold expert caches
         runtime.take_step()
+        layers_before, bytes_before = runtime.counters()
     past = DynamicCache(config=model.config)
     input_ids = torch.tensor([prompt_ids], dtype=torch.long)
     for _ in range(max_new_tokens):
@@ -55,6 +58,12 @@ def greedy_generate(model, prompt_ids: list[int], max_new_tokens: int, *, runtim
         if keep_logits:
             gen.logits.append(logits.float().clone())
         input_ids = torch.tensor([[token]], dtype=torch.long)
+    if runtime is not None:
+        layers_after, bytes_after = runtime.counters()
+        for layer, (h, m) in layers_after.items():
+            gen.layer_hits[layer] = h - layers_before[layer][0]
+            gen.layer_misses[layer] = m - layers_before[layer][1]
+        gen.bytes_read = bytes_after - bytes_before
     return gen
 
 
@@ -113,19 +122,12 @@ def run_metrics(gens: list[Generation], runtime: OffloadRuntime | None = None) -
     }
     if runtime is not None:
         metrics["config"] = runtime.describe()
-        metrics["bytes_read"] = runtime.store.bytes_read
+        metrics["bytes_read"] = sum(g.bytes_read for g in gens)
         metrics["modelled_bytes"] = (prefill.misses + decode.misses) * runtime.target_bytes
-        metrics["per_layer"] = runtime.per_layer()
+        metrics["per_layer"] = []
+        for layer in runtime.layers:
+            hits = sum(g.layer_hits[layer] for g in gens)
+            misses = sum(g.layer_misses[layer] for g in gens)
+            metrics["per_layer"].append({"layer": layer, "hits": hits, "misses": misses,
+                                         "hit_rate": hits / max(1, hits + misses)})
     return metrics
-
-
-def run_prompts(model, tokenizer, prompts: list[str], max_new_tokens: int, *, runtime: OffloadRuntime | None = None,
-                description: str = "decoding") -> tuple[list[Generation], dict]:
-    """Greedy-decode every prompt (one request each, B = 1) and summarise the run."""
-    if tokenizer is None:
-        raise TierwiseError("this checkpoint has no tokenizer; offload runs need one to encode the prompts")
-    if runtime is not None:
-        runtime.reset_counters()
-    gens = [greedy_generate(model, tokenizer(p)["input_ids"], max_new_tokens, runtime=runtime)
-            for p in track(prompts, description)]
-    return gens, run_metrics(gens, runtime)

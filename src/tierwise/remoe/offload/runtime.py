@@ -219,13 +219,9 @@ class OffloadRuntime:
             for e, row in layer.cache.access(list(range(layer.cache.capacity))).inserted.items():
                 layer._read(e, {name: slot[row] for name, slot in layer.slots.items()})
 
-    def reset_counters(self) -> None:
-        """Zero the per-layer hit/miss counts and the store's read counters (start of a measured run)."""
-        for layer in self.layers.values():
-            layer.hits = layer.misses = 0
-        self.store.reads = self.store.bytes_read = 0
-        self.store.read_seconds = 0.0
-        self.step = StepCounters()
+    def counters(self) -> tuple[dict[int, tuple[int, int]], int]:
+        """Cumulative (hits, misses) per layer and bytes read from the store, for per-request differences."""
+        return {layer: (lo.hits, lo.misses) for layer, lo in self.layers.items()}, self.store.bytes_read
 
     def take_step(self) -> StepCounters:
         """Counters since the last call (one model forward when called once per step)."""
@@ -235,10 +231,6 @@ class OffloadRuntime:
     def resident_experts(self) -> dict[int, int]:
         """Experts currently held in memory per layer (never more than C)."""
         return {layer: lo.cache.resident() for layer, lo in self.layers.items()}
-
-    def per_layer(self) -> list[dict]:
-        return [{"layer": layer, "hits": lo.hits, "misses": lo.misses,
-                 "hit_rate": lo.hits / max(1, lo.hits + lo.misses)} for layer, lo in self.layers.items()]
 
     def describe(self) -> dict:
         return {
