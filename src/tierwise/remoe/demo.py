@@ -129,7 +129,7 @@ def run(out_dir: str | Path, config: DemoConfig | None = None) -> str:
               out / "hit_rate_vs_cache.png", title="LRU expert-cache hit rate vs cache size (decode)",
               xlabel="cache size C (experts per layer)", ylabel="unique hit rate uHR@C")
     runs = offload["runs"]
-    bar_plot({f"{label} ({kind})": runs[label]["tpot_ms"][kind]["mean"]
+    bar_plot({f"{label}\n{'measured' if kind == 'measured' else '+ modelled I/O'}": runs[label]["tpot_ms"][kind]["mean"]
               for label in ("original", "fine-tuned") for kind in ("measured", "total")},
              out / "tpot_before_after.png", title=f"Decode TPOT, C = K = {K}, {cfg.storage} x {cfg.target}",
              ylabel="mean TPOT (ms)")
