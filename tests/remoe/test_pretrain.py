@@ -88,6 +88,18 @@ def test_cli_rejects_bad_settings(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_stop_after_reproduces_the_snapshot_of_a_longer_schedule(tmp_path, small_docs):
+    tok = load_tokenizer()
+    full = PretrainConfig(steps=4, batch_size=2, seq_len=32, warmup_steps=1, eval_windows=2, save_every=2, model=TINY)
+    history = []
+    for name, cfg in [("full", full), ("cut", PretrainConfig(**{**full.__dict__, "save_every": 0, "stop_after": 2}))]:
+        pretrain(cfg, tmp_path / name, tok, documents=small_docs)
+        history.append((tmp_path / name / "pretrain_history.jsonl").read_text().splitlines())
+    assert len(history[1]) == 2 and history[1] == history[0][:2]
+    with pytest.raises(TierwiseError, match="stop-after"):
+        pretrain(PretrainConfig(steps=2, stop_after=3, model=TINY), tmp_path / "x", tok, documents=small_docs)
+
+
 def test_pretrain_rejects_too_little_text(tmp_path):
     cfg = PretrainConfig(steps=1, seq_len=64, model=TINY)
     with pytest.raises(TierwiseError, match="fewer than one sequence"):

@@ -22,6 +22,7 @@ def pretrain(
     seed: int = typer.Option(0, help="Seed for initialisation and batch sampling (runs are deterministic)."),
     threads: int = typer.Option(2, help="torch CPU threads."),
     save_every: int = typer.Option(0, help="Also write the checkpoint every N steps (0: only at the end)."),
+    stop_after: int = typer.Option(0, help="End after N steps of the --steps schedule (0: all), e.g. to reproduce a snapshot."),
     tokenizer: Optional[Path] = typer.Option(None, help="Tokenizer folder (default: the embedded tokenizer)."),
 ) -> None:
     """Pretrain the embedded DeepSeek-V2-style MoE from scratch on the embedded corpus (train split)."""
@@ -29,7 +30,7 @@ def pretrain(
     from tierwise.remoe.pretrain import PretrainConfig, load_tokenizer, pretrain as run_pretrain
 
     cfg = PretrainConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, warmup_steps=warmup_steps,
-                         aux_alpha=aux_alpha, seed=seed, threads=threads, save_every=save_every)
+                         aux_alpha=aux_alpha, seed=seed, threads=threads, save_every=save_every, stop_after=stop_after)
     report = run_pretrain(cfg, out, load_tokenizer(tokenizer))
     print_table([{k: report[k] for k in ("parameters", "train_seconds", "final_train_ce", "heldout_ppl", "eor",
                                          "load_cv", "entropy_norm")}], title=f"pretrained -> {out}")

@@ -86,6 +86,7 @@ class PretrainConfig:
     threads: int = 2
     eval_windows: int = 128  # held-out windows of seq_len tokens for the final report
     save_every: int = 0  # also write the checkpoint every N steps (0: only at the end), so others can load it early
+    stop_after: int = 0  # end after N steps of the `steps`-long schedule (0: run it all); reproduces a snapshot
     model: MoEModelConfig = field(default_factory=MoEModelConfig)
 
 
@@ -154,12 +155,14 @@ def routing_summary(trace) -> dict:
 
 @torch.no_grad()
 def evaluate(model, stream: torch.Tensor, seq_len: int, windows: int) -> dict:
-    """Held-out perplexity over consecutive non-overlapping windows, and the routing of the same tokens (teacher
-    forced, one request per window)."""
+    """Held-out perplexity over `windows` windows spread evenly over the stream (the held-out documents are in source
+    order, so a prefix would be one source only), and the routing of the same tokens (teacher forced, one request
+    per window)."""
     from tierwise.remoe.models import adapter_for
     from tierwise.remoe.routing import DECODE, RouterRecorder, TraceBuilder, trace_meta
 
     n = min(windows, (len(stream) - 1) // seq_len)
+    starts = [i * (len(stream) - seq_len - 1) // max(1, n - 1) for i in range(n)]
     if n < 1:
         raise TierwiseError(f"held-out stream of {len(stream)} tokens is shorter than one window of {seq_len}")
     model.eval()
@@ -167,8 +170,8 @@ def evaluate(model, stream: torch.Tensor, seq_len: int, windows: int) -> dict:
     builder = TraceBuilder(trace_meta(adapter, "pretrain", teacher_forced=True))
     nll = 0.0
     with RouterRecorder(adapter) as recorder:
-        for i in range(n):
-            chunk = stream[i * seq_len: i * seq_len + seq_len + 1]
+        for start in starts:
+            chunk = stream[start: start + seq_len + 1]
             logits = model(input_ids=chunk[None, :-1]).logits[0]
             nll += F.cross_entropy(logits.float(), chunk[1:], reduction="sum").item()
             builder.start_request()
@@ -216,6 +219,9 @@ def pretrain(cfg: PretrainConfig, out: Path, tokenizer=None, documents: dict[str
     """
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.seq_len < 2 or cfg.threads < 1:
         raise TierwiseError("pretrain needs steps ≥ 1, batch size ≥ 1, seq-len ≥ 2 and threads ≥ 1")
+    if not 0 <= cfg.stop_after <= cfg.steps:
+        raise TierwiseError(f"stop-after must be between 0 and steps ({cfg.steps}), got {cfg.stop_after}")
+    run_steps = cfg.stop_after or cfg.steps
     torch.set_num_threads(cfg.threads)
     tokenizer = tokenizer or load_tokenizer()
     documents = documents or {split: embedded.corpus_documents(split) for split in embedded.SPLITS}
@@ -234,8 +240,8 @@ def pretrain(cfg: PretrainConfig, out: Path, tokenizer=None, documents: dict[str
     offsets = torch.arange(cfg.seq_len + 1)
     history = []
     start = time.perf_counter()
-    with progress_task("pretrain", cfg.steps) as (progress, task):
-        for step in range(cfg.steps):
+    with progress_task("pretrain", run_steps) as (progress, task):
+        for step in range(run_steps):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
             starts = torch.randint(0, len(train) - cfg.seq_len - 1, (cfg.batch_size,), generator=gen)
@@ -250,7 +256,7 @@ def pretrain(cfg: PretrainConfig, out: Path, tokenizer=None, documents: dict[str
             optimizer.step()
             history.append({"step": step, "ce": ce.item(), "aux": aux.item(), "cv": cv})
             progress.update(task, advance=1, info=f"ce {ce.item():.3f} aux {aux.item():.3f} cv {cv:.3f}")
-            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < run_steps:
                 save_checkpoint(model, tokenizer, out)
                 (out / "pretrain_history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     train_seconds = time.perf_counter() - start
