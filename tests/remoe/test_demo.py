@@ -10,7 +10,6 @@ from tierwise.remoe.demo import DemoConfig, run
 from tierwise.remoe.models import save_tiny
 
 
-@pytest.mark.slow
 def test_demo_writes_report(tmp_path):
     ckpt = save_tiny("deepseek_v2", tmp_path / "ckpt")
     prompts = tmp_path / "prompts.txt"
@@ -18,7 +17,7 @@ def test_demo_writes_report(tmp_path):
     out = tmp_path / "report" / "remoe"
     section = run(out, DemoConfig(model=str(ckpt), prompts=str(prompts), trace_prompts=3, trace_tokens=6,
                                   finetune_overrides=dict(steps=2, max_docs=20), eval_rows=2, eval_seq_len=64,
-                                  offload_prompts=2, offload_tokens=5))
+                                  offload_prompts=2, offload_tokens=5, store_dir=str(tmp_path / "store")))
     for png in ("reuse_vs_horizon.png", "hit_rate_vs_cache.png", "tpot_before_after.png"):
         assert (out / png).stat().st_size > 1000
         assert f"(remoe/{png})" in section  # links resolve from the combined report one folder up

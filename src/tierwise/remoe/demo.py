@@ -41,6 +41,7 @@ class DemoConfig:
     offload_tokens: int = 32
     storage: str = "ufs4"
     target: str = "dsv2-lite-bf16"
+    store_dir: str | None = None  # expert store folder (default: the per-model cache folder)
     max_horizon: int = 16
     threads: int = 1  # the embedded model is small: one thread is fastest, and far faster on a busy machine
 
@@ -115,7 +116,8 @@ def run(out_dir: str | Path, config: DemoConfig | None = None) -> str:
     del model
     model, tokenizer = load_model(cfg.model)
     offload = offload_compare(model, tokenizer, prompts[: cfg.offload_prompts], cfg.offload_tokens,
-                              OffloadConfig(cache_experts=K, storage=cfg.storage, target=cfg.target),
+                              OffloadConfig(cache_experts=K, storage=cfg.storage, target=cfg.target,
+                                            store_dir=Path(cfg.store_dir) if cfg.store_dir else None),
                               router=result.delta_path, compare=True)
     lap("offload compare", t)
 
