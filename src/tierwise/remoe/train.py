@@ -94,8 +94,8 @@ class FinetuneConfig:
             raise TierwiseError(f"lags must be positive, got {w.lags}")
 
 
-# Presets: named overrides of the defaults. `demo` is a short run (≈2–3 min on 2 CPU cores on the embedded model)
-# that still gives a large EOR gain; the results doc measures it.
+# Presets: named overrides of the defaults. `demo` is a short run (≈ 40 s on one busy core on the embedded model)
+# that still gives a large EOR gain; docs/results-remoe.md measures it.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "demo": dict(steps=40, seq_len=128, batch_size=4, lr=5e-3, lr_warmup=4, checkpoint_every=0, max_docs=400,
