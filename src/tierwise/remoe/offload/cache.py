@@ -18,6 +18,11 @@ from tierwise.remoe.cachesim import make_policy
 ONLINE_POLICIES = ("lru", "lfu", "fifo", "lfru")  # belady needs the future, so it exists only in the simulator
 
 
+def check_policy(policy: str) -> None:
+    if policy not in ONLINE_POLICIES:
+        raise TierwiseError(f"unknown expert cache policy {policy!r} for the runtime; choose from {', '.join(ONLINE_POLICIES)}")
+
+
 @dataclass
 class CacheStep:
     """The outcome of one step (one forward call of the layer)."""
@@ -32,8 +37,7 @@ class ExpertCache:
     """At most `capacity` of a layer's `num_experts` experts; `row_of[e]` is e's slot row, or -1 when absent."""
 
     def __init__(self, num_experts: int, capacity: int, policy: str = "lru"):
-        if policy not in ONLINE_POLICIES:
-            raise TierwiseError(f"unknown expert cache policy {policy!r} for the runtime; choose from {', '.join(ONLINE_POLICIES)}")
+        check_policy(policy)
         self.num_experts = num_experts
         self.capacity = capacity
         self.policy = make_policy(policy, capacity, num_experts)

@@ -18,8 +18,7 @@ that exist only for that call.
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
 from tierwise.common.errors import TierwiseError
 from tierwise.remoe.models import MoEAdapter, adapter_for
-from tierwise.remoe.offload.cache import ONLINE_POLICIES, ExpertCache
+from tierwise.remoe.offload.cache import ExpertCache, check_policy
 from tierwise.remoe.offload.storage import DEFAULT_TARGET, StorageProfile, storage_profile, target_expert_bytes
 from tierwise.remoe.offload.store import ExpertStore, expert_params, model_fingerprint
 
@@ -182,8 +181,7 @@ class OffloadRuntime:
                 f"--cache-experts must be between K={adapter.top_k} and E={adapter.num_experts} for this model, "
                 f"got {config.cache_experts}"
             )
-        if config.policy not in ONLINE_POLICIES:
-            raise TierwiseError(f"unknown expert cache policy {config.policy!r}; choose from {', '.join(ONLINE_POLICIES)}")
+        check_policy(config.policy)  # before anything is written or replaced
         self.model = model
         self.config = config
         self.adapter = adapter
