@@ -337,8 +337,9 @@ def write_plots(report: dict[str, Any], folder: Path) -> list[Path]:
         xs, ys = curves.setdefault(r["engine"], ([], []))
         xs.append(r["flash_mb"])
         ys.append(r["miss_ratio"])
-    paths.append(line_plot(curves, folder / "miss_ratio_vs_size.png", title="Miss ratio vs cache size",
-                           xlabel="flash (MiB)", ylabel="miss ratio", logx=True))
+    if any(len(xs) > 1 for xs, _ in curves.values()):  # a curve needs more than one cache size
+        paths.append(line_plot(curves, folder / "miss_ratio_vs_size.png", title="Miss ratio vs cache size",
+                               xlabel="flash (MiB)", ylabel="miss ratio", logx=True))
     return paths
 
 

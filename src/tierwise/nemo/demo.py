@@ -19,14 +19,15 @@ DEMO = BenchSettings(
     zone_kb=16,
     nemo_zone_kb=128,
     sample_every=20_000,
-    cache_sizes=(),
+    cache_sizes=(),  # no miss-ratio curve: it would double the run time
     options={"nemo": {"flush_threshold": 4}},  # p_th = S/8 for S = 30 sets per SG (see ablation_p_th)
 )
 
 
 def command(st: BenchSettings) -> str:
     return (f"tierwise nemo bench --trace {st.trace} --engines {st.engines} --flash-mb {st.flash_mb:g} "
-            f"--zone-kb {st.zone_kb} --nemo-zone-kb {st.nemo_zone_kb} --sizes '' --plot PLOTS"
+            f"--zone-kb {st.zone_kb} --nemo-zone-kb {st.nemo_zone_kb} "
+            f"--sizes '{','.join(f'{x:g}' for x in st.cache_sizes)}' --plot PLOTS"
             + "".join(f" --opt {e}.{k}={v}" for e, o in st.options.items() for k, v in o.items()))
 
 
