@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from tierwise.common.plots import line_plot
 from tierwise.common.report import markdown_table, to_jsonable
 from tierwise.remoe.corpus import load_corpus
 from tierwise.remoe.delta import RouterDelta, apply_router_delta, delta_meta, router_state
@@ -107,17 +106,32 @@ def write_summary(done: dict[str, dict], out: Path) -> None:
                      "eor_gain": f"{100 * (r['eor'] / base['eor'] - 1):+.1f}%",
                      "ppl_change": f"{100 * (r['ppl'] / base['ppl'] - 1):+.2f}%"})
     (out / "summary.md").write_text(markdown_table(rows, COLUMNS))
-    groups = {"λ sweep": ["default", "kl=0.3", "kl=3", "loc x0.5", "loc x2"],
-              "ablations / control": ["ce-only", "no-trust", "no-reuse", "no-smooth", "no-lag", "no-ws", "no-consistency"],
-              "baseline / demo": ["baseline", "demo"]}
-    series = {}
-    for label, names in groups.items():
-        pts = sorted((done[n]["ppl"], done[n]["eor"]) for n in names if n in done)
-        if pts:
-            series[label] = ([p for p, _ in pts], [e for _, e in pts])
-    line_plot(series, out / "eor_vs_ppl.png", title="EOR vs held-out perplexity (router fine-tuning)",
-              xlabel="held-out perplexity", ylabel="EOR (teacher-forced)")
+    scatter_plot(done, out / "eor_vs_ppl.png")
     print((out / "summary.md").read_text())
+
+
+def scatter_plot(done: dict[str, dict], path: Path) -> None:
+    """One labelled point per run: held-out perplexity vs EOR, with the +1 % perplexity budget marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.0, 4.4), dpi=120)
+    for name, r in done.items():
+        color = "black" if name == "baseline" else ("#cc6677" if name == "ce-only" or name.startswith("no-") else "#4477aa")
+        ax.scatter(r["ppl"], r["eor"], color=color, s=18)
+        ax.annotate(name, (r["ppl"], r["eor"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.axvline(done["baseline"]["ppl"] * 1.01, color="gray", linestyle="--", linewidth=0.8, label="baseline PPL +1 %")
+    ax.set_title("Router fine-tuning: EOR vs held-out perplexity (blue: λ sweep, red: ablations/control)")
+    ax.title.set_fontsize(9)
+    ax.set_xlabel("held-out perplexity")
+    ax.set_ylabel("EOR (teacher-forced)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
