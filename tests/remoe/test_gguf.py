@@ -147,7 +147,7 @@ def test_cli_export_and_patch(tmp_path):
     runner = CliRunner()
     r = runner.invoke(app, ["remoe", "export-gguf", str(ckpt), "--out", str(tmp_path / "m.gguf")])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["remoe", "patch-gguf", str(tmp_path / "m.gguf"), "--router", str(delta), "--out", str(tmp_path / "p.gguf")])
+    r = runner.invoke(app, ["remoe", "patch-gguf", str(tmp_path / "m.gguf"), str(delta), str(tmp_path / "p.gguf")])
     assert r.exit_code == 0, r.output
     gates = {t.name: np.asarray(t.data) for t in read_gguf(tmp_path / "p.gguf").tensors if "ffn_gate_inp" in t.name}
     for layer in adapter_for(model).moe_layers:

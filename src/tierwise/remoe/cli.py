@@ -313,10 +313,11 @@ def export_gguf_cmd(
 @app.command("patch-gguf")
 def patch_gguf_cmd(
     gguf_file: Path = typer.Argument(..., help="GGUF file whose routers (blk.N.ffn_gate_inp.weight) to replace."),
-    router: Path = typer.Option(..., help="Router delta (.safetensors) from `tierwise remoe finetune`."),
-    out: Path = typer.Option(..., "--out", help="Patched GGUF file to write (every other tensor copied unchanged)."),
+    router: Path = typer.Argument(..., help="Router delta (.safetensors) from `tierwise remoe finetune`."),
+    out: Path = typer.Argument(..., help="Patched GGUF file to write (every other tensor copied unchanged)."),
 ) -> None:
-    """Replace only the router tensors of a GGUF by a fine-tuned router delta (the ReMoE deployment step)."""
+    """Replace only the router tensors of a GGUF by a fine-tuned router delta (the ReMoE deployment step):
+    `tierwise remoe patch-gguf IN.gguf DELTA OUT.gguf`."""
     from tierwise.common.report import stdout
     from tierwise.remoe.gguf import patch_router
 

@@ -101,7 +101,7 @@ def _hf_records(name: str, split: str) -> Iterable[tuple[Any, str]]:
     try:
         import datasets
     except ImportError as e:
-        raise TierwiseError("reading a Hugging Face dataset by name needs the 'datasets' package: pip install datasets") from e
+        raise TierwiseError("reading a Hugging Face dataset by name needs the 'datasets' package: pip install 'tierwise[hf]' (or pip install datasets)") from e
     try:
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # network, unknown name, unknown split: all user-facing
