@@ -38,6 +38,7 @@ from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, FLAG_WRITEBACK, 
 from tierwise.nemo.metrics import Metrics
 
 _T = {name: i for i, name in enumerate(TALLY_COLUMNS)}
+OLDEST, NEXT_SEQ, WAITS = range(3)
 
 
 def _config(options: dict[str, Any]) -> NemoConfig:
@@ -76,9 +77,7 @@ class NemoEngine(Engine):
         self.pbfg = PBFG(geo, cfg.pbfg_cache_offsets(geo), device, cfg.hash_seed)
         self.hotness = HotnessTracker(self.N, self.S, cfg.hot_window, cfg.cooling)
         self.sg_objects = np.zeros(self.N, np.int64)  # objects (user + write-back) in each live SG slot
-        self.next_seq = 0  # sequence number the next flushed SG gets
-        self.oldest = 0  # oldest live SG on flash; live SGs are [oldest, next_seq)
-        self.waits = 0  # failed inserts since the last flush (delayed flush counter c)
+        self.st = np.zeros(3, np.int64)  # OLDEST, NEXT_SEQ, WAITS: shared with the compiled path (core.py)
         self._rng = np.random.default_rng(cfg.seed)
         self._page = np.empty(PAGE_SIZE, np.uint8)
         self._cmp_page = np.empty(PAGE_SIZE, np.uint8)
@@ -90,6 +89,33 @@ class NemoEngine(Engine):
         for z in range(device.num_zones):  # a new cache starts from empty zones
             if device.write_pointer(z):
                 device.reset(z)
+
+    @property
+    def oldest(self) -> int:
+        """Oldest live SG on flash; live SGs are [oldest, next_seq)."""
+        return int(self.st[OLDEST])
+
+    @oldest.setter
+    def oldest(self, seq: int) -> None:
+        self.st[OLDEST] = seq
+
+    @property
+    def next_seq(self) -> int:
+        """Sequence number the next flushed SG gets."""
+        return int(self.st[NEXT_SEQ])
+
+    @next_seq.setter
+    def next_seq(self, seq: int) -> None:
+        self.st[NEXT_SEQ] = seq
+
+    @property
+    def waits(self) -> int:
+        """Failed inserts since the last flush (the delayed-flush counter c)."""
+        return int(self.st[WAITS])
+
+    @waits.setter
+    def waits(self, n: int) -> None:
+        self.st[WAITS] = n
 
     # ---- addressing ----------------------------------------------------------------------------------------------
 

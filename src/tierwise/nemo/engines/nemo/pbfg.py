@@ -46,10 +46,39 @@ def _candidates(open_row, open_group, open_members, rows, row_group, G, mb, posi
     return n
 
 
+# PBFG scalars, in one int64 array so compiled code and Python share them
+OPEN_GROUP, OPEN_MEMBERS, CLOCK, FREE_SLOTS = range(4)
+
+
+@njit(cache=True)
+def locate_page(loc, group, page):
+    """(zone, byte offset) of page `page` of index group `group`'s block, from the segment table `loc`."""
+    segs = loc[group % loc.shape[0]]
+    for i in range(segs.shape[0]):
+        n = segs[i, 2]
+        if page < n:
+            return segs[i, 0], segs[i, 1] + page * PAGE_SIZE
+        page -= n
+    return -1, -1
+
+
+@njit(cache=True)
+def take_slot(offset_of, slot_of, last_use, pst) -> int:
+    """A PBFG cache slot for a new offset: a free one, else the least recently used (its offset is dropped)."""
+    if pst[FREE_SLOTS] > 0:
+        pst[FREE_SLOTS] -= 1
+        for slot in range(offset_of.shape[0]):
+            if offset_of[slot] < 0:
+                return slot
+    slot = np.argmin(last_use)
+    slot_of[offset_of[slot]] = -1
+    return slot
+
+
 class IndexLog:
     """Index blocks appended to a ring of index zones; a zone is reset when reused, once all its groups are dead."""
 
-    def __init__(self, device, zones: list[int], block_pages: int):
+    def __init__(self, device, zones: list[int], block_pages: int, live_groups: int):
         self.device = device
         self.zones = zones
         self.block_bytes = block_pages * PAGE_SIZE
@@ -57,6 +86,9 @@ class IndexLog:
         self.cur = 0
         self.where: dict[int, list[tuple[int, int, int]]] = {}  # group -> [(zone, byte offset, pages)]
         self.zone_groups: dict[int, set[int]] = {z: set() for z in zones}
+        # the same segments as a table compiled code can read: row g % rows = [(zone, offset, pages)] padded by -1
+        segments = -(-block_pages * PAGE_SIZE // self.cap) + 1
+        self.loc = np.full((live_groups + 2, segments, 3), -1, np.int64)
 
     def _advance(self) -> int:
         self.cur = (self.cur + 1) % len(self.zones)
@@ -81,20 +113,28 @@ class IndexLog:
             n = min(total - done, (self.cap - self.device.write_pointer(z)) // PAGE_SIZE)
             off = self.device.append(z, pages[done:done + n])
             segs.append((z, off, n))
-            self.zone_groups[z].add(group)
             done += n
+        self.record(group, segs)
+
+    def record(self, group: int, segs: list[tuple[int, int, int]]) -> None:
+        """Where group `group`'s block lies: [(zone, byte offset, pages)] (written now, or found by recovery)."""
         self.where[group] = segs
+        row = self.loc[group % self.loc.shape[0]]
+        row[:] = -1
+        row[:len(segs)] = segs
+        for z, _, _ in segs:
+            self.zone_groups[z].add(group)
 
     def locate(self, group: int, page: int) -> tuple[int, int]:
-        for z, off, n in self.where[group]:
-            if page < n:
-                return z, off + page * PAGE_SIZE
-            page -= n
-        raise IndexError(page)
+        z, off = locate_page(self.loc, group, page)
+        if group not in self.where or z < 0:
+            raise IndexError(f"index group {group} page {page} is not on flash")
+        return int(z), int(off)
 
     def drop(self, group: int) -> None:
         for z, _, _ in self.where.pop(group, ()):
             self.zone_groups[z].discard(group)
+        self.loc[group % self.loc.shape[0]] = -1
 
 
 class PBFG:
@@ -103,10 +143,9 @@ class PBFG:
         self.geo, self.S, self.G, self.mb = geo, S, G, mb
         self.device = device
         self.hash_seed = hash_seed
-        self.log = IndexLog(device, geo.index_zones, geo.index_block_pages)
+        self.log = IndexLog(device, geo.index_zones, geo.index_block_pages, geo.live_groups)
         self.open_rows = np.zeros((S, G * mb), np.uint8)
-        self.open_group = 0
-        self.open_members = 0
+        self.st = np.zeros(4, np.int64)  # OPEN_GROUP, OPEN_MEMBERS, CLOCK, FREE_SLOTS
         cap = cache_offsets
         L = geo.live_groups
         self.rows = np.zeros((cap, L, G * mb), np.uint8)
@@ -114,12 +153,28 @@ class PBFG:
         self.slot_of = np.full(S, -1, np.int32)
         self.offset_of = np.full(cap, -1, np.int32)
         self.last_use = np.zeros(cap, np.int64)
-        self._clock = 0
-        self._free = cap
+        self.st[FREE_SLOTS] = cap
         self._none_rows = np.zeros((0, G * mb), np.uint8)
         self._none_groups = np.zeros(0, np.int64)
         self._out = np.empty(geo.data_slots + G + 1, np.int64)
         self._page = np.empty(PAGE_SIZE, np.uint8)
+
+    @property
+    def open_group(self) -> int:
+        """The index group SGs are flushed into now (its filters are in DRAM, not yet on flash)."""
+        return int(self.st[OPEN_GROUP])
+
+    @open_group.setter
+    def open_group(self, g: int) -> None:
+        self.st[OPEN_GROUP] = g
+
+    @property
+    def open_members(self) -> int:
+        return int(self.st[OPEN_MEMBERS])
+
+    @open_members.setter
+    def open_members(self, n: int) -> None:
+        self.st[OPEN_MEMBERS] = n
 
     # ---- lookups -------------------------------------------------------------------------------------------------
 
@@ -142,8 +197,8 @@ class PBFG:
             elif self.open_group * self.G > lo:
                 return None, 0  # written groups cover live SGs and their rows are not in DRAM
         if slot >= 0:
-            self._clock += 1
-            self.last_use[slot] = self._clock
+            self.st[CLOCK] += 1
+            self.last_use[slot] = self.st[CLOCK]
             rows, groups = self.rows[slot], self.row_group[slot]
         else:
             rows, groups = self._none_rows, self._none_groups
@@ -153,7 +208,7 @@ class PBFG:
 
     def _fetch(self, j: int, lo: int) -> tuple[int, int]:
         """Read row j of every written group covering live SGs (one page each) into an LRU slot."""
-        slot = self._take_slot()
+        slot = int(take_slot(self.offset_of, self.slot_of, self.last_use, self.st))
         self.slot_of[j] = slot
         self.offset_of[slot] = j
         self.row_group[slot] = -1
@@ -172,14 +227,6 @@ class PBFG:
                 self.rows[slot, g % L] = 0xFF
             self.row_group[slot, g % L] = g
         return slot, reads
-
-    def _take_slot(self) -> int:
-        if self._free:
-            self._free -= 1
-            return int(np.flatnonzero(self.offset_of < 0)[0])
-        slot = int(np.argmin(self.last_use))
-        self.slot_of[self.offset_of[slot]] = -1
-        return slot
 
     # ---- flushes -------------------------------------------------------------------------------------------------
 
@@ -225,4 +272,4 @@ class PBFG:
     def nbytes(self) -> dict[str, int]:
         return {"pbfg_cache": self.rows.nbytes + self.row_group.nbytes + self.slot_of.nbytes + self.offset_of.nbytes
                 + self.last_use.nbytes,
-                "open_group": self.open_rows.nbytes}
+                "open_group": self.open_rows.nbytes, "index_locations": self.log.loc.nbytes}

@@ -276,9 +276,7 @@ def _restore_index(engine, blocks, slots: list[_Slot], rep: RecoveryReport) -> N
     log = pbfg.log
     live_groups = [g for g in range(oldest // G, open_group) if g in blocks]
     for g in live_groups:
-        log.where[g] = blocks[g]
-        for z, _, _ in blocks[g]:
-            log.zone_groups[z].add(g)
+        log.record(g, blocks[g])
     if live_groups:
         last_zone = log.where[live_groups[-1]][-1][0]
         log.cur = geo.index_zones.index(last_zone)

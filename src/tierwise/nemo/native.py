@@ -1,0 +1,122 @@
+"""Native primitives the compiled (numba) hot paths need: XXH3-128 and CRC-32C callable from nopython code.
+
+The Python paths hash with the `xxhash` package and checksum with the `crc32c` package; compiled code must give
+the very same values, because both are part of the on-flash format (set offsets, Bloom positions, page checksums).
+- XXH3-128: the `xxhash` package's extension module exports the C function `XXH3_128bits_withSeed`; we register its
+  address with LLVM under that name, so compiled code calls the same C code the Python path does (cache-safe: the
+  symbol is re-registered at every import, before any cached function is loaded). `HAVE_XXH3` is False where the
+  symbol is not exported; callers then keep to their Python path.
+- CRC-32C: the SSE4.2 `crc32` instruction on x86-64 (8 bytes per instruction), else a table-driven loop.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+
+import llvmlite.binding as llvm
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+_XXH3_SYMBOL = "XXH3_128bits_withSeed"
+
+
+def _register_xxh3() -> bool:
+    try:
+        import xxhash._xxhash as ext
+
+        fn = getattr(ctypes.CDLL(ext.__file__), _XXH3_SYMBOL)
+    except (ImportError, OSError, AttributeError):
+        return False
+    llvm.add_symbol(_XXH3_SYMBOL, ctypes.cast(fn, ctypes.c_void_p).value)
+    return True
+
+
+HAVE_XXH3 = _register_xxh3()
+
+
+@intrinsic
+def _xxh3_128_call(typingctx, ptr, n, seed):
+    """XXH3_128bits_withSeed(ptr, n, seed) -> (low64, high64). The C function returns a {u64, u64} struct by value,
+    which the x86-64 and AArch64 calling conventions return in two registers, as LLVM's {i64, i64} does."""
+    sig = types.UniTuple(types.uint64, 2)(types.voidptr, types.intp, types.uint64)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        fnty = ir.FunctionType(ir.LiteralStructType([i64, i64]), [ir.IntType(8).as_pointer(), i64, i64])
+        result = builder.call(cgutils.get_or_insert_function(builder.module, fnty, _XXH3_SYMBOL), args)
+        parts = [builder.extract_value(result, 0), builder.extract_value(result, 1)]
+        return context.make_tuple(builder, signature.return_type, parts)
+
+    return sig, codegen
+
+
+@njit(cache=True)
+def xxh3_128(data, seed):
+    """(low 64 bits, high 64 bits) of XXH3-128 of a contiguous uint8 array, equal to `xxhash.xxh3_128_intdigest`."""
+    return _xxh3_128_call(data.ctypes.data, data.shape[0], np.uint64(seed))
+
+
+def _has_sse42() -> bool:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    return "+sse4.2" in llvm.get_host_cpu_features().flatten().split(",")
+
+
+HAVE_CRC_INSTRUCTION = _has_sse42()
+
+
+@intrinsic
+def _crc32c_u64(typingctx, crc, word):
+    sig = types.uint64(types.uint64, types.uint64)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64, i64]),
+                                            "llvm.x86.sse42.crc32.64.64")
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+def _crc_table() -> np.ndarray:
+    table = np.zeros(256, np.uint32)
+    for b in range(256):
+        c = b
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+        table[b] = c
+    return table
+
+
+_TABLE = _crc_table()
+
+
+@njit(cache=True)
+def _crc32c_bytes(crc, data, start, end):
+    for i in range(start, end):
+        crc = np.uint64(_TABLE[(crc ^ np.uint64(data[i])) & np.uint64(0xFF)]) ^ (crc >> np.uint64(8))
+    return crc
+
+
+@njit(cache=True)
+def _crc32c_hw(data):
+    n = data.shape[0]
+    head = n % 8
+    crc = _crc32c_bytes(np.uint64(0xFFFFFFFF), data, 0, head)
+    words = data[head:].view(np.uint64)
+    for i in range(words.shape[0]):
+        crc = _crc32c_u64(crc, words[i])
+    return np.uint32(crc ^ np.uint64(0xFFFFFFFF))
+
+
+@njit(cache=True)
+def _crc32c_sw(data):
+    return np.uint32(_crc32c_bytes(np.uint64(0xFFFFFFFF), data, 0, data.shape[0]) ^ np.uint64(0xFFFFFFFF))
+
+
+# CRC-32C of a contiguous uint8 array, equal to `crc32c.crc32c(bytes)`
+crc32c = _crc32c_hw if HAVE_CRC_INSTRUCTION else _crc32c_sw
