@@ -27,6 +27,7 @@ import numpy as np
 from numba import njit
 
 from tierwise.common.errors import TierwiseError
+from tierwise.nemo.native import crc32c as native_crc32c
 
 PAGE_SIZE = 4096
 PAGE_HEADER = 16
@@ -294,6 +295,13 @@ def seal_page(page: np.ndarray, seq: int) -> None:
 def page_crc_ok(page: bytes | np.ndarray) -> bool:
     buf = memoryview(page).cast("B") if not isinstance(page, np.ndarray) else page.data
     return len(buf) == PAGE_SIZE and int.from_bytes(bytes(buf[0:4]), "little") == crc32c.crc32c(buf[4:])
+
+
+@njit(cache=True)
+def page_crc_valid(page) -> bool:
+    """`page_crc_ok` for compiled code (a uint8 page array)."""
+    stored = np.uint32(page[0]) | np.uint32(page[1]) << 8 | np.uint32(page[2]) << 16 | np.uint32(page[3]) << 24
+    return stored == native_crc32c(page[4:])
 
 
 def page_seq(page: bytes | np.ndarray) -> int:

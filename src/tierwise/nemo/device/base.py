@@ -93,6 +93,13 @@ class DeviceStats:
         self._zone_resets = [0] * num_zones
         self._zone_finishes = [0] * num_zones
 
+    def add_reads(self, zone_bytes: np.ndarray, ios: int) -> None:
+        """Reads a compiled reader did itself: bytes per zone and the number of I/Os."""
+        self.bytes_read += int(zone_bytes.sum())
+        self.read_ios += ios
+        for z in np.flatnonzero(zone_bytes).tolist():
+            self._zone_read[z] += int(zone_bytes[z])
+
     @property
     def zone_bytes_written(self) -> np.ndarray:
         return np.array(self._zone_written, dtype=np.int64)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import mmap
 
+import numpy as np
+
 from tierwise.nemo.device.base import BLOCK_SIZE, ZonedDevice
 
 
@@ -19,6 +21,9 @@ class MemoryZonedDevice(ZonedDevice):
                          max_open_zones=max_open_zones, max_active_zones=max_active_zones)
         self._map = mmap.mmap(-1, self.num_zones * self.zone_capacity)
         self._mv = memoryview(self._map)
+        # the same bytes as one uint8 array, for compiled readers (zone z at [z * zone_capacity, ...)); they must
+        # keep to written ranges and report their reads with `stats.add_reads`
+        self.array = np.frombuffer(self._map, np.uint8)
 
     def _store(self, z: int, offset: int, data) -> None:
         base = z * self.zone_capacity + offset
@@ -48,5 +53,6 @@ class MemoryZonedDevice(ZonedDevice):
         self._mv[start + self._wp[z]:start + self.zone_capacity] = bytes(self.zone_capacity - self._wp[z])
 
     def _release(self) -> None:
+        del self.array
         self._mv.release()
         self._map.close()

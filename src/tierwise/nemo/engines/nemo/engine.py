@@ -16,6 +16,7 @@ Correctness rules that make "a deleted or overwritten key is never served again"
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ import numpy as np
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo.engines import register_engine
 from tierwise.nemo.engines.base import Engine
+from tierwise.nemo.engines.nemo import core
 from tierwise.nemo.engines.nemo.config import SG_META_PAGES, NemoConfig, plan_geometry
 from tierwise.nemo.engines.nemo.format import SGHeader, SGTrailer, encode_sg_header, encode_sg_trailer, sets_crc
 from tierwise.nemo.engines.nemo.hotness import SLOTS, HotnessTracker
@@ -36,6 +38,7 @@ from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, FLAG_WRITEBACK, 
                                   page_index_of, page_positions, page_rotate_to_front, page_used, pages_tally,
                                   seal_page)
 from tierwise.nemo.metrics import Metrics
+from tierwise.nemo.native import HAVE_XXH3
 
 _T = {name: i for i, name in enumerate(TALLY_COLUMNS)}
 OLDEST, NEXT_SEQ, WAITS = range(3)
@@ -81,6 +84,18 @@ class NemoEngine(Engine):
         self._rng = np.random.default_rng(cfg.seed)
         self._page = np.empty(PAGE_SIZE, np.uint8)
         self._cmp_page = np.empty(PAGE_SIZE, np.uint8)
+        # the compiled path (core.py) serves an in-memory device with count-mode flushes; tests switch it off to
+        # check that both paths agree
+        self.compiled = HAVE_XXH3 and cfg.flush_mode == "count" and hasattr(device, "array")
+        self._cf = np.zeros(16, np.int64)
+        self._cf[[core.S, core.N, core.G, core.L, core.R, core.MB, core.K, core.MBITS, core.ZPS, core.ZCAP,
+                  core.P_TH, core.TRIES, core.WINDOW, core.WB_COLD, core.M]] = [
+            self.S, self.N, geo.group_size, geo.live_groups, geo.rows_per_page, self.filter.nbytes, self.filter.k,
+            self.filter.m_bits, geo.zones_per_sg, device.zone_capacity, math.ceil(self.p_th), self.buffers.tries,
+            self.hotness.window, int(cfg.write_back_cold), cfg.buffered_sgs]
+        self._cf[core.SEED] = np.uint64(cfg.hash_seed).astype(np.int64)
+        self._ctr = np.zeros(len(core.COUNTERS), np.int64)
+        self._zone_reads = np.zeros(device.num_zones, np.int64)
         if recover:  # rebuild the cache the device holds (tierwise.nemo.engines.nemo.recovery)
             from tierwise.nemo.engines.nemo.recovery import recover as recover_from_flash
 
@@ -116,6 +131,33 @@ class NemoEngine(Engine):
     @waits.setter
     def waits(self, n: int) -> None:
         self.st[WAITS] = n
+
+    # ---- compiled path (core.py) ---------------------------------------------------------------------------------
+
+    def core_state(self) -> tuple:
+        """The state tuple `E` the compiled functions take: the engine's own arrays, in core.py's order."""
+        b, p = self.buffers, self.pbfg
+        return (self._cf, self.st, p.st, b.pages, b.filters, b.order, p.open_rows, p.rows, p.row_group, p.slot_of,
+                p.offset_of, p.last_use, p.log.loc, self.hotness.bits, self.device.array, self._zone_reads,
+                self._ctr)
+
+    def compiled_replay(self, strict: bool):
+        """The compiled lookaside replay loop (fastreplay.py) when this engine runs compiled, else None."""
+        if not self.compiled:
+            return None
+        from tierwise.nemo.engines.nemo.fastreplay import CompiledReplay
+
+        return CompiledReplay(self, strict)
+
+    def fold_core_counters(self) -> None:
+        """Move what the compiled path counted into the metrics and the device's read counters."""
+        ctr = self._ctr
+        for i in np.flatnonzero(ctr).tolist():
+            if core.COUNTERS[i] != "device_read_ios":
+                self.metrics.count(core.COUNTERS[i], int(ctr[i]))
+        self.device.stats.add_reads(self._zone_reads, int(ctr[core.C_READ_IOS]))
+        ctr[:] = 0
+        self._zone_reads[:] = 0
 
     # ---- addressing ----------------------------------------------------------------------------------------------
 
@@ -308,6 +350,10 @@ class NemoEngine(Engine):
     def _write_back(self, v: int) -> None:
         """Hotness-aware write-back (§3.4): for offsets whose PBFG is cached, re-insert the victim's hot objects,
         then the others while space remains, into the SG about to be flushed (B[M-1])."""
+        if self.compiled:
+            core.write_back(self.core_state(), v, self.pbfg.cached_offsets(), self.pbfg._out)
+            self.fold_core_counters()
+            return
         rear = self.buffers.rear
         dst_pages, dst_filters = self.buffers.pages[rear], self.buffers.filters[rear]
         tracked = self.hotness.tracked(v, v)

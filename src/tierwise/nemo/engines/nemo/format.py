@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import crc32c
 import numpy as np
+from numba import njit
 
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo.layout import PAGE_SIZE
+from tierwise.nemo.native import crc32c as native_crc32c
 
 FORMAT_VERSION = 1
 SG_MAGIC = b"NEMOSG01"
@@ -130,3 +132,18 @@ def row_page_ok(page: np.ndarray, group: int, first_offset: int) -> bool:
     return (int.from_bytes(page[0:4].tobytes(), "little") == crc32c.crc32c(page[4:].data)
             and int.from_bytes(page[4:12].tobytes(), "little") == group
             and int.from_bytes(page[12:16].tobytes(), "little") == first_offset)
+
+
+@njit(cache=True)
+def _le(page, start, n):
+    v = np.uint64(0)
+    for i in range(n):
+        v |= np.uint64(page[start + i]) << np.uint64(8 * i)
+    return v
+
+
+@njit(cache=True)
+def row_page_valid(page, group, first_offset) -> bool:
+    """`row_page_ok` for compiled code."""
+    return (_le(page, 0, 4) == np.uint64(native_crc32c(page[4:])) and _le(page, 4, 8) == np.uint64(group)
+            and _le(page, 12, 4) == np.uint64(first_offset))
