@@ -37,6 +37,7 @@ def test_sequential_rewrites_have_dlwa_one():
         for off in range(0, ssd.capacity_bytes, len(buf)):
             ssd.write(off, buf)
     assert ssd.stats.erases > 0 and ssd.stats.dlwa < 1.02
+    assert ssd.stats.resets == ssd.stats.erases  # what the replay's warm-up watches
 
 
 @pytest.mark.parametrize("op, low", [(0.07, 2.5), (0.5, 1.1)])

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo.device import FtlSSD, MemoryZonedDevice
+from tierwise.nemo import layout
 from tierwise.nemo.engines import make_engine
 from tierwise.nemo.engines.log import key_tag
 
@@ -54,6 +55,23 @@ def test_dropped_log_object_never_exposes_an_older_set_copy():
     # ... except the update, whose stale copy in the set had to be overwritten rather than exposed
     assert engine.log.lookup(key_tag(b"victim"), b"victim") is None  # it left the log
     assert in_sets(engine, b"victim") == b"new" * 10 and engine.get(b"victim") == b"new" * 10
+
+
+@pytest.mark.parametrize("readmit", [True, False])
+def test_objects_hit_in_the_log_are_readmitted_instead_of_dropped(readmit):
+    engine = small_kangaroo(threshold=64, readmit=readmit)  # nothing reaches the threshold: only readmission saves
+    engine.set(b"hot", b"h" * 100)
+    engine.set(b"cold", b"c" * 100)
+    assert engine.get(b"hot") == b"h" * 100
+    for i in range(130):  # ~10 log pages of 13 objects: the first log zone (4 pages) is evicted, the second not yet
+        engine.set(b"filler%03d" % i, b"x" * 290)
+    c = engine.metrics.counters
+    assert engine.get(b"cold") is None and c["threshold_drops"] > 0
+    assert (engine.get(b"hot") == b"h" * 100) is readmit and c.get("readmissions", 0) == int(readmit)
+    engine.flush()
+    # the readmitted copy is written again as a copy (amplification), not as new user bytes
+    assert engine.metrics.writes.get("writeback", 0) == (layout.object_size(3, 100) if readmit else 0)
+    assert device_bytes_match(engine)
 
 
 def test_kangaroo_in_place_on_a_conventional_ssd():

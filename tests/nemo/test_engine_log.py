@@ -22,7 +22,16 @@ def test_log_index_insert_replace_remove_and_grow():
     assert sorted(ix.bucket(1)) == [(111, 9), (222, 6)]
     assert not ix.remove(1, 111, expect_loc=5)  # points elsewhere now: kept
     assert ix.remove(1, 111, expect_loc=9) and ix.lookup(1, 111) == -1
-    assert len(ix) == 2 and ix.nbytes == sum(a.nbytes for a in (ix.head, ix.tags, ix.locs, ix.nxt, ix.free))
+    assert len(ix) == 2 and ix.nbytes == sum(a.nbytes for a in (ix.head, ix.tags, ix.locs, ix.nxt))
+    assert ix.insert(2, 444, 8) and ix.insert(2, 555, 10) and ix.tags.shape[0] == 4  # the freed entry is reused
+    assert ix.insert(0, 666, 11) and ix.tags.shape[0] == 8  # then the pool grows again
+    assert len(ix) == 5 and ix.lookup(2, 555) == 10 and ix.lookup(1, 222) == 6 and ix.lookup(0, 666) == 11
+
+
+def test_log_index_locations_take_32_bits_on_small_devices():
+    assert LogIndex(4, max_loc=1 << 32).locs.dtype == np.uint32
+    big = LogIndex(4, capacity=2, max_loc=1 << 40)
+    assert big.locs.dtype == np.int64 and big.insert(0, 1, (1 << 39) + 5) and big.lookup(0, 1) == (1 << 39) + 5
 
 
 @settings(max_examples=25, deadline=None)

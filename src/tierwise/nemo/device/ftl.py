@@ -199,6 +199,9 @@ class FtlSSD(BlockDevice):
         self.stats.nand_pages_written = int(self._ctr[3])
         self.stats.gc_page_copies = int(self._ctr[4])
         self.stats.erases = int(self._ctr[5])
+        # an erase is this device's reset: the first one marks the end of the first fill, as a zone reset does on
+        # zoned devices (the replay's warm-up watches `resets`)
+        self.stats.resets = self.stats.erases
 
     @property
     def valid_pages(self) -> int:

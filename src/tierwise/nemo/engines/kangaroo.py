@@ -2,7 +2,8 @@
 
 Objects land in the log (one cheap append each). When the log's oldest zone is reclaimed, each of its live
 objects pulls every other log object of the same set; a set is rewritten only if at least `threshold` objects
-move together (threshold admission), otherwise the objects are dropped. Sets evict with RRIParoo: a 3-bit RRIP
+move together (threshold admission), otherwise the objects are dropped, except those hit while in the log, which
+are readmitted: appended to the log again (`readmit`, Kangaroo's default). Sets evict with RRIParoo: a 3-bit RRIP
 value per object on flash and one DRAM hit bit per object. Here KSet sits on zones, so its rewrites are out of
 place and zone GC multiplies them (the ZNS port the Nemo paper measured, without hot/cold separation).
 
@@ -39,7 +40,7 @@ class HierarchicalEngine(PagedEngine):
 
     def __init__(self, device, metrics, *, log_pct: float, set_op: float, victim: str, bloom_fp: float,
                  objects_per_set: float, buffer_pages: int, segment_kb: int,
-                 gc_merge: Callable[[int, np.ndarray], int] | None = None):
+                 gc_merge: Callable[[int, np.ndarray], int] | None = None, log_hits: bool = False):
         super().__init__(device, metrics)
         self.io = PageIO(device, self.metrics, segment_kb * 1024)
         log_zones, set_zones = split_zones(self.io.num_zones, log_pct)
@@ -50,7 +51,7 @@ class HierarchicalEngine(PagedEngine):
         n = self.sets.num_sets
         # the log index is bucketed by set offset (the key tag's residue), so one set's log objects are one chain
         self.log = LogTier(self, log_zones, n, lambda t: t % n, on_evict=self._on_log_evict,
-                           buffer_pages=buffer_pages)
+                           buffer_pages=buffer_pages, track_hits=log_hits)
 
     # --- the shared request paths -------------------------------------------------------------------
 
@@ -90,8 +91,9 @@ class HierarchicalEngine(PagedEngine):
         return self.log.index.lookup(self.log.bucket_of(o.tag), o.tag) == o.loc
 
     @abstractmethod
-    def _on_log_evict(self, evicted: list[LogObject]) -> None:
-        """The still-live objects of the log zone just reclaimed (their index entries are still in place)."""
+    def _on_log_evict(self, evicted: list[LogObject]) -> list[LogObject] | None:
+        """The still-live objects of the log zone just reclaimed (their index entries are still in place);
+        returns those to append to the log again."""
 
     def config(self) -> dict:
         return {"engine": self.name, "log_pct": self.log_pct, "log_pages": self.log.capacity_pages,
@@ -103,24 +105,30 @@ class HierarchicalEngine(PagedEngine):
 class KangarooEngine(HierarchicalEngine):
     name = "kangaroo"
 
-    def __init__(self, device, metrics=None, *, log_pct: float = 0.05, threshold: int = 2, set_op: float = 0.05,
-                 victim: str = "greedy", bloom_fp: float = 0.01, objects_per_set: float = 16.0,
+    def __init__(self, device, metrics=None, *, log_pct: float = 0.05, threshold: int = 2, readmit: bool = True,
+                 set_op: float = 0.05, victim: str = "greedy", bloom_fp: float = 0.01, objects_per_set: float = 16.0,
                  buffer_pages: int = 16, segment_kb: int = 256):
         if threshold < 1:
             raise TierwiseError(f"Kangaroo's admission threshold must be >= 1, got {threshold}")
-        self.threshold = threshold
+        self.threshold, self.readmit = threshold, readmit
         super().__init__(device, metrics, log_pct=log_pct, set_op=set_op, victim=victim, bloom_fp=bloom_fp,
-                         objects_per_set=objects_per_set, buffer_pages=buffer_pages, segment_kb=segment_kb)
+                         objects_per_set=objects_per_set, buffer_pages=buffer_pages, segment_kb=segment_kb,
+                         log_hits=readmit)
 
-    def _on_log_evict(self, evicted: list[LogObject]) -> None:
+    def _on_log_evict(self, evicted: list[LogObject]) -> list[LogObject]:
+        readmitted = []
         for o in evicted:
             if not self._live(o):  # already moved with an earlier object of its set
                 continue
             j = self.log.bucket_of(o.tag)
             if len(self.log.index.bucket(j)) >= self.threshold or self._older_copy_in_set(j, o):
                 self._migrate(j, self.log.take_bucket(j), "threshold")
+            elif self.readmit and self.log.index.was_hit(j, o.tag):
+                readmitted.append(o)
             else:
                 self.metrics.count("threshold_drops")
+        self.metrics.count("readmissions", len(readmitted))
+        return readmitted
 
     def _older_copy_in_set(self, j: int, o: LogObject) -> bool:
         """Dropping a log object whose key is still in its set would expose the stale copy: migrate it then."""
@@ -130,4 +138,4 @@ class KangarooEngine(HierarchicalEngine):
         return layout.page_find(self.sets.read(j, "migration"), np.frombuffer(o.key, np.uint8)) >= 0
 
     def config(self) -> dict:
-        return {**super().config(), "threshold": self.threshold}
+        return {**super().config(), "threshold": self.threshold, "readmit": self.readmit}

@@ -24,33 +24,39 @@ from tierwise.nemo.hashing import hash128
 from tierwise.nemo.layout import PAGE_HEADER, PAGE_SIZE
 
 # --- DRAM index: buckets of chained entries (tag = 64-bit key hash, loc = page id << 12 | byte position) ---
+# Free entries are chained through `nxt` too (state[0] = first free entry, -1 = pool full), so an entry costs
+# a tag, a location and one link.
 
 
 @njit(cache=True)
-def _ix_lookup(head, tags, locs, nxt, bucket, tag):
+def _ix_find(head, tags, nxt, bucket, tag):
+    """The entry of `tag` in `bucket`, or -1."""
     e = head[bucket]
     while e >= 0:
         if tags[e] == tag:
-            return locs[e]
+            return e
         e = nxt[e]
     return -1
 
 
 @njit(cache=True)
-def _ix_insert(head, tags, locs, nxt, free, state, bucket, tag, loc):
-    """Insert or replace; returns 1 (new), 0 (replaced) or -1 (pool full: caller grows it)."""
-    e = head[bucket]
-    while e >= 0:
-        if tags[e] == tag:
-            locs[e] = loc
-            return 0
-        e = nxt[e]
-    if state[0] == 0:
+def _ix_insert(head, tags, locs, nxt, hits, state, bucket, tag, loc):
+    """Insert or replace (clearing the entry's hit bit when `hits` is tracked); returns 1 (new), 0 (replaced)
+    or -1 (pool full: caller grows it)."""
+    e = _ix_find(head, tags, nxt, bucket, tag)
+    if e >= 0:
+        locs[e] = loc
+        if hits.shape[0]:
+            hits[e] = 0
+        return 0
+    e = state[0]
+    if e < 0:
         return -1
-    state[0] -= 1
-    e = free[state[0]]
+    state[0] = nxt[e]
     tags[e] = tag
     locs[e] = loc
+    if hits.shape[0]:
+        hits[e] = 0
     nxt[e] = head[bucket]
     head[bucket] = e
     state[1] += 1
@@ -58,7 +64,7 @@ def _ix_insert(head, tags, locs, nxt, free, state, bucket, tag, loc):
 
 
 @njit(cache=True)
-def _ix_remove(head, tags, locs, nxt, free, state, bucket, tag, expect_loc):
+def _ix_remove(head, tags, locs, nxt, state, bucket, tag, expect_loc):
     """Unlink tag from bucket (only if it points at expect_loc, unless expect_loc < 0)."""
     prev = -1
     e = head[bucket]
@@ -70,8 +76,8 @@ def _ix_remove(head, tags, locs, nxt, free, state, bucket, tag, expect_loc):
                 head[bucket] = nxt[e]
             else:
                 nxt[prev] = nxt[e]
-            free[state[0]] = e
-            state[0] += 1
+            nxt[e] = state[0]
+            state[0] = e
             state[1] -= 1
             return True
         prev = e
@@ -92,37 +98,58 @@ def _ix_bucket(head, tags, locs, nxt, bucket, out_tags, out_locs):
 
 
 class LogIndex:
-    """key hash -> page id, bucketed (by hash for the Log engine, by set for KLog/HLog's per-set migration)."""
+    """key hash -> page id, bucketed (by hash for the Log engine, by set for KLog/HLog's per-set migration).
+    Locations below `max_loc` are stored in 32 bits when they fit (devices up to 4 GiB). With `track_hits`, each
+    entry also has a hit flag (Kangaroo's readmission), cleared whenever the tag is (re)inserted."""
 
-    def __init__(self, num_buckets: int, capacity: int = 1024):
+    def __init__(self, num_buckets: int, capacity: int = 1024, max_loc: int = 1 << 63, track_hits: bool = False):
         self.head = np.full(num_buckets, -1, dtype=np.int32)
         self.tags = np.zeros(capacity, dtype=np.uint64)
-        self.locs = np.zeros(capacity, dtype=np.int64)
-        self.nxt = np.full(capacity, -1, dtype=np.int32)
-        self.free = np.arange(capacity - 1, -1, -1, dtype=np.int32)
-        self.state = np.array([capacity, 0], dtype=np.int64)  # [free entries, live entries]
+        self.locs = np.zeros(capacity, dtype=np.uint32 if max_loc <= 1 << 32 else np.int64)
+        self.nxt = self._free_chain(0, capacity, -1)
+        self.hits = np.zeros(capacity if track_hits else 0, dtype=np.uint8)
+        self.state = np.array([0, 0], dtype=np.int64)  # [first free entry, live entries]
         self._scratch = (np.zeros(256, dtype=np.uint64), np.zeros(256, dtype=np.int64))
+
+    @staticmethod
+    def _free_chain(first: int, end: int, then: int) -> np.ndarray:
+        """Links of entries first..end-1 chained in order, the last one pointing at `then`."""
+        chain = np.arange(first + 1, end + 1, dtype=np.int32)
+        chain[-1] = then
+        return chain
 
     def __len__(self) -> int:
         return int(self.state[1])
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.head, self.tags, self.locs, self.nxt, self.free))
+        return sum(a.nbytes for a in (self.head, self.tags, self.locs, self.nxt, self.hits))
 
     def lookup(self, bucket: int, tag: int) -> int:
-        return int(_ix_lookup(self.head, self.tags, self.locs, self.nxt, bucket, np.uint64(tag)))
+        e = _ix_find(self.head, self.tags, self.nxt, bucket, np.uint64(tag))
+        return int(self.locs[e]) if e >= 0 else -1
+
+    def mark_hit(self, bucket: int, tag: int) -> None:
+        if self.hits.shape[0]:
+            e = _ix_find(self.head, self.tags, self.nxt, bucket, np.uint64(tag))
+            if e >= 0:
+                self.hits[e] = 1
+
+    def was_hit(self, bucket: int, tag: int) -> bool:
+        e = _ix_find(self.head, self.tags, self.nxt, bucket, np.uint64(tag))
+        return e >= 0 and self.hits.shape[0] > 0 and bool(self.hits[e])
 
     def insert(self, bucket: int, tag: int, loc: int) -> bool:
         """True when the tag is new (not a replacement)."""
-        r = _ix_insert(self.head, self.tags, self.locs, self.nxt, self.free, self.state, bucket, np.uint64(tag), loc)
+        r = _ix_insert(self.head, self.tags, self.locs, self.nxt, self.hits, self.state, bucket, np.uint64(tag), loc)
         if r < 0:
             self._grow()
-            r = _ix_insert(self.head, self.tags, self.locs, self.nxt, self.free, self.state, bucket, np.uint64(tag), loc)
+            r = _ix_insert(self.head, self.tags, self.locs, self.nxt, self.hits, self.state, bucket, np.uint64(tag),
+                           loc)
         return r == 1
 
     def remove(self, bucket: int, tag: int, expect_loc: int = -1) -> bool:
-        return bool(_ix_remove(self.head, self.tags, self.locs, self.nxt, self.free, self.state, bucket, np.uint64(tag), expect_loc))
+        return bool(_ix_remove(self.head, self.tags, self.locs, self.nxt, self.state, bucket, np.uint64(tag), expect_loc))
 
     def bucket(self, bucket: int) -> list[tuple[int, int]]:
         """All (tag, loc) entries of one bucket."""
@@ -135,16 +162,12 @@ class LogIndex:
 
     def _grow(self) -> None:
         old = self.tags.shape[0]
-        new = 2 * old
-        self.tags = np.concatenate([self.tags, np.zeros(old, dtype=np.uint64)])
-        self.locs = np.concatenate([self.locs, np.zeros(old, dtype=np.int64)])
-        self.nxt = np.concatenate([self.nxt, np.full(old, -1, dtype=np.int32)])
-        free = np.empty(new, dtype=np.int32)
-        nfree = int(self.state[0])
-        free[:nfree] = self.free[:nfree]
-        free[nfree : nfree + old] = np.arange(new - 1, old - 1, -1, dtype=np.int32)
-        self.free = free
-        self.state[0] = nfree + old
+        self.tags = np.concatenate([self.tags, np.zeros(old, dtype=self.tags.dtype)])
+        self.locs = np.concatenate([self.locs, np.zeros(old, dtype=self.locs.dtype)])
+        self.nxt = np.concatenate([self.nxt, self._free_chain(old, 2 * old, int(self.state[0]))])
+        if self.hits.shape[0]:
+            self.hits = np.concatenate([self.hits, np.zeros(old, dtype=np.uint8)])
+        self.state[0] = old
 
 
 # --- page I/O with the shared accounting ---------------------------------------------------------------
@@ -311,7 +334,9 @@ class LogTier:
 
     Pages fill in a DRAM segment buffer of `buffer_pages` pages that is appended in one write. `bucket_of(tag)`
     picks the index bucket; `on_evict(objects)` receives the still-live objects of an evicted zone (after the
-    zone was reset) and may call `take_bucket` to pull other log objects of the same bucket.
+    zone was reset) and may call `take_bucket` to pull other log objects of the same bucket; the objects it
+    returns are appended to the log again (Kangaroo's readmission), once the eviction is complete. With
+    `track_hits` the index remembers which entries were hit since they were written.
     """
 
     def __init__(
@@ -321,16 +346,17 @@ class LogTier:
         num_buckets: int,
         bucket_of: Callable[[int], int],
         *,
-        on_evict: Callable[[list[LogObject]], None] | None = None,
+        on_evict: Callable[[list[LogObject]], list[LogObject] | None] | None = None,
         buffer_pages: int = 16,
         cause: str = "log",
+        track_hits: bool = False,
     ):
         if len(zones) < 2:
             raise TierwiseError(f"a log needs at least 2 zones, got {len(zones)}")
         self.io, self.cause = engine.io, cause
         self.ppz = engine.io.ppz
         self.zones = list(zones)
-        self.index = LogIndex(num_buckets)
+        self.index = LogIndex(num_buckets, max_loc=engine.io.num_zones * self.ppz << POS_BITS, track_hits=track_hits)
         self.bucket_of = bucket_of
         self.on_evict = on_evict
         self.seg = layout.new_pages(max(1, min(buffer_pages, self.ppz)))
@@ -357,12 +383,12 @@ class LogTier:
     def insert(self, tag: int, key: bytes, value: bytes, flags: int = 0) -> None:
         """Append an object; an older copy anywhere in the log (even in the open page) just stops being indexed."""
         k, v = as_u8(key), as_u8(value)
-        page = self.seg[self.nbuf]
-        pos = PAGE_HEADER + layout.page_used(page)
-        if not layout.page_append(page, k, v, flags):
+        while True:  # closing a page may evict a zone whose readmitted objects then fill the next page
+            page = self.seg[self.nbuf]
+            pos = PAGE_HEADER + layout.page_used(page)
+            if layout.page_append(page, k, v, flags):
+                break
             self._close_page()
-            pos = PAGE_HEADER
-            layout.page_append(self.seg[self.nbuf], k, v, flags)
         self.index.insert(self.bucket_of(tag), tag, self._open_pid() << POS_BITS | pos)
 
     def remove(self, tag: int) -> bool:
@@ -397,11 +423,12 @@ class LogTier:
         if not self.free:
             evicted = self._evict_oldest()
         self.zone, self.wp = self.free.popleft(), 0
-        if evicted and self.on_evict is not None:
-            self.on_evict(evicted)
+        readmit = self.on_evict(evicted) if evicted and self.on_evict is not None else None
         for o in evicted:  # whatever the owner did not take is dropped
             self.index.remove(self.bucket_of(o.tag), o.tag, o.loc)
         self._evicting.clear()  # the zone may be reused right away: its old pages must not shadow new ones
+        for o in readmit or ():  # appended again, as copies (write amplification, not user bytes)
+            self.insert(o.tag, o.key, o.value, layout.FLAG_WRITEBACK)
 
     def _evict_oldest(self) -> list[LogObject]:
         victim = self.live.popleft()
@@ -434,7 +461,10 @@ class LogTier:
         if loc < 0:
             return None
         o = layout.object_at(self._page(loc >> POS_BITS, "get"), loc & POS_MASK)
-        return o.value if o.key == key else None  # a different key with the same 64-bit tag: a miss
+        if o.key != key:
+            return None  # a different key with the same 64-bit tag: a miss
+        self.index.mark_hit(self.bucket_of(tag), tag)
+        return o.value
 
     def take_bucket(self, bucket: int) -> list[LogObject]:
         """Remove and return every log object of one bucket (reads each page once)."""

@@ -28,7 +28,9 @@ from tierwise.nemo.layout import PAGE_HEADER
 RRIP_SHIFT = 5
 RRIP_MAX = 7
 RRIP_NEW = RRIP_MAX - 1
-HIT_SLOTS = 64  # DRAM hit bits per set (one per object slot, a uint64 per set)
+# DRAM hit bits per set: one per object slot for the first 16 objects, a uint16 per set (Kangaroo's RripBitVector
+# tracks 16 objects per bucket; a 4 KB set holds ~16 objects of the ~250 B twitter-merged size)
+HIT_SLOTS = 16
 
 
 @njit(cache=True)
@@ -116,7 +118,7 @@ def promote_hits(page, hits) -> None:
     """RRIParoo: objects hit since the set was last written move to the near end (RRIP 0)."""
     positions = layout.page_positions(page)
     for i in range(min(positions.shape[0], HIT_SLOTS)):
-        if (hits >> np.uint64(i)) & np.uint64(1):
+        if (np.int64(hits) >> i) & 1:
             _set_rrip(page, positions[i], 0)
 
 
@@ -161,14 +163,15 @@ class SetTier:
                 f"set OP {op} leaves {phys - self.num_sets} spare pages over {len(zones)} zones of {self.ppz} pages; "
                 f"zone GC needs at least 2 zones' worth ({2 * self.ppz}): raise the OP or use smaller zones")
         self.op, self.rrip, self.victim, self.gc_merge = op, rrip, victim, gc_merge
-        self.loc = np.full(self.num_sets, -1, np.int32)  # set -> page id (zone * ppz + page), -1 = empty
-        self.owner = np.full(engine.io.num_zones * self.ppz, -1, np.int32)  # page id -> set, -1 = stale
+        # set -> page id (zone * ppz + page), -1 = empty. No reverse map: GC finds a victim zone's valid sets as
+        # those whose location points into it (FairyWREN reads each page's set id from flash for the same answer).
+        self.loc = np.full(self.num_sets, -1, np.int32)
         self.valid = np.zeros(engine.io.num_zones, np.int64)  # valid sets per zone
         self.free: deque[int] = deque(zones)
         self.closed: deque[int] = deque()  # full zones, oldest first
         self.zone, self.wp = self.free.popleft(), 0
         self.bloom = BloomArray(self.num_sets, FilterParams.for_objects(objects_per_set, bloom_fp))
-        self.hits = np.zeros(self.num_sets, np.uint64) if rrip else None
+        self.hits = np.zeros(self.num_sets, np.uint16) if rrip else None
         self._evicted = np.zeros(2, np.int64)  # objects, key+value bytes pushed out of sets
         self._fills: list[float] = []
         self.counts = np.zeros(self.num_sets, np.int32)  # objects per set, for object_count (reporting only)
@@ -191,7 +194,7 @@ class SetTier:
         if self.hits is not None:
             slot = int(np.searchsorted(layout.page_positions(page), pos))
             if slot < HIT_SLOTS:
-                self.hits[j] |= np.uint64(1) << np.uint64(slot)
+                self.hits[j] |= 1 << slot
         return layout.object_at(page, pos).value
 
     def read(self, j: int, cause: str) -> np.ndarray:
@@ -257,7 +260,7 @@ class SetTier:
     def _append(self, j: int, page: np.ndarray, added: int, new_kv: int, new_objects: int) -> None:
         p = self.io.write(self.zone, page[None, :], new_kv, new_objects)
         pid = self.zone * self.ppz + p
-        self.loc[j], self.owner[pid] = pid, j
+        self.loc[j] = pid
         self.valid[self.zone] += 1
         self.wp += 1
         self._record_fill(added)
@@ -276,7 +279,6 @@ class SetTier:
     def _invalidate(self, j: int) -> None:
         pid = int(self.loc[j])
         if pid >= 0:
-            self.owner[pid] = -1
             self.valid[pid // self.ppz] -= 1
             self.loc[j] = -1
 
@@ -305,7 +307,8 @@ class SetTier:
             self.closed.remove(victim)
         self.metrics.count("gc_zones")
         base = victim * self.ppz
-        live = [(p, int(self.owner[base + p])) for p in range(self.ppz) if self.owner[base + p] >= 0]
+        in_victim = np.flatnonzero((self.loc >= base) & (self.loc < base + self.ppz))
+        live = sorted((int(self.loc[j]) - base, int(j)) for j in in_victim)
         if live:
             pages = self.io.read(victim, 0, self.ppz, "gc")
             for p, j in live:
@@ -334,7 +337,7 @@ class SetTier:
     def dram_bytes(self, name: str) -> dict[str, int]:
         out = {f"{name}_bloom": self.bloom.nbytes}
         if not self.in_place:  # in place, a set's address is its number: no map
-            out[f"{name}_location_map"] = self.loc.nbytes + self.owner.nbytes
+            out[f"{name}_location_map"] = self.loc.nbytes
         if self.hits is not None:
             out[f"{name}_hit_bits"] = self.hits.nbytes
         return out
