@@ -177,8 +177,10 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
                                     f"DRAM, more than --dram-mb {spec.dram_mb}")
             timed = TimedEngine(engine, spec.warm_capacities * dev.capacity_bytes)
             reader = open_trace(spec.trace)
+            # every request goes through `timed` (no compiled replay loop): the steady-state mark, the latencies and
+            # the read amplification then follow one rule on every device, so mem and file runs agree
             result = replay(timed, reader, ReplayOptions(sample_every=spec.sample_every, warmup=spec.warmup,
-                                                         limit=spec.requests, progress=False),
+                                                         limit=spec.requests, progress=False, compiled=False),
                             total=getattr(reader, "total", None))
             engine.close()
         finally:
@@ -272,14 +274,15 @@ def _spec(st: BenchSettings, name: str, device: str | None, **over) -> RunSpec:
 
 
 def ablation_p_th(st: BenchSettings) -> int:
-    """p_th of the ablation's delayed-flush rows: the bench's `--opt nemo.flush_threshold` if given, else S/8.
+    """p_th of the ablation's delayed-flush rows: the bench's `--opt nemo.flush_threshold` if given, else S/2.
 
     nemo.md §11 keeps p_th at 1.5% of S (4096 of 275,712 sets), which rounds to 1 (no delay at all) below
-    S ~ 100 sets per SG; S/8 puts B+P at the paper's ~64% fill at laptop S (see docs/results-nemo.md)."""
+    S ~ 100 sets per SG; S/2 brings B+P+W to the paper's ~89% SG fill at laptop S (docs/results-nemo.md,
+    "Comparison")."""
     from tierwise.nemo.engines.nemo.config import SG_META_PAGES
 
     given = st.options.get("nemo", {}).get("flush_threshold")
-    return int(given) if given else max(1, round((st.nemo_zone_kb * 1024 // 4096 - SG_META_PAGES) / 8))
+    return int(given) if given else max(1, round((st.nemo_zone_kb * 1024 // 4096 - SG_META_PAGES) / 2))
 
 
 def bench(st: BenchSettings, *, executor: str = "process", workers: int | None = None, address: str | None = None,
