@@ -20,7 +20,7 @@ DEMO = BenchSettings(
     nemo_zone_kb=128,
     sample_every=20_000,
     cache_sizes=(),  # no miss-ratio curve: it would double the run time
-    options={"nemo": {"flush_threshold": 4}},  # p_th = S/8 for S = 30 sets per SG (see ablation_p_th)
+    options={"nemo": {"flush_threshold": 15}},  # p_th = S/2 for S = 30 sets per SG (see ablation_p_th)
 )
 
 

@@ -3,7 +3,7 @@
 - `value_start`: values are deterministic bytes per (key id, version): a slice of one fixed random pool starting at
   a mix of both, so a hit can be checked byte for byte without storing values.
 - `spell_key`: the key bytes of a key id (the same bytes as `tierwise.nemo.traces.request.key_bytes`).
-- `VersionTable`: key id -> (version, value size) the cache should hold, an open-addressing table in arrays.
+- `VersionTable`: key id -> (version, value size) the cache should hold, an open-addressing table in one array.
 """
 
 from __future__ import annotations
@@ -51,67 +51,60 @@ def spell_key(key_id, size, out) -> None:
         out[pos] = 46  # '.'
 
 
+# VersionTable rows: [key id, version + 1 (0 = empty row), value size, unused]: one 32-byte row per probe
+_KEY, _VER, _SIZE = 0, 1, 2
+
+
 @njit(cache=True)
-def _slot(keys, used, key_id) -> int:
-    """The slot holding `key_id`, or the empty slot where it goes (linear probing; the table is never full)."""
-    mask = keys.shape[0] - 1
-    h = np.uint64(key_id) * _M1
+def slot_of(rows, key_id) -> int:
+    """The row holding `key_id`, or the empty row where it goes (linear probing; the table is never full)."""
+    mask = rows.shape[0] - 1
+    kid = np.uint64(key_id)
+    h = kid * _M1
     i = np.int64((h ^ (h >> np.uint64(29))) & np.uint64(mask))
-    while used[i] and keys[i] != key_id:
+    while rows[i, _VER] != 0 and rows[i, _KEY] != kid:
         i = (i + 1) & mask
     return i
 
 
 @njit(cache=True)
-def _rehash(keys, used, versions, sizes, new_keys, new_used, new_versions, new_sizes) -> None:
-    for i in range(keys.shape[0]):
-        if used[i]:
-            s = _slot(new_keys, new_used, keys[i])
-            new_keys[s], new_used[s], new_versions[s], new_sizes[s] = keys[i], True, versions[i], sizes[i]
+def version_at(rows, slot, default_size):
+    """(version, value size) in row `slot`, or (0, default_size) for an empty row (a key never seen)."""
+    if rows[slot, _VER] == 0:
+        return 0, default_size
+    return np.int64(rows[slot, _VER]) - 1, np.int64(rows[slot, _SIZE])
+
+
+@njit(cache=True)
+def store_at(rows, count, slot, key_id, version, size) -> None:
+    if rows[slot, _VER] == 0:
+        rows[slot, _KEY] = np.uint64(key_id)
+        count[0] += 1
+    rows[slot, _VER] = np.uint64(version + 1)
+    rows[slot, _SIZE] = np.uint64(size)
+
+
+@njit(cache=True)
+def _rehash(rows, new_rows) -> None:
+    for i in range(rows.shape[0]):
+        if rows[i, _VER] != 0:
+            new_rows[slot_of(new_rows, rows[i, _KEY])] = rows[i]
 
 
 class VersionTable:
-    """key id -> (version, value size); compiled code uses `lookup` / `store` on the arrays (`arrays()`)."""
+    """key id -> (version, value size) the cache should hold, for compiled replay loops (`slot_of`, `version_at`,
+    `store_at` on `rows` and `count`)."""
 
     def __init__(self, capacity: int = 1 << 16):
-        self._alloc(capacity)
+        self.rows = np.zeros((capacity, 4), np.uint64)
         self.count = np.zeros(1, np.int64)
-
-    def _alloc(self, capacity: int) -> None:
-        self.keys = np.zeros(capacity, np.uint64)
-        self.used = np.zeros(capacity, np.bool_)
-        self.versions = np.zeros(capacity, np.int64)
-        self.sizes = np.zeros(capacity, np.int64)
 
     def reserve(self, more: int) -> None:
         """Room for `more` new keys at a load factor of at most 1/2."""
-        cap = self.keys.shape[0]
+        cap = self.rows.shape[0]
         while 2 * (int(self.count[0]) + more) > cap:
             cap *= 2
-        if cap != self.keys.shape[0]:
-            old = self.arrays()
-            self._alloc(cap)
-            _rehash(*old[:4], *self.arrays()[:4])
-
-    def arrays(self) -> tuple:
-        return self.keys, self.used, self.versions, self.sizes, self.count
-
-
-@njit(cache=True)
-def lookup(table, key_id, default_size):
-    """(version, value size) of `key_id`, or (0, default_size) if never seen."""
-    keys, used, versions, sizes, _ = table
-    s = _slot(keys, used, key_id)
-    if used[s]:
-        return versions[s], sizes[s]
-    return 0, default_size
-
-
-@njit(cache=True)
-def store(table, key_id, version, size) -> None:
-    keys, used, versions, sizes, count = table
-    s = _slot(keys, used, key_id)
-    if not used[s]:
-        keys[s], used[s] = key_id, True
-        count[0] += 1
-    versions[s], sizes[s] = version, size
+        if cap != self.rows.shape[0]:
+            rows = np.zeros((cap, 4), np.uint64)
+            _rehash(self.rows, rows)
+            self.rows = rows

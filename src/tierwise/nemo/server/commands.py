@@ -22,6 +22,8 @@ from tierwise.nemo.server.protocol import MS_MODES, Limits, Request, stats_reply
 TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
 NOT_STORED_BY_ENGINE = b"SERVER_ERROR out of memory storing object\r\n"
 _MAX_U64 = (1 << 64) - 1
+# counter names by lookup kind, indexed by "missed": no string formatting per request
+_HIT_MISS = {s: (f"{s}_hits", f"{s}_misses") for s in ("get", "delete", "incr", "decr", "touch")}
 
 
 class CommandHandler:
@@ -74,6 +76,14 @@ class CommandHandler:
         except Exception as e:
             return self._failed(e)
 
+    def run_set(self, key: bytes, flags: int, exptime: int, data: bytes) -> bytes:
+        """`set` with valid fields (`protocol.single_set`), recognised by the server without building a Request."""
+        try:
+            self.counters["cmd_set"] += 1
+            return self._write(key, flags, exptime, data)
+        except Exception as e:
+            return self._failed(e)
+
     def _failed(self, e: Exception) -> bytes:
         if isinstance(e, TierwiseError):  # e.g. the device refused an I/O: report it, keep serving
             return b"SERVER_ERROR %s\r\n" % str(e).encode("utf-8", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
@@ -94,7 +104,7 @@ class CommandHandler:
         if item.cas < self.flush_threshold:
             self.counters["get_flushed"] += 1
             return None
-        if item.expired(self.now):
+        if item.exptime and item.exptime <= self.now:  # 0 = never expires
             self.counters["get_expired"] += 1
             return None
         return item
@@ -102,7 +112,7 @@ class CommandHandler:
     def _find(self, key: bytes, stat: str) -> Item | None:
         """lookup() that counts `<stat>_hits` / `<stat>_misses`."""
         item = self.lookup(key)
-        self.counters[f"{stat}_misses" if item is None else f"{stat}_hits"] += 1
+        self.counters[_HIT_MISS[stat][item is None]] += 1
         return item
 
     def _put(self, key: bytes, item: Item) -> bool:
@@ -126,10 +136,13 @@ class CommandHandler:
 
     # ---- classic commands ----------------------------------------------------------------------------------------
     def _get_one(self, key: bytes) -> bytes:
-        self.counters["cmd_get"] += 1
-        item = self._find(key, "get")
+        c = self.counters
+        c["cmd_get"] += 1
+        item = self.lookup(key)
         if item is None:
+            c["get_misses"] += 1
             return b"END\r\n"
+        c["get_hits"] += 1
         return b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key, item.flags, len(item.data), item.data)
 
     def _get(self, req: Request) -> bytes:

@@ -31,9 +31,6 @@ class Item:
     cas: int
     data: bytes
 
-    def expired(self, now: float) -> bool:
-        return self.exptime != 0 and self.exptime <= now
-
 
 def pack(item: Item) -> bytes:
     if not item.flags and not item.exptime:  # the common case, one concatenation
@@ -51,11 +48,11 @@ def pack(item: Item) -> bytes:
 
 def unpack(blob: bytes) -> Item:
     """Decode a stored value. A value the server did not write (wrong shape, too short) raises TierwiseError."""
+    if len(blob) >= 9 and blob[0] == 0:  # the common shape (no flags, no exptime), checked first: every get hit
+        return Item(0, 0, _U64.unpack_from(blob, 1)[0], blob[9:])
     if not blob or blob[0] & ~(_HAS_FLAGS | _HAS_EXPTIME):
         raise TierwiseError("stored value is not a tierwise memcached item (bad header byte)")
     shape = blob[0]
-    if shape == 0 and len(blob) >= 9:
-        return Item(0, 0, _U64.unpack_from(blob, 1)[0], blob[9:])
     pos = 1
     flags = exptime = 0
     try:

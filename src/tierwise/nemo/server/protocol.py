@@ -63,6 +63,27 @@ def single_get_key(line: bytes, max_key: int) -> bytes | None:
     return None
 
 
+def single_set(data: bytes, limits: Limits) -> tuple[bytes, int, int, bytes] | None:
+    """(key, flags, exptime, value) when `data` is exactly one valid `set <key> <flags> <exptime> <bytes>` line and
+    its data block, as simple clients send a set; else None, and the general parser handles the bytes (errors,
+    noreply, negative exptime and partial reads included). Accepts nothing that parser would read differently."""
+    if data[-2:] != b"\r\n":
+        return None
+    nl = data.find(b"\r\n")  # found: the line's own CRLF or the block's; a bare LF lands in a token and fails it
+    tokens = data[4:nl].split(b" ")
+    if len(tokens) != 4:
+        return None
+    key, flags, exptime, nbytes = tokens
+    n = _uint(nbytes, 31)
+    if n is None or n > limits.max_value or not _valid_key(key, limits):
+        return None
+    f = _uint(flags, 32)
+    e = _uint(exptime, 63)
+    if f is None or e is None:
+        return None
+    return key, f, e, data[nl + 2:-2]
+
+
 def _uint(tok: bytes, bits: int) -> int | None:
     if not tok.isdigit() or len(tok) > 20:
         return None
@@ -91,15 +112,15 @@ class Parser:
         self._swallow = 0  # bytes of a rejected data block still to discard
         self._skip_line = False  # discarding the rest of an over-long line
         self.closed = False  # `quit` seen: ignore everything after it
+        self.idle = True  # at a command boundary with nothing buffered: the next bytes start a new command
 
     @property
     def buffered(self) -> int:
         return len(self.buf)
 
-    @property
-    def idle(self) -> bool:
-        """At a command boundary with nothing buffered: the next bytes start a new command."""
-        return not self.buf and self._pending is None and not self._swallow and not self._skip_line \
+    def _update_idle(self) -> None:
+        # An attribute, not a property: the server checks it on every read.
+        self.idle = not self.buf and self._pending is None and not self._swallow and not self._skip_line \
             and not self.closed
 
     def feed(self, data: bytes) -> None:
@@ -110,6 +131,7 @@ class Parser:
             self._swallow -= n
             data = data[n:]
         self.buf += data
+        self._update_idle()
 
     def parse(self, max_requests: int = 1 << 30) -> list[Request]:
         out: list[Request] = []
@@ -164,6 +186,7 @@ class Parser:
                 if req.cmd == b"quit":
                     self.closed = True
         del buf[:pos]
+        self._update_idle()
         return out
 
     # One command line -> a Request. A storage command carries its data length in `delta` until its block arrives.

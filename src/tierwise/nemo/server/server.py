@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tierwise.nemo.server.commands import CommandHandler
-from tierwise.nemo.server.protocol import Limits, Parser, Request, single_get_key
+from tierwise.nemo.server.protocol import Limits, Parser, Request, single_get_key, single_set
 
 
 @dataclass
@@ -62,13 +62,10 @@ class Connection(asyncio.Protocol):
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
-        server = self.server
-        if data[-2:] == b"\r\n" and data.find(b"\n") == len(data) - 1 and self.parser.idle and not self.busy \
-                and not self.write_paused and not server.engine_thread:
-            key = single_get_key(data[:-2], server.config.limits.max_key)
-            if key is not None:  # the whole read is one plain get: answer it without the general path
-                server.handler.begin_batch()
-                self.transport.write(server.handler.run_get(key))
+        if self.parser.idle and self.server.inline and not self.write_paused:
+            reply = self.server.quick_reply(data)
+            if reply is not None:
+                self.transport.write(reply)
                 return
         self.parser.feed(data)
         if self.busy or self.write_paused:
@@ -112,7 +109,7 @@ class Connection(asyncio.Protocol):
                 elif not self.reading:
                     self._set_reading(True)
                 return
-            if server.engine_thread:
+            if not server.inline:
                 self.busy = True
                 server.submit(self, reqs)
                 return
@@ -141,7 +138,7 @@ class MemcacheServer:
     def __init__(self, handler: CommandHandler, config: ServerConfig, *, durable=lambda: 0, lag: int = 0):
         self.handler = handler
         self.config = config
-        self.engine_thread = config.engine_thread
+        self.inline = not config.engine_thread  # read on every request: an attribute, not config.engine_thread
         self.durable = durable
         self.lag = lag
         self.conns: set[Connection] = set()
@@ -172,13 +169,32 @@ class MemcacheServer:
                                              rejected_connections=self.rejected_conns)
 
     # ---- running requests ----------------------------------------------------------------------------------------
+    def quick_reply(self, data: bytes) -> bytes | None:
+        """The reply to a read that holds exactly one plain `get <key>`, or one `set` line with its data block (what
+        a client waiting for each reply sends), run without the general parser; None for anything else, which the
+        general parser then handles (errors included)."""
+        handler = self.handler
+        head = data[:4]
+        if head == b"get ":
+            key = single_get_key(data[:-2], self.config.limits.max_key) if data[-2:] == b"\r\n" else None
+            if key is not None:
+                handler.begin_batch()
+                return handler.run_get(key)
+        elif head == b"set ":
+            fields = single_set(data, self.config.limits)
+            if fields is not None:
+                handler.begin_batch()
+                reply = handler.run_set(*fields)
+                self._commit_journal()
+                return reply
+        return None
+
     def run_requests(self, reqs: list[Request]) -> bytes:
         """Run the requests of one connection; the journal is written before the reply leaves."""
         handler = self.handler
         handler.begin_batch()
         reply = handler.run(reqs[0]) if len(reqs) == 1 else b"".join([handler.run(r) for r in reqs])
-        if handler.journal is not None and handler.journal.pending:
-            self._commit_journal()
+        self._commit_journal()
         return reply
 
     def run_batch(self, batch: list[list[Request]]) -> list[bytes]:
@@ -187,15 +203,16 @@ class MemcacheServer:
         handler.begin_batch()
         run = handler.run
         replies = [b"".join([run(r) for r in reqs]) for reqs in batch]
-        if handler.journal is not None and handler.journal.pending:
-            self._commit_journal()
+        self._commit_journal()
         return replies
 
     def _commit_journal(self) -> None:
+        """Write the journal records of the requests just run: before their replies leave."""
         journal = self.handler.journal
-        durable = self.durable()
-        journal.commit(durable)
-        journal.retire(durable, self.lag)
+        if journal is not None and journal.pending:
+            durable = self.durable()
+            journal.commit(durable)
+            journal.retire(durable, self.lag)
 
     def submit(self, conn: Connection, reqs: list[Request]) -> None:
         self._queue.append((conn, reqs))

@@ -6,7 +6,9 @@ millions of requests a second (`tierwise.nemo.engines.nemo.fastreplay`). The two
 equal: every function below names the `NemoEngine` method it mirrors, and `tests/nemo/test_engine_nemo_core.py`
 replays the same trace both ways and requires identical metrics, device counters and flash contents.
 
-All state is the engine's own arrays, passed as one tuple `E` (indices below); nothing is copied. SG flushes stay
+All state is the engine's own arrays, passed as one tuple `E` (indices below); nothing is copied. Each function
+binds the members it uses to locals first: numba code that indexes the tuple inside expressions (call arguments,
+return values) runs several times slower. SG flushes stay
 in Python (they are rare: one per ~S x 15 inserts): an insert that needs one returns NEED_FLUSH and the caller
 flushes, then calls `insert_after_flush`.
 """
@@ -19,7 +21,7 @@ from numba import njit
 from tierwise.nemo.engines.nemo.format import row_page_valid
 from tierwise.nemo.engines.nemo.pbfg import CLOCK, OPEN_GROUP, OPEN_MEMBERS, _candidates, locate_page, take_slot
 from tierwise.nemo.engines.nemo.setgroup import buffers_find, buffers_insert, buffers_remove, sacrifice
-from tierwise.nemo.hashing import bloom_positions
+from tierwise.nemo.hashing import bloom_positions_into
 from tierwise.nemo.index.bloom import filter_add
 from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, FLAG_WRITEBACK, OBJ_HEADER, PAGE_HEADER, PAGE_SIZE,
                                   obj_flags_at, obj_size_at, obj_value_span, page_copy_object, page_crc_valid,
@@ -29,7 +31,7 @@ from tierwise.nemo.native import xxh3_128
 
 # E: the engine state tuple (built by NemoEngine._core_state)
 (CF, ST, PST, PAGES, FILTERS, ORDER, OPEN_ROWS, ROWS, ROW_GROUP, SLOT_OF, OFFSET_OF, LAST_USE, LOC, HOT, DEV, ZREAD,
- CTR) = range(17)
+ CTR, POS) = range(18)
 # CF: configuration, int64
 (S, N, G, L, R, MB, K, MBITS, ZPS, ZCAP, P_TH, TRIES, WINDOW, WB_COLD, SEED, M) = range(16)
 # ST: the engine's scalars (engine.OLDEST, NEXT_SEQ, WAITS)
@@ -49,22 +51,25 @@ SLOTS = 16  # hotness bits per (SG, set): tierwise.nemo.engines.nemo.hotness.SLO
 
 @njit(cache=True)
 def key_hash(E, key):
-    """(set offset j, Bloom positions) of `key` (hashing.key_hash + bloom_positions)."""
-    cf = E[CF]
+    """(set offset j, Bloom positions) of `key` (hashing.key_hash + bloom_positions); the positions live in the
+    scratch array E[POS] until the next call."""
+    cf, pos = E[CF], E[POS]
     lo, hi = xxh3_128(key, np.uint64(cf[SEED]))
     j = np.int64(lo % np.uint64(cf[S]))
     h1 = np.int64(hi & np.uint64(0xFFFFFFFF))
     h2 = np.int64((hi >> np.uint64(32)) | np.uint64(1))
-    return j, bloom_positions(h1, h2, cf[K], cf[MBITS])
+    bloom_positions_into(h1, h2, cf[MBITS], pos)
+    return j, pos
 
 
 @njit(cache=True)
 def read_page(E, zone, offset):
     """A page of the device as a view (no copy), counted as one device read (ZonedDevice.read_into)."""
-    E[ZREAD][zone] += PAGE_SIZE
-    E[CTR][C_READ_IOS] += 1
-    base = zone * E[CF][ZCAP] + offset
-    return E[DEV][base:base + PAGE_SIZE]
+    cf, dev, zread, ctr = E[CF], E[DEV], E[ZREAD], E[CTR]
+    zread[zone] += PAGE_SIZE
+    ctr[C_READ_IOS] += 1
+    base = zone * cf[ZCAP] + offset
+    return dev[base:base + PAGE_SIZE]
 
 
 @njit(cache=True)
@@ -79,32 +84,34 @@ def read_set(E, seq, j):
 @njit(cache=True)
 def fetch_rows(E, j, lo):
     """Read row j of every written group covering live SGs into an LRU slot; (slot, pages read) (PBFG._fetch)."""
-    cf, pst = E[CF], E[PST]
-    slot = take_slot(E[OFFSET_OF], E[SLOT_OF], E[LAST_USE], pst)
-    E[SLOT_OF][j] = slot
-    E[OFFSET_OF][slot] = j
-    E[ROW_GROUP][slot, :] = -1
+    cf, pst, rows, row_group, slot_of, offset_of = E[CF], E[PST], E[ROWS], E[ROW_GROUP], E[SLOT_OF], E[OFFSET_OF]
+    last_use, loc = E[LAST_USE], E[LOC]
+    slot = take_slot(offset_of, slot_of, last_use, pst)
+    slot_of[j] = slot
+    offset_of[slot] = j
+    row_group[slot, :] = -1
     first = (j // cf[R]) * cf[R]
     rb = cf[G] * cf[MB]
     start = 16 + (j - first) * rb  # format.INDEX_ROW_HEADER
     reads = 0
     for g in range(max(0, lo // cf[G]), pst[OPEN_GROUP]):
-        z, off = locate_page(E[LOC], g, 1 + j // cf[R])
+        z, off = locate_page(loc, g, 1 + j // cf[R])
         page = read_page(E, z, off)
         reads += 1
         if row_page_valid(page, g, first):
-            E[ROWS][slot, g % cf[L]] = page[start:start + rb]
+            rows[slot, g % cf[L]] = page[start:start + rb]
         else:  # torn/corrupt index page: every member may hold the key (extra reads, never a stale hit)
-            E[ROWS][slot, g % cf[L]] = 0xFF
-        E[ROW_GROUP][slot, g % cf[L]] = g
+            rows[slot, g % cf[L]] = 0xFF
+        row_group[slot, g % cf[L]] = g
     return slot, reads
 
 
 @njit(cache=True)
 def candidates(E, j, positions, lo, hi, fetch, out):
     """(count of SG seqs in `out`, index pages read); count -1 = uncached PBFG without `fetch` (PBFG.candidates)."""
-    cf, pst = E[CF], E[PST]
-    slot = E[SLOT_OF][j]
+    cf, pst, slot_of, last_use, rows_all, groups_all = E[CF], E[PST], E[SLOT_OF], E[LAST_USE], E[ROWS], E[ROW_GROUP]
+    open_rows = E[OPEN_ROWS]
+    slot = slot_of[j]
     pages = 0
     if slot < 0:
         if fetch:
@@ -113,26 +120,26 @@ def candidates(E, j, positions, lo, hi, fetch, out):
             return -1, 0
     if slot >= 0:
         pst[CLOCK] += 1
-        E[LAST_USE][slot] = pst[CLOCK]
-        rows, groups = E[ROWS][slot], E[ROW_GROUP][slot]
+        last_use[slot] = pst[CLOCK]
+        rows, groups = rows_all[slot], groups_all[slot]
     else:
-        rows, groups = E[ROWS][0][:0], E[ROW_GROUP][0][:0]
-    n = _candidates(E[OPEN_ROWS][j], pst[OPEN_GROUP], pst[OPEN_MEMBERS], rows, groups, cf[G], cf[MB], positions,
+        rows, groups = rows_all[0][:0], groups_all[0][:0]
+    n = _candidates(open_rows[j], pst[OPEN_GROUP], pst[OPEN_MEMBERS], rows, groups, cf[G], cf[MB], positions,
                     lo, hi, out)
     return n, pages
 
 
 @njit(cache=True)
 def get(E, key, out):
-    """NemoEngine.get. Returns (where, value start, value length): where = -1 miss, 0..M-1 the buffer row (page
-    j of it), M the flash page `page` (a view of the device, also returned)."""
-    cf, st, ctr = E[CF], E[ST], E[CTR]
+    """NemoEngine.get. Returns (where, value start, value length, page): where = -1 miss, 0..M-1 the buffer row
+    whose set page `page` holds the value, M a flash page (`page` is then a view of the device)."""
+    cf, st, ctr, pages, order, hot, dev = E[CF], E[ST], E[CTR], E[PAGES], E[ORDER], E[HOT], E[DEV]
     j, positions = key_hash(E, key)
-    i, pos = buffers_find(E[PAGES], E[ORDER], j, key)
+    i, pos = buffers_find(pages, order, j, key)
     ctr[C_GETS] += 1
     if i >= 0:
-        row = E[ORDER][i]
-        page = E[PAGES][row, j]
+        row = order[i]
+        page = pages[row, j]
         start, n, flags = obj_value_span(page, pos)
         if flags & FLAG_TOMBSTONE:
             return -1, 0, 0, page
@@ -141,7 +148,7 @@ def get(E, key, out):
     n_cands, index_reads = candidates(E, j, positions, st[OLDEST], st[NEXT_SEQ], True, out)
     reads = 0
     where, start, n = -1, 0, 0
-    page = E[DEV][:0]
+    page = dev[:0]
     for c in range(n_cands):
         seq = out[c]
         reads += 1
@@ -158,7 +165,7 @@ def get(E, key, out):
             if seq < st[OLDEST] + cf[WINDOW]:  # HotnessTracker.tracked / mark
                 slot = page_index_of(page, pos)
                 if slot < SLOTS:
-                    E[HOT][seq % cf[WINDOW], j] |= np.uint16(1 << slot)
+                    hot[seq % cf[WINDOW], j] |= np.uint16(1 << slot)
         break
     if where >= 0:
         ctr[C_HITS] += 1
@@ -174,16 +181,16 @@ def get(E, key, out):
 @njit(cache=True)
 def put(E, j, key, value, flags, positions):
     """NemoEngine._put up to the flush: DONE, or NEED_FLUSH (then flush and call insert_after_flush)."""
-    cf, st = E[CF], E[ST]
-    if buffers_insert(E[PAGES], E[FILTERS], E[ORDER], j, key, value, flags, positions, cf[TRIES]) >= 0:
+    cf, st, ctr, pages, filters, order = E[CF], E[ST], E[CTR], E[PAGES], E[FILTERS], E[ORDER]
+    if buffers_insert(pages, filters, order, j, key, value, flags, positions, cf[TRIES]) >= 0:
         return DONE
     st[WAITS] += 1  # every candidate set is full: delay the flush (§3.3)
     if st[WAITS] >= cf[P_TH]:
         return NEED_FLUSH
-    row = E[ORDER][cf[TRIES] - 1]
-    lost, lost_bytes, ok = sacrifice(E[PAGES][row, j], OBJ_HEADER + key.shape[0] + value.shape[0])
-    E[CTR][C_DROPPED] += lost
-    E[CTR][C_DROPPED_BYTES] += lost_bytes
+    row = order[cf[TRIES] - 1]
+    lost, lost_bytes, ok = sacrifice(pages[row, j], OBJ_HEADER + key.shape[0] + value.shape[0])
+    ctr[C_DROPPED] += lost
+    ctr[C_DROPPED_BYTES] += lost_bytes
     if not ok:
         return NEED_FLUSH
     return DONE if insert_after_flush(E, j, key, value, flags, positions) else -1
@@ -192,17 +199,18 @@ def put(E, j, key, value, flags, positions):
 @njit(cache=True)
 def insert_after_flush(E, j, key, value, flags, positions) -> bool:
     """The insert that follows a flush or a sacrifice; False if the object does not fit an empty set."""
-    return buffers_insert(E[PAGES], E[FILTERS], E[ORDER], j, key, value, flags, positions, E[CF][TRIES]) >= 0
+    cf, pages, filters, order = E[CF], E[PAGES], E[FILTERS], E[ORDER]
+    return buffers_insert(pages, filters, order, j, key, value, flags, positions, cf[TRIES]) >= 0
 
 
 @njit(cache=True)
 def set_(E, key, value, out):
     """NemoEngine.set after its size check: (outcome of put, j, flags, positions)."""
-    st, ctr = E[ST], E[CTR]
+    st, ctr, pages, order = E[ST], E[CTR], E[PAGES], E[ORDER]
     ctr[C_INSERTS] += 1
     ctr[C_INSERT_BYTES] += key.shape[0] + value.shape[0]
     j, positions = key_hash(E, key)
-    buffers_remove(E[PAGES], E[ORDER], j, key)
+    buffers_remove(pages, order, j, key)
     # known-absent from flash only if the filters in DRAM say so; otherwise assume an older copy may exist
     n, _ = candidates(E, j, positions, st[OLDEST], st[NEXT_SEQ], False, out)
     flags = FLAG_SHADOWS if n != 0 else 0
@@ -212,10 +220,10 @@ def set_(E, key, value, out):
 @njit(cache=True)
 def delete(E, key, out):
     """NemoEngine.delete after its key check: (outcome of put or DONE, j, positions)."""
-    st, ctr = E[ST], E[CTR]
+    st, ctr, pages, order = E[ST], E[CTR], E[PAGES], E[ORDER]
     ctr[C_DELETES] += 1
     j, positions = key_hash(E, key)
-    buffers_remove(E[PAGES], E[ORDER], j, key)
+    buffers_remove(pages, order, j, key)
     n, index_reads = candidates(E, j, positions, st[OLDEST], st[NEXT_SEQ], True, out)
     ctr[C_DELETE_INDEX] += index_reads
     if n:
@@ -227,14 +235,15 @@ def delete(E, key, out):
 @njit(cache=True)
 def shadowed(E, key, j, positions, v, out) -> bool:
     """NemoEngine._shadowed: does a buffer or an SG younger than `v` hold any record of `key`?"""
-    if buffers_find(E[PAGES], E[ORDER], j, key)[0] >= 0:
+    st, ctr, pages, order = E[ST], E[CTR], E[PAGES], E[ORDER]
+    if buffers_find(pages, order, j, key)[0] >= 0:
         return True
-    n, _ = candidates(E, j, positions, v + 1, E[ST][NEXT_SEQ], False, out)
+    n, _ = candidates(E, j, positions, v + 1, st[NEXT_SEQ], False, out)
     if n < 0:
         return True
     for c in range(n):
         page, ok = read_set(E, out[c], j)
-        E[CTR][C_READ_WB_CHECK] += PAGE_SIZE
+        ctr[C_READ_WB_CHECK] += PAGE_SIZE
         if not ok or page_find(page, key) >= 0:
             return True
     return False
@@ -244,11 +253,11 @@ def shadowed(E, key, j, positions, v, out) -> bool:
 def write_back(E, v, cached, out) -> None:
     """NemoEngine._write_back: re-insert SG v's hot objects, then the others while room remains, into B[M-1], for
     the `cached` offsets (sorted) whose PBFG is in DRAM."""
-    cf, ctr = E[CF], E[CTR]
-    rear = E[ORDER][cf[M] - 1]
-    hot_row = E[HOT][v % cf[WINDOW]]  # v is always inside the window: it is the oldest live SG
+    cf, ctr, pages, filters, order, hot_bits = E[CF], E[CTR], E[PAGES], E[FILTERS], E[ORDER], E[HOT]
+    rear = order[cf[M] - 1]
+    hot_row = hot_bits[v % cf[WINDOW]]  # v is always inside the window: it is the oldest live SG
     for j in cached:
-        dst = E[PAGES][rear, j]
+        dst = pages[rear, j]
         if page_free(dst) < OBJ_HEADER + 2:
             continue
         page, ok = read_set(E, v, j)
@@ -273,6 +282,6 @@ def write_back(E, v, cached, out) -> None:
                     ctr[C_WB_SHADOWED] += 1
                     continue
                 page_copy_object(dst, page, pos, FLAG_WRITEBACK)
-                filter_add(E[FILTERS][rear, j], 0, bpos)
+                filter_add(filters[rear, j], 0, bpos)
                 ctr[C_WB_HOT if is_hot else C_WB_COLD] += 1
         page_rotate_to_front(dst, first_new)

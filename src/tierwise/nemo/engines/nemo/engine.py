@@ -96,6 +96,7 @@ class NemoEngine(Engine):
         self._cf[core.SEED] = np.uint64(cfg.hash_seed).astype(np.int64)
         self._ctr = np.zeros(len(core.COUNTERS), np.int64)
         self._zone_reads = np.zeros(device.num_zones, np.int64)
+        self._pos_scratch = np.zeros(self.filter.k, np.int64)
         if recover:  # rebuild the cache the device holds (tierwise.nemo.engines.nemo.recovery)
             from tierwise.nemo.engines.nemo.recovery import recover as recover_from_flash
 
@@ -139,7 +140,7 @@ class NemoEngine(Engine):
         b, p = self.buffers, self.pbfg
         return (self._cf, self.st, p.st, b.pages, b.filters, b.order, p.open_rows, p.rows, p.row_group, p.slot_of,
                 p.offset_of, p.last_use, p.log.loc, self.hotness.bits, self.device.array, self._zone_reads,
-                self._ctr)
+                self._ctr, self._pos_scratch)
 
     def compiled_replay(self, strict: bool):
         """The compiled lookaside replay loop (fastreplay.py) when this engine runs compiled, else None."""

@@ -14,7 +14,7 @@ from numba import njit
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo.engines.nemo import core
 from tierwise.nemo.layout import FLAG_TOMBSTONE, MAX_KEY
-from tierwise.nemo.lookaside import POOL, VersionTable, lookup, spell_key, store, value_start
+from tierwise.nemo.lookaside import POOL, VersionTable, slot_of, spell_key, store_at, value_start, version_at
 
 REPLAY_COUNTERS = ("gets", "sets", "deletes", "lookaside_sets", "wrong_values", "uncacheable")
 GETS, SETS, DELETES, LOOKASIDE, WRONG, UNCACHEABLE = range(len(REPLAY_COUNTERS))
@@ -26,22 +26,22 @@ _GET, _SET = 0, 1  # tierwise.nemo.traces.Op
 
 
 @njit(cache=True)
-def _value(table, key_id, pool):
-    version, size = lookup(table, key_id, 0)
+def _value(rows, slot, key_id, pool):
+    version, size = version_at(rows, slot, 0)
     start = value_start(key_id, version, size)
     return pool[start:start + size]
 
 
 @njit(cache=True)
-def _set(E, key, key_id, table, pool, max_value, rc, pend, i, out, invalidate):
+def _set(E, key, key_id, rows, slot, pool, max_value, rc, pend, i, out, invalidate):
     """replay._set + NemoEngine.set / delete: FINISHED, FLUSH (pend filled) or NO_FIT."""
-    if lookup(table, key_id, 0)[1] > max_value or not 1 <= key.shape[0] <= MAX_KEY:
+    if version_at(rows, slot, 0)[1] > max_value or not 1 <= key.shape[0] <= MAX_KEY:
         rc[UNCACHEABLE] += 1  # beyond the engine's tiny-object limit: never cached, always a miss
         if not invalidate or not 1 <= key.shape[0] <= MAX_KEY:
             return FINISHED
         outcome, j, _ = core.delete(E, key, out)
         return _outcome(outcome, pend, i, j, FLAG_TOMBSTONE)
-    outcome, j, flags, _ = core.set_(E, key, _value(table, key_id, pool), out)
+    outcome, j, flags, _ = core.set_(E, key, _value(rows, slot, key_id, pool), out)
     return _outcome(outcome, pend, i, j, flags)
 
 
@@ -54,7 +54,8 @@ def _outcome(outcome, pend, i, j, flags):
 
 
 @njit(cache=True)
-def replay_slice(E, ops, key_ids, key_sizes, value_sizes, table, pool, max_value, strict, rc, pend, keybuf, out):
+def replay_slice(E, ops, key_ids, key_sizes, value_sizes, rows, count, pool, max_value, strict, rc, pend, keybuf,
+                 out):
     """Replay requests [0, n) of a slice, resuming at pend[P_INDEX] after a flush. Returns (outcome, index)."""
     i = 0
     if pend[PENDING]:  # finish the insert the flush interrupted
@@ -63,7 +64,7 @@ def replay_slice(E, ops, key_ids, key_sizes, value_sizes, table, pool, max_value
         key = keybuf[:key_sizes[i]]
         spell_key(key_ids[i], key_sizes[i], key)
         flags = pend[P_FLAGS]
-        value = key[:0] if flags & FLAG_TOMBSTONE else _value(table, key_ids[i], pool)
+        value = key[:0] if flags & FLAG_TOMBSTONE else _value(rows, slot_of(rows, key_ids[i]), key_ids[i], pool)
         _, positions = core.key_hash(E, key)
         if not core.insert_after_flush(E, pend[P_J], key, value, flags, positions):
             return NO_FIT, i
@@ -72,15 +73,16 @@ def replay_slice(E, ops, key_ids, key_sizes, value_sizes, table, pool, max_value
         kid, ksize = key_ids[i], np.int64(key_sizes[i])
         key = keybuf[:ksize]
         spell_key(kid, ksize, key)
+        slot = slot_of(rows, kid)
         status = FINISHED
         if ops[i] == _GET:
             rc[GETS] += 1
             where, start, n, page = core.get(E, key, out)
-            version, size = lookup(table, kid, np.int64(value_sizes[i]))
+            version, size = version_at(rows, slot, np.int64(value_sizes[i]))
             if where < 0:
                 rc[LOOKASIDE] += 1
-                store(table, kid, version, size)
-                status = _set(E, key, kid, table, pool, max_value, rc, pend, i, out, False)
+                store_at(rows, count, slot, kid, version, size)
+                status = _set(E, key, kid, rows, slot, pool, max_value, rc, pend, i, out, False)
             else:
                 vs = value_start(kid, version, size)
                 same = n == size
@@ -94,14 +96,14 @@ def replay_slice(E, ops, key_ids, key_sizes, value_sizes, table, pool, max_value
                         return WRONG_VALUE, i
         elif ops[i] == _SET:
             rc[SETS] += 1
-            store(table, kid, lookup(table, kid, 0)[0] + 1, np.int64(value_sizes[i]))
-            status = _set(E, key, kid, table, pool, max_value, rc, pend, i, out, True)
+            store_at(rows, count, slot, kid, version_at(rows, slot, 0)[0] + 1, value_sizes[i])
+            status = _set(E, key, kid, rows, slot, pool, max_value, rc, pend, i, out, True)
         else:
             rc[DELETES] += 1
             if not 1 <= ksize <= MAX_KEY:
                 return BAD_KEY, i
             outcome, j, _ = core.delete(E, key, out)
-            store(table, kid, lookup(table, kid, 0)[0] + 1, np.int64(value_sizes[i]))
+            store_at(rows, count, slot, kid, version_at(rows, slot, 0)[0] + 1, value_sizes[i])
             status = _outcome(outcome, pend, i, j, FLAG_TOMBSTONE)
         if status != FINISHED:
             return status, i
@@ -126,8 +128,9 @@ class CompiledReplay:
         self.table.reserve(len(part))
         eng = self.engine
         while True:
-            outcome, i = replay_slice(eng.core_state(), *cols, self.table.arrays(), POOL, eng.max_value_size, self.strict,
-                                      self.rc, self.pend, self.keybuf, eng.pbfg._out)
+            outcome, i = replay_slice(eng.core_state(), *cols, self.table.rows, self.table.count, POOL,
+                                      eng.max_value_size, self.strict, self.rc, self.pend, self.keybuf,
+                                      eng.pbfg._out)
             eng.fold_core_counters()
             if outcome == FINISHED:
                 return

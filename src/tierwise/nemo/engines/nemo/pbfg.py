@@ -18,27 +18,30 @@ from tierwise.common.errors import TierwiseError
 from tierwise.nemo.engines.nemo.config import Geometry
 from tierwise.nemo.engines.nemo.format import (INDEX_ROW_HEADER, IndexHeader, encode_index_header, row_page_ok,
                                                seal_row_page)
-from tierwise.nemo.index.bloom import filter_test
+from tierwise.nemo.index.bloom import group_probe
 from tierwise.nemo.layout import PAGE_SIZE
 
 
 @njit(cache=True)
 def _candidates(open_row, open_group, open_members, rows, row_group, G, mb, positions, lo, hi, out) -> int:
     """SG sequence numbers in [lo, hi) whose set-level filter may hold the key, newest first."""
+    members = np.empty(G, np.int64)
     n = 0
-    for s in range(open_members - 1, -1, -1):
-        seq = open_group * G + s
-        if lo <= seq < hi and filter_test(open_row, s * mb, positions):
+    found = group_probe(open_row, open_members, mb, positions, members)
+    for f in range(found - 1, -1, -1):
+        seq = open_group * G + members[f]
+        if lo <= seq < hi:
             out[n] = seq
             n += 1
     m = n
     for li in range(rows.shape[0]):
         g = row_group[li]
-        if g < 0:
+        if g < 0 or (g + 1) * G <= lo or g * G >= hi:
             continue
-        for s in range(G):
-            seq = g * G + s
-            if lo <= seq < hi and filter_test(rows[li], s * mb, positions):
+        found = group_probe(rows[li], G, mb, positions, members)
+        for f in range(found):
+            seq = g * G + members[f]
+            if lo <= seq < hi:
                 out[n] = seq
                 n += 1
     if n > m + 1:  # written groups sit in ring order; sort them newest first
