@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tierwise.nemo.server.commands import CommandHandler
+from tierwise.nemo.server.items import unpack
 from tierwise.nemo.server.protocol import Limits, Parser
-from tierwise.nemo.server.server import ServerConfig, serve_in_thread
+from tierwise.nemo.server.server import MemcacheServer, ServerConfig, serve_in_thread
 from tierwise.nemo.server.serve import open_cache
 
 from tests.nemo.test_server_support import DictEngine, recv_until
@@ -69,6 +70,49 @@ def test_random_bytes_then_valid_commands_resync(junk):
     p.feed(junk + b"\r\n" + b" " * (LIMITS.max_value + 2) + b"\r\nversion\r\n")
     reqs = p.parse()
     assert reqs and reqs[-1].cmd in (b"version", b"quit")  # (the fuzzer's find: junk may itself say quit)
+
+
+def _set_read(draw) -> bytes:
+    """A read shaped like one `set` (valid or nearly: odd numbers, byte counts, keys, terminators, noreply)."""
+    key = draw(st.one_of(keys, st.binary(max_size=6)))
+    value = draw(st.binary(max_size=80))
+    exact = b"%d" % len(value)
+    nbytes = draw(st.sampled_from([exact, exact, exact, b"", b"-3", b"0" + exact, b"1x", exact + b" noreply",
+                                   b"%d" % (len(value) + 1)]))
+    # (exptimes absolute, so that both servers store the same one whatever the clock reads between them)
+    fields = draw(st.sampled_from([b"0 0", b"0 0", b"1 4000000000", b"4294967295 3000000000", b"4294967296 0",
+                                   b"0 -1", b"x 0", b"0  0", b"0 99999999999999999999999", b"0"]))
+    tail = draw(st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"\n", b"", b"\r\nget k\r\n", b"x\r\n"]))
+    return b"set %s %s %s\r\n%s%s" % (key, fields, nbytes, value, tail)
+
+
+def _server() -> MemcacheServer:
+    return MemcacheServer(CommandHandler(DictEngine(), LIMITS), ServerConfig(port=0, limits=LIMITS))
+
+
+def _contents(server: MemcacheServer) -> dict:
+    items = {k: unpack(v) for k, v in server.handler.engine.d.items()}
+    return {k: (item.flags, item.exptime, item.data) for k, item in items.items()}
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(st.one_of(st.composite(_set_read)(), st.composite(_set_read)(), keys.map(lambda k: b"get %s\r\n" % k), st.binary(max_size=60)
+                 .map(lambda b: b"get " + b), st.binary(max_size=60)))
+def test_quick_path_agrees_with_general_parser(read):
+    # The server answers a read holding one plain get or set without the parser; whenever it does, the reply and
+    # the stored item must be what the general path gives for the same bytes.
+    quick, general = _server(), _server()
+    for server in (quick, general):
+        server.handler.engine.d[b"k"] = b"\x00" + bytes(8) + b"old"
+    reply = quick.quick_reply(read)
+    if reply is None:
+        return
+    parser = Parser(LIMITS)
+    parser.feed(read)
+    reqs = parser.parse()
+    assert parser.idle and len(reqs) == 1
+    assert general.run_requests(reqs) == reply
+    assert _contents(quick) == _contents(general)
 
 
 REPLY_STARTS = (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR", b"STORED", b"NOT_STORED", b"EXISTS", b"NOT_FOUND",

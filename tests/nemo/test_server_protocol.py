@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import random
 
+from tierwise.nemo.server.commands import CommandHandler
 from tierwise.nemo.server.items import Item, absolute_exptime, pack, unpack
 from tierwise.nemo.server.protocol import Limits, Parser
+from tierwise.nemo.server.server import MemcacheServer, ServerConfig
+
+from tests.nemo.test_server_support import DictEngine
 
 
 def parse(data: bytes, limits: Limits | None = None, chunk: int | None = None):
@@ -114,3 +118,15 @@ def test_item_header_round_trip():
     assert len(pack(Item(0, 0, 1, b"abc"))) == 9 + 3  # flags/exptime 0 cost nothing
     assert absolute_exptime(0, 1000.0) == 0 and absolute_exptime(10, 1000.0) == 1010
     assert absolute_exptime(2_000_000_000, 1000.0) == 2_000_000_000 and absolute_exptime(-1, 1000.0) == 1
+
+
+def test_one_plain_get_or_set_per_read_skips_the_parser():
+    server = MemcacheServer(CommandHandler(DictEngine(), Limits()), ServerConfig(port=0))
+    assert server.quick_reply(b"set k 5 0 3\r\nabc\r\n") == b"STORED\r\n"
+    assert server.quick_reply(b"get k\r\n") == b"VALUE k 5 3\r\nabc\r\nEND\r\n"
+    assert server.quick_reply(b"get nope\r\n") == b"END\r\n"
+    assert server.handler.counters["cmd_set"] == 1 and server.handler.counters["get_hits"] == 1
+    # Anything else is left to the parser: noreply, two requests in one read, a partial block, a bad key.
+    for read in (b"set k 0 0 3 noreply\r\nabc\r\n", b"get k\r\nget k\r\n", b"set k 0 0 3\r\nab",
+                 b"set k 0 0 3\r\nabc\r\nget k\r\n", b"get a\x01b\r\n", b"get k k2\r\n", b"gets k\r\n"):
+        assert server.quick_reply(read) is None, read

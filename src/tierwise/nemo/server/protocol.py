@@ -75,7 +75,7 @@ def single_set(data: bytes, limits: Limits) -> tuple[bytes, int, int, bytes] | N
         return None
     key, flags, exptime, nbytes = tokens
     n = _uint(nbytes, 31)
-    if n is None or n > limits.max_value or not _valid_key(key, limits):
+    if n is None or len(data) != nl + n + 4 or n > limits.max_value or not _valid_key(key, limits):
         return None
     f = _uint(flags, 32)
     e = _uint(exptime, 63)
