@@ -50,3 +50,30 @@ def test_segments_retire_after_lag_flushes_and_threshold_survives(tmp_path):
     j.close()
     fresh = AckJournal(tmp_path / "j")
     assert fresh.load(durable=0) == {} and fresh.flush_threshold == 77
+
+
+def test_records_are_readable_before_close_as_a_killed_process_leaves_them(tmp_path):
+    # A segment is preallocated and written through a memory map: after a kill -9 the file keeps its full length
+    # with a zero tail, and replay stops there.
+    j = AckJournal(tmp_path / "j", segment_bytes=4096)
+    j.add(SET, b"a", 1)
+    j.commit(durable=0)
+    j.add(DELETE, b"a", 0)
+    j.add(SET, b"b", 2)
+    j.commit(durable=0)
+    j.add(SET, b"c", 3)  # not committed: its write was never acknowledged
+    (seg,) = (tmp_path / "j").glob("*.log")
+    assert seg.stat().st_size == 4096
+    assert AckJournal(tmp_path / "j").load(durable=0) == {b"a": (DELETE, 0), b"b": (SET, 2)}
+    assert j.size == j.bytes_written + 19  # the header block (a FLUSH record) and the two commits
+    j.close()
+    assert seg.stat().st_size == j.size
+
+
+def test_a_batch_larger_than_a_segment_gets_a_segment_of_its_own(tmp_path):
+    j = AckJournal(tmp_path / "j", segment_bytes=64)
+    for i in range(100):
+        j.add(SET, b"key%d" % i, i)
+    j.commit(durable=0)
+    j.close()
+    assert len(AckJournal(tmp_path / "j").load(durable=0)) == 100

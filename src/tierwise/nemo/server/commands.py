@@ -61,7 +61,7 @@ class CommandHandler:
     def run(self, req: Request) -> bytes:
         try:
             if req.cmd == b"get" and len(req.keys) == 1:  # the hot path: one plain get
-                return self._get_one(req.keys[0])
+                return self.run_get(req.keys[0])
             if req.error:
                 return req.error + b"\r\n"
             reply = self._dispatch[req.cmd](req)
@@ -70,11 +70,19 @@ class CommandHandler:
         return b"" if req.noreply else reply
 
     def run_get(self, key: bytes) -> bytes:
-        """`get <key>` with one valid key, recognised by the server without building a Request."""
+        """`get <key>` with one valid key (the server also calls it without building a Request)."""
+        c = self.counters
+        c["cmd_get"] += 1
         try:
-            return self._get_one(key)
+            item = self.lookup(key)
         except Exception as e:
             return self._failed(e)
+        if item is None:
+            c["get_misses"] += 1
+            return b"END\r\n"
+        c["get_hits"] += 1
+        data = item.data
+        return b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key, item.flags, len(data), data)
 
     def run_set(self, key: bytes, flags: int, exptime: int, data: bytes) -> bytes:
         """`set` with valid fields (`protocol.single_set`), recognised by the server without building a Request."""
@@ -135,16 +143,6 @@ class CommandHandler:
             self.journal.add(FLUSH, b"", self.flush_threshold)
 
     # ---- classic commands ----------------------------------------------------------------------------------------
-    def _get_one(self, key: bytes) -> bytes:
-        c = self.counters
-        c["cmd_get"] += 1
-        item = self.lookup(key)
-        if item is None:
-            c["get_misses"] += 1
-            return b"END\r\n"
-        c["get_hits"] += 1
-        return b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key, item.flags, len(item.data), item.data)
-
     def _get(self, req: Request) -> bytes:
         with_cas = req.cmd in (b"gets", b"gats")
         touch = req.cmd in (b"gat", b"gats")

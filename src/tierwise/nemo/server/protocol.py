@@ -49,18 +49,10 @@ class Request:
 _KEY_FORBIDDEN = bytes(range(33)) + b"\x7f"  # control characters, space and DEL
 
 
-def _valid_key(key: bytes, limits: Limits) -> bool:
-    return 0 < len(key) <= limits.max_key and len(key.translate(None, _KEY_FORBIDDEN)) == len(key)
-
-
-def single_get_key(line: bytes, max_key: int) -> bytes | None:
-    """The key of a `get <key>` line with one valid key, else None: the most common request, recognised without
-    tokenising (a second key would need a space, which is not a valid key byte)."""
-    if line[:4] == b"get ":
-        key = line[4:]
-        if 0 < len(key) <= max_key and len(key.translate(None, _KEY_FORBIDDEN)) == len(key):
-            return key
-    return None
+def valid_key(key: bytes, max_key: int) -> bool:
+    """1 to max_key bytes, none a control character, space or DEL. So `get <valid key>` is one plain get: a
+    second key would need a space."""
+    return 0 < len(key) <= max_key and len(key.translate(None, _KEY_FORBIDDEN)) == len(key)
 
 
 def single_set(data: bytes, limits: Limits) -> tuple[bytes, int, int, bytes] | None:
@@ -75,7 +67,7 @@ def single_set(data: bytes, limits: Limits) -> tuple[bytes, int, int, bytes] | N
         return None
     key, flags, exptime, nbytes = tokens
     n = _uint(nbytes, 31)
-    if n is None or len(data) != nl + n + 4 or n > limits.max_value or not _valid_key(key, limits):
+    if n is None or len(data) != nl + n + 4 or n > limits.max_value or not valid_key(key, limits.max_key):
         return None
     f = _uint(flags, 32)
     e = _uint(exptime, 63)
@@ -171,9 +163,8 @@ class Parser:
                 break
             line = bytes(buf[pos:nl - 1] if nl > pos and buf[nl - 1] == 13 else buf[pos:nl])
             pos = nl + 1
-            key = single_get_key(line, max_key)
-            if key is not None:
-                out.append(Request(b"get", [key]))
+            if line[:4] == b"get " and valid_key(line[4:], max_key):  # the most common request: no tokenising
+                out.append(Request(b"get", [line[4:]]))
                 continue
             req = self._parse_line(line)
             if req.cmd in STORAGE or req.cmd == b"ms":
@@ -245,7 +236,7 @@ class Parser:
 
     def _keyed(self, req: Request) -> Request:
         for key in req.keys:
-            if not _valid_key(key, self.limits):
+            if not valid_key(key, self.limits.max_key):
                 return _error(BAD_FORMAT)
         return req
 
@@ -276,7 +267,7 @@ class Parser:
         cas = _uint(tokens[5], 64) if cmd == b"cas" else 0
         if flags is None or exptime is None or cas is None or (len(tokens) == want + 1 and not noreply):
             return self._reject(nbytes, BAD_FORMAT)
-        if not _valid_key(tokens[1], self.limits):
+        if not valid_key(tokens[1], self.limits.max_key):
             return self._reject(nbytes, BAD_FORMAT)
         if nbytes > self.limits.max_value:
             return self._reject(nbytes, b"SERVER_ERROR object too large for cache")
@@ -303,7 +294,7 @@ class Parser:
                 return _error(BAD_FORMAT)
             if not bad:
                 bad = _meta_numbers(req, meta)
-            if bad or not _valid_key(tokens[1], self.limits):
+            if bad or not valid_key(tokens[1], self.limits.max_key):
                 return self._reject(nbytes, bad or BAD_FORMAT)
             if nbytes > self.limits.max_value:
                 return self._reject(nbytes, b"SERVER_ERROR object too large for cache")

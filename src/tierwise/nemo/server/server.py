@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tierwise.nemo.server.commands import CommandHandler
-from tierwise.nemo.server.protocol import Limits, Parser, Request, single_get_key, single_set
+from tierwise.nemo.server.protocol import Limits, Parser, Request, single_set, valid_key
 
 
 @dataclass
@@ -138,7 +138,8 @@ class MemcacheServer:
     def __init__(self, handler: CommandHandler, config: ServerConfig, *, durable=lambda: 0, lag: int = 0):
         self.handler = handler
         self.config = config
-        self.inline = not config.engine_thread  # read on every request: an attribute, not config.engine_thread
+        self.inline = not config.engine_thread  # read on every request: attributes, not config.*
+        self.max_key = config.limits.max_key
         self.durable = durable
         self.lag = lag
         self.conns: set[Connection] = set()
@@ -176,8 +177,8 @@ class MemcacheServer:
         handler = self.handler
         head = data[:4]
         if head == b"get ":
-            key = single_get_key(data[:-2], self.config.limits.max_key) if data[-2:] == b"\r\n" else None
-            if key is not None:
+            key = data[4:-2]
+            if data[-2:] == b"\r\n" and valid_key(key, self.max_key):
                 handler.begin_batch()
                 return handler.run_get(key)
         elif head == b"set ":
