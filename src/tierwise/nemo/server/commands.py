@@ -74,15 +74,16 @@ class CommandHandler:
         c = self.counters
         c["cmd_get"] += 1
         try:
-            item = self.lookup(key)
+            blob = self.engine.get(key)
+            head = None if blob is None else self._visible(blob)
         except Exception as e:
             return self._failed(e)
-        if item is None:
+        if head is None:
             c["get_misses"] += 1
             return b"END\r\n"
         c["get_hits"] += 1
-        data = item.data
-        return b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key, item.flags, len(data), data)
+        start = head[3]
+        return b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key, head[0], len(blob) - start, blob[start:])
 
     def run_set(self, key: bytes, flags: int, exptime: int, data: bytes) -> bytes:
         """`set` with valid fields (`protocol.single_set`), recognised by the server without building a Request."""
@@ -103,19 +104,27 @@ class CommandHandler:
     # ---- item access ---------------------------------------------------------------------------------------------
     def lookup(self, key: bytes) -> Item | None:
         blob = self.engine.get(key)
-        if blob is None:
+        head = None if blob is None else self._visible(blob)
+        if head is None:
             return None
+        flags, exptime, cas, start = head
+        return Item(flags, exptime, cas, blob[start:])
+
+    def _visible(self, blob: bytes) -> tuple[int, int, int, int] | None:
+        """The item header (`items.header`) of a stored value a client may see now, else None: flushed, expired, or
+        a value some other tool wrote with the engine (not an item this server can serve)."""
         try:
-            item = items.unpack(blob)
+            head = items.header(blob)
         except TierwiseError:
-            return None  # a value some other tool wrote with the engine: not an item this server can serve
-        if item.cas < self.flush_threshold:
+            return None
+        if head[2] < self.flush_threshold:
             self.counters["get_flushed"] += 1
             return None
-        if item.exptime and item.exptime <= self.now:  # 0 = never expires
+        exptime = head[1]
+        if exptime and exptime <= self.now:  # 0 = never expires
             self.counters["get_expired"] += 1
             return None
-        return item
+        return head
 
     def _find(self, key: bytes, stat: str) -> Item | None:
         """lookup() that counts `<stat>_hits` / `<stat>_misses`."""

@@ -48,8 +48,15 @@ def pack(item: Item) -> bytes:
 
 def unpack(blob: bytes) -> Item:
     """Decode a stored value. A value the server did not write (wrong shape, too short) raises TierwiseError."""
+    flags, exptime, cas, start = header(blob)
+    return Item(flags, exptime, cas, blob[start:])
+
+
+def header(blob: bytes) -> tuple[int, int, int, int]:
+    """(flags, exptime, cas, where the data starts) of a stored value, without copying the data (a get reply
+    slices it once). A value the server did not write (wrong shape, too short) raises TierwiseError."""
     if len(blob) >= 9 and blob[0] == 0:  # the common shape (no flags, no exptime), checked first: every get hit
-        return Item(0, 0, _U64.unpack_from(blob, 1)[0], blob[9:])
+        return 0, 0, _U64.unpack_from(blob, 1)[0], 9
     if not blob or blob[0] & ~(_HAS_FLAGS | _HAS_EXPTIME):
         raise TierwiseError("stored value is not a tierwise memcached item (bad header byte)")
     shape = blob[0]
@@ -65,7 +72,7 @@ def unpack(blob: bytes) -> Item:
         (cas,) = _U64.unpack_from(blob, pos)
     except struct.error as e:
         raise TierwiseError(f"stored value is not a tierwise memcached item ({len(blob)} bytes, truncated header)") from e
-    return Item(flags, exptime, cas, blob[pos + 8:])
+    return flags, exptime, cas, pos + 8
 
 
 def header_size(flags: int, exptime: int) -> int:
