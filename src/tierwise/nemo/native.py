@@ -120,3 +120,34 @@ def _crc32c_sw(data):
 
 # CRC-32C of a contiguous uint8 array, equal to `crc32c.crc32c(bytes)`
 crc32c = _crc32c_hw if HAVE_CRC_INSTRUCTION else _crc32c_sw
+
+
+def _unowned(context, builder, ty, value):
+    arr = cgutils.create_struct_proxy(ty)(context, builder, value=value)
+    arr.meminfo = cgutils.get_null_value(arr.meminfo.type)
+    arr.parent = cgutils.get_null_value(arr.parent.type)
+    return arr._getvalue()
+
+
+@intrinsic
+def borrow(typingctx, arrays):
+    """The same arrays (one, or a tuple of arrays and scalars) without their reference-count owner.
+
+    Every view numba makes of an owned array increments and later decrements the owner's count with an atomic
+    instruction; in a loop of small functions over many arrays those updates cost more than the work. Views of a
+    borrowed array skip them. Only for arrays the caller keeps alive for as long as the borrowed ones are used
+    (a compiled entry point borrowing its own arguments).
+    """
+    def unowned(context, builder, ty, value):
+        if isinstance(ty, types.Array):
+            return _unowned(context, builder, ty, value)
+        if isinstance(ty, types.BaseTuple):
+            parts = [unowned(context, builder, t, builder.extract_value(value, i)) for i, t in enumerate(ty)]
+            return context.make_tuple(builder, ty, parts)
+        context.nrt.incref(builder, ty, value)  # anything else is returned as a new reference, as numba expects
+        return value
+
+    def codegen(context, builder, signature, args):
+        return unowned(context, builder, signature.args[0], args[0])
+
+    return arrays(arrays), codegen

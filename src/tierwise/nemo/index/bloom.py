@@ -1,8 +1,8 @@
 """Bloom filters as byte rows, so many small filters live in one numpy array and probes run in numba.
 
 A *filter* is `m_bits` bits (a whole number of bytes) starting at a byte offset of a uint8 row. A *filter group*
-row packs `members` filters back to back (member g at bytes [g*mb, (g+1)*mb)); testing one key against every member
-with the same k positions is the PBFG "parallel" probe. Positions come from `tierwise.nemo.hashing.bloom_positions`
+row packs `members` filters bit-sliced (see `group_probe`); testing one key against every member with the same k
+positions is the PBFG "parallel" probe. Positions come from `tierwise.nemo.hashing.bloom_positions`
 and are computed once per key, then reused for every member and every row.
 """
 
@@ -61,35 +61,73 @@ def filter_test(row, byte_base, positions) -> bool:
     return True
 
 
-@njit(cache=True)
-def group_probe(row, members, member_bytes, positions, out) -> int:
-    """Write the indices of the members of a filter-group row that may hold the key into `out` (ascending);
-    return the count.
+# ---- filter groups, bit-sliced ----------------------------------------------------------------------------------
+# A *group row* holds `members` filters of m bits each, bit-sliced: bit p of member s is row bit p*members + s
+# (row bit i = bit i & 7 of byte i >> 3). The members' bits for one probe position are then adjacent, so testing a
+# key against every member takes one short load per position instead of one per position and member: the PBFG's
+# "test a key against all members at once". No padding: a row is ceil(m * members / 8) bytes.
 
-    The parallel probe: each probe position is tested in every surviving member at once (a bit mask per 64
-    members), stopping when none survives. One early exit per 64 members instead of one per member keeps the
-    branch predictor out of the way when tens of filters are probed per lookup.
+
+def group_row_bytes(m_bits: int, members: int) -> int:
+    return -(-m_bits * members // 8)
+
+
+@njit(cache=True)
+def group_add(row, members, member, positions) -> None:
+    for p in positions:
+        bit = p * members + member
+        row[bit >> 3] |= np.uint8(1 << (bit & 7))
+
+
+@njit(cache=True)
+def group_set_member(row, members, member, filt, m_bits) -> None:
+    """Make member `member` of the row equal to the plain filter `filt` (bit p at byte p >> 3), OR-ing into a
+    member that starts empty; all-ones `filt` marks a member that must match every key."""
+    for p in range(m_bits):
+        if (filt[p >> 3] >> (p & 7)) & 1:
+            bit = p * members + member
+            row[bit >> 3] |= np.uint8(1 << (bit & 7))
+
+
+@njit(cache=True, inline="always")
+def _bits_at(rows, r, bitpos, count):
+    """`count` (<= 64) bits of row r starting at bit `bitpos`, as the low bits of a uint64."""
+    byte = bitpos >> 3
+    shift = bitpos & 7
+    need = (shift + count + 7) >> 3
+    v = np.uint64(0)
+    for i in range(min(need, 8)):
+        v |= np.uint64(rows[r, byte + i]) << np.uint64(8 * i)
+    v >>= np.uint64(shift)
+    if need == 9:
+        v |= np.uint64(rows[r, byte + 8]) << np.uint64(64 - shift)
+    if count < 64:
+        v &= (np.uint64(1) << np.uint64(count)) - np.uint64(1)
+    return v
+
+
+@njit(cache=True, inline="always")
+def group_probe(rows, r, members, positions, out, n, seq0, lo, hi) -> int:
+    """Append seq0 + s to out[n:] for every member s of group row `rows[r]` that may hold the key and whose
+    seq0 + s lies in [lo, hi), in ascending s; return the new count. (Rows are passed as a 2-D array and an index:
+    compiled code creating a view per row pays two atomic reference-count updates for it.)
+
+    Members are tested 64 at a time, stopping at the first position that clears them all.
     """
-    n = 0
     for first in range(0, members, 64):
         count = min(64, members - first)
         alive = np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(64 - count)
         for p in positions:
-            byte = first * member_bytes + (p >> 3)
-            bit = p & 7
-            hits = np.uint64(0)
-            for g in range(count):
-                hits |= np.uint64((row[byte + g * member_bytes] >> bit) & 1) << np.uint64(g)
-            alive &= hits
-            if alive == 0:
+            alive &= _bits_at(rows, r, p * members + first, count)
+            if alive == np.uint64(0):
                 break
-        while alive:
-            g = 0
-            while not (alive >> np.uint64(g)) & np.uint64(1):
-                g += 1
-            out[n] = first + g
-            n += 1
-            alive &= alive - np.uint64(1)
+        s = seq0 + first
+        while alive != np.uint64(0):
+            if alive & np.uint64(1) and lo <= s < hi:
+                out[n] = s
+                n += 1
+            alive >>= np.uint64(1)
+            s += 1
     return n
 
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo.hashing import DEFAULT_SEED
-from tierwise.nemo.index.bloom import FilterParams
+from tierwise.nemo.index.bloom import FilterParams, group_row_bytes
 from tierwise.nemo.layout import OBJ_HEADER, PAGE_HEADER, PAGE_SIZE, PAYLOAD
 
 SG_META_PAGES = 2  # SG header page + SG trailer (commit) page around the S set pages
@@ -102,7 +102,7 @@ class Geometry:
 
     @property
     def row_bytes(self) -> int:
-        return self.group_size * self.filter.nbytes
+        return group_row_bytes(self.filter.m_bits, self.group_size)
 
 
 def _index_zones_needed(block_bytes: int, zone_capacity: int, live_groups: int) -> int:
@@ -121,14 +121,14 @@ def plan_geometry(cfg: NemoConfig, num_zones: int, zone_capacity: int) -> Geomet
         raise TierwiseError(f"zone capacity {zone_capacity} B cannot hold an SG header, a set and a trailer")
     zps = math.ceil((sets + SG_META_PAGES) * PAGE_SIZE / zone_capacity)
     filt = cfg.filter_params()
-    max_group = (PAGE_SIZE - PAGE_HEADER) // filt.nbytes
+    max_group = (PAGE_SIZE - PAGE_HEADER) * 8 // filt.m_bits
     for n in range(num_zones // zps, 1, -1):
         g = cfg.group_size or max(1, math.ceil(n / cfg.index_pages_per_pbfg))
         if g > max_group:
             raise TierwiseError(f"group_size {g} too large: {g} filters of {filt.nbytes} B exceed one 4 KB index page "
                                 f"(max {max_group}); raise fp_rate or lower group_size")
         live = math.ceil(n / g)
-        rows = (PAGE_SIZE - PAGE_HEADER) // (g * filt.nbytes)
+        rows = (PAGE_SIZE - PAGE_HEADER) // group_row_bytes(filt.m_bits, g)
         block_pages = 1 + math.ceil(sets / rows)
         need = _index_zones_needed(block_pages * PAGE_SIZE, zone_capacity, live)
         if n * zps + need <= num_zones:

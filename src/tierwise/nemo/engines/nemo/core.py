@@ -27,13 +27,13 @@ from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, FLAG_WRITEBACK, 
                                   obj_flags_at, obj_size_at, obj_value_span, page_copy_object, page_crc_valid,
                                   page_find, page_free, page_index_of, page_positions, page_rotate_to_front,
                                   page_used)
-from tierwise.nemo.native import xxh3_128
+from tierwise.nemo.native import borrow, xxh3_128
 
-# E: the engine state tuple (built by NemoEngine._core_state)
+# E: the engine state tuple (built by NemoEngine.core_state); ROWS is PBFG.flat_rows
 (CF, ST, PST, PAGES, FILTERS, ORDER, OPEN_ROWS, ROWS, ROW_GROUP, SLOT_OF, OFFSET_OF, LAST_USE, LOC, HOT, DEV, ZREAD,
  CTR, POS) = range(18)
 # CF: configuration, int64
-(S, N, G, L, R, MB, K, MBITS, ZPS, ZCAP, P_TH, TRIES, WINDOW, WB_COLD, SEED, M) = range(16)
+(S, N, G, L, R, RB, K, MBITS, ZPS, ZCAP, P_TH, TRIES, WINDOW, WB_COLD, SEED, M) = range(16)  # RB: PBFG row bytes
 # ST: the engine's scalars (engine.OLDEST, NEXT_SEQ, WAITS)
 OLDEST, NEXT_SEQ, WAITS = range(3)
 # CTR: counters folded into Metrics (non-zero ones) by NemoEngine.fold_core_counters
@@ -49,7 +49,7 @@ DONE, NEED_FLUSH = 0, 1
 SLOTS = 16  # hotness bits per (SG, set): tierwise.nemo.engines.nemo.hotness.SLOTS
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def key_hash(E, key):
     """(set offset j, Bloom positions) of `key` (hashing.key_hash + bloom_positions); the positions live in the
     scratch array E[POS] until the next call."""
@@ -62,7 +62,7 @@ def key_hash(E, key):
     return j, pos
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def read_page(E, zone, offset):
     """A page of the device as a view (no copy), counted as one device read (ZonedDevice.read_into)."""
     cf, dev, zread, ctr = E[CF], E[DEV], E[ZREAD], E[CTR]
@@ -72,7 +72,7 @@ def read_page(E, zone, offset):
     return dev[base:base + PAGE_SIZE]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def read_set(E, seq, j):
     """(set page j of SG `seq`, crc ok) (NemoEngine._read_set)."""
     cf = E[CF]
@@ -91,7 +91,7 @@ def fetch_rows(E, j, lo):
     offset_of[slot] = j
     row_group[slot, :] = -1
     first = (j // cf[R]) * cf[R]
-    rb = cf[G] * cf[MB]
+    rb = cf[RB]
     start = 16 + (j - first) * rb  # format.INDEX_ROW_HEADER
     reads = 0
     for g in range(max(0, lo // cf[G]), pst[OPEN_GROUP]):
@@ -99,18 +99,18 @@ def fetch_rows(E, j, lo):
         page = read_page(E, z, off)
         reads += 1
         if row_page_valid(page, g, first):
-            rows[slot, g % cf[L]] = page[start:start + rb]
+            rows[slot * cf[L] + g % cf[L]] = page[start:start + rb]
         else:  # torn/corrupt index page: every member may hold the key (extra reads, never a stale hit)
-            rows[slot, g % cf[L]] = 0xFF
+            rows[slot * cf[L] + g % cf[L]] = 0xFF
         row_group[slot, g % cf[L]] = g
     return slot, reads
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def candidates(E, j, positions, lo, hi, fetch, out):
     """(count of SG seqs in `out`, index pages read); count -1 = uncached PBFG without `fetch` (PBFG.candidates)."""
-    cf, pst, slot_of, last_use, rows_all, groups_all = E[CF], E[PST], E[SLOT_OF], E[LAST_USE], E[ROWS], E[ROW_GROUP]
-    open_rows = E[OPEN_ROWS]
+    cf, pst, slot_of, last_use, rows, row_group, open_rows = (E[CF], E[PST], E[SLOT_OF], E[LAST_USE], E[ROWS],
+                                                              E[ROW_GROUP], E[OPEN_ROWS])
     slot = slot_of[j]
     pages = 0
     if slot < 0:
@@ -121,15 +121,12 @@ def candidates(E, j, positions, lo, hi, fetch, out):
     if slot >= 0:
         pst[CLOCK] += 1
         last_use[slot] = pst[CLOCK]
-        rows, groups = rows_all[slot], groups_all[slot]
-    else:
-        rows, groups = rows_all[0][:0], groups_all[0][:0]
-    n = _candidates(open_rows[j], pst[OPEN_GROUP], pst[OPEN_MEMBERS], rows, groups, cf[G], cf[MB], positions,
-                    lo, hi, out)
+    n = _candidates(open_rows, j, pst[OPEN_GROUP], pst[OPEN_MEMBERS], rows, slot, row_group, cf[G], positions, lo,
+                    hi, out)
     return n, pages
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def get(E, key, out):
     """NemoEngine.get. Returns (where, value start, value length, page): where = -1 miss, 0..M-1 the buffer row
     whose set page `page` holds the value, M a flash page (`page` is then a view of the device)."""
@@ -178,7 +175,7 @@ def get(E, key, out):
     return where, start, n, page
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def put(E, j, key, value, flags, positions):
     """NemoEngine._put up to the flush: DONE, or NEED_FLUSH (then flush and call insert_after_flush)."""
     cf, st, ctr, pages, filters, order = E[CF], E[ST], E[CTR], E[PAGES], E[FILTERS], E[ORDER]
@@ -196,14 +193,14 @@ def put(E, j, key, value, flags, positions):
     return DONE if insert_after_flush(E, j, key, value, flags, positions) else -1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def insert_after_flush(E, j, key, value, flags, positions) -> bool:
     """The insert that follows a flush or a sacrifice; False if the object does not fit an empty set."""
     cf, pages, filters, order = E[CF], E[PAGES], E[FILTERS], E[ORDER]
     return buffers_insert(pages, filters, order, j, key, value, flags, positions, cf[TRIES]) >= 0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def set_(E, key, value, out):
     """NemoEngine.set after its size check: (outcome of put, j, flags, positions)."""
     st, ctr, pages, order = E[ST], E[CTR], E[PAGES], E[ORDER]
@@ -217,7 +214,7 @@ def set_(E, key, value, out):
     return put(E, j, key, value, flags, positions), j, flags, positions
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def delete(E, key, out):
     """NemoEngine.delete after its key check: (outcome of put or DONE, j, positions)."""
     st, ctr, pages, order = E[ST], E[CTR], E[PAGES], E[ORDER]
@@ -253,6 +250,7 @@ def shadowed(E, key, j, positions, v, out) -> bool:
 def write_back(E, v, cached, out) -> None:
     """NemoEngine._write_back: re-insert SG v's hot objects, then the others while room remains, into B[M-1], for
     the `cached` offsets (sorted) whose PBFG is in DRAM."""
+    E, cached, out = borrow((E, cached, out))  # every argument outlives this call
     cf, ctr, pages, filters, order, hot_bits = E[CF], E[CTR], E[PAGES], E[FILTERS], E[ORDER], E[HOT]
     rear = order[cf[M] - 1]
     hot_row = hot_bits[v % cf[WINDOW]]  # v is always inside the window: it is the oldest live SG

@@ -88,9 +88,9 @@ class NemoEngine(Engine):
         # check that both paths agree
         self.compiled = HAVE_XXH3 and cfg.flush_mode == "count" and hasattr(device, "array")
         self._cf = np.zeros(16, np.int64)
-        self._cf[[core.S, core.N, core.G, core.L, core.R, core.MB, core.K, core.MBITS, core.ZPS, core.ZCAP,
+        self._cf[[core.S, core.N, core.G, core.L, core.R, core.RB, core.K, core.MBITS, core.ZPS, core.ZCAP,
                   core.P_TH, core.TRIES, core.WINDOW, core.WB_COLD, core.M]] = [
-            self.S, self.N, geo.group_size, geo.live_groups, geo.rows_per_page, self.filter.nbytes, self.filter.k,
+            self.S, self.N, geo.group_size, geo.live_groups, geo.rows_per_page, geo.row_bytes, self.filter.k,
             self.filter.m_bits, geo.zones_per_sg, device.zone_capacity, math.ceil(self.p_th), self.buffers.tries,
             self.hotness.window, int(cfg.write_back_cold), cfg.buffered_sgs]
         self._cf[core.SEED] = np.uint64(cfg.hash_seed).astype(np.int64)
@@ -138,7 +138,7 @@ class NemoEngine(Engine):
     def core_state(self) -> tuple:
         """The state tuple `E` the compiled functions take: the engine's own arrays, in core.py's order."""
         b, p = self.buffers, self.pbfg
-        return (self._cf, self.st, p.st, b.pages, b.filters, b.order, p.open_rows, p.rows, p.row_group, p.slot_of,
+        return (self._cf, self.st, p.st, b.pages, b.filters, b.order, p.open_rows, p.flat_rows, p.row_group, p.slot_of,
                 p.offset_of, p.last_use, p.log.loc, self.hotness.bits, self.device.array, self._zone_reads,
                 self._ctr, self._pos_scratch)
 

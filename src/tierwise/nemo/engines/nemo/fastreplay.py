@@ -14,6 +14,7 @@ from numba import njit
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo.engines.nemo import core
 from tierwise.nemo.layout import FLAG_TOMBSTONE, MAX_KEY
+from tierwise.nemo.native import borrow
 from tierwise.nemo.lookaside import POOL, VersionTable, slot_of, spell_key, store_at, value_start, version_at
 
 REPLAY_COUNTERS = ("gets", "sets", "deletes", "lookaside_sets", "wrong_values", "uncacheable")
@@ -25,14 +26,14 @@ PENDING, P_INDEX, P_J, P_FLAGS = range(4)
 _GET, _SET = 0, 1  # tierwise.nemo.traces.Op
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _value(rows, slot, key_id, pool):
     version, size = version_at(rows, slot, 0)
     start = value_start(key_id, version, size)
     return pool[start:start + size]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _set(E, key, key_id, rows, slot, pool, max_value, rc, pend, i, out, invalidate):
     """replay._set + NemoEngine.set / delete: FINISHED, FLUSH (pend filled) or NO_FIT."""
     if version_at(rows, slot, 0)[1] > max_value or not 1 <= key.shape[0] <= MAX_KEY:
@@ -45,7 +46,7 @@ def _set(E, key, key_id, rows, slot, pool, max_value, rc, pend, i, out, invalida
     return _outcome(outcome, pend, i, j, flags)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _outcome(outcome, pend, i, j, flags):
     if outcome == core.NEED_FLUSH:
         pend[PENDING], pend[P_INDEX], pend[P_J], pend[P_FLAGS] = 1, i, j, flags
@@ -57,6 +58,9 @@ def _outcome(outcome, pend, i, j, flags):
 def replay_slice(E, ops, key_ids, key_sizes, value_sizes, rows, count, pool, max_value, strict, rc, pend, keybuf,
                  out):
     """Replay requests [0, n) of a slice, resuming at pend[P_INDEX] after a flush. Returns (outcome, index)."""
+    E = borrow(E)  # every argument outlives this call
+    ops, key_ids, key_sizes, value_sizes, rows, count, pool, rc, pend, keybuf, out = borrow(
+        (ops, key_ids, key_sizes, value_sizes, rows, count, pool, rc, pend, keybuf, out))
     i = 0
     if pend[PENDING]:  # finish the insert the flush interrupted
         i = pend[P_INDEX]

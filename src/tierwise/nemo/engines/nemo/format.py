@@ -17,7 +17,7 @@ from tierwise.common.errors import TierwiseError
 from tierwise.nemo.layout import PAGE_SIZE
 from tierwise.nemo.native import crc32c as native_crc32c
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: PBFG rows bit-sliced (index/bloom.py)
 SG_MAGIC = b"NEMOSG01"
 SG_COMMIT_MAGIC = b"NEMOSGC1"
 INDEX_MAGIC = b"NEMOIX01"

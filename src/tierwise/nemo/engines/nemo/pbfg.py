@@ -18,35 +18,39 @@ from tierwise.common.errors import TierwiseError
 from tierwise.nemo.engines.nemo.config import Geometry
 from tierwise.nemo.engines.nemo.format import (INDEX_ROW_HEADER, IndexHeader, encode_index_header, row_page_ok,
                                                seal_row_page)
-from tierwise.nemo.index.bloom import group_probe
+from tierwise.nemo.index.bloom import group_probe, group_set_member
 from tierwise.nemo.layout import PAGE_SIZE
 
 
 @njit(cache=True)
-def _candidates(open_row, open_group, open_members, rows, row_group, G, mb, positions, lo, hi, out) -> int:
-    """SG sequence numbers in [lo, hi) whose set-level filter may hold the key, newest first."""
-    members = np.empty(G, np.int64)
-    n = 0
-    found = group_probe(open_row, open_members, mb, positions, members)
-    for f in range(found - 1, -1, -1):
-        seq = open_group * G + members[f]
-        if lo <= seq < hi:
-            out[n] = seq
-            n += 1
+def _candidates(open_rows, j, open_group, open_members, rows, slot, row_group, G, positions, lo, hi, out) -> int:
+    """SG sequence numbers in [lo, hi) whose set-level filter may hold the key, newest first: the open group's row j,
+    then the cached rows of slot `slot` (rows[slot * L + i], L = row_group.shape[1]; slot -1 = none cached)."""
+    n = group_probe(open_rows, j, G, positions, out, 0, open_group * G, lo, min(hi, open_group * G + open_members))
+    for a in range(n // 2):  # newest first
+        out[a], out[n - 1 - a] = out[n - 1 - a], out[a]
     m = n
-    for li in range(rows.shape[0]):
-        g = row_group[li]
-        if g < 0 or (g + 1) * G <= lo or g * G >= hi:
-            continue
-        found = group_probe(rows[li], G, mb, positions, members)
-        for f in range(found):
-            seq = g * G + members[f]
-            if lo <= seq < hi:
-                out[n] = seq
-                n += 1
-    if n > m + 1:  # written groups sit in ring order; sort them newest first
-        out[m:n] = np.sort(out[m:n])[::-1]
+    if slot >= 0:
+        L = row_group.shape[1]
+        for li in range(L):
+            g = row_group[slot, li]
+            if g >= 0 and (g + 1) * G > lo and g * G < hi:
+                n = group_probe(rows, slot * L + li, G, positions, out, n, g * G, lo, hi)
+    for a in range(m + 1, n):  # written groups sit in ring order: insertion-sort them newest first (a few at most)
+        x = out[a]
+        b = a - 1
+        while b >= m and out[b] < x:
+            out[b + 1] = out[b]
+            b -= 1
+        out[b + 1] = x
     return n
+
+
+@njit(cache=True)
+def _add_member(open_rows, G, member, filters, m_bits) -> None:
+    """A flushed SG's S set-level filters become member `member` of the open group's S rows."""
+    for j in range(open_rows.shape[0]):
+        group_set_member(open_rows[j], G, member, filters[j], m_bits)
 
 
 # PBFG scalars, in one int64 array so compiled code and Python share them
@@ -142,23 +146,22 @@ class IndexLog:
 
 class PBFG:
     def __init__(self, geo: Geometry, cache_offsets: int, device, hash_seed: int):
-        S, G, mb = geo.sets, geo.group_size, geo.filter.nbytes
-        self.geo, self.S, self.G, self.mb = geo, S, G, mb
+        S, G, rb = geo.sets, geo.group_size, geo.row_bytes
+        self.geo, self.S, self.G, self.rb = geo, S, G, rb
         self.device = device
         self.hash_seed = hash_seed
         self.log = IndexLog(device, geo.index_zones, geo.index_block_pages, geo.live_groups)
-        self.open_rows = np.zeros((S, G * mb), np.uint8)
+        self.open_rows = np.zeros((S, rb), np.uint8)
         self.st = np.zeros(4, np.int64)  # OPEN_GROUP, OPEN_MEMBERS, CLOCK, FREE_SLOTS
         cap = cache_offsets
         L = geo.live_groups
-        self.rows = np.zeros((cap, L, G * mb), np.uint8)
+        self.rows = np.zeros((cap, L, rb), np.uint8)
+        self.flat_rows = self.rows.reshape(cap * L, rb)  # the same rows for compiled code: row (slot, i) = slot*L + i
         self.row_group = np.full((cap, L), -1, np.int64)
         self.slot_of = np.full(S, -1, np.int32)
         self.offset_of = np.full(cap, -1, np.int32)
         self.last_use = np.zeros(cap, np.int64)
         self.st[FREE_SLOTS] = cap
-        self._none_rows = np.zeros((0, G * mb), np.uint8)
-        self._none_groups = np.zeros(0, np.int64)
         self._out = np.empty(geo.data_slots + G + 1, np.int64)
         self._page = np.empty(PAGE_SIZE, np.uint8)
 
@@ -202,11 +205,8 @@ class PBFG:
         if slot >= 0:
             self.st[CLOCK] += 1
             self.last_use[slot] = self.st[CLOCK]
-            rows, groups = self.rows[slot], self.row_group[slot]
-        else:
-            rows, groups = self._none_rows, self._none_groups
-        n = _candidates(self.open_rows[j], self.open_group, self.open_members, rows, groups, self.G, self.mb,
-                        positions, lo, hi, self._out)
+        n = _candidates(self.open_rows, j, self.open_group, self.open_members, self.flat_rows, slot, self.row_group,
+                        self.G, positions, lo, hi, self._out)
         return self._out[:n].copy(), pages
 
     def _fetch(self, j: int, lo: int) -> tuple[int, int]:
@@ -216,7 +216,7 @@ class PBFG:
         self.offset_of[slot] = j
         self.row_group[slot] = -1
         R, L = self.geo.rows_per_page, self.geo.live_groups
-        rb = self.G * self.mb
+        rb = self.rb
         first = (j // R) * R
         start = INDEX_ROW_HEADER + (j - first) * rb
         reads = 0
@@ -239,7 +239,7 @@ class PBFG:
         s = seq % self.G
         if seq // self.G != self.open_group or s != self.open_members:
             raise TierwiseError(f"SG {seq} flushed out of order (open group {self.open_group}, {self.open_members} members)")
-        self.open_rows[:, s * self.mb:(s + 1) * self.mb] = filters
+        _add_member(self.open_rows, self.G, s, filters, self.geo.filter.m_bits)
         self.open_members += 1
         if self.open_members < self.G:
             return 0
@@ -251,7 +251,7 @@ class PBFG:
         live = self.offset_of >= 0
         self.rows[live, g % geo.live_groups] = self.open_rows[self.offset_of[live]]
         self.row_group[live, g % geo.live_groups] = g
-        R, rb = geo.rows_per_page, self.G * self.mb
+        R, rb = geo.rows_per_page, self.rb
         row_pages = geo.index_block_pages - 1
         pages = np.zeros((geo.index_block_pages, PAGE_SIZE), np.uint8)
         header = IndexHeader(group=g, seq_lo=g * G, seq_hi=(g + 1) * G, sets=self.S, group_size=G,

@@ -35,7 +35,7 @@ from tierwise.common.errors import TierwiseError
 from tierwise.nemo.engines.nemo.format import (decode_index_header, decode_sg_header, decode_sg_trailer,
                                                row_page_ok, sets_crc)
 from tierwise.nemo.hashing import bloom_positions, hash128
-from tierwise.nemo.index.bloom import filter_add
+from tierwise.nemo.index.bloom import group_add, group_set_member
 from tierwise.nemo.layout import OBJ_HEADER, PAGE_SIZE, page_count, page_positions, page_well_formed
 
 
@@ -303,7 +303,7 @@ def _fill_open_rows(engine, group: int, members: int, slots: list[_Slot], rep: R
     """Set-level filters of the live SGs among the first `members` of `group`, rebuilt from their keys (every
     record: objects, write-back copies and tombstones, as the insert path adds them)."""
     pbfg, G, N = engine.pbfg, engine.geo.group_size, engine.N
-    rows, mb = pbfg.open_rows, pbfg.mb
+    rows = pbfg.open_rows
     rows[:] = 0
     f, seed = engine.filter, engine.cfg.hash_seed
     rebuilt = 0
@@ -318,9 +318,8 @@ def _fill_open_rows(engine, group: int, members: int, slots: list[_Slot], rep: R
         flat = pages.tobytes()
         h = [hash128(flat[k:k + n], seed) >> 64 for k, n in zip(key_at.tolist(), key_len.tolist())]
         hi = np.array(h, np.uint64).reshape(-1)
-        _add_keys(rows, s * mb, page_of, (hi & np.uint64(0xFFFFFFFF)).astype(np.int64),
+        _add_keys(rows, G, s, bad, page_of, (hi & np.uint64(0xFFFFFFFF)).astype(np.int64),
                   ((hi >> np.uint64(32)) | np.uint64(1)).astype(np.int64), f.k, f.m_bits)
-        rows[bad, s * mb:(s + 1) * mb] = 0xFF  # every lookup of a bad set reads the page and misses
         rebuilt += 1
     return rebuilt
 
@@ -351,6 +350,12 @@ def _page_keys(pages, bad):
 
 
 @njit(cache=True)
-def _add_keys(rows, base, page_of, h1, h2, k, m_bits):
+def _add_keys(rows, G, member, bad, page_of, h1, h2, k, m_bits):
+    """Member `member` of each row: the keys of its set; a bad set gets an all-ones filter, so every lookup reads
+    the page (and misses on its checksum)."""
     for i in range(page_of.shape[0]):
-        filter_add(rows[page_of[i]], base, bloom_positions(h1[i], h2[i], k, m_bits))
+        group_add(rows[page_of[i]], G, member, bloom_positions(h1[i], h2[i], k, m_bits))
+    ones = np.full(m_bits // 8, 0xFF, np.uint8)
+    for j in range(bad.shape[0]):
+        if bad[j]:
+            group_set_member(rows[j], G, member, ones, m_bits)
