@@ -87,7 +87,7 @@ def test_delete_then_flush_and_buffer_only_delete():
 
 
 def _hot_survivors(**opts) -> tuple[int, NemoEngine]:
-    e = small_engine(sets=8, zones=14, pbfg_cache_ratio=1.0, **opts)
+    e = small_engine(sets=8, zones=14, pbfg_cache_ratio=1.0, flush_threshold=1, **opts)
     hot = [b"hot%d" % i for i in range(20)]
     for h in hot:
         e.set(h, val(1, 100))
@@ -160,7 +160,9 @@ def test_dram_measured_and_geometry_defaults():
     e = small_engine()
     d = e.dram_bytes()
     assert d["buffers"] == 2 * 8 * PAGE_SIZE and d["pbfg_cache"] > 0 and d["open_group"] > 0
-    assert NemoConfig().p_threshold(275_712) == 4096
+    assert NemoConfig().p_threshold(126) == 126 and NemoConfig(flush_threshold=2).p_threshold(126) == 2
+    with pytest.raises(TierwiseError, match="not both"):
+        NemoConfig(filter_budget=0.5, pbfg_cache_ratio=0.5)
 
 
 def test_oversized_and_bad_keys_rejected():
@@ -182,9 +184,10 @@ def test_probability_mode_and_no_write_back():
 
 def test_filter_budget_counts_the_open_group():
     geo = plan_geometry(NemoConfig(), 48, 128 * PAGE_SIZE)
-    by_offsets = NemoConfig().pbfg_cache_offsets(geo)
+    by_offsets = NemoConfig(pbfg_cache_ratio=0.5).pbfg_cache_offsets(geo)
     by_budget = NemoConfig(filter_budget=0.5).pbfg_cache_offsets(geo)
     assert by_offsets == geo.sets // 2 and 0 < by_budget < by_offsets
+    assert NemoConfig().pbfg_cache_offsets(geo) == by_budget  # the default
     # DRAM filters (open group + cached rows) stay within half of all live filters
     filters = geo.sets * geo.group_size + by_budget * geo.live_groups * geo.group_size
     assert filters <= 0.5 * geo.data_slots * geo.sets

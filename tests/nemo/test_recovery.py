@@ -16,6 +16,7 @@ from tierwise.nemo.engines.nemo import NemoEngine
 from tierwise.nemo.layout import PAGE_SIZE
 
 ZONES, ZONE = 24, 256 << 10  # S = 62 sets per SG, ~20 SG slots, index groups of a few SGs
+P_TH = 1  # flush at the first failed insert: many flushes (ring wraps, index groups complete) in a short workload
 
 
 def workload(engine, n: int, seed: int, history: dict | None = None) -> dict[bytes, bytes | None]:
@@ -57,7 +58,7 @@ def golden(tmp_path_factory):
     """A cache written with overwrites and deletes, wrapped around the ring, then shut down cleanly."""
     path = tmp_path_factory.mktemp("golden") / "dev"
     dev = FileZonedDevice(path, ZONES, ZONE)
-    engine = NemoEngine(dev)
+    engine = NemoEngine(dev, flush_threshold=P_TH)
     history: dict[bytes, set] = {}
     latest = workload(engine, 24000, seed=1, history=history)
     assert engine.oldest > 0  # SGs were evicted: the ring wrapped
@@ -178,7 +179,7 @@ def test_crashes_at_random_points_never_serve_garbage(tmp_path):
         dev = FileZonedDevice(path, ZONES, ZONE, faults=FaultPlan(crash_after_bytes=crash_at, torn=torn, seed=trial))
         history: dict[bytes, set] = {}
         with pytest.raises(SimulatedCrash):
-            workload(NemoEngine(dev), 30000, seed=trial, history=history)
+            workload(NemoEngine(dev, flush_threshold=P_TH), 30000, seed=trial, history=history)
         engine = reopen(path)
         check_written_or_absent(engine, history)
         latest = workload(engine, 4000, seed=10 + trial)  # the recovered cache keeps working
@@ -188,7 +189,7 @@ def test_crashes_at_random_points_never_serve_garbage(tmp_path):
 def test_crash_between_data_flush_and_index_write_rebuilds_the_block(tmp_path):
     # Find where the first index block starts by running the same workload once without faults.
     probe_dev = FileZonedDevice(tmp_path / "probe", ZONES, ZONE)
-    probe = NemoEngine(probe_dev)
+    probe = NemoEngine(probe_dev, flush_threshold=P_TH)
     first_index_write = []
     plain_append = probe_dev.append
 
@@ -205,7 +206,7 @@ def test_crash_between_data_flush_and_index_write_rebuilds_the_block(tmp_path):
     path = tmp_path / "dev"
     dev = FileZonedDevice(path, ZONES, ZONE, faults=FaultPlan(crash_after_bytes=first_index_write[0] + PAGE_SIZE))
     with pytest.raises(SimulatedCrash):
-        workload(NemoEngine(dev), 20000, seed=3)
+        workload(NemoEngine(dev, flush_threshold=P_TH), 20000, seed=3)
     engine = reopen(path)
     rep = engine.recovery
     assert rep.index_blocks_rebuilt == 1 and rep.index_blocks_damaged == 1 and engine.next_seq == G

@@ -20,7 +20,8 @@ def test_parse_engine_options():
 
 
 def test_replay_synthetic_checks_values_and_reaches_steady_state():
-    engine = open_engine("nemo", flash_mb=1, zone_kb=64)  # 16 zones of 14 sets: far below the working set
+    # 16 zones of 14 sets: far below the working set; p_th = 1 flushes often enough to reach steady state early
+    engine = open_engine("nemo", flash_mb=1, zone_kb=64, flush_threshold=1)
     result = replay(engine, open_trace("synth:twitter-merged:100000"),
                     ReplayOptions(sample_every=20_000, warmup=0.5, limit=60_000))
     s = result.summary

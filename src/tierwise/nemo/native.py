@@ -102,14 +102,49 @@ def _crc32c_bytes(crc, data, start, end):
     return crc
 
 
+# Three interleaved crc32 chains over 3 x 1360-byte blocks hide the instruction's 3-cycle latency (3x faster on a
+# 4 KB page). Chains started at 0 are combined by the linear "append n zero bytes" map: crc(A|B|C) =
+# zeros_2L(crc(A)) ^ zeros_L(crc(B)) ^ crc(C), each map a 4 x 256 table.
+_BLOCK_WORDS = 170
+_BLOCK = 8 * _BLOCK_WORDS
+
+
 @njit(cache=True)
-def _crc32c_hw(data):
+def _zero_shift_tables(nbytes):
+    """T[k, b] = state after feeding `nbytes` zero bytes to the crc32 instruction from state b << 8k."""
+    table = np.zeros((4, 256), np.uint32)
+    for k in range(4):
+        for b in range(256):
+            crc = np.uint64(b) << np.uint64(8 * k)
+            for _ in range(nbytes // 8):
+                crc = _crc32c_u64(crc, np.uint64(0))
+            table[k, b] = np.uint32(crc)
+    return table
+
+
+@njit(cache=True, inline="always")
+def _shift(table, crc):
+    return np.uint64(table[0, crc & np.uint64(0xFF)] ^ table[1, (crc >> np.uint64(8)) & np.uint64(0xFF)]
+                     ^ table[2, (crc >> np.uint64(16)) & np.uint64(0xFF)] ^ table[3, crc >> np.uint64(24)])
+
+
+@njit(cache=True)
+def _crc32c_hw(data, shift1, shift2):
     n = data.shape[0]
-    head = n % 8
+    serial = n % (3 * _BLOCK)
+    head = serial % 8
     crc = _crc32c_bytes(np.uint64(0xFFFFFFFF), data, 0, head)
     words = data[head:].view(np.uint64)
-    for i in range(words.shape[0]):
+    for i in range(serial // 8):
         crc = _crc32c_u64(crc, words[i])
+    for w in range(serial // 8, words.shape[0], 3 * _BLOCK_WORDS):
+        b = np.uint64(0)
+        c = np.uint64(0)
+        for i in range(w, w + _BLOCK_WORDS):
+            crc = _crc32c_u64(crc, words[i])
+            b = _crc32c_u64(b, words[i + _BLOCK_WORDS])
+            c = _crc32c_u64(c, words[i + 2 * _BLOCK_WORDS])
+        crc = _shift(shift2, crc) ^ _shift(shift1, b) ^ c
     return np.uint32(crc ^ np.uint64(0xFFFFFFFF))
 
 
@@ -118,8 +153,15 @@ def _crc32c_sw(data):
     return np.uint32(_crc32c_bytes(np.uint64(0xFFFFFFFF), data, 0, data.shape[0]) ^ np.uint64(0xFFFFFFFF))
 
 
-# CRC-32C of a contiguous uint8 array, equal to `crc32c.crc32c(bytes)`
-crc32c = _crc32c_hw if HAVE_CRC_INSTRUCTION else _crc32c_sw
+if HAVE_CRC_INSTRUCTION:
+    _SHIFT1, _SHIFT2 = _zero_shift_tables(_BLOCK), _zero_shift_tables(2 * _BLOCK)
+
+    @njit(cache=True)
+    def crc32c(data):
+        """CRC-32C of a contiguous uint8 array, equal to `crc32c.crc32c(bytes)`."""
+        return _crc32c_hw(data, _SHIFT1, _SHIFT2)
+else:
+    crc32c = _crc32c_sw
 
 
 def _unowned(context, builder, ty, value):

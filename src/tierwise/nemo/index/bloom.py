@@ -90,16 +90,18 @@ def group_set_member(row, members, member, filt, m_bits) -> None:
 
 
 @njit(cache=True, inline="always")
-def _bits_at(rows, r, bitpos, count):
-    """`count` (<= 64) bits of row r starting at bit `bitpos`, as the low bits of a uint64."""
+def _bits_at(rows, r, bitpos, count, width):
+    """`count` (<= 64) bits of row r starting at bit `bitpos`, as the low bits of a uint64. Reads `width` bytes
+    (enough for any bit offset, at most 8) whatever the offset, so the loop's trip count never varies; bytes past
+    the row end are read as its last byte and land above `count`, where the mask drops them."""
     byte = bitpos >> 3
     shift = bitpos & 7
-    need = (shift + count + 7) >> 3
+    last = rows.shape[1] - 1
     v = np.uint64(0)
-    for i in range(min(need, 8)):
-        v |= np.uint64(rows[r, byte + i]) << np.uint64(8 * i)
+    for i in range(width):
+        v |= np.uint64(rows[r, min(byte + i, last)]) << np.uint64(8 * i)
     v >>= np.uint64(shift)
-    if need == 9:
+    if shift + count > 64:  # a 64-member word at an odd bit offset spans 9 bytes
         v |= np.uint64(rows[r, byte + 8]) << np.uint64(64 - shift)
     if count < 64:
         v &= (np.uint64(1) << np.uint64(count)) - np.uint64(1)
@@ -116,9 +118,10 @@ def group_probe(rows, r, members, positions, out, n, seq0, lo, hi) -> int:
     """
     for first in range(0, members, 64):
         count = min(64, members - first)
+        width = min(8, (count + 14) >> 3)
         alive = np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(64 - count)
         for p in positions:
-            alive &= _bits_at(rows, r, p * members + first, count)
+            alive &= _bits_at(rows, r, p * members + first, count, width)
             if alive == np.uint64(0):
                 break
         s = seq0 + first

@@ -6,13 +6,13 @@ import math
 from dataclasses import asdict, dataclass
 
 from tierwise.common.errors import TierwiseError
+from tierwise.nemo.engines.nemo.format import INDEX_ROW_HEADER, ROW_CHECK
 from tierwise.nemo.hashing import DEFAULT_SEED
 from tierwise.nemo.index.bloom import FilterParams, group_row_bytes
-from tierwise.nemo.layout import OBJ_HEADER, PAGE_HEADER, PAGE_SIZE, PAYLOAD
+from tierwise.nemo.layout import OBJ_HEADER, PAGE_SIZE, PAYLOAD
 
 SG_META_PAGES = 2  # SG header page + SG trailer (commit) page around the S set pages
-PAPER_SETS_PER_SG = 275_712
-PAPER_P_TH = 4096
+DEFAULT_FILTER_BUDGET = 0.5  # Table 6: 14.4 bits per object x 50%
 
 
 @dataclass
@@ -21,10 +21,15 @@ class NemoConfig:
     buffered_sgs: int = 2  # M, in-memory SetGroups (paper: 2)
     buffer_fallback: bool = True  # B: a full set in B[0] falls back to the same set of older buffers (ablation: off)
     flush_mode: str = "count"  # "count": flush after p_th failed inserts; "probability": flush w.p. p per failure
-    flush_threshold: float | None = None  # p_th (count) or p (probability); None = 4096/275712 of S, or 0.001
-    pbfg_cache_ratio: float = 0.5  # fraction of set offsets whose PBFG is cached in DRAM (paper: 50%)
-    filter_budget: float | None = None  # instead: DRAM for all set-level filters (open group + cache) as a
-    # fraction of the filters of every live SG (Table 6's "14.4 x 50%"); the LRU cache gets what the open group leaves
+    # p_th (count mode) or p (probability mode); None = S (count) or 0.001. The paper's 4096 of 275,712 sets is
+    # 1.5% of S; scaled so to a laptop-sized S it gives 73% SG fill, not the paper's 89% (docs/results-nemo.md),
+    # while p_th = S reproduces the paper's fill and ALWA
+    flush_threshold: float | None = None
+    # DRAM for set-level filters, as a fraction of the filters of every live SG: the open index group plus the
+    # PBFG cache, which gets what the open group leaves (Table 6's "14.4 x 50%"). None = 0.5.
+    filter_budget: float | None = None
+    pbfg_cache_ratio: float | None = None  # instead: the fraction of set offsets whose PBFG is cached (the open
+    # group then comes on top); excludes filter_budget
     fp_rate: float = 0.001  # design false-positive rate of a set-level filter (paper: 0.1%)
     expected_object_bytes: float = 250.0  # key+value bytes per object, to size the filters (twitter-merged: 246)
     filter_fill: float = 0.9  # set fill the filters are sized for (the target SG fill)
@@ -45,8 +50,10 @@ class NemoConfig:
             raise TierwiseError(f"flush_mode must be 'count' or 'probability', got {self.flush_mode!r}")
         if self.flush_mode == "probability" and self.flush_threshold is not None and not 0 < self.flush_threshold <= 1:
             raise TierwiseError(f"probability-mode flush_threshold must be in (0, 1], got {self.flush_threshold}")
-        if not 0 < self.pbfg_cache_ratio <= 1:
+        if self.pbfg_cache_ratio is not None and not 0 < self.pbfg_cache_ratio <= 1:
             raise TierwiseError(f"pbfg_cache_ratio must be in (0, 1], got {self.pbfg_cache_ratio}")
+        if self.pbfg_cache_ratio is not None and self.filter_budget is not None:
+            raise TierwiseError("give filter_budget or pbfg_cache_ratio, not both: each sizes the PBFG cache")
         if self.filter_budget is not None and not 0 < self.filter_budget <= 1:
             raise TierwiseError(f"filter_budget must be in (0, 1], got {self.filter_budget}")
         if not 0 < self.hot_window <= 1 or not 0 < self.cooling <= 1:
@@ -63,12 +70,14 @@ class NemoConfig:
 
     def pbfg_cache_offsets(self, geo: "Geometry") -> int:
         """How many set offsets the PBFG cache holds (each costs live_groups rows of G filters)."""
-        if self.filter_budget is None:
+        if self.pbfg_cache_ratio is not None:
             return max(1, math.floor(self.pbfg_cache_ratio * geo.sets))
-        spare = self.filter_budget * geo.data_slots - geo.group_size  # filters per offset left after the open group
-        if spare <= 0:
+        budget = DEFAULT_FILTER_BUDGET if self.filter_budget is None else self.filter_budget
+        spare = budget * geo.data_slots - geo.group_size  # filters per offset left after the open group
+        if spare <= 0 and self.filter_budget is not None:
             raise TierwiseError(f"filter_budget {self.filter_budget} does not even cover the open index group "
                                 f"({geo.group_size} of {geo.data_slots} SGs)")
+        # a tiny cache whose open group alone exceeds the default budget still caches one offset
         return max(1, min(geo.sets, math.floor(geo.sets * spare / (geo.live_groups * geo.group_size))))
 
     def p_threshold(self, sets: int) -> float:
@@ -76,7 +85,7 @@ class NemoConfig:
             return self.flush_threshold
         if self.flush_mode == "probability":
             return 0.001
-        return max(1, round(PAPER_P_TH / PAPER_SETS_PER_SG * sets))  # §11: keep p_th / S at the paper's 1.5%
+        return sets
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -121,14 +130,14 @@ def plan_geometry(cfg: NemoConfig, num_zones: int, zone_capacity: int) -> Geomet
         raise TierwiseError(f"zone capacity {zone_capacity} B cannot hold an SG header, a set and a trailer")
     zps = math.ceil((sets + SG_META_PAGES) * PAGE_SIZE / zone_capacity)
     filt = cfg.filter_params()
-    max_group = (PAGE_SIZE - PAGE_HEADER) * 8 // filt.m_bits
+    max_group = (PAGE_SIZE - INDEX_ROW_HEADER - ROW_CHECK) * 8 // filt.m_bits
     for n in range(num_zones // zps, 1, -1):
         g = cfg.group_size or max(1, math.ceil(n / cfg.index_pages_per_pbfg))
         if g > max_group:
             raise TierwiseError(f"group_size {g} too large: {g} filters of {filt.nbytes} B exceed one 4 KB index page "
                                 f"(max {max_group}); raise fp_rate or lower group_size")
         live = math.ceil(n / g)
-        rows = (PAGE_SIZE - PAGE_HEADER) // group_row_bytes(filt.m_bits, g)
+        rows = (PAGE_SIZE - INDEX_ROW_HEADER) // (group_row_bytes(filt.m_bits, g) + ROW_CHECK)
         block_pages = 1 + math.ceil(sets / rows)
         need = _index_zones_needed(block_pages * PAGE_SIZE, zone_capacity, live)
         if n * zps + need <= num_zones:

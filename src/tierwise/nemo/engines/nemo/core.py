@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from tierwise.nemo.engines.nemo.format import row_page_valid
+from tierwise.nemo.engines.nemo.format import INDEX_ROW_HEADER, ROW_CHECK, row_valid
 from tierwise.nemo.engines.nemo.pbfg import CLOCK, OPEN_GROUP, OPEN_MEMBERS, _candidates, locate_page, take_slot
 from tierwise.nemo.engines.nemo.setgroup import buffers_find, buffers_insert, buffers_remove, sacrifice
 from tierwise.nemo.hashing import bloom_positions_into
@@ -92,13 +92,13 @@ def fetch_rows(E, j, lo):
     row_group[slot, :] = -1
     first = (j // cf[R]) * cf[R]
     rb = cf[RB]
-    start = 16 + (j - first) * rb  # format.INDEX_ROW_HEADER
+    start = INDEX_ROW_HEADER + (j - first) * (rb + ROW_CHECK)
     reads = 0
     for g in range(max(0, lo // cf[G]), pst[OPEN_GROUP]):
         z, off = locate_page(loc, g, 1 + j // cf[R])
         page = read_page(E, z, off)
         reads += 1
-        if row_page_valid(page, g, first):
+        if row_valid(page, g, first, j - first, rb):
             rows[slot * cf[L] + g % cf[L]] = page[start:start + rb]
         else:  # torn/corrupt index page: every member may hold the key (extra reads, never a stale hit)
             rows[slot * cf[L] + g % cf[L]] = 0xFF
@@ -130,9 +130,9 @@ def candidates(E, j, positions, lo, hi, fetch, out):
 def get(E, key, out):
     """NemoEngine.get. Returns (where, value start, value length, page): where = -1 miss, 0..M-1 the buffer row
     whose set page `page` holds the value, M a flash page (`page` is then a view of the device)."""
-    cf, st, ctr, pages, order, hot, dev = E[CF], E[ST], E[CTR], E[PAGES], E[ORDER], E[HOT], E[DEV]
+    cf, st, ctr, pages, filters, order, hot, dev = E[CF], E[ST], E[CTR], E[PAGES], E[FILTERS], E[ORDER], E[HOT], E[DEV]
     j, positions = key_hash(E, key)
-    i, pos = buffers_find(pages, order, j, key)
+    i, pos = buffers_find(pages, filters, order, j, key, positions)
     ctr[C_GETS] += 1
     if i >= 0:
         row = order[i]
@@ -203,11 +203,11 @@ def insert_after_flush(E, j, key, value, flags, positions) -> bool:
 @njit(cache=True, inline="always")
 def set_(E, key, value, out):
     """NemoEngine.set after its size check: (outcome of put, j, flags, positions)."""
-    st, ctr, pages, order = E[ST], E[CTR], E[PAGES], E[ORDER]
+    st, ctr, pages, filters, order = E[ST], E[CTR], E[PAGES], E[FILTERS], E[ORDER]
     ctr[C_INSERTS] += 1
     ctr[C_INSERT_BYTES] += key.shape[0] + value.shape[0]
     j, positions = key_hash(E, key)
-    buffers_remove(pages, order, j, key)
+    buffers_remove(pages, filters, order, j, key, positions)
     # known-absent from flash only if the filters in DRAM say so; otherwise assume an older copy may exist
     n, _ = candidates(E, j, positions, st[OLDEST], st[NEXT_SEQ], False, out)
     flags = FLAG_SHADOWS if n != 0 else 0
@@ -217,10 +217,10 @@ def set_(E, key, value, out):
 @njit(cache=True, inline="always")
 def delete(E, key, out):
     """NemoEngine.delete after its key check: (outcome of put or DONE, j, positions)."""
-    st, ctr, pages, order = E[ST], E[CTR], E[PAGES], E[ORDER]
+    st, ctr, pages, filters, order = E[ST], E[CTR], E[PAGES], E[FILTERS], E[ORDER]
     ctr[C_DELETES] += 1
     j, positions = key_hash(E, key)
-    buffers_remove(pages, order, j, key)
+    buffers_remove(pages, filters, order, j, key, positions)
     n, index_reads = candidates(E, j, positions, st[OLDEST], st[NEXT_SEQ], True, out)
     ctr[C_DELETE_INDEX] += index_reads
     if n:
@@ -232,8 +232,8 @@ def delete(E, key, out):
 @njit(cache=True)
 def shadowed(E, key, j, positions, v, out) -> bool:
     """NemoEngine._shadowed: does a buffer or an SG younger than `v` hold any record of `key`?"""
-    st, ctr, pages, order = E[ST], E[CTR], E[PAGES], E[ORDER]
-    if buffers_find(pages, order, j, key)[0] >= 0:
+    st, ctr, pages, filters, order = E[ST], E[CTR], E[PAGES], E[FILTERS], E[ORDER]
+    if buffers_find(pages, filters, order, j, key, positions)[0] >= 0:
         return True
     n, _ = candidates(E, j, positions, v + 1, st[NEXT_SEQ], False, out)
     if n < 0:

@@ -186,12 +186,13 @@ class NemoEngine(Engine):
         h = key_hash(key, self.S, self.cfg.hash_seed)
         j = h.offset
         kb = _key_array(key)
-        i, pos = self.buffers.find(j, kb)
+        positions = self._positions(h)
+        i, pos = self.buffers.find(j, kb, positions)
         if i >= 0:
             value = _value(self.buffers.page(i, j), pos)
             self.metrics.get(value is not None)
             return value
-        cands, index_reads = self.pbfg.candidates(j, self._positions(h), self.oldest, self.next_seq)
+        cands, index_reads = self.pbfg.candidates(j, positions, self.oldest, self.next_seq)
         reads = 0
         value = None
         for seq in cands:
@@ -214,7 +215,7 @@ class NemoEngine(Engine):
         self.metrics.user_insert(len(key) + len(value))
         j, positions = self._hash(key)
         kb = _key_array(key)
-        self.buffers.remove(j, kb)
+        self.buffers.remove(j, kb, positions)
         # Known-absent from flash only if the filters in DRAM say so; otherwise assume an older copy may exist.
         cands, _ = self.pbfg.candidates(j, positions, self.oldest, self.next_seq, fetch=False)
         flags = FLAG_SHADOWS if cands is None or len(cands) else 0
@@ -227,7 +228,7 @@ class NemoEngine(Engine):
         self.metrics.user_delete()
         j, positions = self._hash(key)
         kb = _key_array(key)
-        self.buffers.remove(j, kb)
+        self.buffers.remove(j, kb, positions)
         cands, index_reads = self.pbfg.candidates(j, positions, self.oldest, self.next_seq)
         self.metrics.count("delete_index_reads", index_reads)
         if len(cands):
@@ -390,7 +391,7 @@ class NemoEngine(Engine):
     def _shadowed(self, key: bytes, j: int, positions: np.ndarray, v: int) -> bool:
         """Does a buffer or an SG younger than `v` hold any record (copy or tombstone) of `key`?"""
         kb = _key_array(key)
-        if self.buffers.find(j, kb)[0] >= 0:
+        if self.buffers.find(j, kb, positions)[0] >= 0:
             return True
         cands, _ = self.pbfg.candidates(j, positions, v + 1, self.next_seq, fetch=False)
         if cands is None:

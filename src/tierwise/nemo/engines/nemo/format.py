@@ -17,7 +17,7 @@ from tierwise.common.errors import TierwiseError
 from tierwise.nemo.layout import PAGE_SIZE
 from tierwise.nemo.native import crc32c as native_crc32c
 
-FORMAT_VERSION = 2  # 2: PBFG rows bit-sliced (index/bloom.py)
+FORMAT_VERSION = 2  # 2: PBFG rows bit-sliced (index/bloom.py), one check per row
 SG_MAGIC = b"NEMOSG01"
 SG_COMMIT_MAGIC = b"NEMOSGC1"
 INDEX_MAGIC = b"NEMOIX01"
@@ -25,7 +25,8 @@ INDEX_MAGIC = b"NEMOIX01"
 _SG_HEADER = struct.Struct("<8sHHQIIIIQIII")  # magic, version, flags, seq, S, set size, slot, zones/SG, seed, m, k, G
 _SG_TRAILER = struct.Struct("<8sHHQIIQI")  # magic, version, flags, seq, S, objects, user kv bytes, crc32c of set CRCs
 _INDEX_HEADER = struct.Struct("<8sHHQQQIIIIIIQ")  # magic, ver, flags, group, seq lo, seq hi, S, G, m, k, R, pages, seed
-INDEX_ROW_HEADER = 16  # crc32c u32 over [4, 4096), group id u64, first set offset u32; then R rows
+INDEX_ROW_HEADER = 16  # crc32c u32 over [4, 16), group id u64, first set offset u32; then R (row, check) entries
+ROW_CHECK = 4  # after each row: crc32c of the row keyed by (group, offset)
 
 
 @dataclass(frozen=True)
@@ -122,19 +123,7 @@ def decode_index_header(page: bytes) -> IndexHeader:
                        rows_per_page=f[10], row_pages=f[11], hash_seed=f[12], flags=f[2])
 
 
-def seal_row_page(page: np.ndarray, group: int, first_offset: int) -> None:
-    page[4:12] = np.frombuffer(int(group).to_bytes(8, "little"), np.uint8)
-    page[12:16] = np.frombuffer(int(first_offset).to_bytes(4, "little"), np.uint8)
-    page[0:4] = np.frombuffer(crc32c.crc32c(page[4:].data).to_bytes(4, "little"), np.uint8)
-
-
-def row_page_ok(page: np.ndarray, group: int, first_offset: int) -> bool:
-    return (int.from_bytes(page[0:4].tobytes(), "little") == crc32c.crc32c(page[4:].data)
-            and int.from_bytes(page[4:12].tobytes(), "little") == group
-            and int.from_bytes(page[12:16].tobytes(), "little") == first_offset)
-
-
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _le(page, start, n):
     v = np.uint64(0)
     for i in range(n):
@@ -142,8 +131,48 @@ def _le(page, start, n):
     return v
 
 
+@njit(cache=True, inline="always")
+def _put_le(page, start, n, v):
+    for i in range(n):
+        page[start + i] = (np.uint64(v) >> np.uint64(8 * i)) & np.uint64(0xFF)
+
+
 @njit(cache=True)
-def row_page_valid(page, group, first_offset) -> bool:
-    """`row_page_ok` for compiled code."""
-    return (_le(page, 0, 4) == np.uint64(native_crc32c(page[4:])) and _le(page, 4, 8) == np.uint64(group)
-            and _le(page, 12, 4) == np.uint64(first_offset))
+def _row_check(row, group, offset):
+    """A row's check value: its crc32c keyed by (group, offset), so a row read at the wrong place fails too."""
+    key = (np.uint64(group) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(offset) * np.uint64(0xC2B2AE3D27D4EB4F))
+    return np.uint64(native_crc32c(row)) ^ (key >> np.uint64(32))
+
+
+@njit(cache=True)
+def fill_row_page(page, group, first_offset, rows) -> None:
+    """Row page of index group `group` holding `rows` (the rows of offsets first_offset, first_offset + 1, ...):
+    header [crc32c of bytes 4..16 | group u64 | first offset u32], then per row its bytes and a u32 check."""
+    rb = rows.shape[1]
+    _put_le(page, 4, 8, group)
+    _put_le(page, 12, 4, first_offset)
+    _put_le(page, 0, 4, native_crc32c(page[4:INDEX_ROW_HEADER]))
+    for i in range(rows.shape[0]):
+        start = INDEX_ROW_HEADER + i * (rb + ROW_CHECK)
+        page[start:start + rb] = rows[i]
+        _put_le(page, start + rb, ROW_CHECK, _row_check(rows[i], group, first_offset + i))
+
+
+@njit(cache=True)
+def row_valid(page, group, first_offset, i, rb) -> bool:
+    """Is row i of this row page intact and the row of (group, first_offset + i)? Checks the page header and that
+    row only (a PBFG fetch needs one row of the page)."""
+    if (_le(page, 0, 4) != np.uint64(native_crc32c(page[4:INDEX_ROW_HEADER])) or _le(page, 4, 8) != np.uint64(group)
+            or _le(page, 12, 4) != np.uint64(first_offset)):
+        return False
+    start = INDEX_ROW_HEADER + i * (rb + ROW_CHECK)
+    return _le(page, start + rb, ROW_CHECK) == _row_check(page[start:start + rb], group, first_offset + i)
+
+
+@njit(cache=True)
+def row_page_valid(page, group, first_offset, rows, rb) -> bool:
+    """Are the first `rows` rows of this row page all intact (recovery)?"""
+    for i in range(rows):
+        if not row_valid(page, group, first_offset, i, rb):
+            return False
+    return True

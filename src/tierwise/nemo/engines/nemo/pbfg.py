@@ -16,8 +16,8 @@ from numba import njit
 
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo.engines.nemo.config import Geometry
-from tierwise.nemo.engines.nemo.format import (INDEX_ROW_HEADER, IndexHeader, encode_index_header, row_page_ok,
-                                               seal_row_page)
+from tierwise.nemo.engines.nemo.format import (INDEX_ROW_HEADER, ROW_CHECK, IndexHeader, encode_index_header,
+                                               fill_row_page, row_valid)
 from tierwise.nemo.index.bloom import group_probe, group_set_member
 from tierwise.nemo.layout import PAGE_SIZE
 
@@ -218,13 +218,13 @@ class PBFG:
         R, L = self.geo.rows_per_page, self.geo.live_groups
         rb = self.rb
         first = (j // R) * R
-        start = INDEX_ROW_HEADER + (j - first) * rb
+        start = INDEX_ROW_HEADER + (j - first) * (rb + ROW_CHECK)
         reads = 0
         for g in range(max(0, lo // self.G), self.open_group):
             z, off = self.log.locate(g, 1 + j // R)
             self.device.read_into(z, off, self._page)
             reads += 1
-            if row_page_ok(self._page, g, first):
+            if row_valid(self._page, g, first, j - first, rb):
                 self.rows[slot, g % L] = self._page[start:start + rb]
             else:  # torn/corrupt index page: every member may hold the key (extra reads, never a stale hit)
                 self.rows[slot, g % L] = 0xFF
@@ -259,9 +259,7 @@ class PBFG:
                              hash_seed=self.hash_seed)
         pages[0] = np.frombuffer(encode_index_header(header), np.uint8)
         for p in range(row_pages):
-            chunk = self.open_rows[p * R:(p + 1) * R]
-            pages[1 + p, INDEX_ROW_HEADER:INDEX_ROW_HEADER + chunk.size] = chunk.reshape(-1)
-            seal_row_page(pages[1 + p], g, p * R)
+            fill_row_page(pages[1 + p], g, p * R, self.open_rows[p * R:(p + 1) * R])
         self.log.write_block(g, pages)
         self.open_rows[:] = 0
         self.open_group += 1

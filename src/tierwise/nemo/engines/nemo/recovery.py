@@ -33,7 +33,7 @@ from numba import njit
 
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo.engines.nemo.format import (decode_index_header, decode_sg_header, decode_sg_trailer,
-                                               row_page_ok, sets_crc)
+                                               row_page_valid, sets_crc)
 from tierwise.nemo.hashing import bloom_positions, hash128
 from tierwise.nemo.index.bloom import group_add, group_set_member
 from tierwise.nemo.layout import OBJ_HEADER, PAGE_SIZE, page_count, page_positions, page_well_formed
@@ -261,7 +261,8 @@ def _read_block(engine, h, zi: int, off: int) -> list[tuple[int, int, int]] | No
             if idx + p == 0:
                 continue
             dev.read_into(z, off + p * PAGE_SIZE, page)
-            if not row_page_ok(page, h.group, (idx + p - 1) * geo.rows_per_page):
+            first = (idx + p - 1) * geo.rows_per_page
+            if not row_page_valid(page, h.group, first, min(geo.rows_per_page, engine.S - first), geo.row_bytes):
                 return None
         segs.append((z, off, n))
         idx += n

@@ -10,16 +10,19 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from tierwise.nemo.index.bloom import filter_add
+from tierwise.nemo.index.bloom import filter_add, filter_test
 from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, PAGE_HEADER, PAGE_SIZE, PAYLOAD, obj_flags_at,
                                   obj_size_at, page_append, page_count, page_find, page_remove, page_to_tombstone,
                                   page_used)
 
 
 @njit(cache=True)
-def buffers_find(pages, order, j, key):
-    """(i, pos) of the newest buffered copy of `key` at offset j (B[0] first), or (-1, -1)."""
+def buffers_find(pages, filters, order, j, key, positions):
+    """(i, pos) of the newest buffered copy of `key` at offset j (B[0] first), or (-1, -1). A set whose filter
+    rules the key out is not walked (its filter holds every key the set holds: bits are only ever added)."""
     for i in range(order.shape[0]):
+        if not filter_test(filters[order[i], j], 0, positions):
+            continue
         pos = page_find(pages[order[i], j], key)
         if pos >= 0:
             return i, pos
@@ -27,10 +30,12 @@ def buffers_find(pages, order, j, key):
 
 
 @njit(cache=True)
-def buffers_remove(pages, order, j, key) -> int:
+def buffers_remove(pages, filters, order, j, key, positions) -> int:
     """Drop every buffered copy (object or tombstone) of `key` at offset j; returns how many were dropped."""
     n = 0
     for i in range(order.shape[0]):
+        if not filter_test(filters[order[i], j], 0, positions):
+            continue
         page = pages[order[i], j]
         pos = page_find(page, key)
         if pos >= 0:
@@ -109,14 +114,14 @@ class SetGroupBuffers:
         self.filters[r] = 0
         self.order = np.roll(self.order, 1)
 
-    def find(self, j: int, key: np.ndarray) -> tuple[int, int]:
-        return buffers_find(self.pages, self.order, j, key)
+    def find(self, j: int, key: np.ndarray, positions: np.ndarray) -> tuple[int, int]:
+        return buffers_find(self.pages, self.filters, self.order, j, key, positions)
 
     def page(self, i: int, j: int) -> np.ndarray:
         return self.pages[self.order[i], j]
 
-    def remove(self, j: int, key: np.ndarray) -> int:
-        return buffers_remove(self.pages, self.order, j, key)
+    def remove(self, j: int, key: np.ndarray, positions: np.ndarray) -> int:
+        return buffers_remove(self.pages, self.filters, self.order, j, key, positions)
 
     def insert(self, j: int, key: np.ndarray, value: np.ndarray, flags: int, positions: np.ndarray) -> int:
         return buffers_insert(self.pages, self.filters, self.order, j, key, value, flags, positions, self.tries)
