@@ -153,3 +153,13 @@ def test_every_engine_passes_the_same_dict_model_check(name, ops):
 def test_a_refused_configuration_is_an_error_row_not_a_crash():
     ok, bad = execute([spec("log"), spec("fairywren", zone_kb=16)], executor="serial")  # 8 zones: too few
     assert "error" not in ok["row"] and "zone GC needs" in bad["row"]["error"]
+
+
+def test_nemo_runs_agree_on_mem_and_file_devices(tmp_path):
+    # the bench replays every run request by request (no compiled loop), so both devices get the same steady
+    # window, latencies and read amplification
+    rows = [run_one(spec("nemo", device=d, flash_mb=0.5, zone_kb=32, tmp_dir=str(tmp_path),
+                         options={"flush_threshold": 3}))["row"] for d in ("mem", "file")]
+    for key in ("alwa", "miss_ratio", "set_fill", "read_amp", "flash_reads_per_get"):
+        assert rows[0][key] == rows[1][key] and rows[0][key] is not None
+    assert all(r["p50_us"] > 0 for r in rows)
