@@ -39,6 +39,12 @@ ABLATION = {
     "+both": {"buffer_fallback": True, "flush_threshold": "P", "write_back": False},
     "+write-back": {"buffer_fallback": True, "flush_threshold": "P", "write_back": True},
 }
+# Nemo's options in the comparison (docs/results-nemo.md, "Comparison"), every one explicit so that a change of
+# the engine's defaults does not move it; p_th goes with the SG size (S/2, see ablation_p_th)
+COMPARISON_NEMO = {"buffered_sgs": 2, "buffer_fallback": True, "flush_mode": "count", "pbfg_cache_ratio": 0.5,
+                   "filter_budget": None, "fp_rate": 0.001, "expected_object_bytes": 250, "filter_fill": 0.9,
+                   "index_pages_per_pbfg": 7, "hot_window": 0.3, "cooling": 0.1, "write_back": True,
+                   "write_back_cold": True}
 PAPER_FILL = {"naive": 6.78, "+buffered SGs": 31.32, "+delayed flush": 36.77, "+both": 64.13, "+write-back": 89.34}
 DEVICES = ("file", "mem", "ssd")
 COLUMNS = ["run", "device", "alwa", "dlwa", "e2e_wa", "index_bits_per_obj", "total_bits_per_obj", "miss_ratio",

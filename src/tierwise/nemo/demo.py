@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tierwise.common.report import print_table, write_json
-from tierwise.nemo.bench import TERMINAL_COLUMNS, BenchSettings, bench, markdown_report, rows_for_print
+from tierwise.nemo.bench import (COMPARISON_NEMO, TERMINAL_COLUMNS, BenchSettings, bench, markdown_report,
+                                 rows_for_print)
 
 DEMO = BenchSettings(
     trace="synth:twitter-merged:200000",
@@ -21,7 +22,7 @@ DEMO = BenchSettings(
     nemo_zone_kb=128,
     sample_every=20_000,
     cache_sizes=(),  # no miss-ratio curve: it would double the run time
-    options={"nemo": {"flush_threshold": 15}},  # p_th = S/2 for S = 30 sets per SG (see ablation_p_th)
+    options={"nemo": {**COMPARISON_NEMO, "flush_threshold": 15}},  # p_th = S/2 for S = 30 sets per SG
 )
 
 
