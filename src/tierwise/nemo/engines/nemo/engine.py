@@ -29,7 +29,7 @@ from tierwise.nemo.engines.nemo.config import SG_META_PAGES, NemoConfig, plan_ge
 from tierwise.nemo.engines.nemo.format import SGHeader, SGTrailer, encode_sg_header, encode_sg_trailer, sets_crc
 from tierwise.nemo.engines.nemo.hotness import SLOTS, HotnessTracker
 from tierwise.nemo.engines.nemo.pbfg import PBFG
-from tierwise.nemo.engines.nemo.setgroup import SetGroupBuffers, sacrifice
+from tierwise.nemo.engines.nemo.setgroup import SetGroupBuffers, sacrifice, set_filters
 from tierwise.nemo.hashing import bloom_positions, key_hash
 from tierwise.nemo.index.bloom import filter_add
 from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, FLAG_WRITEBACK, OBJ_HEADER, PAGE_HEADER,
@@ -311,7 +311,9 @@ class NemoEngine(Engine):
         m.flushed_sets(tally[:, _T["used_bytes"]] / PAYLOAD)
         m.count("writeback_objects", int(cols[_T["writeback_objects"]]))
         self.sg_objects[slot] = int(cols[_T["user_objects"]] + cols[_T["writeback_objects"]])
-        index_bytes = self.pbfg.add_sg(seq, self.buffers.filters[rear])
+        filters = self.buffers.filters[rear]
+        set_filters(pages, filters, self.cfg.hash_seed, self.filter.k, self.filter.m_bits)
+        index_bytes = self.pbfg.add_sg(seq, filters)
         if index_bytes:
             m.device_write("index", index_bytes)
         self.hotness.on_flush()

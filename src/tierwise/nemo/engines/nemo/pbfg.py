@@ -47,7 +47,7 @@ def _candidates(open_rows, j, open_group, open_members, rows, slot, row_group, G
 
 
 @njit(cache=True)
-def _add_member(open_rows, G, member, filters, m_bits) -> None:
+def add_member(open_rows, G, member, filters, m_bits) -> None:
     """A flushed SG's S set-level filters become member `member` of the open group's S rows."""
     for j in range(open_rows.shape[0]):
         group_set_member(open_rows[j], G, member, filters[j], m_bits)
@@ -239,7 +239,7 @@ class PBFG:
         s = seq % self.G
         if seq // self.G != self.open_group or s != self.open_members:
             raise TierwiseError(f"SG {seq} flushed out of order (open group {self.open_group}, {self.open_members} members)")
-        _add_member(self.open_rows, self.G, s, filters, self.geo.filter.m_bits)
+        add_member(self.open_rows, self.G, s, filters, self.geo.filter.m_bits)
         self.open_members += 1
         if self.open_members < self.G:
             return 0

@@ -29,14 +29,13 @@ from dataclasses import asdict, dataclass, field
 
 import crc32c
 import numpy as np
-from numba import njit
 
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo.engines.nemo.format import (decode_index_header, decode_sg_header, decode_sg_trailer,
                                                row_page_valid, sets_crc)
-from tierwise.nemo.hashing import bloom_positions, hash128
-from tierwise.nemo.index.bloom import group_add, group_set_member
-from tierwise.nemo.layout import OBJ_HEADER, PAGE_SIZE, page_count, page_positions, page_well_formed
+from tierwise.nemo.engines.nemo.pbfg import add_member
+from tierwise.nemo.engines.nemo.setgroup import set_filters
+from tierwise.nemo.layout import PAGE_SIZE
 
 
 @dataclass
@@ -315,48 +314,8 @@ def _fill_open_rows(engine, group: int, members: int, slots: list[_Slot], rep: R
         pages = _read_sg(engine, seq % N)[1:-1]
         bad = np.zeros(pages.shape[0], np.bool_)
         bad[slots[seq % N].bad_pages] = True
-        page_of, key_at, key_len = _page_keys(pages, bad)
-        flat = pages.tobytes()
-        h = [hash128(flat[k:k + n], seed) >> 64 for k, n in zip(key_at.tolist(), key_len.tolist())]
-        hi = np.array(h, np.uint64).reshape(-1)
-        _add_keys(rows, G, s, bad, page_of, (hi & np.uint64(0xFFFFFFFF)).astype(np.int64),
-                  ((hi >> np.uint64(32)) | np.uint64(1)).astype(np.int64), f.k, f.m_bits)
+        filters = np.zeros((engine.S, f.nbytes), np.uint8)
+        set_filters(pages, filters, seed, f.k, f.m_bits, bad)
+        add_member(rows, G, s, filters, f.m_bits)
         rebuilt += 1
     return rebuilt
-
-
-@njit(cache=True)
-def _page_keys(pages, bad):
-    """(page, byte offset in the flattened pages, length) of every record's key, skipping bad pages (a page
-    whose object chain disagrees with its header is marked bad too)."""
-    total = 0
-    for j in range(pages.shape[0]):
-        if not bad[j] and not page_well_formed(pages[j]):
-            bad[j] = True
-        if not bad[j]:
-            total += page_count(pages[j])
-    page_of = np.empty(total, np.int64)
-    key_at = np.empty(total, np.int64)
-    key_len = np.empty(total, np.int64)
-    n = 0
-    for j in range(pages.shape[0]):
-        if bad[j]:
-            continue
-        for pos in page_positions(pages[j]):
-            page_of[n] = j
-            key_at[n] = j * PAGE_SIZE + pos + OBJ_HEADER
-            key_len[n] = pages[j, pos]
-            n += 1
-    return page_of, key_at, key_len
-
-
-@njit(cache=True)
-def _add_keys(rows, G, member, bad, page_of, h1, h2, k, m_bits):
-    """Member `member` of each row: the keys of its set; a bad set gets an all-ones filter, so every lookup reads
-    the page (and misses on its checksum)."""
-    for i in range(page_of.shape[0]):
-        group_add(rows[page_of[i]], G, member, bloom_positions(h1[i], h2[i], k, m_bits))
-    ones = np.full(m_bits // 8, 0xFF, np.uint8)
-    for j in range(bad.shape[0]):
-        if bad[j]:
-            group_set_member(rows[j], G, member, ones, m_bits)

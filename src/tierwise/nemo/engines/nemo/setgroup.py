@@ -10,10 +10,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from tierwise.nemo.hashing import bloom_positions, hash128
 from tierwise.nemo.index.bloom import filter_add, filter_test
-from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, PAGE_HEADER, PAGE_SIZE, PAYLOAD, obj_flags_at,
-                                  obj_size_at, page_append, page_count, page_find, page_remove, page_to_tombstone,
-                                  page_used)
+from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, OBJ_HEADER, PAGE_HEADER, PAGE_SIZE, PAYLOAD,
+                                  obj_flags_at, obj_size_at, page_append, page_count, page_find, page_positions,
+                                  page_remove, page_to_tombstone, page_used, page_well_formed)
+from tierwise.nemo.native import HAVE_XXH3, xxh3_128
 
 
 @njit(cache=True)
@@ -87,6 +89,72 @@ def buffered_objects(pages) -> int:
         for j in range(pages.shape[1]):
             n += page_count(pages[b, j])
     return n
+
+
+@njit(cache=True)
+def page_keys(pages, bad):
+    """(page, byte offset in the flattened pages, length) of every record's key, skipping bad pages (a page whose
+    object chain disagrees with its header is marked bad too)."""
+    total = 0
+    for j in range(pages.shape[0]):
+        if not bad[j] and not page_well_formed(pages[j]):
+            bad[j] = True
+        if not bad[j]:
+            total += page_count(pages[j])
+    page_of = np.empty(total, np.int64)
+    key_at = np.empty(total, np.int64)
+    key_len = np.empty(total, np.int64)
+    n = 0
+    for j in range(pages.shape[0]):
+        if bad[j]:
+            continue
+        for pos in page_positions(pages[j]):
+            page_of[n] = j
+            key_at[n] = j * PAGE_SIZE + pos + OBJ_HEADER
+            key_len[n] = pages[j, pos]
+            n += 1
+    return page_of, key_at, key_len
+
+
+@njit(cache=True)
+def _key_highs(flat, key_at, key_len, seed):
+    """High 64 bits of each key's XXH3-128 (what the Bloom positions come from)."""
+    out = np.empty(key_at.shape[0], np.uint64)
+    for i in range(key_at.shape[0]):
+        out[i] = xxh3_128(flat[key_at[i]:key_at[i] + key_len[i]], seed)[1]
+    return out
+
+
+@njit(cache=True)
+def _fill_filters(filters, bad, page_of, highs, k, m_bits):
+    filters[:] = 0
+    for i in range(page_of.shape[0]):
+        hi = highs[i]
+        h1 = np.int64(hi & np.uint64(0xFFFFFFFF))
+        h2 = np.int64((hi >> np.uint64(32)) | np.uint64(1))
+        filter_add(filters[page_of[i]], 0, bloom_positions(h1, h2, k, m_bits))
+    for j in range(bad.shape[0]):
+        if bad[j]:
+            filters[j] = 0xFF
+
+
+def set_filters(pages: np.ndarray, filters: np.ndarray, seed: int, k: int, m_bits: int,
+                bad: np.ndarray | None = None) -> None:
+    """Refill each set's filter from the records its page holds (objects, write-back copies, tombstones).
+
+    At a flush this drops the bits of objects that left the buffer (overwritten, deleted, sacrificed by the delayed
+    flush), which would otherwise raise the filters' false-positive rate; recovery rebuilds the open group with it.
+    A bad page (given, or found malformed) gets an all-ones filter: every lookup reads it and misses on its checksum.
+    """
+    bad = np.zeros(pages.shape[0], np.bool_) if bad is None else bad
+    page_of, key_at, key_len = page_keys(pages, bad)
+    if HAVE_XXH3:
+        highs = _key_highs(pages.reshape(-1), key_at, key_len, np.uint64(seed))
+    else:
+        flat = pages.tobytes()
+        highs = np.array([hash128(flat[a:a + n], seed) >> 64 for a, n in zip(key_at.tolist(), key_len.tolist())],
+                         np.uint64).reshape(-1)
+    _fill_filters(filters, bad, page_of, highs, k, m_bits)
 
 
 class SetGroupBuffers:
