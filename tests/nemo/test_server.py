@@ -17,7 +17,7 @@ from pymemcache.exceptions import MemcacheServerError
 from tierwise.nemo.server.commands import CommandHandler
 from tierwise.nemo.server.protocol import Limits
 from tierwise.nemo.server.server import ServerConfig, serve_in_thread
-from tierwise.nemo.server.serve import open_cache
+from tierwise.nemo.server.serve import open_cache, warm_up_engine_code
 
 from tests.nemo.test_server_support import DictEngine, recv_until
 
@@ -245,3 +245,14 @@ def test_engine_bug_is_reported_not_fatal(served):
         assert handler.counters["internal_errors"] == 1
     finally:
         engine.get = plain_get
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_warm_up_goes_through_every_engine_path_a_served_cache_takes(in_memory):
+    # Whatever code the engine runs in service must have run once before the first client connects, or the first
+    # client to reach it waits for numba to compile it (seconds): the delayed flush giving up objects, SG flushes
+    # and evictions with write-back, index writes, reads of flushed SGs, tombstones.
+    s = warm_up_engine_code(in_memory=in_memory)
+    causes = s["write_bytes_by_cause"]
+    assert s["sgs_flushed"] > 8 and s["dropped_fraction"] > 0 and s["flash_reads_per_get"] > 0
+    assert causes["writeback"] > 0 and causes["tombstone"] > 0 and causes["index"] > 0
