@@ -59,7 +59,7 @@ def single_set(data: bytes, limits: Limits) -> tuple[bytes, int, int, bytes] | N
     """(key, flags, exptime, value) when `data` is exactly one valid `set <key> <flags> <exptime> <bytes>` line and
     its data block, as simple clients send a set; else None, and the general parser handles the bytes (errors,
     noreply, negative exptime and partial reads included). Accepts nothing that parser would read differently."""
-    if data[-2:] != b"\r\n":
+    if data[:4] != b"set " or data[-2:] != b"\r\n":
         return None
     nl = data.find(b"\r\n")  # found: the line's own CRLF or the block's; a bare LF lands in a token and fails it
     tokens = data[4:nl].split(b" ")
