@@ -55,13 +55,19 @@ def spell_key(key_id, size, out) -> None:
 _KEY, _VER, _SIZE = 0, 1, 2
 
 
+@njit(cache=True, inline="always")
+def home_slot(rows, key_id) -> int:
+    """Where the probe for `key_id` starts (a replay loop can prefetch it a few requests ahead)."""
+    h = np.uint64(key_id) * _M1
+    return np.int64((h ^ (h >> np.uint64(29))) & np.uint64(rows.shape[0] - 1))
+
+
 @njit(cache=True)
 def slot_of(rows, key_id) -> int:
     """The row holding `key_id`, or the empty row where it goes (linear probing; the table is never full)."""
     mask = rows.shape[0] - 1
     kid = np.uint64(key_id)
-    h = kid * _M1
-    i = np.int64((h ^ (h >> np.uint64(29))) & np.uint64(mask))
+    i = home_slot(rows, kid)
     while rows[i, _VER] != 0 and rows[i, _KEY] != kid:
         i = (i + 1) & mask
     return i

@@ -193,3 +193,23 @@ def borrow(typingctx, arrays):
         return unowned(context, builder, signature.args[0], args[0])
 
     return arrays(arrays), codegen
+
+
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Hint the CPU to fetch the cache line holding array[index] (no effect on results): hides a DRAM miss behind
+    the work done before the element is used."""
+    sig = types.void(array, index)
+
+    def codegen(context, builder, signature, args):
+        arr_ty, _ = signature.args
+        arr = context.make_array(arr_ty)(context, builder, args[0])
+        ptr = builder.gep(arr.data, [args[1]])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen

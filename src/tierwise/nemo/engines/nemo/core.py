@@ -27,7 +27,7 @@ from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, FLAG_WRITEBACK, 
                                   obj_flags_at, obj_size_at, obj_value_span, page_copy_object, page_crc_valid,
                                   page_find, page_free, page_index_of, page_positions, page_rotate_to_front,
                                   page_used)
-from tierwise.nemo.native import borrow, xxh3_128
+from tierwise.nemo.native import borrow, prefetch, xxh3_128
 
 # E: the engine state tuple (built by NemoEngine.core_state); ROWS is PBFG.flat_rows
 (CF, ST, PST, PAGES, FILTERS, ORDER, OPEN_ROWS, ROWS, ROW_GROUP, SLOT_OF, OFFSET_OF, LAST_USE, LOC, HOT, DEV, ZREAD,
@@ -94,6 +94,13 @@ def fetch_rows(E, j, lo):
     rb = cf[RB]
     start = INDEX_ROW_HEADER + (j - first) * (rb + ROW_CHECK)
     reads = 0
+    dev = E[DEV]
+    for g in range(max(0, lo // cf[G]), pst[OPEN_GROUP]):  # start every page's DRAM fetch before checking any
+        z, off = locate_page(loc, g, 1 + j // cf[R])
+        base = z * cf[ZCAP] + off
+        prefetch(dev, base)
+        for line in range(base + start, base + start + rb + ROW_CHECK, 64):
+            prefetch(dev, line)
     for g in range(max(0, lo // cf[G]), pst[OPEN_GROUP]):
         z, off = locate_page(loc, g, 1 + j // cf[R])
         page = read_page(E, z, off)

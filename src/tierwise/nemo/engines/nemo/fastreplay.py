@@ -14,8 +14,8 @@ from numba import njit
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo.engines.nemo import core
 from tierwise.nemo.layout import FLAG_TOMBSTONE, MAX_KEY
-from tierwise.nemo.native import borrow
-from tierwise.nemo.lookaside import POOL, VersionTable, slot_of, spell_key, store_at, value_start, version_at
+from tierwise.nemo.native import borrow, prefetch
+from tierwise.nemo.lookaside import POOL, VersionTable, home_slot, slot_of, spell_key, store_at, value_start, version_at
 
 REPLAY_COUNTERS = ("gets", "sets", "deletes", "lookaside_sets", "wrong_values", "uncacheable")
 GETS, SETS, DELETES, LOOKASIDE, WRONG, UNCACHEABLE = range(len(REPLAY_COUNTERS))
@@ -24,6 +24,7 @@ FINISHED, FLUSH, WRONG_VALUE, BAD_KEY, NO_FIT = range(5)
 # the insert a flush interrupted: PENDING, request index, set offset j, flags
 PENDING, P_INDEX, P_J, P_FLAGS = range(4)
 _GET, _SET = 0, 1  # tierwise.nemo.traces.Op
+_AHEAD = 4  # requests between prefetching a version-table row and using it
 
 
 @njit(cache=True, inline="always")
@@ -74,6 +75,8 @@ def replay_slice(E, ops, key_ids, key_sizes, value_sizes, rows, count, pool, max
             return NO_FIT, i
         i += 1
     while i < ops.shape[0]:
+        if i + _AHEAD < ops.shape[0]:  # the version table is far larger than the caches: fetch ahead
+            prefetch(rows, home_slot(rows, key_ids[i + _AHEAD]) * rows.shape[1])
         kid, ksize = key_ids[i], np.int64(key_sizes[i])
         key = keybuf[:ksize]
         spell_key(kid, ksize, key)
