@@ -28,6 +28,14 @@ _AHEAD = 4  # requests between prefetching a version-table row and using it
 
 
 @njit(cache=True, inline="always")
+def _same_bytes(a, a0, b, b0, n) -> bool:
+    diff = np.uint8(0)
+    for i in range(n):  # no early exit: the loop vectorises, and a mismatch is an error anyway
+        diff |= a[a0 + i] ^ b[b0 + i]
+    return diff == 0
+
+
+@njit(cache=True, inline="always")
 def _value(rows, slot, key_id, pool):
     version, size = version_at(rows, slot, 0)
     start = value_start(key_id, version, size)
@@ -91,13 +99,7 @@ def replay_slice(E, ops, key_ids, key_sizes, value_sizes, rows, count, pool, max
                 store_at(rows, count, slot, kid, version, size)
                 status = _set(E, key, kid, rows, slot, pool, max_value, rc, pend, i, out, False)
             else:
-                vs = value_start(kid, version, size)
-                same = n == size
-                for b in range(n if same else 0):
-                    if page[start + b] != pool[vs + b]:
-                        same = False
-                        break
-                if not same:
+                if n != size or not _same_bytes(page, start, pool, value_start(kid, version, size), n):
                     rc[WRONG] += 1
                     if strict:
                         return WRONG_VALUE, i
