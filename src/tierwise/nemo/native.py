@@ -213,3 +213,15 @@ def prefetch(typingctx, array, index):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def state_field(index: int, doc: str) -> property:
+    """A Python attribute stored at `self.st[index]`: scalars that compiled code reads and updates in place (a
+    plain attribute would be a copy it cannot see)."""
+    def get(self) -> int:
+        return int(self.st[index])
+
+    def put(self, value: int) -> None:
+        self.st[index] = value
+
+    return property(get, put, doc=doc)

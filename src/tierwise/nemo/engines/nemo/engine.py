@@ -38,7 +38,7 @@ from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, FLAG_WRITEBACK, 
                                   page_index_of, page_positions, page_rotate_to_front, page_used, pages_tally,
                                   seal_page)
 from tierwise.nemo.metrics import Metrics
-from tierwise.nemo.native import HAVE_XXH3
+from tierwise.nemo.native import HAVE_XXH3, state_field
 
 _T = {name: i for i, name in enumerate(TALLY_COLUMNS)}
 OLDEST, NEXT_SEQ, WAITS = range(3)
@@ -106,32 +106,9 @@ class NemoEngine(Engine):
             if device.write_pointer(z):
                 device.reset(z)
 
-    @property
-    def oldest(self) -> int:
-        """Oldest live SG on flash; live SGs are [oldest, next_seq)."""
-        return int(self.st[OLDEST])
-
-    @oldest.setter
-    def oldest(self, seq: int) -> None:
-        self.st[OLDEST] = seq
-
-    @property
-    def next_seq(self) -> int:
-        """Sequence number the next flushed SG gets."""
-        return int(self.st[NEXT_SEQ])
-
-    @next_seq.setter
-    def next_seq(self, seq: int) -> None:
-        self.st[NEXT_SEQ] = seq
-
-    @property
-    def waits(self) -> int:
-        """Failed inserts since the last flush (the delayed-flush counter c)."""
-        return int(self.st[WAITS])
-
-    @waits.setter
-    def waits(self, n: int) -> None:
-        self.st[WAITS] = n
+    oldest = state_field(OLDEST, "Oldest live SG on flash; live SGs are [oldest, next_seq).")
+    next_seq = state_field(NEXT_SEQ, "Sequence number the next flushed SG gets.")
+    waits = state_field(WAITS, "Failed inserts since the last flush (the delayed-flush counter c).")
 
     # ---- compiled path (core.py) ---------------------------------------------------------------------------------
 

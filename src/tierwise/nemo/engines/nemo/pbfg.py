@@ -20,6 +20,7 @@ from tierwise.nemo.engines.nemo.format import (INDEX_ROW_HEADER, ROW_CHECK, Inde
                                                fill_row_page, row_valid)
 from tierwise.nemo.index.bloom import group_probe, group_set_member
 from tierwise.nemo.layout import PAGE_SIZE
+from tierwise.nemo.native import state_field
 
 
 @njit(cache=True)
@@ -165,22 +166,8 @@ class PBFG:
         self._out = np.empty(geo.data_slots + G + 1, np.int64)
         self._page = np.empty(PAGE_SIZE, np.uint8)
 
-    @property
-    def open_group(self) -> int:
-        """The index group SGs are flushed into now (its filters are in DRAM, not yet on flash)."""
-        return int(self.st[OPEN_GROUP])
-
-    @open_group.setter
-    def open_group(self, g: int) -> None:
-        self.st[OPEN_GROUP] = g
-
-    @property
-    def open_members(self) -> int:
-        return int(self.st[OPEN_MEMBERS])
-
-    @open_members.setter
-    def open_members(self, n: int) -> None:
-        self.st[OPEN_MEMBERS] = n
+    open_group = state_field(OPEN_GROUP, "The index group SGs are flushed into now (its filters are in DRAM).")
+    open_members = state_field(OPEN_MEMBERS, "SGs of the open group flushed so far.")
 
     # ---- lookups -------------------------------------------------------------------------------------------------
 
