@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit
 
 from tierwise.nemo.engines.nemo.format import INDEX_ROW_HEADER, ROW_CHECK, row_valid
-from tierwise.nemo.engines.nemo.pbfg import CLOCK, OPEN_GROUP, OPEN_MEMBERS, _candidates, locate_page, take_slot
+from tierwise.nemo.engines.nemo.pbfg import NEED_FETCH, OPEN_GROUP, locate_page, probe, take_slot
 from tierwise.nemo.engines.nemo.setgroup import buffers_find, buffers_insert, buffers_remove, sacrifice
 from tierwise.nemo.hashing import bloom_positions_into
 from tierwise.nemo.index.bloom import filter_add
@@ -83,7 +83,7 @@ def read_set(E, seq, j):
 
 @njit(cache=True)
 def fetch_rows(E, j, lo):
-    """Read row j of every written group covering live SGs into an LRU slot; (slot, pages read) (PBFG._fetch)."""
+    """Read row j of every written group covering live SGs into an LRU slot; pages read (PBFG._fetch)."""
     cf, pst, rows, row_group, slot_of, offset_of = E[CF], E[PST], E[ROWS], E[ROW_GROUP], E[SLOT_OF], E[OFFSET_OF]
     last_use, loc = E[LAST_USE], E[LOC]
     slot = take_slot(offset_of, slot_of, last_use, pst)
@@ -110,7 +110,7 @@ def fetch_rows(E, j, lo):
         else:  # torn/corrupt index page: every member may hold the key (extra reads, never a stale hit)
             rows[slot * cf[L] + g % cf[L]] = 0xFF
         row_group[slot, g % cf[L]] = g
-    return slot, reads
+    return reads
 
 
 @njit(cache=True, inline="always")
@@ -118,18 +118,11 @@ def candidates(E, j, positions, lo, hi, fetch, out):
     """(count of SG seqs in `out`, index pages read); count -1 = uncached PBFG without `fetch` (PBFG.candidates)."""
     cf, pst, slot_of, last_use, rows, row_group, open_rows = (E[CF], E[PST], E[SLOT_OF], E[LAST_USE], E[ROWS],
                                                               E[ROW_GROUP], E[OPEN_ROWS])
-    slot = slot_of[j]
+    n = probe(pst, slot_of, last_use, open_rows, rows, row_group, cf[G], j, positions, lo, hi, fetch, out)
     pages = 0
-    if slot < 0:
-        if fetch:
-            slot, pages = fetch_rows(E, j, lo)
-        elif pst[OPEN_GROUP] * cf[G] > lo:
-            return -1, 0
-    if slot >= 0:
-        pst[CLOCK] += 1
-        last_use[slot] = pst[CLOCK]
-    n = _candidates(open_rows, j, pst[OPEN_GROUP], pst[OPEN_MEMBERS], rows, slot, row_group, cf[G], positions, lo,
-                    hi, out)
+    if n == NEED_FETCH:
+        pages = fetch_rows(E, j, lo)
+        n = probe(pst, slot_of, last_use, open_rows, rows, row_group, cf[G], j, positions, lo, hi, fetch, out)
     return n, pages
 
 

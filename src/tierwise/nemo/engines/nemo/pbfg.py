@@ -56,6 +56,25 @@ def add_member(open_rows, G, member, filters, m_bits) -> None:
 
 # PBFG scalars, in one int64 array so compiled code and Python share them
 OPEN_GROUP, OPEN_MEMBERS, CLOCK, FREE_SLOTS = range(4)
+UNKNOWN, NEED_FETCH = -1, -2  # probe outcomes besides a candidate count
+
+
+@njit(cache=True)
+def probe(pst, slot_of, last_use, open_rows, rows, row_group, G, j, positions, lo, hi, fetch, out) -> int:
+    """The candidates of PBFG.candidates once row j is in DRAM: their count (in `out`), or NEED_FETCH when row j
+    is not cached and `fetch` asks for it (fetch, then probe again), or UNKNOWN when it is not cached, written groups
+    cover live SGs and there is no `fetch` (flash copies cannot be ruled out). Touches the LRU."""
+    slot = slot_of[j]
+    if slot < 0:
+        if fetch:
+            return NEED_FETCH
+        if pst[OPEN_GROUP] * G > lo:
+            return UNKNOWN
+    else:
+        pst[CLOCK] += 1
+        last_use[slot] = pst[CLOCK]
+    return _candidates(open_rows, j, pst[OPEN_GROUP], pst[OPEN_MEMBERS], rows, slot, row_group, G, positions, lo, hi,
+                       out)
 
 
 @njit(cache=True)
@@ -182,22 +201,17 @@ class PBFG:
 
         Without `fetch`, an uncached PBFG gives (None, 0): the caller cannot rule out flash copies.
         """
-        slot = int(self.slot_of[j])
+        args = (self.st, self.slot_of, self.last_use, self.open_rows, self.flat_rows, self.row_group, self.G, j,
+                positions, lo, hi, fetch, self._out)
+        n = probe(*args)
         pages = 0
-        if slot < 0:
-            if fetch:
-                slot, pages = self._fetch(j, lo)
-            elif self.open_group * self.G > lo:
-                return None, 0  # written groups cover live SGs and their rows are not in DRAM
-        if slot >= 0:
-            self.st[CLOCK] += 1
-            self.last_use[slot] = self.st[CLOCK]
-        n = _candidates(self.open_rows, j, self.open_group, self.open_members, self.flat_rows, slot, self.row_group,
-                        self.G, positions, lo, hi, self._out)
-        return self._out[:n].copy(), pages
+        if n == NEED_FETCH:
+            pages = self._fetch(j, lo)
+            n = probe(*args)
+        return (None if n == UNKNOWN else self._out[:n].copy()), pages
 
-    def _fetch(self, j: int, lo: int) -> tuple[int, int]:
-        """Read row j of every written group covering live SGs (one page each) into an LRU slot."""
+    def _fetch(self, j: int, lo: int) -> int:
+        """Read row j of every written group covering live SGs (one page each) into an LRU slot; pages read."""
         slot = int(take_slot(self.offset_of, self.slot_of, self.last_use, self.st))
         self.slot_of[j] = slot
         self.offset_of[slot] = j
@@ -216,7 +230,7 @@ class PBFG:
             else:  # torn/corrupt index page: every member may hold the key (extra reads, never a stale hit)
                 self.rows[slot, g % L] = 0xFF
             self.row_group[slot, g % L] = g
-        return slot, reads
+        return reads
 
     # ---- flushes -------------------------------------------------------------------------------------------------
 
