@@ -51,8 +51,10 @@ def spell_key(key_id, size, out) -> None:
         out[pos] = 46  # '.'
 
 
-# VersionTable rows: [key id, version + 1 (0 = empty row), value size, unused]: one 32-byte row per probe
-_KEY, _VER, _SIZE = 0, 1, 2
+# VersionTable rows: [key id, (version + 1) | value size << 32] (version + 1 = 0: empty row); 16 bytes, so a probe
+# touches one cache line and the table, which holds every key a trace has used, stays half the size
+_KEY, _STATE = 0, 1
+_LOW32 = np.uint64(0xFFFFFFFF)
 
 
 @njit(cache=True, inline="always")
@@ -68,7 +70,7 @@ def slot_of(rows, key_id) -> int:
     mask = rows.shape[0] - 1
     kid = np.uint64(key_id)
     i = home_slot(rows, kid)
-    while rows[i, _VER] != 0 and rows[i, _KEY] != kid:
+    while rows[i, _STATE] & _LOW32 != 0 and rows[i, _KEY] != kid:
         i = (i + 1) & mask
     return i
 
@@ -76,24 +78,24 @@ def slot_of(rows, key_id) -> int:
 @njit(cache=True)
 def version_at(rows, slot, default_size):
     """(version, value size) in row `slot`, or (0, default_size) for an empty row (a key never seen)."""
-    if rows[slot, _VER] == 0:
+    state = rows[slot, _STATE]
+    if state & _LOW32 == 0:
         return 0, default_size
-    return np.int64(rows[slot, _VER]) - 1, np.int64(rows[slot, _SIZE])
+    return np.int64(state & _LOW32) - 1, np.int64(state >> np.uint64(32))
 
 
 @njit(cache=True)
 def store_at(rows, count, slot, key_id, version, size) -> None:
-    if rows[slot, _VER] == 0:
+    if rows[slot, _STATE] & _LOW32 == 0:
         rows[slot, _KEY] = np.uint64(key_id)
         count[0] += 1
-    rows[slot, _VER] = np.uint64(version + 1)
-    rows[slot, _SIZE] = np.uint64(size)
+    rows[slot, _STATE] = np.uint64(version + 1) | (np.uint64(size) << np.uint64(32))
 
 
 @njit(cache=True)
 def _rehash(rows, new_rows) -> None:
     for i in range(rows.shape[0]):
-        if rows[i, _VER] != 0:
+        if rows[i, _STATE] & _LOW32 != 0:
             new_rows[slot_of(new_rows, rows[i, _KEY])] = rows[i]
 
 
@@ -102,7 +104,7 @@ class VersionTable:
     `store_at` on `rows` and `count`)."""
 
     def __init__(self, capacity: int = 1 << 16):
-        self.rows = np.zeros((capacity, 4), np.uint64)
+        self.rows = np.zeros((capacity, 2), np.uint64)
         self.count = np.zeros(1, np.int64)
 
     def reserve(self, more: int) -> None:
@@ -111,6 +113,6 @@ class VersionTable:
         while 2 * (int(self.count[0]) + more) > cap:
             cap *= 2
         if cap != self.rows.shape[0]:
-            rows = np.zeros((cap, 4), np.uint64)
+            rows = np.zeros((cap, 2), np.uint64)
             _rehash(self.rows, rows)
             self.rows = rows
