@@ -139,7 +139,7 @@ def test_corrupt_set_page_is_a_miss_not_garbage():
     e = small_engine()
     e.set(b"x", b"value-x")
     e.flush()
-    j = e._hash(b"x")[0]
+    j = e._hash(b"x", np.frombuffer(b"x", np.uint8))[0]
     z, off = e._addr(e.next_seq - 1, 1 + j)
     page = bytearray(e.device.read(z, off, PAGE_SIZE))
     page[40] ^= 0xFF

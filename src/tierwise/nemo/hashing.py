@@ -13,6 +13,8 @@ import numpy as np
 import xxhash
 from numba import njit
 
+from tierwise.nemo.native import xxh3_128
+
 DEFAULT_SEED = 0x6E656D6F  # "nemo"; stored in the SG header so a reopened cache hashes the same way
 
 _MASK64 = (1 << 64) - 1
@@ -64,3 +66,13 @@ def bloom_positions_into(h1: int, h2: int, m_bits: int, out: np.ndarray) -> None
         x += step
         if x >= m:
             x -= m
+
+
+@njit(cache=True)
+def key_hash_into(key, seed, num_sets, m_bits, out) -> int:
+    """`key_hash` + `bloom_positions` in one compiled call (needs `tierwise.nemo.native.HAVE_XXH3`): the set offset
+    of a key given as a uint8 array; its Bloom positions go into `out` (k elements)."""
+    lo, hi = xxh3_128(key, np.uint64(seed))
+    bloom_positions_into(np.int64(hi & np.uint64(0xFFFFFFFF)), np.int64((hi >> np.uint64(32)) | np.uint64(1)), m_bits,
+                         out)
+    return np.int64(lo % np.uint64(num_sets))

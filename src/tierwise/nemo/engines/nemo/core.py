@@ -21,13 +21,13 @@ from numba import njit
 from tierwise.nemo.engines.nemo.format import INDEX_ROW_HEADER, ROW_CHECK, row_valid
 from tierwise.nemo.engines.nemo.pbfg import NEED_FETCH, OPEN_GROUP, locate_page, probe, take_slot
 from tierwise.nemo.engines.nemo.setgroup import buffers_find, buffers_insert, buffers_remove, sacrifice
-from tierwise.nemo.hashing import bloom_positions_into
+from tierwise.nemo.hashing import key_hash_into
 from tierwise.nemo.index.bloom import filter_add
 from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, FLAG_WRITEBACK, OBJ_HEADER, PAGE_HEADER, PAGE_SIZE,
                                   obj_flags_at, obj_size_at, obj_value_span, page_copy_object, page_crc_valid,
                                   page_find, page_free, page_index_of, page_positions, page_rotate_to_front,
                                   page_used)
-from tierwise.nemo.native import borrow, prefetch, xxh3_128
+from tierwise.nemo.native import borrow, prefetch
 
 # E: the engine state tuple (built by NemoEngine.core_state); ROWS is PBFG.flat_rows
 (CF, ST, PST, PAGES, FILTERS, ORDER, OPEN_ROWS, ROWS, ROW_GROUP, SLOT_OF, OFFSET_OF, LAST_USE, LOC, HOT, DEV, ZREAD,
@@ -54,12 +54,7 @@ def key_hash(E, key):
     """(set offset j, Bloom positions) of `key` (hashing.key_hash + bloom_positions); the positions live in the
     scratch array E[POS] until the next call."""
     cf, pos = E[CF], E[POS]
-    lo, hi = xxh3_128(key, np.uint64(cf[SEED]))
-    j = np.int64(lo % np.uint64(cf[S]))
-    h1 = np.int64(hi & np.uint64(0xFFFFFFFF))
-    h2 = np.int64((hi >> np.uint64(32)) | np.uint64(1))
-    bloom_positions_into(h1, h2, cf[MBITS], pos)
-    return j, pos
+    return key_hash_into(key, np.uint64(cf[SEED]), cf[S], cf[MBITS], pos), pos
 
 
 @njit(cache=True, inline="always")
