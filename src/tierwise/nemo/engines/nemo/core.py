@@ -20,7 +20,7 @@ from numba import njit
 
 from tierwise.nemo.engines.nemo.format import INDEX_ROW_HEADER, ROW_CHECK, row_valid
 from tierwise.nemo.engines.nemo.pbfg import NEED_FETCH, OPEN_GROUP, locate_page, probe, take_slot
-from tierwise.nemo.engines.nemo.setgroup import buffers_find, buffers_insert, buffers_remove, sacrifice
+from tierwise.nemo.engines.nemo.setgroup import buffers_find, buffers_insert, buffers_remove, buffers_value, sacrifice
 from tierwise.nemo.hashing import key_hash_into
 from tierwise.nemo.index.bloom import filter_add
 from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, FLAG_WRITEBACK, OBJ_HEADER, PAGE_HEADER, PAGE_SIZE,
@@ -127,12 +127,10 @@ def get(E, key, out):
     whose set page `page` holds the value, M a flash page (`page` is then a view of the device)."""
     cf, st, ctr, pages, filters, order, hot, dev = E[CF], E[ST], E[CTR], E[PAGES], E[FILTERS], E[ORDER], E[HOT], E[DEV]
     j, positions = key_hash(E, key)
-    i, pos = buffers_find(pages, filters, order, j, key, positions)
+    row, start, n, flags = buffers_value(pages, filters, order, j, key, positions)
     ctr[C_GETS] += 1
-    if i >= 0:
-        row = order[i]
+    if row >= 0:
         page = pages[row, j]
-        start, n, flags = obj_value_span(page, pos)
         if flags & FLAG_TOMBSTONE:
             return -1, 0, 0, page
         ctr[C_HITS] += 1

@@ -165,9 +165,8 @@ class NemoEngine(Engine):
     def get(self, key: bytes) -> bytes | None:
         kb = _key_array(key)
         j, positions = self._hash(key, kb)
-        i, pos = self.buffers.find(j, kb, positions)
-        if i >= 0:
-            value = _value(self.buffers.page(i, j), pos)
+        found, value = self.buffers.value(j, kb, positions)
+        if found:
             self.metrics.get(value is not None)
             return value
         cands, index_reads = self.pbfg.candidates(j, positions, self.oldest, self.next_seq)

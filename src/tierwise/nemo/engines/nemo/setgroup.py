@@ -13,8 +13,8 @@ from numba import njit
 from tierwise.nemo.hashing import bloom_positions, hash128
 from tierwise.nemo.index.bloom import filter_add, filter_test
 from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, OBJ_HEADER, PAGE_HEADER, PAGE_SIZE, PAYLOAD,
-                                  obj_flags_at, obj_size_at, page_append, page_count, page_find, page_positions,
-                                  page_remove, page_to_tombstone, page_used, page_well_formed)
+                                  obj_flags_at, obj_size_at, obj_value_span, page_append, page_count, page_find,
+                                  page_positions, page_remove, page_to_tombstone, page_used, page_well_formed)
 from tierwise.nemo.native import HAVE_XXH3, xxh3_128
 
 
@@ -29,6 +29,18 @@ def buffers_find(pages, filters, order, j, key, positions):
         if pos >= 0:
             return i, pos
     return -1, -1
+
+
+@njit(cache=True)
+def buffers_value(pages, filters, order, j, key, positions):
+    """(row, value start, value length, flags) of the newest buffered record of `key` at offset j (its set page is
+    pages[row, j]), or row -1: `buffers_find` and the record's value span in one call."""
+    i, pos = buffers_find(pages, filters, order, j, key, positions)
+    if i < 0:
+        return -1, 0, 0, 0
+    row = order[i]
+    start, n, flags = obj_value_span(pages[row, j], pos)
+    return row, start, n, flags
 
 
 @njit(cache=True)
@@ -185,8 +197,12 @@ class SetGroupBuffers:
     def find(self, j: int, key: np.ndarray, positions: np.ndarray) -> tuple[int, int]:
         return buffers_find(self.pages, self.filters, self.order, j, key, positions)
 
-    def page(self, i: int, j: int) -> np.ndarray:
-        return self.pages[self.order[i], j]
+    def value(self, j: int, key: np.ndarray, positions: np.ndarray) -> tuple[bool, bytes | None]:
+        """(found, value) of the newest buffered record of `key`; a tombstone is found with value None."""
+        row, start, n, flags = buffers_value(self.pages, self.filters, self.order, j, key, positions)
+        if row < 0:
+            return False, None
+        return True, None if flags & FLAG_TOMBSTONE else self.pages[row, j, start:start + n].tobytes()
 
     def remove(self, j: int, key: np.ndarray, positions: np.ndarray) -> int:
         return buffers_remove(self.pages, self.filters, self.order, j, key, positions)
