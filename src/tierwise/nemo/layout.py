@@ -120,10 +120,10 @@ def page_find(page, key) -> int:
     while pos < end:
         kl = np.int64(page[pos])
         if kl == klen:
-            s = pos + OBJ_HEADER
+            stored = page[pos + OBJ_HEADER:pos + OBJ_HEADER + klen]  # a view indexed from 0: a tighter loop
             same = True
             for i in range(klen):
-                if page[s + i] != key[i]:
+                if stored[i] != key[i]:
                     same = False
                     break
             if same:

@@ -138,12 +138,15 @@ def _crc32c_hw(data, shift1, shift2):
     for i in range(serial // 8):
         crc = _crc32c_u64(crc, words[i])
     for w in range(serial // 8, words.shape[0], 3 * _BLOCK_WORDS):
+        # views indexed from 0, so the loop carries no negative-index handling
+        wa, wb, wc = (words[w:w + _BLOCK_WORDS], words[w + _BLOCK_WORDS:w + 2 * _BLOCK_WORDS],
+                      words[w + 2 * _BLOCK_WORDS:w + 3 * _BLOCK_WORDS])
         b = np.uint64(0)
         c = np.uint64(0)
-        for i in range(w, w + _BLOCK_WORDS):
-            crc = _crc32c_u64(crc, words[i])
-            b = _crc32c_u64(b, words[i + _BLOCK_WORDS])
-            c = _crc32c_u64(c, words[i + 2 * _BLOCK_WORDS])
+        for i in range(_BLOCK_WORDS):
+            crc = _crc32c_u64(crc, wa[i])
+            b = _crc32c_u64(b, wb[i])
+            c = _crc32c_u64(c, wc[i])
         crc = _shift(shift2, crc) ^ _shift(shift1, b) ^ c
     return np.uint32(crc ^ np.uint64(0xFFFFFFFF))
 

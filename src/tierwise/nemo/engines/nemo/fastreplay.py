@@ -29,9 +29,10 @@ _AHEAD = 4  # requests between prefetching a version-table row and using it
 
 @njit(cache=True, inline="always")
 def _same_bytes(a, a0, b, b0, n) -> bool:
+    x, y = a[a0:a0 + n], b[b0:b0 + n]  # views indexed from 0: no negative-index handling in the loop
     diff = np.uint8(0)
     for i in range(n):  # no early exit: the loop vectorises, and a mismatch is an error anyway
-        diff |= a[a0 + i] ^ b[b0 + i]
+        diff |= x[i] ^ y[i]
     return diff == 0
 
 
