@@ -19,6 +19,7 @@ import numpy as np
 from numba import njit
 
 from tierwise.nemo.engines.nemo.format import INDEX_ROW_HEADER, ROW_CHECK, row_valid
+from tierwise.nemo.engines.nemo.hotness import SLOTS
 from tierwise.nemo.engines.nemo.pbfg import NEED_FETCH, OPEN_GROUP, locate_page, probe, take_slot
 from tierwise.nemo.engines.nemo.setgroup import buffers_find, buffers_insert, buffers_remove, buffers_value, sacrifice
 from tierwise.nemo.hashing import key_hash_into
@@ -34,7 +35,7 @@ from tierwise.nemo.native import borrow, prefetch
  CTR, POS) = range(18)
 # CF: configuration, int64
 (S, N, G, L, R, RB, K, MBITS, ZPS, ZCAP, P_TH, TRIES, WINDOW, WB_COLD, SEED, M) = range(16)  # RB: PBFG row bytes
-# ST: the engine's scalars (engine.OLDEST, NEXT_SEQ, WAITS)
+# ST: the engine's scalars (NemoEngine.oldest, next_seq, waits)
 OLDEST, NEXT_SEQ, WAITS = range(3)
 # CTR: counters folded into Metrics (non-zero ones) by NemoEngine.fold_core_counters
 COUNTERS = ("gets", "hits", "get_bytes_read", "get_flash_reads", "get_index_reads", "gets_fetching_index", "inserts",
@@ -46,7 +47,6 @@ COUNTERS = ("gets", "hits", "get_bytes_read", "get_flash_reads", "get_index_read
  C_READ_WB, C_READ_WB_CHECK, C_READ_IOS) = range(len(COUNTERS))
 # insert outcomes
 DONE, NEED_FLUSH = 0, 1
-SLOTS = 16  # hotness bits per (SG, set): tierwise.nemo.engines.nemo.hotness.SLOTS
 
 
 @njit(cache=True, inline="always")

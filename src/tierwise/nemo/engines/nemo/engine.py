@@ -25,6 +25,7 @@ from tierwise.common.errors import TierwiseError
 from tierwise.nemo.engines import register_engine
 from tierwise.nemo.engines.base import Engine
 from tierwise.nemo.engines.nemo import core
+from tierwise.nemo.engines.nemo.core import NEXT_SEQ, OLDEST, WAITS
 from tierwise.nemo.engines.nemo.config import SG_META_PAGES, NemoConfig, plan_geometry
 from tierwise.nemo.engines.nemo.format import SGHeader, SGTrailer, encode_sg_header, encode_sg_trailer, sets_crc
 from tierwise.nemo.engines.nemo.hotness import SLOTS, HotnessTracker
@@ -41,7 +42,6 @@ from tierwise.nemo.metrics import Metrics
 from tierwise.nemo.native import HAVE_XXH3, state_field
 
 _T = {name: i for i, name in enumerate(TALLY_COLUMNS)}
-OLDEST, NEXT_SEQ, WAITS = range(3)
 
 
 def _config(options: dict[str, Any]) -> NemoConfig:

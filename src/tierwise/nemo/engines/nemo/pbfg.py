@@ -252,7 +252,7 @@ class PBFG:
         live = self.offset_of >= 0
         self.rows[live, g % geo.live_groups] = self.open_rows[self.offset_of[live]]
         self.row_group[live, g % geo.live_groups] = g
-        R, rb = geo.rows_per_page, self.rb
+        R = geo.rows_per_page
         row_pages = geo.index_block_pages - 1
         pages = np.zeros((geo.index_block_pages, PAGE_SIZE), np.uint8)
         header = IndexHeader(group=g, seq_lo=g * G, seq_hi=(g + 1) * G, sets=self.S, group_size=G,
