@@ -3,7 +3,7 @@ import pytest
 
 from tierwise.nemo.hashing import bloom_positions, key_hash
 from tierwise.nemo.index.bloom import (BloomArray, FilterParams, filter_add, filter_test, group_add, group_probe,
-                                       group_row_bytes, group_set_member)
+                                       group_row_bytes, group_rows, group_set_member)
 
 
 def test_sizing_matches_formula():
@@ -36,7 +36,7 @@ def test_no_false_negatives_and_fp_rate_near_design():
 def test_group_probe_finds_exactly_the_members_holding_the_key():
     params = FilterParams.for_objects(8, 0.001)
     members = 12
-    rows = np.zeros((2, group_row_bytes(params.m_bits, members)), np.uint8)
+    rows = group_rows(2, group_row_bytes(params.m_bits, members))
     h = key_hash(b"needle", 1)
     pos = params.positions(h.h1, h.h2)
     for g in (2, 7, 11):
@@ -55,7 +55,7 @@ def test_group_probe_equals_testing_each_member_as_a_plain_filter(members):
     rng = np.random.default_rng(members)
     params = FilterParams.for_objects(6, 0.01)
     plain = np.zeros((members, params.nbytes), np.uint8)
-    rows = np.zeros((1, group_row_bytes(params.m_bits, members)), np.uint8)
+    rows = group_rows(1, group_row_bytes(params.m_bits, members))
     row = rows[0]
     for g in range(members):
         for _ in range(int(rng.integers(0, 8))):

@@ -13,7 +13,7 @@ import numpy as np
 import xxhash
 from numba import njit
 
-from tierwise.nemo.native import xxh3_128
+from tierwise.nemo.native import unref, xxh3_128
 
 DEFAULT_SEED = 0x6E656D6F  # "nemo"; stored in the SG header so a reopened cache hashes the same way
 
@@ -51,7 +51,7 @@ def bloom_positions(h1: int, h2: int, k: int, m_bits: int) -> np.ndarray:
     return out
 
 
-@njit(cache=True)
+@unref
 def bloom_positions_into(h1: int, h2: int, m_bits: int, out: np.ndarray) -> None:
     """`bloom_positions` into a caller's array of k elements (no allocation on compiled hot paths).
 
@@ -68,7 +68,7 @@ def bloom_positions_into(h1: int, h2: int, m_bits: int, out: np.ndarray) -> None
             x -= m
 
 
-@njit(cache=True)
+@unref
 def key_hash_into(key, seed, num_sets, m_bits, out) -> int:
     """`key_hash` + `bloom_positions` in one compiled call (needs `tierwise.nemo.native.HAVE_XXH3`): the set offset
     of a key given as a uint8 array; its Bloom positions go into `out` (k elements)."""

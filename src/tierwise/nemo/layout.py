@@ -27,6 +27,7 @@ import numpy as np
 from numba import njit
 
 from tierwise.common.errors import TierwiseError
+from tierwise.nemo.native import copy_bytes, unref
 from tierwise.nemo.native import crc32c as native_crc32c
 
 PAGE_SIZE = 4096
@@ -111,7 +112,7 @@ def obj_value_span(page, pos):
 # ---- packing (numba) -------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@unref
 def page_find(page, key) -> int:
     """Byte position of the object header holding `key`, or -1. A set holds at most one copy of a key."""
     klen = key.shape[0]
@@ -143,7 +144,7 @@ def page_index_of(page, pos) -> int:
     return i
 
 
-@njit(cache=True)
+@unref
 def page_append(page, key, value, flags) -> bool:
     """Append an object at the end (newest position); False if it does not fit."""
     klen = key.shape[0]
@@ -156,8 +157,8 @@ def page_append(page, key, value, flags) -> bool:
     page[pos] = klen
     page[pos + 1] = flags
     _put_u16(page, pos + 2, vlen)
-    page[pos + OBJ_HEADER : pos + OBJ_HEADER + klen] = key
-    page[pos + OBJ_HEADER + klen : pos + need] = value
+    copy_bytes(page, pos + OBJ_HEADER, key, 0, klen)
+    copy_bytes(page, pos + OBJ_HEADER + klen, value, 0, vlen)
     _put_u16(page, 12, _u16(page, 12) + 1)
     _put_u16(page, 14, used + need)
     return True
@@ -171,19 +172,19 @@ def page_copy_object(dst, src, pos, flags) -> bool:
     if used + size > PAYLOAD:
         return False
     d = PAGE_HEADER + used
-    dst[d : d + size] = src[pos : pos + size]
+    copy_bytes(dst, d, src, pos, size)
     dst[d + 1] = flags
     _put_u16(dst, 12, _u16(dst, 12) + 1)
     _put_u16(dst, 14, used + size)
     return True
 
 
-@njit(cache=True)
+@unref
 def page_remove(page, pos) -> None:
     """Remove the object at `pos`, shifting newer objects down so the page stays packed."""
     size = obj_size_at(page, pos)
     end = PAGE_HEADER + _u16(page, 14)
-    page[pos : end - size] = page[pos + size : end].copy()
+    copy_bytes(page, pos, page, pos + size, end - size - pos)
     page[end - size : end] = 0
     _put_u16(page, 12, _u16(page, 12) - 1)
     _put_u16(page, 14, end - size - PAGE_HEADER)
@@ -201,14 +202,14 @@ def page_rotate_to_front(page, pos) -> None:
         page[PAGE_HEADER + tail.size:end] = head
 
 
-@njit(cache=True)
+@unref
 def page_to_tombstone(page, pos) -> None:
     """Turn the object at `pos` into a tombstone for the same key in place (drops the value bytes)."""
     klen = np.int64(page[pos])
     vlen = _u16(page, pos + 2)
     end = PAGE_HEADER + _u16(page, 14)
     vstart = pos + OBJ_HEADER + klen
-    page[vstart : end - vlen] = page[vstart + vlen : end].copy()
+    copy_bytes(page, vstart, page, vstart + vlen, end - vlen - vstart)
     page[end - vlen : end] = 0
     page[pos + 1] = FLAG_TOMBSTONE
     _put_u16(page, pos + 2, 0)
@@ -297,7 +298,7 @@ def page_crc_ok(page: bytes | np.ndarray) -> bool:
     return len(buf) == PAGE_SIZE and int.from_bytes(bytes(buf[0:4]), "little") == crc32c.crc32c(buf[4:])
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def page_crc_valid(page) -> bool:
     """`page_crc_ok` for compiled code (a uint8 page array)."""
     stored = np.uint32(page[0]) | np.uint32(page[1]) << 8 | np.uint32(page[2]) << 16 | np.uint32(page[3]) << 24

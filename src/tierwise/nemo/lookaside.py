@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from tierwise.nemo.native import unref
+
 POOL_BYTES = 1 << 20
 POOL = np.random.default_rng(0x5EED).integers(0, 256, POOL_BYTES, dtype=np.uint8)  # compiled code takes it as an
 # argument: numba cannot cache functions that read large global arrays
@@ -32,7 +34,7 @@ def value_bytes(key_id: int, version: int, size: int) -> bytes:
     return POOL[start:start + size].tobytes()
 
 
-@njit(cache=True)
+@unref
 def spell_key(key_id, size, out) -> None:
     """Write the `size` key bytes of `key_id` into out[:size]: base64 of the 8 little-endian id bytes (11 digits,
     truncated for shorter keys), padded with '.'."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import platform
+import sys
 
 import llvmlite.binding as llvm
 import numpy as np
@@ -67,19 +68,32 @@ def _has_sse42() -> bool:
 
 
 HAVE_CRC_INSTRUCTION = _has_sse42()
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
-@intrinsic
-def _crc32c_u64(typingctx, crc, word):
-    sig = types.uint64(types.uint64, types.uint64)
+def _crc_instruction(width):
+    """The SSE4.2 crc32 instruction on a `width`-bit operand as an intrinsic (crc, operand) -> crc."""
+    @intrinsic
+    def crc_step(typingctx, crc, word):
+        sig = types.uint64(types.uint64, types.uint64)
 
-    def codegen(context, builder, signature, args):
-        i64 = ir.IntType(64)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64, i64]),
-                                            "llvm.x86.sse42.crc32.64.64")
-        return builder.call(fn, args)
+        def codegen(context, builder, signature, args):
+            i64, i32, op = ir.IntType(64), ir.IntType(32), ir.IntType(width)
+            if width == 64:
+                fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64, i64]),
+                                                    "llvm.x86.sse42.crc32.64.64")
+                return builder.call(fn, args)
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, [i32, op]),
+                                                f"llvm.x86.sse42.crc32.32.{width}")
+            out = builder.call(fn, [builder.trunc(args[0], i32), builder.trunc(args[1], op)])
+            return builder.zext(out, i64)
 
-    return sig, codegen
+        return sig, codegen
+
+    return crc_step
+
+
+_crc32c_u64, _crc32c_u8 = _crc_instruction(64), _crc_instruction(8)
 
 
 def _crc_table() -> np.ndarray:
@@ -128,25 +142,27 @@ def _shift(table, crc):
                      ^ table[2, (crc >> np.uint64(16)) & np.uint64(0xFF)] ^ table[3, crc >> np.uint64(24)])
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _crc32c_hw(data, shift1, shift2):
+    """Bytes in order: the part before the whole 3-block runs serially (8 bytes, then 1, per instruction), then the
+    runs three chains at a time. Words are unaligned loads: no array view or alignment check per call."""
     n = data.shape[0]
     serial = n % (3 * _BLOCK)
-    head = serial % 8
-    crc = _crc32c_bytes(np.uint64(0xFFFFFFFF), data, 0, head)
-    words = data[head:].view(np.uint64)
-    for i in range(serial // 8):
-        crc = _crc32c_u64(crc, words[i])
-    for w in range(serial // 8, words.shape[0], 3 * _BLOCK_WORDS):
-        # views indexed from 0, so the loop carries no negative-index handling
-        wa, wb, wc = (words[w:w + _BLOCK_WORDS], words[w + _BLOCK_WORDS:w + 2 * _BLOCK_WORDS],
-                      words[w + 2 * _BLOCK_WORDS:w + 3 * _BLOCK_WORDS])
+    crc = np.uint64(0xFFFFFFFF)
+    i = 0
+    while i + 8 <= serial:
+        crc = _crc32c_u64(crc, load_u64(data, i))
+        i += 8
+    while i < serial:
+        crc = _crc32c_u8(crc, np.uint64(data[i]))
+        i += 1
+    for w in range(serial, n, 3 * _BLOCK):
         b = np.uint64(0)
         c = np.uint64(0)
-        for i in range(_BLOCK_WORDS):
-            crc = _crc32c_u64(crc, wa[i])
-            b = _crc32c_u64(b, wb[i])
-            c = _crc32c_u64(c, wc[i])
+        for k in range(w, w + _BLOCK, 8):
+            crc = _crc32c_u64(crc, load_u64(data, k))
+            b = _crc32c_u64(b, load_u64(data, k + _BLOCK))
+            c = _crc32c_u64(c, load_u64(data, k + 2 * _BLOCK))
         crc = _shift(shift2, crc) ^ _shift(shift1, b) ^ c
     return np.uint32(crc ^ np.uint64(0xFFFFFFFF))
 
@@ -159,7 +175,7 @@ def _crc32c_sw(data):
 if HAVE_CRC_INSTRUCTION:
     _SHIFT1, _SHIFT2 = _zero_shift_tables(_BLOCK), _zero_shift_tables(2 * _BLOCK)
 
-    @njit(cache=True)
+    @njit(cache=True, inline="always")
     def crc32c(data):
         """CRC-32C of a contiguous uint8 array, equal to `crc32c.crc32c(bytes)`."""
         return _crc32c_hw(data, _SHIFT1, _SHIFT2)
@@ -216,6 +232,66 @@ def prefetch(typingctx, array, index):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _contiguous_bytes(array, ndim=1) -> bool:
+    return (isinstance(array, types.Array) and array.ndim in (ndim, 1) and array.dtype == types.uint8
+            and array.layout == "C")
+
+
+@intrinsic
+def load_u64(typingctx, array, start):
+    """The 8 bytes at flat byte index `start` of a C-contiguous uint8 array (any rank) as a little-endian uint64,
+    one unaligned load. No bounds check: the caller guarantees the 8 bytes lie inside the array's buffer (bytes
+    past its end must be padding the caller allocated)."""
+    if not _contiguous_bytes(array, array.ndim if isinstance(array, types.Array) else 1):
+        return None
+
+    def codegen(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.bitcast(builder.gep(arr.data, [args[1]]), ir.IntType(64).as_pointer())
+        word = builder.load(ptr, align=1)
+        if not _LITTLE_ENDIAN:
+            word = builder.call(cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.IntType(64), [ir.IntType(64)]), "llvm.bswap.i64"), [word])
+        return word
+
+    return types.uint64(array, start), codegen
+
+
+@intrinsic
+def _memmove(typingctx, dst, dst_start, src, src_start, n):
+    if not (_contiguous_bytes(dst) and _contiguous_bytes(src)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        d = context.make_array(signature.args[0])(context, builder, args[0])
+        s = context.make_array(signature.args[2])(context, builder, args[2])
+        cgutils.raw_memmove(builder, builder.gep(d.data, [args[1]]), builder.gep(s.data, [args[3]]), args[4], 1)
+        return context.get_dummy_value()
+
+    return types.void(dst, dst_start, src, src_start, n), codegen
+
+
+@njit(cache=True, inline="always")
+def copy_bytes(dst, dst_start, src, src_start, n) -> None:
+    """dst[dst_start:dst_start + n] = src[src_start:src_start + n] as one memmove (the ranges may overlap, as in
+    packing a page in place). Out-of-range spans raise IndexError; numba's own slice copy is a checked byte loop
+    several times slower."""
+    if n <= 0:
+        return
+    if dst_start < 0 or src_start < 0 or dst_start + n > dst.shape[0] or src_start + n > src.shape[0]:
+        raise IndexError("copy_bytes: span outside its array")
+    _memmove(dst, dst_start, src, src_start, n)
+
+
+def unref(fn):
+    """`njit(cache=True)` without reference counting, for hot compiled functions that neither allocate arrays nor
+    get new ones from their callees (views of their arguments are fine). Numba otherwise wraps every array a
+    function binds, passes or slices in calls that increment and decrement its owner's count: tens of calls per
+    request in the replay loop, more than the work itself. Compiling such a function with the runtime off drops
+    them; one that tried to allocate fails to compile."""
+    return njit(cache=True, _nrt=False)(fn)
 
 
 def state_field(index: int, doc: str) -> property:

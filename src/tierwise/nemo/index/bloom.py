@@ -16,6 +16,7 @@ from numba import njit
 
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo.hashing import bloom_positions
+from tierwise.nemo.native import load_u64
 
 LN2_SQ = math.log(2) ** 2
 
@@ -64,12 +65,20 @@ def filter_test(row, byte_base, positions) -> bool:
 # ---- filter groups, bit-sliced ----------------------------------------------------------------------------------
 # A *group row* holds `members` filters of m bits each, bit-sliced: bit p of member s is row bit p*members + s
 # (row bit i = bit i & 7 of byte i >> 3). The members' bits for one probe position are then adjacent, so testing a
-# key against every member takes one short load per position instead of one per position and member: the PBFG's
-# "test a key against all members at once". No padding: a row is ceil(m * members / 8) bytes.
+# key against every member takes one load per position instead of one per position and member: the PBFG's
+# "test a key against all members at once". No padding between rows: a row is ceil(m * members / 8) bytes; an
+# array of rows carries GROUP_ROW_SLACK bytes after its last row, so a probe can load 8 bytes at any row bit.
+GROUP_ROW_SLACK = 8
 
 
 def group_row_bytes(m_bits: int, members: int) -> int:
     return -(-m_bits * members // 8)
+
+
+def group_rows(n: int, row_bytes: int) -> np.ndarray:
+    """n zeroed group rows as an (n, row_bytes) array followed by GROUP_ROW_SLACK bytes of padding in its buffer
+    (what `group_probe` needs)."""
+    return np.zeros(n * row_bytes + GROUP_ROW_SLACK, np.uint8)[:n * row_bytes].reshape(n, row_bytes)
 
 
 @njit(cache=True)
@@ -90,17 +99,12 @@ def group_set_member(row, members, member, filt, m_bits) -> None:
 
 
 @njit(cache=True, inline="always")
-def _bits_at(rows, r, bitpos, count, width):
-    """`count` (<= 64) bits of row r starting at bit `bitpos`, as the low bits of a uint64. Reads `width` bytes
-    (enough for any bit offset, at most 8) whatever the offset, so the loop's trip count never varies; bytes past
-    the row end are read as its last byte and land above `count`, where the mask drops them."""
+def _bits_at(rows, r, bitpos, count):
+    """`count` (<= 64) bits of row r starting at bit `bitpos`, as the low bits of a uint64: one 8-byte load (bytes
+    past the row are the next row's or the array's slack, and land above `count`, where the mask drops them)."""
     byte = bitpos >> 3
     shift = bitpos & 7
-    last = rows.shape[1] - 1
-    v = np.uint64(0)
-    for i in range(width):
-        v |= np.uint64(rows[r, min(byte + i, last)]) << np.uint64(8 * i)
-    v >>= np.uint64(shift)
+    v = load_u64(rows, r * rows.shape[1] + byte) >> np.uint64(shift)
     if shift + count > 64:  # a 64-member word at an odd bit offset spans 9 bytes
         v |= np.uint64(rows[r, byte + 8]) << np.uint64(64 - shift)
     if count < 64:
@@ -111,17 +115,16 @@ def _bits_at(rows, r, bitpos, count, width):
 @njit(cache=True, inline="always")
 def group_probe(rows, r, members, positions, out, n, seq0, lo, hi) -> int:
     """Append seq0 + s to out[n:] for every member s of group row `rows[r]` that may hold the key and whose
-    seq0 + s lies in [lo, hi), in ascending s; return the new count. (Rows are passed as a 2-D array and an index:
-    compiled code creating a view per row pays two atomic reference-count updates for it.)
+    seq0 + s lies in [lo, hi), in ascending s; return the new count. `rows` is an array of rows from `group_rows`
+    (passed whole with an index: compiled code creating a view per row pays two atomic reference-count updates).
 
     Members are tested 64 at a time, stopping at the first position that clears them all.
     """
     for first in range(0, members, 64):
         count = min(64, members - first)
-        width = min(8, (count + 14) >> 3)
         alive = np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(64 - count)
         for p in positions:
-            alive &= _bits_at(rows, r, p * members + first, count, width)
+            alive &= _bits_at(rows, r, p * members + first, count)
             if alive == np.uint64(0):
                 break
         s = seq0 + first

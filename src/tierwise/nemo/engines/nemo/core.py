@@ -28,7 +28,7 @@ from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, FLAG_WRITEBACK, 
                                   obj_flags_at, obj_size_at, obj_value_span, page_copy_object, page_crc_valid,
                                   page_find, page_free, page_index_of, page_positions, page_rotate_to_front,
                                   page_used)
-from tierwise.nemo.native import borrow, prefetch
+from tierwise.nemo.native import borrow, copy_bytes, prefetch, unref
 
 # E: the engine state tuple (built by NemoEngine.core_state); ROWS is PBFG.flat_rows
 (CF, ST, PST, PAGES, FILTERS, ORDER, OPEN_ROWS, ROWS, ROW_GROUP, SLOT_OF, OFFSET_OF, LAST_USE, LOC, HOT, DEV, ZREAD,
@@ -76,7 +76,7 @@ def read_set(E, seq, j):
     return page, page_crc_valid(page)
 
 
-@njit(cache=True)
+@unref
 def fetch_rows(E, j, lo):
     """Read row j of every written group covering live SGs into an LRU slot; pages read (PBFG._fetch)."""
     cf, pst, rows, row_group, slot_of, offset_of = E[CF], E[PST], E[ROWS], E[ROW_GROUP], E[SLOT_OF], E[OFFSET_OF]
@@ -101,24 +101,25 @@ def fetch_rows(E, j, lo):
         page = read_page(E, z, off)
         reads += 1
         if row_valid(page, g, first, j - first, rb):
-            rows[slot * cf[L] + g % cf[L]] = page[start:start + rb]
+            copy_bytes(rows[slot * cf[L] + g % cf[L]], 0, page, start, rb)
         else:  # torn/corrupt index page: every member may hold the key (extra reads, never a stale hit)
             rows[slot * cf[L] + g % cf[L]] = 0xFF
         row_group[slot, g % cf[L]] = g
     return reads
 
 
-@njit(cache=True, inline="always")
+@unref
 def candidates(E, j, positions, lo, hi, fetch, out):
-    """(count of SG seqs in `out`, index pages read); count -1 = uncached PBFG without `fetch` (PBFG.candidates)."""
+    """(count of SG seqs in `out`, index pages read); count -1 = uncached PBFG without `fetch` (PBFG.candidates).
+    Not inlined into its callers: the probe it inlines is large, and one copy keeps compile time down."""
     cf, pst, slot_of, last_use, rows, row_group, open_rows = (E[CF], E[PST], E[SLOT_OF], E[LAST_USE], E[ROWS],
                                                               E[ROW_GROUP], E[OPEN_ROWS])
-    n = probe(pst, slot_of, last_use, open_rows, rows, row_group, cf[G], j, positions, lo, hi, fetch, out)
     pages = 0
-    if n == NEED_FETCH:
-        pages = fetch_rows(E, j, lo)
+    while True:  # probe; on NEED_FETCH fetch the row and probe again
         n = probe(pst, slot_of, last_use, open_rows, rows, row_group, cf[G], j, positions, lo, hi, fetch, out)
-    return n, pages
+        if n != NEED_FETCH:
+            return n, pages
+        pages = fetch_rows(E, j, lo)
 
 
 @njit(cache=True, inline="always")

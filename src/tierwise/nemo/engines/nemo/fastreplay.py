@@ -14,7 +14,7 @@ from numba import njit
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo.engines.nemo import core
 from tierwise.nemo.layout import FLAG_TOMBSTONE, MAX_KEY
-from tierwise.nemo.native import borrow, prefetch
+from tierwise.nemo.native import prefetch, unref
 from tierwise.nemo.lookaside import POOL, VersionTable, home_slot, slot_of, spell_key, store_at, value_start, version_at
 
 REPLAY_COUNTERS = ("gets", "sets", "deletes", "lookaside_sets", "wrong_values", "uncacheable")
@@ -64,13 +64,10 @@ def _outcome(outcome, pend, i, j, flags):
     return FINISHED if outcome == core.DONE else NO_FIT
 
 
-@njit(cache=True)
+@unref
 def replay_slice(E, ops, key_ids, key_sizes, value_sizes, rows, count, pool, max_value, strict, rc, pend, keybuf,
                  out):
     """Replay requests [0, n) of a slice, resuming at pend[P_INDEX] after a flush. Returns (outcome, index)."""
-    E = borrow(E)  # every argument outlives this call
-    ops, key_ids, key_sizes, value_sizes, rows, count, pool, rc, pend, keybuf, out = borrow(
-        (ops, key_ids, key_sizes, value_sizes, rows, count, pool, rc, pend, keybuf, out))
     i = 0
     if pend[PENDING]:  # finish the insert the flush interrupted
         i = pend[P_INDEX]

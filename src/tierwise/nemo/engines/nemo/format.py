@@ -137,7 +137,7 @@ def _put_le(page, start, n, v):
         page[start + i] = (np.uint64(v) >> np.uint64(8 * i)) & np.uint64(0xFF)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _row_check(row, group, offset):
     """A row's check value: its crc32c keyed by (group, offset), so a row read at the wrong place fails too."""
     key = (np.uint64(group) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(offset) * np.uint64(0xC2B2AE3D27D4EB4F))
@@ -158,7 +158,7 @@ def fill_row_page(page, group, first_offset, rows) -> None:
         _put_le(page, start + rb, ROW_CHECK, _row_check(rows[i], group, first_offset + i))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def row_valid(page, group, first_offset, i, rb) -> bool:
     """Is row i of this row page intact and the row of (group, first_offset + i)? Checks the page header and that
     row only (a PBFG fetch needs one row of the page)."""

@@ -18,12 +18,12 @@ from tierwise.common.errors import TierwiseError
 from tierwise.nemo.engines.nemo.config import Geometry
 from tierwise.nemo.engines.nemo.format import (INDEX_ROW_HEADER, ROW_CHECK, IndexHeader, encode_index_header,
                                                fill_row_page, row_valid)
-from tierwise.nemo.index.bloom import group_probe, group_set_member
+from tierwise.nemo.index.bloom import GROUP_ROW_SLACK, group_probe, group_rows, group_set_member
 from tierwise.nemo.layout import PAGE_SIZE
-from tierwise.nemo.native import state_field
+from tierwise.nemo.native import state_field, unref
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _candidates(open_rows, j, open_group, open_members, rows, slot, row_group, G, positions, lo, hi, out) -> int:
     """SG sequence numbers in [lo, hi) whose set-level filter may hold the key, newest first: the open group's row j,
     then the cached rows of slot `slot` (rows[slot * L + i], L = row_group.shape[1]; slot -1 = none cached)."""
@@ -59,7 +59,7 @@ OPEN_GROUP, OPEN_MEMBERS, CLOCK, FREE_SLOTS = range(4)
 UNKNOWN, NEED_FETCH = -1, -2  # probe outcomes besides a candidate count
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def probe(pst, slot_of, last_use, open_rows, rows, row_group, G, j, positions, lo, hi, fetch, out) -> int:
     """The candidates of PBFG.candidates once row j is in DRAM: their count (in `out`), or NEED_FETCH when row j
     is not cached and `fetch` asks for it (fetch, then probe again), or UNKNOWN when it is not cached, written groups
@@ -89,7 +89,7 @@ def locate_page(loc, group, page):
     return -1, -1
 
 
-@njit(cache=True)
+@unref
 def take_slot(offset_of, slot_of, last_use, pst) -> int:
     """A PBFG cache slot for a new offset: a free one, else the least recently used (its offset is dropped)."""
     if pst[FREE_SLOTS] > 0:
@@ -171,12 +171,12 @@ class PBFG:
         self.device = device
         self.hash_seed = hash_seed
         self.log = IndexLog(device, geo.index_zones, geo.index_block_pages, geo.live_groups)
-        self.open_rows = np.zeros((S, rb), np.uint8)
+        self.open_rows = group_rows(S, rb)
         self.st = np.zeros(4, np.int64)  # OPEN_GROUP, OPEN_MEMBERS, CLOCK, FREE_SLOTS
         cap = cache_offsets
         L = geo.live_groups
-        self.rows = np.zeros((cap, L, rb), np.uint8)
-        self.flat_rows = self.rows.reshape(cap * L, rb)  # the same rows for compiled code: row (slot, i) = slot*L + i
+        self.flat_rows = group_rows(cap * L, rb)  # row (slot, i) = slot*L + i, for compiled code
+        self.rows = self.flat_rows.reshape(cap, L, rb)  # the same rows
         self.row_group = np.full((cap, L), -1, np.int64)
         self.slot_of = np.full(S, -1, np.int32)
         self.offset_of = np.full(cap, -1, np.int32)
@@ -272,6 +272,6 @@ class PBFG:
             self.log.drop(seq // self.G)
 
     def nbytes(self) -> dict[str, int]:
-        return {"pbfg_cache": self.rows.nbytes + self.row_group.nbytes + self.slot_of.nbytes + self.offset_of.nbytes
-                + self.last_use.nbytes,
-                "open_group": self.open_rows.nbytes, "index_locations": self.log.loc.nbytes}
+        return {"pbfg_cache": self.rows.nbytes + GROUP_ROW_SLACK + self.row_group.nbytes + self.slot_of.nbytes
+                + self.offset_of.nbytes + self.last_use.nbytes,
+                "open_group": self.open_rows.nbytes + GROUP_ROW_SLACK, "index_locations": self.log.loc.nbytes}

@@ -15,7 +15,7 @@ from tierwise.nemo.index.bloom import filter_add, filter_test
 from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, OBJ_HEADER, PAGE_HEADER, PAGE_SIZE, PAYLOAD,
                                   obj_flags_at, obj_size_at, obj_value_span, page_append, page_count, page_find,
                                   page_positions, page_remove, page_to_tombstone, page_used, page_well_formed)
-from tierwise.nemo.native import HAVE_XXH3, xxh3_128
+from tierwise.nemo.native import HAVE_XXH3, unref, xxh3_128
 
 
 @njit(cache=True)
@@ -43,7 +43,7 @@ def buffers_value(pages, filters, order, j, key, positions):
     return row, start, n, flags
 
 
-@njit(cache=True)
+@unref
 def buffers_remove(pages, filters, order, j, key, positions) -> int:
     """Drop every buffered copy (object or tombstone) of `key` at offset j; returns how many were dropped."""
     n = 0
@@ -58,7 +58,7 @@ def buffers_remove(pages, filters, order, j, key, positions) -> int:
     return n
 
 
-@njit(cache=True)
+@unref
 def buffers_insert(pages, filters, order, j, key, value, flags, positions, tries) -> int:
     """Put the object into the first of B[0..tries) whose set j has room; its index, or -1."""
     for i in range(min(tries, order.shape[0])):
@@ -69,7 +69,7 @@ def buffers_insert(pages, filters, order, j, key, value, flags, positions, tries
     return -1
 
 
-@njit(cache=True)
+@unref
 def sacrifice(page, need):
     """Delayed flush: free `need` bytes in a full set by dropping its oldest objects (never tombstones).
 
