@@ -39,10 +39,13 @@ def test_append_refuses_when_full_and_tombstone_conversion_frees_value():
 
 
 def test_seal_and_checksum_detect_corruption():
-    page = L.new_pages(1)[0]
-    L.page_append(page, _a(b"k"), _a(b"value"), 0)
-    L.seal_page(page, 12345)
-    assert L.page_crc_ok(page) and L.page_crc_ok(page.tobytes()) and L.page_seq(page) == 12345
+    pages = L.new_pages(3)
+    for p in pages:
+        L.page_append(p, _a(b"k"), _a(b"value"), 0)
+    L.seal_pages(pages, 12345, 2)
+    assert [L.page_seq(p) for p in pages] == [12345, 12347, 12349]
+    assert all(L.page_crc_ok(p) and L.page_crc_ok(p.tobytes()) for p in pages)
+    page = pages[0]
     raw = bytearray(page.tobytes())
     raw[30] ^= 0xFF
     assert not L.page_crc_ok(bytes(raw))

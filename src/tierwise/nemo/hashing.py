@@ -13,7 +13,7 @@ import numpy as np
 import xxhash
 from numba import njit
 
-from tierwise.nemo.native import unref, xxh3_128
+from tierwise.nemo.native import xxh3_128
 
 DEFAULT_SEED = 0x6E656D6F  # "nemo"; stored in the SG header so a reopened cache hashes the same way
 
@@ -51,16 +51,16 @@ def bloom_positions(h1: int, h2: int, k: int, m_bits: int) -> np.ndarray:
     return out
 
 
-@unref
+@njit(cache=True, inline="always")
 def bloom_positions_into(h1: int, h2: int, m_bits: int, out: np.ndarray) -> None:
     """`bloom_positions` into a caller's array of k elements (no allocation on compiled hot paths).
 
     Position i is (h1 + i*h2) mod m. h1, h2 < 2^32, so the sum never wraps 64 bits and the positions can be
-    stepped modulo m: two divisions instead of k (a 64-bit division costs tens of cycles).
+    stepped modulo m: two (unsigned) divisions instead of k (a 64-bit division costs tens of cycles).
     """
     m = np.int64(m_bits)
-    x = np.int64(h1) % m
-    step = np.int64(h2) % m
+    x = np.int64(np.uint64(h1) % np.uint64(m))
+    step = np.int64(np.uint64(h2) % np.uint64(m))
     for i in range(out.shape[0]):
         out[i] = x
         x += step
@@ -68,7 +68,7 @@ def bloom_positions_into(h1: int, h2: int, m_bits: int, out: np.ndarray) -> None
             x -= m
 
 
-@unref
+@njit(cache=True, inline="always")
 def key_hash_into(key, seed, num_sets, m_bits, out) -> int:
     """`key_hash` + `bloom_positions` in one compiled call (needs `tierwise.nemo.native.HAVE_XXH3`): the set offset
     of a key given as a uint8 array; its Bloom positions go into `out` (k elements)."""

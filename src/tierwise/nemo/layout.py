@@ -287,10 +287,18 @@ def new_pages(n: int) -> np.ndarray:
     return np.zeros((n, PAGE_SIZE), np.uint8)
 
 
-def seal_page(page: np.ndarray, seq: int) -> None:
-    """Stamp the sequence number and the checksum; call right before the page goes to flash."""
-    page[4:12] = np.frombuffer(int(seq).to_bytes(8, "little"), np.uint8)
-    page[0:4] = np.frombuffer(crc32c.crc32c(page[4:].data).to_bytes(4, "little"), np.uint8)
+@njit(cache=True)
+def seal_pages(pages, first_seq, seq_step) -> None:
+    """Stamp each page of an (n, PAGE_SIZE) array with its sequence number (first_seq + i * seq_step) and then its
+    checksum; call right before the pages go to flash."""
+    for i in range(pages.shape[0]):
+        page = pages[i]
+        seq = np.uint64(first_seq + i * seq_step)
+        for b in range(8):
+            page[4 + b] = (seq >> np.uint64(8 * b)) & np.uint64(0xFF)
+        crc = native_crc32c(page[4:])
+        for b in range(4):
+            page[b] = (crc >> np.uint32(8 * b)) & np.uint32(0xFF)
 
 
 def page_crc_ok(page: bytes | np.ndarray) -> bool:

@@ -224,11 +224,9 @@ class PageIO:
         if new_kv is None:
             tally = layout.pages_tally(pages)
             new_kv, new_objects = int(tally[:, 0].sum()), int(tally[:, 1].sum())
-        used = 0
-        for p in pages:
-            layout.seal_page(p, self.seq)
-            self.seq += 1
-            used += layout.page_used(p)
+        layout.seal_pages(pages, self.seq, 1)
+        self.seq += pages.shape[0]
+        used = sum(layout.page_used(p) for p in pages)
         m, n = self.metrics, pages.shape[0]
         m.device_write("user", new_kv)
         m.device_write("object_headers", new_objects * layout.OBJ_HEADER)

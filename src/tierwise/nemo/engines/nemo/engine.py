@@ -37,7 +37,7 @@ from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, FLAG_WRITEBACK, 
                                   PAGE_SIZE, PAYLOAD, TALLY_COLUMNS, check_object, obj_flags_at, obj_size_at,
                                   obj_value_span, object_at, page_copy_object, page_crc_ok, page_find, page_free,
                                   page_index_of, page_positions, page_rotate_to_front, page_used, pages_tally,
-                                  seal_page)
+                                  seal_pages)
 from tierwise.nemo.metrics import Metrics
 from tierwise.nemo.native import HAVE_XXH3, state_field
 
@@ -265,8 +265,7 @@ class NemoEngine(Engine):
         rear = self.buffers.rear
         pages = self.buffers.pages[rear]
         tally = pages_tally(pages)
-        for p in pages:
-            seal_page(p, seq)
+        seal_pages(pages, seq, 0)
         cols = tally.sum(axis=0)
         slot = seq % self.N
         header = encode_sg_header(SGHeader(seq=seq, sets=self.S, slot=slot, zones_per_sg=self.geo.zones_per_sg,
