@@ -6,6 +6,7 @@ import crc32c
 import numpy as np
 import pytest
 import xxhash
+from numba import njit
 
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo import native
@@ -25,9 +26,47 @@ def test_native_hash_and_checksum_equal_the_python_packages():
         data = rng.integers(0, 256, n, dtype=np.uint8)
         lo, hi = native.xxh3_128(data, 0x6E656D6F)
         assert int(hi) << 64 | int(lo) == xxhash.xxh3_128_intdigest(data.tobytes(), 0x6E656D6F)
-    for n in list(range(0, 70)) + [4079, 4080, 4081, 4092, 4096, 8160, 8161, 12_241]:
-        data = rng.integers(0, 256, n, dtype=np.uint8)
-        assert native.crc32c(data) == crc32c.crc32c(data.tobytes()) == native._crc32c_sw(data), n
+    buf = rng.integers(0, 256, 12_300, dtype=np.uint8)
+    for n in list(range(0, 70)) + [182, 4079, 4080, 4081, 4092, 4096, 8160, 8161, 12_241]:
+        for start in (0, 1, 4, 7):  # unaligned starts: the words are unaligned loads
+            data = buf[start:start + n]
+            assert native.crc32c(data) == crc32c.crc32c(data.tobytes()) == native._crc32c_sw(data), (n, start)
+
+
+@njit
+def _copy(dst, d0, src, s0, n):
+    native.copy_bytes(dst, d0, src, s0, n)
+
+
+@njit
+def _load(a, i):
+    return native.load_u64(a, i)
+
+
+def test_copy_bytes_moves_overlapping_spans_and_rejects_spans_outside():
+    a = np.arange(32, dtype=np.uint8)
+    ref = a.copy()
+    _copy(a, 4, a, 0, 20)  # overlapping, forwards: memmove semantics, not a byte-by-byte smear
+    ref[4:24] = ref[0:20].copy()
+    assert a.tolist() == ref.tolist()
+    _copy(a, 0, a, 6, 26)
+    ref[0:26] = ref[6:32].copy()
+    assert a.tolist() == ref.tolist()
+    b = np.zeros(8, np.uint8)
+    _copy(b, 0, a, 0, 0)
+    assert not b.any()
+    for d0, s0, n in ((4, 0, 5), (0, 28, 5), (-1, 0, 2), (0, -1, 2)):
+        with pytest.raises(IndexError):
+            _copy(b, d0, a, s0, n)
+    assert not b.any()  # a rejected copy writes nothing
+
+
+def test_load_u64_reads_little_endian_words_at_any_byte():
+    a = np.arange(1, 33, dtype=np.uint8)
+    for i in range(0, 25):
+        assert _load(a, i) == int.from_bytes(a[i:i + 8].tobytes(), "little")
+    rows = a.reshape(4, 8)  # any rank: a flat byte index from the start of the buffer
+    assert _load(rows, 9) == int.from_bytes(a[9:17].tobytes(), "little")
 
 
 def test_spelled_keys_values_and_version_table():
