@@ -7,6 +7,8 @@ the very same values, because both are part of the on-flash format (set offsets,
   symbol is re-registered at every import, before any cached function is loaded). `HAVE_XXH3` is False where the
   symbol is not exported; callers then keep to their Python path.
 - CRC-32C: the SSE4.2 `crc32` instruction on x86-64 (8 bytes per instruction), else a table-driven loop.
+- Memory primitives numba lacks: `load_u64` (an unaligned 8-byte load), `copy_bytes` (a checked memmove),
+  `prefetch`, and `borrow` / `unref`, which keep numba's reference counting out of hot loops.
 """
 
 from __future__ import annotations
