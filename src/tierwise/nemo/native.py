@@ -236,8 +236,8 @@ def prefetch(typingctx, array, index):
     return sig, codegen
 
 
-def _contiguous_bytes(array, ndim=1) -> bool:
-    return (isinstance(array, types.Array) and array.ndim in (ndim, 1) and array.dtype == types.uint8
+def _contiguous_bytes(array, any_rank=False) -> bool:
+    return (isinstance(array, types.Array) and (any_rank or array.ndim == 1) and array.dtype == types.uint8
             and array.layout == "C")
 
 
@@ -246,7 +246,7 @@ def load_u64(typingctx, array, start):
     """The 8 bytes at flat byte index `start` of a C-contiguous uint8 array (any rank) as a little-endian uint64,
     one unaligned load. No bounds check: the caller guarantees the 8 bytes lie inside the array's buffer (bytes
     past its end must be padding the caller allocated)."""
-    if not _contiguous_bytes(array, array.ndim if isinstance(array, types.Array) else 1):
+    if not _contiguous_bytes(array, any_rank=True):
         return None
 
     def codegen(context, builder, signature, args):
