@@ -21,7 +21,7 @@ def test_ioctl_numbers_match_blkzoned_h():
 
 
 def test_struct_sizes():
-    assert lx.REPORT_HEADER.size == 16 and lx.ZONE.size == 64 and lx.RANGE.size == 16
+    assert lx.REPORT_HEADER.size == 16 and lx.ZONE.size == 64
 
 
 def _kernel_fill(buf: bytearray, zones: list[tuple], flags: int) -> None:
@@ -44,10 +44,6 @@ def test_report_round_trip(flags):
     assert (zones[0].start, zones[0].len, zones[0].wp, zones[0].type, zones[0].cond) == (0, 2048, 100, 2, 2)
     assert zones[0].reset == 1 and zones[0].non_seq == 0
     assert zones[1].capacity == (1984 if flags else 2048)
-
-
-def test_range_packing():
-    assert lx.pack_range(4096, 2048) == (4096).to_bytes(8, "little") + (2048).to_bytes(8, "little")
 
 
 def test_not_a_zoned_device():

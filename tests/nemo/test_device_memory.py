@@ -23,16 +23,6 @@ def test_geometry_validation(kw, msg):
         MemoryZonedDevice(**kw)
 
 
-def test_view_is_zero_copy_and_counted():
-    d = MemoryZonedDevice(2, 4 * BS)
-    d.append(1, b"v" * BS)
-    v = d.view(1, 10, 20)
-    assert bytes(v) == b"v" * 20 and v.readonly
-    assert d.stats.bytes_read == 20 and d.stats.read_ios == 1
-    with pytest.raises(ZoneError):
-        d.view(1, BS - 1, 2)
-
-
 def test_small_blocks_and_reset_reuse():
     d = MemoryZonedDevice(2, 3 * 512, block_size=512)
     d.append(0, b"a" * 1536)

@@ -247,37 +247,32 @@ def page_well_formed(page) -> bool:
 
 TALLY_COLUMNS = ("user_kv_bytes", "user_objects", "writeback_bytes", "tombstone_bytes", "user_header_bytes",
                  "used_bytes", "writeback_objects", "tombstones")
+(T_USER_KV, T_USER_OBJECTS, T_WRITEBACK, T_TOMBSTONE, T_USER_HEADERS, T_USED, T_WRITEBACK_OBJECTS,
+ T_TOMBSTONES) = range(len(TALLY_COLUMNS))
 
 
 @njit(cache=True)
-def pages_tally(pages) -> np.ndarray:
-    """Per page, the TALLY_COLUMNS: user key+value bytes, user objects, write-back bytes, tombstone bytes,
-    user per-object header bytes, used bytes, write-back objects, tombstones.
-
-    Write-back and tombstone bytes include their headers.
-    """
-    n = pages.shape[0]
-    out = np.zeros((n, 8), np.int64)
-    for p in range(n):
-        page = pages[p]
-        end = PAGE_HEADER + _u16(page, 14)
-        pos = PAGE_HEADER
-        while pos < end:
-            size = OBJ_HEADER + np.int64(page[pos]) + _u16(page, pos + 2)
-            f = np.int64(page[pos + 1])
-            if f & FLAG_TOMBSTONE:
-                out[p, 3] += size
-                out[p, 7] += 1
-            elif f & FLAG_WRITEBACK:
-                out[p, 2] += size
-                out[p, 6] += 1
-            else:
-                out[p, 0] += size - OBJ_HEADER
-                out[p, 1] += 1
-                out[p, 4] += OBJ_HEADER
-            pos += size
-        out[p, 5] = end - PAGE_HEADER
-    return out
+def page_tally_into(page, out) -> None:
+    """Add the TALLY_COLUMNS of one page to out[0:8]: user key+value bytes, user objects, write-back bytes,
+    tombstone bytes, user per-object header bytes, used bytes, write-back objects, tombstones. Write-back and
+    tombstone bytes include their headers."""
+    end = PAGE_HEADER + _u16(page, 14)
+    pos = PAGE_HEADER
+    while pos < end:
+        size = OBJ_HEADER + np.int64(page[pos]) + _u16(page, pos + 2)
+        f = np.int64(page[pos + 1])
+        if f & FLAG_TOMBSTONE:
+            out[T_TOMBSTONE] += size
+            out[T_TOMBSTONES] += 1
+        elif f & FLAG_WRITEBACK:
+            out[T_WRITEBACK] += size
+            out[T_WRITEBACK_OBJECTS] += 1
+        else:
+            out[T_USER_KV] += size - OBJ_HEADER
+            out[T_USER_OBJECTS] += 1
+            out[T_USER_HEADERS] += OBJ_HEADER
+        pos += size
+    out[T_USED] += end - PAGE_HEADER
 
 
 # ---- sealing and reading (Python) ------------------------------------------------------------------------------

@@ -1,15 +1,19 @@
 """The one metrics recorder every flash-cache engine reports to, so every design is measured the same way.
 
 ALWA (nemo.md §1, project rule) = bytes written to the device (data, write-back, tombstones, padding, metadata,
-index) / key+value bytes of *user* objects that reached flash. Engines call:
+index) / key+value bytes of *user* objects that reached flash. Engines record, from their compiled request paths,
+into the arrays of `Metrics.arrays` (a `MetricsArrays` bundle; named slots below):
 
-- `device_write(cause, nbytes)` for every byte they write, attributed to a cause (standard names in `CAUSES`);
-  the sum over causes is the device byte count, which tests check against the device's own counters;
-- `flashed_user(objects, kv_bytes, header_bytes)` when user objects reach flash (the ALWA denominator);
-- `user_insert(nbytes)` / `dropped(objects, nbytes)` for accepted sets and user objects lost before flash;
-- `get(hit, bytes_read, flash_reads, index_reads)` once per lookup;
-- `flushed_sets(fills)` with the fill fraction of every set page written (one call per SetGroup / batch);
-- `sample(requests, dram, objects)` from the replay loop, every N requests (the time series).
+- `writes[cause]` for every byte they write, attributed to a cause (`CAUSES`); the sum over causes is the device
+  byte count, which tests check against the device's own counters;
+- `counters[...]`: user objects reaching flash (`logical_bytes`, the ALWA denominator), accepted and dropped
+  inserts, lookups (hits, pages read), fills of the set pages written (`record_fills`), and each design's events
+  (migrations, evictions, PBFG fetches, ...);
+- `latency[kind]`: a log-scale histogram of each request's simulated latency (get, set, delete), filled by the
+  replay driver from the device's timing model.
+
+The Python methods (`count`, `get`, `device_write`, ...) write the same arrays. `sample(requests, dram, objects)`
+adds a time-series row; `mark_warm` starts the steady-state window that `summary()` reports.
 
 DRAM keys starting with "buffer" are data buffers (SG buffers, log segment buffers); all other keys are index
 state (filters, hotness bits, maps). Bits/object is reported for the index alone and for everything (§3.8).
@@ -17,10 +21,14 @@ state (filters, hotness bits, maps). Bits/object is reported for the index alone
 
 from __future__ import annotations
 
+from collections import namedtuple
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
+from numba import njit
+
+from tierwise.nemo.native import internal
 
 CAUSES = (
     "user",  # key+value bytes of user objects (the logical bytes themselves)
@@ -32,9 +40,123 @@ CAUSES = (
     "index",  # on-flash index pages
     "other",
 )
+W_USER, W_OBJECT_HEADERS, W_WRITEBACK, W_TOMBSTONE, W_PADDING, W_PAGE_HEADERS, W_INDEX, W_OTHER = range(len(CAUSES))
+
+COUNTERS = (
+    # requests
+    "gets", "hits", "get_bytes_read", "get_flash_reads", "get_index_reads", "gets_fetching_index",
+    "inserts", "insert_bytes", "deletes", "dropped_objects", "dropped_bytes", "rejected",
+    # user objects that reached flash (the ALWA denominator) and the fill of the set pages written
+    "flashed_objects", "logical_bytes", "logical_header_bytes",
+    "sets_flushed", "set_fill_sum", "sgs_flushed", "sg_fill_sum",
+    # reads outside lookups, by cause
+    "read_writeback_bytes", "read_writeback_check_bytes", "read_log_bytes", "read_migration_bytes", "read_gc_bytes",
+    "read_rmw_bytes", "read_delete_bytes",
+    # damaged pages met (read as empty / a miss)
+    "corrupt_pages", "corrupt_set_pages",
+    # Nemo
+    "tombstones", "delete_index_reads", "writeback_objects", "writeback_hot", "writeback_cold", "writeback_shadowed",
+    "sg_evictions", "recoveries",
+    # set tiers (Set, Kangaroo, FairyWREN)
+    "gc_zones", "gc_set_copies",
+    # Kangaroo
+    "migrations_threshold", "migrated_objects_threshold", "migrated_bytes_threshold", "threshold_drops",
+    "readmissions",
+    # FairyWREN
+    "migrations_passive", "migrated_objects_passive", "migrated_bytes_passive",
+    "migrations_active", "migrated_objects_active", "migrated_bytes_active",
+)
+(C_GETS, C_HITS, C_GET_BYTES_READ, C_GET_FLASH_READS, C_GET_INDEX_READS, C_GETS_FETCHING_INDEX,
+ C_INSERTS, C_INSERT_BYTES, C_DELETES, C_DROPPED_OBJECTS, C_DROPPED_BYTES, C_REJECTED,
+ C_FLASHED_OBJECTS, C_LOGICAL_BYTES, C_LOGICAL_HEADER_BYTES,
+ C_SETS_FLUSHED, C_SET_FILL_SUM, C_SGS_FLUSHED, C_SG_FILL_SUM,
+ C_READ_WRITEBACK, C_READ_WRITEBACK_CHECK, C_READ_LOG, C_READ_MIGRATION, C_READ_GC, C_READ_RMW, C_READ_DELETE,
+ C_CORRUPT_PAGES, C_CORRUPT_SET_PAGES,
+ C_TOMBSTONES, C_DELETE_INDEX_READS, C_WRITEBACK_OBJECTS, C_WRITEBACK_HOT, C_WRITEBACK_COLD, C_WRITEBACK_SHADOWED,
+ C_SG_EVICTIONS, C_RECOVERIES,
+ C_GC_ZONES, C_GC_SET_COPIES,
+ C_MIGRATIONS_THRESHOLD, C_MIGRATED_OBJECTS_THRESHOLD, C_MIGRATED_BYTES_THRESHOLD, C_THRESHOLD_DROPS,
+ C_READMISSIONS,
+ C_MIGRATIONS_PASSIVE, C_MIGRATED_OBJECTS_PASSIVE, C_MIGRATED_BYTES_PASSIVE,
+ C_MIGRATIONS_ACTIVE, C_MIGRATED_OBJECTS_ACTIVE, C_MIGRATED_BYTES_ACTIVE) = range(len(COUNTERS))
+_SLOT = {name: i for i, name in enumerate(COUNTERS)}
 
 FILL_BINS = 20  # histogram of set fill in 5% steps
 
+# Latency histograms: one row per request kind; log-linear buckets of integer nanoseconds (values below 64 ns
+# exact, then 32 buckets per power of two: at most 3% wide), up to 2^46 ns.
+LATENCY_KINDS = ("get", "set", "delete")
+L_GET, L_SET, L_DELETE = range(3)
+_SUB = 32
+LATENCY_BINS = 2 * _SUB + 40 * _SUB
+PERCENTILES = (50.0, 99.0, 99.9, 99.99)
+
+MetricsArrays = namedtuple("MetricsArrays", ["counters", "writes", "fill_hist", "latency"])
+
+
+def new_arrays() -> MetricsArrays:
+    return MetricsArrays(np.zeros(len(COUNTERS), np.float64), np.zeros(len(CAUSES), np.float64),
+                         np.zeros(FILL_BINS, np.int64), np.zeros((len(LATENCY_KINDS), LATENCY_BINS), np.int64))
+
+
+# ---- compiled recorders -----------------------------------------------------------------------------------------------
+
+@njit(cache=True, inline="always")
+def latency_bin(ns):
+    if ns < 2 * _SUB:
+        return max(ns, 0)
+    msb = 63
+    while (ns >> msb) == 0:
+        msb -= 1
+    shift = msb - 5  # ns >> shift is in [32, 64)
+    return min(LATENCY_BINS - 1, 2 * _SUB + (msb - 6) * _SUB + ((ns >> shift) - _SUB))
+
+
+def bin_upper_ns(b: int) -> int:
+    """The largest latency (ns) bucket `b` holds."""
+    if b < 2 * _SUB:
+        return b
+    octave, sub = divmod(b - 2 * _SUB, _SUB)
+    shift = octave + 1
+    return ((sub + _SUB + 1) << shift) - 1
+
+
+@internal
+def record_latency(m, kind, ns):
+    m.latency[kind, latency_bin(ns)] += 1
+
+
+@njit(cache=True)
+def record_fills(m, used, payload, as_group):
+    """Fill (used bytes / payload) of set pages written; `as_group`: they are one SetGroup (its mean fill is one
+    sample of the SG fill)."""
+    total = 0
+    for u in used:
+        f = u / payload
+        m.fill_hist[min(np.int64(f * FILL_BINS), FILL_BINS - 1)] += 1
+        total += u
+    m.counters[C_SETS_FLUSHED] += used.shape[0]
+    m.counters[C_SET_FILL_SUM] += total / payload
+    if as_group and used.shape[0]:
+        m.counters[C_SGS_FLUSHED] += 1
+        m.counters[C_SG_FILL_SUM] += total / payload / used.shape[0]
+
+
+@internal(inline=True)
+def record_get(m, hit, flash_reads, index_reads, page_size):
+    c = m.counters
+    c[C_GETS] += 1
+    if hit:
+        c[C_HITS] += 1
+    if flash_reads + index_reads:
+        c[C_GET_BYTES_READ] += (flash_reads + index_reads) * page_size
+        c[C_GET_FLASH_READS] += flash_reads
+    if index_reads:
+        c[C_GET_INDEX_READS] += index_reads
+        c[C_GETS_FETCHING_INDEX] += 1
+
+
+# ---- the Python recorder ------------------------------------------------------------------------------------------------
 
 def is_buffer_key(name: str) -> bool:
     return name.startswith("buffer")
@@ -42,17 +164,17 @@ def is_buffer_key(name: str) -> bool:
 
 @dataclass
 class _Snapshot:
-    counters: dict[str, float]
-    writes: dict[str, float]
+    counters: np.ndarray
+    writes: np.ndarray
     fill_hist: np.ndarray
+    latency: np.ndarray
+    extra: dict[str, float]
 
 
 @dataclass
 class Metrics:
-    sample_every: int = 0  # the replay samples a time-series row every this many requests (0 = never)
-    counters: dict[str, float] = field(default_factory=dict)
-    writes: dict[str, float] = field(default_factory=dict)
-    fill_hist: np.ndarray = field(default_factory=lambda: np.zeros(FILL_BINS, np.int64))
+    arrays: MetricsArrays = field(default_factory=new_arrays)
+    extra: dict[str, float] = field(default_factory=dict)  # counters outside `COUNTERS` (Python-side only)
     series: list[dict[str, Any]] = field(default_factory=list)
     dram_samples: list[dict[str, float]] = field(default_factory=list)
     warm_at_request: int | None = None
@@ -61,63 +183,66 @@ class Metrics:
 
     # ---- recording ---------------------------------------------------------------------------------------------
 
-    def _add(self, name: str, value: float) -> None:
-        self.counters[name] = self.counters.get(name, 0) + value
+    def count(self, name: str, value: float = 1) -> None:
+        """Add to a named counter (design events: migrations, evictions, PBFG fetches, ...), reported as-is."""
+        slot = _SLOT.get(name)
+        if slot is None:
+            self.extra[name] = self.extra.get(name, 0) + value
+        else:
+            self.arrays.counters[slot] += value
 
     def device_write(self, cause: str, nbytes: int) -> None:
-        self.writes[cause] = self.writes.get(cause, 0) + nbytes
+        self.arrays.writes[CAUSES.index(cause)] += nbytes
 
     def device_read(self, cause: str, nbytes: int) -> None:
         """Reads outside lookups (write-back, migration, GC)."""
-        self._add(f"read_{cause}_bytes", nbytes)
+        self.count(f"read_{cause}_bytes", nbytes)
 
     def flashed_user(self, objects: int, kv_bytes: int, header_bytes: int) -> None:
-        self._add("flashed_objects", objects)
-        self._add("logical_bytes", kv_bytes)
-        self._add("logical_header_bytes", header_bytes)
+        c = self.arrays.counters
+        c[C_FLASHED_OBJECTS] += objects
+        c[C_LOGICAL_BYTES] += kv_bytes
+        c[C_LOGICAL_HEADER_BYTES] += header_bytes
 
     def user_insert(self, nbytes: int) -> None:
-        self._add("inserts", 1)
-        self._add("insert_bytes", nbytes)
+        self.arrays.counters[C_INSERTS] += 1
+        self.arrays.counters[C_INSERT_BYTES] += nbytes
 
     def user_delete(self) -> None:
-        self._add("deletes", 1)
+        self.arrays.counters[C_DELETES] += 1
 
     def dropped(self, objects: int, nbytes: int) -> None:
-        self._add("dropped_objects", objects)
-        self._add("dropped_bytes", nbytes)
+        self.arrays.counters[C_DROPPED_OBJECTS] += objects
+        self.arrays.counters[C_DROPPED_BYTES] += nbytes
 
     def rejected(self) -> None:
         """A set the engine refused (e.g. admission, too large)."""
-        self._add("rejected", 1)
+        self.arrays.counters[C_REJECTED] += 1
 
     def get(self, hit: bool, bytes_read: int = 0, flash_reads: int = 0, index_reads: int = 0) -> None:
-        c = self.counters  # the hottest recorder: skip zero updates
-        c["gets"] = c.get("gets", 0) + 1
-        if hit:
-            c["hits"] = c.get("hits", 0) + 1
-        if bytes_read:
-            c["get_bytes_read"] = c.get("get_bytes_read", 0) + bytes_read
-            c["get_flash_reads"] = c.get("get_flash_reads", 0) + flash_reads
-        if index_reads:
-            c["get_index_reads"] = c.get("get_index_reads", 0) + index_reads
-            c["gets_fetching_index"] = c.get("gets_fetching_index", 0) + 1
+        c = self.arrays.counters
+        c[C_GETS] += 1
+        c[C_HITS] += bool(hit)
+        c[C_GET_BYTES_READ] += bytes_read
+        c[C_GET_FLASH_READS] += flash_reads
+        c[C_GET_INDEX_READS] += index_reads
+        c[C_GETS_FETCHING_INDEX] += index_reads > 0
 
     def flushed_sets(self, fills: np.ndarray) -> None:
-        """Fill fraction (0..1) of every set page in one flushed SetGroup (or one batch of set writes)."""
+        """Fill fraction (0..1) of every set page in one flushed SetGroup."""
         fills = np.asarray(fills, np.float64)
-        if fills.size == 0:
-            return
-        self.fill_hist += np.bincount(np.minimum((fills * FILL_BINS).astype(np.int64), FILL_BINS - 1),
-                                      minlength=FILL_BINS)
-        self._add("sets_flushed", fills.size)
-        self._add("set_fill_sum", float(fills.sum()))
-        self._add("sgs_flushed", 1)
-        self._add("sg_fill_sum", float(fills.mean()))
+        if fills.size:
+            record_fills(self.arrays, fills, 1.0, True)
 
-    def count(self, name: str, value: float = 1) -> None:
-        """Engine-specific event counters (migrations, evictions, PBFG fetches, ...), reported as-is."""
-        self._add(name, value)
+    @property
+    def counters(self) -> dict[str, float]:
+        """The counters recorded so far (non-zero ones), by name."""
+        return self._counter_dict(self.arrays.counters, self.extra)
+
+    @property
+    def writes(self) -> dict[str, float]:
+        """Bytes written so far, by cause (causes with bytes)."""
+        return {c: float(v) for c, v in zip(CAUSES, self.arrays.writes.tolist()) if v}
 
     def sample(self, requests: int, dram: Mapping[str, int], objects: int) -> dict[str, Any]:
         """Append one time-series row: cumulative request count, windowed ALWA/miss ratio since the last row."""
@@ -129,7 +254,7 @@ class Metrics:
             "alwa": window["alwa"],
             "miss_ratio": window["miss_ratio"],
             "mean_sg_fill": window["mean_sg_fill"],
-            "device_bytes_written": self._total_writes(snap),
+            "device_bytes_written": float(snap.writes.sum()),
             **self._dram_row(dram, objects),
         }
         self.series.append(row)
@@ -165,11 +290,14 @@ class Metrics:
     # ---- internals ---------------------------------------------------------------------------------------------
 
     def _snapshot(self) -> _Snapshot:
-        return _Snapshot(dict(self.counters), dict(self.writes), self.fill_hist.copy())
+        a = self.arrays
+        return _Snapshot(a.counters.copy(), a.writes.copy(), a.fill_hist.copy(), a.latency.copy(), dict(self.extra))
 
     @staticmethod
-    def _total_writes(snap: _Snapshot) -> float:
-        return float(sum(snap.writes.values()))
+    def _counter_dict(counters: np.ndarray, extra: Mapping[str, float]) -> dict[str, float]:
+        out = {name: float(v) for name, v in zip(COUNTERS, counters.tolist()) if v}
+        out.update(extra)
+        return out
 
     @staticmethod
     def _dram_row(dram: Mapping[str, int], objects: int) -> dict[str, Any]:
@@ -182,24 +310,47 @@ class Metrics:
             "total_bits_per_object": (index + buffers) * 8 / objects if objects else None,
         }
 
-    def _summarise(self, now: _Snapshot, base: _Snapshot | None) -> dict[str, Any]:
-        def c(name: str) -> float:
-            return now.counters.get(name, 0) - (base.counters.get(name, 0) if base else 0)
+    @staticmethod
+    def _percentiles(hist: np.ndarray) -> dict[str, float | None]:
+        """p50 / p99 / p99.9 / p99.99 in microseconds (each the upper edge of its bucket), and the mean."""
+        total = int(hist.sum())
+        out: dict[str, float | None] = {}
+        cum = np.cumsum(hist)
+        for q in PERCENTILES:
+            if not total:
+                out[f"p{q:g}_us"] = None
+                continue
+            b = int(np.searchsorted(cum, q / 100 * total, side="left"))
+            out[f"p{q:g}_us"] = bin_upper_ns(min(b, LATENCY_BINS - 1)) / 1000
+        uppers = np.array([bin_upper_ns(b) for b in range(LATENCY_BINS)], np.float64)
+        out["mean_us"] = float((hist * uppers).sum() / total / 1000) if total else None
+        out["count"] = total
+        return out
 
-        writes = {k: v - (base.writes.get(k, 0) if base else 0) for k, v in now.writes.items()}
+    def _summarise(self, now: _Snapshot, base: _Snapshot | None) -> dict[str, Any]:
+        counters = now.counters - (base.counters if base else 0)
+        extra = {k: v - (base.extra.get(k, 0) if base else 0) for k, v in now.extra.items()}
+        named = self._counter_dict(counters, extra)
+
+        def c(name: str) -> float:
+            return named.get(name, 0.0)
+
+        writes = now.writes - (base.writes if base else 0)
         hist = now.fill_hist - (base.fill_hist if base else 0)
-        device = float(sum(writes.values()))
+        lat = now.latency - (base.latency if base else 0)
+        device = float(writes.sum())
         logical = c("logical_bytes")
         gets = c("gets")
         ratio = (lambda a, b: a / b if b else None)
+        by_cause = {k: float(v) for k, v in zip(CAUSES, writes.tolist()) if v or k in now_causes(now)}
         return {
             "device_bytes_written": device,
             "logical_bytes": logical,
             "alwa": ratio(device, logical),
             "alwa_headers_logical": ratio(device, logical + c("logical_header_bytes")),
             "alwa_with_dropped": ratio(device, logical + c("dropped_bytes")),
-            "alwa_breakdown": {k: ratio(v, logical) for k, v in sorted(writes.items())},
-            "write_bytes_by_cause": writes,
+            "alwa_breakdown": {k: ratio(v, logical) for k, v in sorted(by_cause.items())},
+            "write_bytes_by_cause": by_cause,
             "inserts": c("inserts"),
             "dropped_fraction": ratio(c("dropped_objects"), c("inserts")),
             "gets": gets,
@@ -213,5 +364,11 @@ class Metrics:
             "sgs_flushed": c("sgs_flushed"),
             "set_fill_histogram": {f"{i * 100 // FILL_BINS}-{(i + 1) * 100 // FILL_BINS}%": int(v)
                                    for i, v in enumerate(hist)},
-            "counters": {k: c(k) for k in sorted(now.counters)},
+            "latency": {kind: self._percentiles(lat[i]) for i, kind in enumerate(LATENCY_KINDS)},
+            "counters": dict(sorted(named.items())),
         }
+
+
+def now_causes(snap: _Snapshot) -> set[str]:
+    """Causes with bytes in a snapshot (a window reports every cause the run wrote, even at 0 in the window)."""
+    return {k for k, v in zip(CAUSES, snap.writes.tolist()) if v}

@@ -9,11 +9,14 @@ the very same values, because both are part of the on-flash format (set offsets,
 - CRC-32C: the SSE4.2 `crc32` instruction on x86-64 (8 bytes per instruction), else a table-driven loop.
 - Memory primitives numba lacks: `load_u64` (an unaligned 8-byte load), `copy_bytes` (a checked memmove),
   `prefetch`, and `borrow` / `unref`, which keep numba's reference counting out of hot loops.
+- The C library's `pread`, `pwrite`, `ftruncate`, `ioctl` and `errno`, so compiled device code does its own I/O
+  (registered with LLVM like XXH3, so functions calling them stay cacheable; ctypes functions would not).
 """
 
 from __future__ import annotations
 
 import ctypes
+import mmap
 import platform
 import sys
 
@@ -22,7 +25,9 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.core.imputils import impl_ret_borrowed, lower_getattr_generic
+from numba.core.typing.templates import AttributeTemplate
+from numba.extending import infer_getattr, intrinsic, models, register_model
 
 _XXH3_SYMBOL = "XXH3_128bits_withSeed"
 
@@ -39,6 +44,9 @@ def _register_xxh3() -> bool:
 
 
 HAVE_XXH3 = _register_xxh3()
+if not HAVE_XXH3:  # every engine hashes keys in compiled code with it
+    raise ImportError("tierwise needs the xxhash package's C function XXH3_128bits_withSeed; this xxhash build does "
+                      "not export it: reinstall xxhash>=3 from its PyPI wheels (pip install --force-reinstall xxhash)")
 
 
 @intrinsic
@@ -296,6 +304,16 @@ def unref(fn):
     return njit(cache=True, _nrt=False)(fn)
 
 
+def internal(fn=None, *, inline: bool = False):
+    """`njit(cache=True)` for a function that only compiled code calls: numba then builds no Python-callable wrapper
+    for it. With state bundles of dozens of arrays as arguments that wrapper alone costs seconds of compile time per
+    function. `inline=True` inlines it into its callers (hot, small functions: no call with a large bundle)."""
+    opts = dict(cache=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+    if inline:
+        opts["inline"] = "always"
+    return njit(**opts)(fn) if fn is not None else njit(**opts)
+
+
 def state_field(index: int, doc: str) -> property:
     """A Python attribute stored at `self.st[index]`: scalars that compiled code reads and updates in place (a
     plain attribute would be a copy it cannot see)."""
@@ -306,3 +324,192 @@ def state_field(index: int, doc: str) -> property:
         self.st[index] = value
 
     return property(get, put, doc=doc)
+
+
+# ---- the C library, for compiled device I/O -------------------------------------------------------------------------
+_LIBC = ctypes.CDLL(None, use_errno=True)
+for _name in ("pread", "pwrite", "ftruncate", "ioctl", "__errno_location"):
+    llvm.add_symbol(f"tierwise_{_name}", ctypes.cast(getattr(_LIBC, _name), ctypes.c_void_p).value)
+
+
+def _libc_codegen(name, pointer_args):
+    """Code calling C `name` on integer arguments (those at `pointer_args` are addresses, passed as pointers; the
+    first of a file-descriptor call is a C int); int results are sign-extended to int64."""
+    def codegen(context, builder, signature, values):
+        i64, i32, i8p = ir.IntType(64), ir.IntType(32), ir.IntType(8).as_pointer()
+        params, actual = [], []
+        for i, (ty, v) in enumerate(zip(signature.args, values)):
+            v = context.cast(builder, v, ty, types.int64)
+            if i in pointer_args:
+                params.append(i8p)
+                actual.append(builder.inttoptr(v, i8p))
+            elif i == 0:
+                params.append(i32)
+                actual.append(builder.trunc(v, i32))
+            else:
+                params.append(i64)
+                actual.append(v)
+        ret = i32 if name in ("ftruncate", "ioctl") else i64
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, params), f"tierwise_{name}")
+        out = builder.call(fn, actual)
+        return builder.sext(out, i64) if ret is i32 else out
+
+    return codegen
+
+
+def _ints(*args) -> bool:
+    return all(isinstance(a, types.Integer) for a in args)
+
+
+@intrinsic
+def sys_pread(typingctx, fd, addr, n, offset):
+    """pread(fd, address, n, offset): bytes read, or -1 (see sys_errno)."""
+    if _ints(fd, addr, n, offset):
+        return types.int64(fd, addr, n, offset), _libc_codegen("pread", (1,))
+
+
+@intrinsic
+def sys_pwrite(typingctx, fd, addr, n, offset):
+    """pwrite(fd, address, n, offset): bytes written, or -1."""
+    if _ints(fd, addr, n, offset):
+        return types.int64(fd, addr, n, offset), _libc_codegen("pwrite", (1,))
+
+
+@intrinsic
+def sys_ftruncate(typingctx, fd, length):
+    """ftruncate(fd, length): 0, or -1."""
+    if _ints(fd, length):
+        return types.int64(fd, length), _libc_codegen("ftruncate", ())
+
+
+@intrinsic
+def sys_ioctl(typingctx, fd, request, addr):
+    """ioctl(fd, request, address of the argument): the result, or -1."""
+    if _ints(fd, request, addr):
+        return types.int64(fd, request, addr), _libc_codegen("ioctl", (2,))
+
+
+@intrinsic
+def sys_errno(typingctx):
+    """The calling thread's errno (after a failed sys_* call)."""
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32.as_pointer(), []),
+                                            "tierwise___errno_location")
+        return builder.sext(builder.load(builder.call(fn, [])), ir.IntType(64))
+
+    return types.int64(), codegen
+
+
+def address(array: np.ndarray) -> int:
+    """The address of a numpy array's first byte (what compiled code gets from `array.ctypes.data`)."""
+    return array.ctypes.data
+
+
+_MAP_NORESERVE = 0x4000  # Linux; the mmap module has no name for it
+
+
+def lazy_zeros(n: int, dtype) -> np.ndarray:
+    """A zeroed array of n elements whose memory is only committed where it is touched (an anonymous mapping that
+    reserves no swap): for pools sized to a worst case that a run rarely approaches. Freed with the last array
+    over it."""
+    dtype = np.dtype(dtype)
+    size = max(1, n) * dtype.itemsize
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | (_MAP_NORESERVE if sys.platform.startswith("linux") else 0)
+    return np.frombuffer(mmap.mmap(-1, size, flags=flags), dtype)[:n]
+
+
+# ---- state bundles by reference ---------------------------------------------------------------------------------------
+# A design's state is a bundle: a namedtuple of arrays, numbers and smaller bundles. Numba passes a namedtuple to a
+# function by value, field by field: with dozens of arrays that is hundreds of words per call (and, in functions
+# built with reference counting, an atomic count update per array); measured, a call cost ~100x a pointer's. So a
+# bundle is *pinned*: written once (its arrays borrowed, see `borrow`) into a small byte array, its arena, and
+# compiled functions take a `Ref` to it: one pointer per call. `ref.name` reads a field where it lies: an array or
+# a number as its value, a member bundle as a Ref to it. Code reads the same as on the namedtuple itself.
+
+class Ref(types.Type):
+    """A pointer to a pinned bundle (numba type); attribute access as on the bundle (see above)."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        super().__init__(name=f"Ref[{dtype}]")
+
+
+@register_model(Ref)
+class _RefModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, dmm.lookup(fe_type.dtype).get_value_type().as_pointer())
+
+
+@infer_getattr
+class _RefAttributes(AttributeTemplate):
+    key = Ref
+
+    def generic_resolve(self, typ, attr):
+        bundle = typ.dtype
+        if attr in bundle.fields:
+            field = bundle.types[bundle.fields.index(attr)]
+            return Ref(field) if isinstance(field, types.BaseNamedTuple) else field
+        return None
+
+
+@lower_getattr_generic(Ref)
+def _ref_getattr(context, builder, typ, value, attr):
+    bundle = typ.dtype
+    index = bundle.fields.index(attr)
+    field = bundle.types[index]
+    ptr = builder.gep(value, [context.get_constant(types.int32, 0), context.get_constant(types.int32, index)])
+    if isinstance(field, types.BaseNamedTuple):
+        return ptr
+    return impl_ret_borrowed(context, builder, field, builder.load(ptr))
+
+
+@intrinsic
+def _store_bundle(typingctx, value, arena):
+    def codegen(context, builder, sig, args):
+        arr = context.make_array(sig.args[1])(context, builder, args[1])
+        builder.store(args[0], builder.bitcast(arr.data, context.get_value_type(sig.args[0]).as_pointer()))
+        return context.get_dummy_value()
+
+    return types.void(value, arena), codegen
+
+
+@intrinsic
+def _bundle_size(typingctx, value):
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.intp, context.get_abi_sizeof(context.get_value_type(sig.args[0])))
+
+    return types.intp(value), codegen
+
+
+@intrinsic
+def ref_of(typingctx, arena, like):
+    """The Ref of the bundle pinned in `arena`; `like` is any bundle of the same type (it gives the type)."""
+    if not isinstance(like, types.BaseNamedTuple):
+        return None
+
+    def codegen(context, builder, sig, args):
+        arr = context.make_array(sig.args[0])(context, builder, args[0])
+        return builder.bitcast(arr.data, context.get_value_type(sig.args[1]).as_pointer())
+
+    return Ref(like)(arena, like), codegen
+
+
+@njit(cache=True)
+def _pin(value, arena):
+    _store_bundle(borrow(value), arena)
+
+
+@njit(cache=True)
+def _size(value):
+    return _bundle_size(value)
+
+
+class Pinned:
+    """A bundle and its arena: compiled entry points take (arena, bundle) and make the Ref with `ref_of`. The
+    bundle's arrays must live as long as the arena is used (this object keeps them)."""
+
+    def __init__(self, bundle):
+        self.bundle = bundle
+        self.arena = np.zeros(_size(bundle), np.uint8)
+        _pin(bundle, self.arena)

@@ -1,11 +1,19 @@
-"""Drive any `Engine` with a trace, lookaside style, and sample its metrics (the simulator of the Nemo wing).
+"""The one replay driver: any engine, any device, any trace, lookaside style (the simulator of the Nemo wing).
 
-Lookaside (CacheBench `enableLookaside`): a GET that misses issues a SET of that object. Values are deterministic
-bytes per (key, version) — a SET or DELETE in the trace bumps the key's version — so every hit is checked against
-the value the cache must hold; a wrong or stale value counts in `wrong_values` (and fails the replay when `strict`).
+The request loop is compiled (`replay_slice`) and calls the engine's compiled get / set / delete directly, so a
+replay runs at millions of requests a second whatever the design. Per request:
+- the key is spelled from its id (`lookaside.spell_key`, the bytes `traces.key_bytes` gives);
+- the request arrives at its simulated time (`--rate` requests/s, or the trace's timestamps) and the device's
+  timing model (`device/timing.py`) gives its latency, recorded per kind (get / set / delete);
+- a GET that misses issues a SET of that object (CacheBench `enableLookaside`), itself timed as a set;
+- every hit is compared byte for byte with the value of the key's current version (values are deterministic bytes
+  per (key, version); a SET or DELETE in the trace bumps the version): a wrong or stale value counts in
+  `wrong_values`, and fails the replay when `strict`.
 
-Steady state (nemo.md §5, project default): the first zone reset marks the end of the first fill; after a further
-`warmup` × device capacity of device writes the metrics window restarts (`Metrics.mark_warm`).
+Steady state (one rule for replay and bench): the window starts after the request at which (a) the device has
+reclaimed space at least once (a zone reset or an FTL erase: the cache is full) and written `warmup` x its capacity
+since, and (b) the user bytes that reached flash total `warm_capacities` x its capacity (so designs whose small log
+wraps long before their sets are full are measured full too). `Metrics.mark_warm` restarts the metrics there.
 """
 
 from __future__ import annotations
@@ -15,23 +23,43 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
+from numba import njit
 
 from tierwise.common.errors import TierwiseError
 from tierwise.common.progress import progress_task
+from tierwise.nemo import metrics as mt
+from tierwise.nemo.device import flash as fl
+from tierwise.nemo.device import ftl as ftl_model
+from tierwise.nemo.device import timing
 from tierwise.nemo.engines import make_engine
-from tierwise.nemo.engines.base import Engine
-from tierwise.nemo.lookaside import value_bytes
-from tierwise.nemo.traces import Op, keys_of
+from tierwise.nemo.engines.base import Engine, engine_delete, engine_get, engine_set
+from tierwise.nemo.layout import MAX_KEY
+from tierwise.nemo.lookaside import POOL, VersionTable, slot_of, spell_key, store_at, value_bytes, value_start, version_at
+from tierwise.nemo.native import borrow, internal, load_u64, ref_of
+
+__all__ = ["DEFAULT_PROFILE", "DEFAULT_RATE", "ReplayOptions", "ReplayResult", "open_engine", "parse_engine_options",
+           "replay", "value_bytes"]
+
+DEFAULT_RATE = 100_000.0  # requests per second arriving at the cache when the trace has no timestamps
+DEFAULT_PROFILE = "zn540"  # simulated device timing (tierwise.nemo.device.timing.PROFILES)
+
+REPLAY_COUNTERS = ("gets", "sets", "deletes", "lookaside_sets", "wrong_values", "uncacheable", "hits", "hit_bytes")
+GETS, SETS, DELETES, LOOKASIDE, WRONG, UNCACHEABLE, HITS, HIT_BYTES = range(len(REPLAY_COUNTERS))
+FINISHED, WARM, WRONG_VALUE, BAD_KEY = range(4)  # slice outcomes
+FIRST_RECLAIM, DEVICE_NEED, LOGICAL_NEED, MARKED = range(4)  # the warm-up watch
+_GET, _SET = 0, 1  # tierwise.nemo.traces.Op
 
 
 @dataclass
 class ReplayOptions:
     sample_every: int = 100_000  # time-series row every this many requests
-    warmup: float = 1.0  # device capacities written after the first zone reset before steady state
+    warmup: float = 1.0  # device capacities written after the first reclaim before steady state
+    warm_capacities: float = 1.0  # user bytes flashed (in device capacities) before steady state
     limit: int | None = None  # stop after this many requests
     strict: bool = True  # raise on a wrong/stale value
     progress: bool = True
-    compiled: bool = True  # use the engine's compiled replay loop where it has one (same results, much faster)
+    rate: float = DEFAULT_RATE  # arrivals per second (simulated time)
+    profile: str | None = DEFAULT_PROFILE  # device timing profile; None keeps the device's own setting
 
 
 @dataclass
@@ -42,56 +70,176 @@ class ReplayResult:
     series: list[dict[str, Any]]
     engine_config: dict[str, Any]
     counters: dict[str, int] = field(default_factory=dict)
+    profile: dict[str, Any] | None = None
 
     @property
     def requests_per_second(self) -> float:
         return self.requests / self.seconds if self.seconds else float("nan")
 
+    @property
+    def mean_hit_bytes(self) -> float | None:
+        """Mean key + value bytes a hit returned (over the whole run)."""
+        return self.counters["hit_bytes"] / self.counters["hits"] if self.counters.get("hits") else None
+
     def as_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "seconds": self.seconds, "requests_per_second": self.requests_per_second,
-                "engine": self.engine_config, "replay": self.counters, "summary": self.summary,
-                "series": self.series}
+                "engine": self.engine_config, "device_profile": self.profile, "replay": self.counters,
+                "summary": self.summary, "series": self.series}
 
 
-class _Warmup:
-    """Watches the device counters for the end of warm-up (engine-agnostic: every design resets zones)."""
+@internal(inline=True)
+def _same_bytes(a, a0, b, b0, n) -> bool:
+    if a0 < 0 or b0 < 0 or a0 + n > a.shape[0] or b0 + n > b.shape[0]:
+        return False
+    diff = np.uint64(0)
+    i = 0
+    while i + 8 <= n:  # 8 bytes a step; no early exit (a mismatch is an error anyway)
+        diff |= load_u64(a, a0 + i) ^ load_u64(b, b0 + i)
+        i += 8
+    while i < n:
+        diff |= np.uint64(a[a0 + i] ^ b[b0 + i])
+        i += 1
+    return diff == 0
 
-    def __init__(self, device: Any, factor: float):
-        self.device = device
-        self.need = factor * device.capacity_bytes
-        self.first_reset_bytes: int | None = None
 
-    def done(self) -> bool:
-        st = self.device.stats
-        if self.first_reset_bytes is None:
-            if st.resets == 0:
-                return False
-            self.first_reset_bytes = st.bytes_written
-        return st.bytes_written - self.first_reset_bytes >= self.need
+@internal
+def _set(P, key, key_id, size, version, pool, max_value, rc, invalidate):
+    """A SET of (key, version) as the replay issues it; a value beyond the engine's limit is never cached and, for
+    a SET in the trace, must not leave the older cached value behind."""
+    if size > max_value or not 1 <= key.shape[0] <= MAX_KEY:
+        rc[UNCACHEABLE] += 1
+        if invalidate and 1 <= key.shape[0] <= MAX_KEY:
+            engine_delete(P, key)
+        return
+    start = value_start(key_id, version, size)
+    engine_set(P, key, pool[start:start + size])
+
+
+@internal(inline=True)
+def _warm(P, warm):
+    """Has the steady state begun (the rule in the module docstring)?"""
+    F, m = P.dev, P.m
+    written = F.stats[fl.BYTES_WRITTEN]
+    if warm[FIRST_RECLAIM] < 0:
+        if F.stats[fl.RESETS] + F.ftl.ctr[ftl_model.ERASES] == 0:
+            return False
+        warm[FIRST_RECLAIM] = written
+    return written - warm[FIRST_RECLAIM] >= warm[DEVICE_NEED] and m.counters[mt.C_LOGICAL_BYTES] >= warm[LOGICAL_NEED]
+
+
+@njit(cache=True)
+def replay_slice(arena, E, ops, key_ids, key_sizes, value_sizes, arrivals, start, rows, count, pool, max_value,
+                 strict, rc, keybuf, warm):
+    """Replay requests [start, len(ops)) of a slice on the engine whose state E is pinned in `arena`. Returns
+    (outcome, index): FINISHED at the end, WARM after the request that began the steady state (resume at index),
+    WRONG_VALUE / BAD_KEY at the failing request."""
+    # every array outlives this call: borrowed, they cost no reference counting below
+    rows, pool, rc, keybuf, warm = borrow((rows, pool, rc, keybuf, warm))
+    P = ref_of(arena, E)
+    TR = P.dev.timing
+    m = P.m
+    for i in range(start, ops.shape[0]):
+        kid, ksize = key_ids[i], np.int64(key_sizes[i])
+        key = keybuf[:ksize]
+        spell_key(kid, ksize, key)
+        slot = slot_of(rows, kid)
+        timing.begin_request(TR, arrivals[i])
+        if ops[i] == _GET:
+            rc[GETS] += 1
+            hit, buf, vstart, n = engine_get(P, key)
+            mt.record_latency(m, mt.L_GET, timing.latency(TR))
+            version, size = version_at(rows, slot, np.int64(value_sizes[i]))
+            if not hit:
+                rc[LOOKASIDE] += 1
+                store_at(rows, count, slot, kid, version, size)
+                timing.begin_request(TR, arrivals[i])  # the refill is a set of its own, issued on the miss
+                _set(P, key, kid, size, version, pool, max_value, rc, False)
+                mt.record_latency(m, mt.L_SET, timing.latency(TR))
+            elif n != size or not _same_bytes(buf, vstart, pool, value_start(kid, version, size), n):
+                rc[WRONG] += 1
+                if strict:
+                    return WRONG_VALUE, i
+            else:
+                rc[HITS] += 1
+                rc[HIT_BYTES] += ksize + n
+        elif ops[i] == _SET:
+            rc[SETS] += 1
+            version = version_at(rows, slot, 0)[0] + 1
+            store_at(rows, count, slot, kid, version, value_sizes[i])
+            _set(P, key, kid, np.int64(value_sizes[i]), version, pool, max_value, rc, True)
+            mt.record_latency(m, mt.L_SET, timing.latency(TR))
+        else:
+            rc[DELETES] += 1
+            if not 1 <= ksize <= MAX_KEY:
+                return BAD_KEY, i
+            engine_delete(P, key)
+            store_at(rows, count, slot, kid, version_at(rows, slot, 0)[0] + 1, value_sizes[i])
+            mt.record_latency(m, mt.L_DELETE, timing.latency(TR))
+        if warm[MARKED] == 0 and _warm(P, warm):
+            warm[MARKED] = 1
+            return WARM, i + 1
+    return FINISHED, ops.shape[0]
+
+
+class _Run:
+    """The per-replay state of the compiled loop: version table, counters, key buffer, warm-up watch."""
+
+    def __init__(self, engine: Engine, opt: ReplayOptions):
+        self.engine = engine
+        self.opt = opt
+        cap = engine.device.capacity_bytes
+        self.table = VersionTable()
+        self.rc = np.zeros(len(REPLAY_COUNTERS), np.int64)
+        self.keybuf = np.zeros(1 << 16, np.uint8)
+        self.warm = np.array([-1, int(opt.warmup * cap), int(opt.warm_capacities * cap), 0], np.int64)
+        self.ns_per_request = 1e9 / opt.rate
+
+    def run(self, part: np.ndarray, first: int) -> None:
+        """Replay one slice of a trace; `first` numbers its first request."""
+        eng = self.engine
+        cols = [np.ascontiguousarray(part[f]) for f in ("op", "key", "key_size", "value_size")]
+        arrivals = (np.arange(first, first + len(part), dtype=np.float64) * self.ns_per_request).astype(np.int64)
+        self.table.reserve(len(part))
+        i = 0
+        while True:
+            try:
+                outcome, i = replay_slice(eng.pinned.arena, eng.state, *cols, arrivals, i, self.table.rows, self.table.count, POOL, eng.max_value_size,
+                                          self.opt.strict, self.rc, self.keybuf, self.warm)
+            except fl.DeviceFault:
+                eng.device.raise_fault()
+            if outcome == FINISHED:
+                return
+            if outcome == WARM:
+                eng.metrics.mark_warm(first + i)
+                continue
+            kid = int(part["key"][i])
+            if outcome == WRONG_VALUE:
+                raise TierwiseError(f"engine {eng.name} returned a wrong or stale value for key id {kid} at request "
+                                    f"{first + i}")
+            raise TierwiseError(f"request {first + i}: key length {int(part['key_size'][i])} outside 1..{MAX_KEY} bytes")
+
+    def counters(self) -> dict[str, int]:
+        return dict(zip(REPLAY_COUNTERS, self.rc.tolist()))
 
 
 def replay(engine: Engine, trace: Iterable[np.ndarray], options: ReplayOptions | None = None,
            total: int | None = None) -> ReplayResult:
     opt = options or ReplayOptions()
+    if opt.rate <= 0:
+        raise TierwiseError(f"arrival rate must be positive, got {opt.rate}")
+    if opt.profile is not None:
+        engine.device.set_profile(opt.profile)
     metrics = engine.metrics
-    warm = _Warmup(engine.device, opt.warmup)
-    versions: dict[int, tuple[int, int]] = {}  # key id -> (version, value size) the cache should hold
-    counters = {"gets": 0, "sets": 0, "deletes": 0, "lookaside_sets": 0, "wrong_values": 0, "uncacheable": 0}
+    run = _Run(engine, opt)
     done = 0
     next_sample = opt.sample_every
     total = min(total, opt.limit) if total and opt.limit else (total or opt.limit)
     t0 = time.perf_counter()
-    fast = engine.compiled_replay(opt.strict) if opt.compiled and hasattr(engine, "compiled_replay") else None
     with progress_task(f"replay {engine.name}", total) as (bar, task):
-        for chunk in _slices(trace, opt.limit):
-            if fast is not None:
-                fast.run(chunk, done)
-            else:
-                _replay_slice(engine, chunk, versions, counters, opt.strict, done)
+        for chunk in _slices(trace, opt.limit, opt.sample_every or 65536):
+            run.run(chunk, done)
             done += len(chunk)
             bar.update(task, advance=len(chunk))
-            if metrics.warm_at_request is None and warm.done():
-                metrics.mark_warm(done)
             if opt.sample_every and done >= next_sample:
                 row = metrics.sample(done, engine.dram_bytes(), engine.object_count())
                 next_sample += opt.sample_every * ((done - next_sample) // opt.sample_every + 1)
@@ -101,65 +249,25 @@ def replay(engine: Engine, trace: Iterable[np.ndarray], options: ReplayOptions |
     if opt.sample_every and (not metrics.series or metrics.series[-1]["requests"] != done):
         metrics.sample(done, engine.dram_bytes(), engine.object_count())
     summary = metrics.summary(engine.dram_bytes(), engine.object_count())
-    return ReplayResult(done, seconds, summary, metrics.series, dict(engine.config()),
-                        fast.counters() if fast is not None else counters)
+    profile = engine.device.profile.as_dict() if engine.device.profile else None
+    return ReplayResult(done, seconds, summary, metrics.series, dict(engine.config()), run.counters(), profile)
 
 
-def _replay_slice(engine: Engine, chunk: np.ndarray, versions: dict[int, tuple[int, int]],
-                  counters: dict[str, int], strict: bool, done: int) -> None:
-    """One slice, request by request, through the engine's Python API."""
-    keys = keys_of(chunk)
-    ops = chunk["op"].tolist()
-    ids = chunk["key"].tolist()
-    sizes = chunk["value_size"].tolist()
-    for op, kid, key, size in zip(ops, ids, keys, sizes):
-        if op == Op.GET:
-            counters["gets"] += 1
-            got = engine.get(key)
-            ver, vsize = versions.get(kid, (0, size))
-            if got is None:
-                counters["lookaside_sets"] += 1
-                _set(engine, key, kid, ver, vsize, counters, invalidate=False)
-                versions[kid] = (ver, vsize)
-            elif got != value_bytes(kid, ver, vsize):
-                counters["wrong_values"] += 1
-                if strict:
-                    raise TierwiseError(f"engine {engine.name} returned a wrong or stale value for key id "
-                                        f"{kid} at request {done}")
-        elif op == Op.SET:
-            counters["sets"] += 1
-            ver = versions.get(kid, (0, 0))[0] + 1
-            _set(engine, key, kid, ver, size, counters, invalidate=True)
-            versions[kid] = (ver, size)
-        else:
-            counters["deletes"] += 1
-            engine.delete(key)
-            versions[kid] = (versions.get(kid, (0, 0))[0] + 1, size)
-        done += 1
-
-
-def _slices(trace: Iterable[np.ndarray], limit: int | None, size: int = 4096) -> Iterable[np.ndarray]:
-    """The trace in slices of at most `size` requests (warm-up and samples are checked between slices)."""
+def _slices(trace: Iterable[np.ndarray], limit: int | None, every: int, size: int = 65536) -> Iterable[np.ndarray]:
+    """The trace in slices of at most `size` requests that end at every multiple of `every` (where samples go)."""
     done = 0
     for chunk in trace:
-        for start in range(0, len(chunk), size):
-            part = chunk[start:start + size]
+        start = 0
+        while start < len(chunk):
+            step = min(size, every - done % every, len(chunk) - start)
+            part = chunk[start:start + step]
             if limit is not None:
                 part = part[:limit - done]
             if len(part) == 0:
                 return
             done += len(part)
+            start += step
             yield part
-
-
-def _set(engine: Engine, key: bytes, kid: int, version: int, size: int, counters: dict[str, int],
-         invalidate: bool) -> None:
-    if size > engine.max_value_size or not 1 <= len(key) <= 255:
-        counters["uncacheable"] += 1  # beyond the engine's tiny-object limit: never cached, always a miss
-        if invalidate and 1 <= len(key) <= 255:
-            engine.delete(key)  # a SET the cache cannot take must not leave the older value behind
-    else:
-        engine.set(key, value_bytes(kid, version, size))
 
 
 def parse_engine_options(pairs: Iterable[str]) -> dict[str, Any]:

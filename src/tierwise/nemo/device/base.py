@@ -1,29 +1,40 @@
-"""The zoned-device interface every engine writes to, and the zone state machine every backend shares.
+"""The zoned-device interface every engine writes to: a Python API over the compiled device core (`flash.py`).
 
 A zoned device is split into `num_zones` zones of `zone_size` bytes; only the first `zone_capacity` bytes of a zone
 are writable, and only sequentially at the zone's write pointer. Conditions, transitions and the open/active limits
 follow the Linux kernel's zoned block model (`include/uapi/linux/blkzoned.h`, null_blk / NVMe ZNS behaviour), so an
 engine tested on the emulator behaves the same on a real ZNS SSD.
 
-The state machine lives here once; a backend only stores and loads bytes (`_store`, `_load_into`, `_discard`,
-`_seal`) and, where state must survive a restart, persists it (`_persist_zone`).
+The state machine and the I/O are implemented once, compiled, in `flash.py`; engines call it from their compiled
+request paths with the device's `flash` bundle, and the methods here call the same functions. A backend only builds
+that bundle (its `kind`, mapping, file descriptors) and releases it.
 """
 
 from __future__ import annotations
 
 import enum
-from abc import ABC, abstractmethod
+import os
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from tierwise.common.errors import TierwiseError
+from tierwise.nemo.device import flash as fl
+from tierwise.nemo.device import ftl as ftl_model
+from tierwise.nemo.device import timing
+from tierwise.nemo.native import Pinned, ref_of
 
 BLOCK_SIZE = 4096
+MAX_DIES = 1024  # timing arrays are allocated for this many dies, so a profile can be chosen at any time
 
 
 class ZoneError(TierwiseError):
     """A request that breaks a zone rule (write off the write pointer, read past it, full zone, bad index...)."""
+
+
+class SimulatedCrash(Exception):
+    """Raised by a fault-injecting device at the simulated power loss (deliberately not a TierwiseError)."""
 
 
 class ZoneCondition(enum.IntEnum):
@@ -47,14 +58,6 @@ class ZoneType(enum.IntEnum):
     SEQWRITE_PREF = 3
 
 
-# Plain ints for the hot paths (IntEnum comparisons are several times slower than int ones).
-EMPTY, IMP_OPEN, EXP_OPEN, CLOSED, FULL = (int(c) for c in (ZoneCondition.EMPTY, ZoneCondition.IMP_OPEN,
-                                                           ZoneCondition.EXP_OPEN, ZoneCondition.CLOSED,
-                                                           ZoneCondition.FULL))
-_OPEN = (IMP_OPEN, EXP_OPEN)
-_ACTIVE = (IMP_OPEN, EXP_OPEN, CLOSED)
-
-
 @dataclass(frozen=True)
 class ZoneInfo:
     """One zone as `report_zones` describes it; positions in bytes (`start` from device start, `write_pointer`
@@ -74,50 +77,40 @@ class ZoneInfo:
 
 
 class DeviceStats:
-    """I/O counters: device totals plus per-zone counts. `nand_bytes_written` equals `bytes_written` on a zoned
-    device (no device GC, DLWA = 1); the conventional-SSD model counts its GC copies there.
+    """I/O counters, read from the device's compiled counters: totals plus per-zone counts, and on the
+    conventional-SSD model the FTL's NAND programs, GC copies and erases (DLWA = NAND bytes / host bytes; 1 on a
+    zoned device, which has no device GC)."""
 
-    Per-zone counts are plain lists on the hot path (a numpy scalar update costs ~10x a list one); the `zone_*`
-    properties return them as arrays.
-    """
+    def __init__(self, flash: fl.Flash):
+        self._f = flash
 
-    def __init__(self, num_zones: int):
-        self.bytes_written = 0
-        self.bytes_read = 0
-        self.write_ios = 0
-        self.read_ios = 0
-        self.resets = 0
-        self.finishes = 0
-        self._zone_written = [0] * num_zones
-        self._zone_read = [0] * num_zones
-        self._zone_resets = [0] * num_zones
-        self._zone_finishes = [0] * num_zones
+    def _stat(self, i: int) -> int:
+        return int(self._f.stats[i])
 
-    def add_reads(self, zone_bytes: np.ndarray, ios: int) -> None:
-        """Reads a compiled reader did itself: bytes per zone and the number of I/Os."""
-        self.bytes_read += int(zone_bytes.sum())
-        self.read_ios += ios
-        for z in np.flatnonzero(zone_bytes).tolist():
-            self._zone_read[z] += int(zone_bytes[z])
-
-    @property
-    def zone_bytes_written(self) -> np.ndarray:
-        return np.array(self._zone_written, dtype=np.int64)
+    bytes_written = property(lambda self: self._stat(fl.BYTES_WRITTEN))
+    bytes_read = property(lambda self: self._stat(fl.BYTES_READ))
+    write_ios = property(lambda self: self._stat(fl.WRITE_IOS))
+    read_ios = property(lambda self: self._stat(fl.READ_IOS))
+    resets = property(lambda self: self._stat(fl.RESETS))
+    finishes = property(lambda self: self._stat(fl.FINISHES))
+    zone_bytes_written = property(lambda self: self._f.zone_stats[fl.Z_WRITTEN].copy())
+    zone_bytes_read = property(lambda self: self._f.zone_stats[fl.Z_READ].copy())
+    zone_resets = property(lambda self: self._f.zone_stats[fl.Z_RESETS].copy())
+    zone_finishes = property(lambda self: self._f.zone_stats[fl.Z_FINISHES].copy())
+    nand_pages_written = property(lambda self: int(self._f.ftl.ctr[ftl_model.NAND_PAGES]))
+    gc_page_copies = property(lambda self: int(self._f.ftl.ctr[ftl_model.GC_COPIES]))
+    erases = property(lambda self: int(self._f.ftl.ctr[ftl_model.ERASES]))
+    trims = property(lambda self: int(self._f.ftl.ctr[ftl_model.TRIMS]))
 
     @property
-    def zone_bytes_read(self) -> np.ndarray:
-        return np.array(self._zone_read, dtype=np.int64)
-
-    @property
-    def zone_resets(self) -> np.ndarray:
-        return np.array(self._zone_resets, dtype=np.int64)
-
-    @property
-    def zone_finishes(self) -> np.ndarray:
-        return np.array(self._zone_finishes, dtype=np.int64)
+    def reclaims(self) -> int:
+        """Zone resets plus FTL erases: the first one marks the end of the first fill (the replay's warm-up)."""
+        return self.resets + self.erases
 
     @property
     def nand_bytes_written(self) -> int:
+        if self._f.kind == fl.BLOCK:
+            return self.nand_pages_written * self._f.block
         return self.bytes_written
 
     @property
@@ -125,25 +118,64 @@ class DeviceStats:
         return self.nand_bytes_written / self.bytes_written if self.bytes_written else 1.0
 
     def as_dict(self) -> dict[str, int | float]:
-        return {"bytes_written": self.bytes_written, "bytes_read": self.bytes_read, "write_ios": self.write_ios,
-                "read_ios": self.read_ios, "resets": self.resets, "finishes": self.finishes,
-                "nand_bytes_written": self.nand_bytes_written, "dlwa": self.dlwa}
+        out = {"bytes_written": self.bytes_written, "bytes_read": self.bytes_read, "write_ios": self.write_ios,
+               "read_ios": self.read_ios, "resets": self.resets, "finishes": self.finishes,
+               "nand_bytes_written": self.nand_bytes_written, "dlwa": self.dlwa}
+        if self._f.kind == fl.BLOCK:
+            out |= {"gc_page_copies": self.gc_page_copies, "erases": self.erases, "trims": self.trims}
+        return out
 
 
-class ZonedDevice(ABC):
+# ---- compiled entry points of the Python API (one call each; the work is in flash.py) ------------------------------
+
+@njit(cache=True)
+def _append(arena, F, z, src, n):
+    return fl.append(ref_of(arena, F), z, src, 0, n)
+
+
+@njit(cache=True)
+def _read_into(arena, F, z, offset, out):
+    fl.read_into(ref_of(arena, F), z, offset, out, True)
+
+
+@njit(cache=True)
+def _reset(arena, F, z):
+    fl.reset(ref_of(arena, F), z)
+
+
+@njit(cache=True)
+def _finish(arena, F, z):
+    fl.finish(ref_of(arena, F), z)
+
+
+@njit(cache=True)
+def _open(arena, F, z):
+    fl.open_zone(ref_of(arena, F), z)
+
+
+@njit(cache=True)
+def _close(arena, F, z):
+    fl.close_zone(ref_of(arena, F), z)
+
+
+def as_bytes_array(data) -> np.ndarray:
+    """Any bytes-like object or numpy array as a flat uint8 array (no copy where possible)."""
+    if isinstance(data, np.ndarray):
+        arr = np.ascontiguousarray(data)
+        return arr.reshape(-1).view(np.uint8)
+    return np.frombuffer(memoryview(data).cast("B"), np.uint8)
+
+
+class ZonedDevice:
     """A zoned block device: report/reset/finish/open/close zones, append at the write pointer, read below it.
 
     Offsets and lengths are bytes; every write is a whole number of `block_size` blocks. Violations raise
-    `ZoneError`. `max_open_zones` / `max_active_zones` of 0 mean "no limit", as in sysfs.
+    `ZoneError`. `max_open_zones` / `max_active_zones` of 0 mean "no limit", as in sysfs. `flash` is the bundle
+    compiled code uses; `set_profile` turns on simulated device time (tierwise.nemo.device.timing).
     """
 
-    block_size: int
-    zone_size: int
-    zone_capacity: int
-    num_zones: int
-    max_open_zones: int
-    max_active_zones: int
-    stats: DeviceStats
+    kind = fl.MEM
+    flash: fl.Flash
 
     def __init__(self, num_zones: int, zone_size: int, zone_capacity: int | None = None, *,
                  block_size: int = BLOCK_SIZE, max_open_zones: int = 0, max_active_zones: int = 0):
@@ -166,35 +198,84 @@ class ZonedDevice(ABC):
         self.num_zones = num_zones
         self.max_open_zones = max_open_zones
         self.max_active_zones = max_active_zones
-        self.stats = DeviceStats(num_zones)
-        self._wp = [0] * num_zones
-        self._cond = [EMPTY] * num_zones
+        self.profile: timing.DeviceProfile | None = None
         self._closed = False
 
+    def _build(self, data: np.ndarray, *, fds: np.ndarray | None = None, starts: np.ndarray | None = None,
+               direct: bool = False, fault: np.ndarray | None = None, ftl: ftl_model.Ftl | None = None,
+               stage_bytes: int = 1 << 20) -> None:
+        """Make the `flash` bundle of this backend (called by the backend's constructor once its storage exists)."""
+        n = self.num_zones
+        stage = _aligned(stage_bytes if self.kind in (fl.FILE, fl.SYSCALL) else self.block_size)
+        no_fault = np.array([-1, 0, 0, 0, 0, 0, 0], np.int64)
+        self.flash = fl.Flash(
+            self.kind, n, self.zone_size, self.zone_capacity, self.block_size, self.max_open_zones,
+            self.max_active_zones, data, np.zeros(n, np.int64), np.full(n, fl.EMPTY, np.int64),
+            np.zeros(6, np.int64), np.zeros((4, n), np.int64),
+            fds if fds is not None else np.full(n, -1, np.int64),
+            starts if starts is not None else np.zeros(n, np.int64), stage, int(direct),
+            fault if fault is not None else no_fault, np.zeros(5, np.int64), ftl or ftl_model.no_ftl(),
+            timing.new_timing(MAX_DIES), np.zeros(2, np.int64))
+        self._pinned = Pinned(self.flash)
+        self.stats = DeviceStats(self.flash)
+
     # ---- backend hooks ---------------------------------------------------------------------------------------
-    @abstractmethod
-    def _store(self, z: int, offset: int, data) -> None:
-        """Write `data` (bytes-like, whole blocks) at `offset` of zone `z`; the rules are already checked."""
-
-    @abstractmethod
-    def _load_into(self, z: int, offset: int, buf: memoryview) -> None:
-        """Fill `buf` from `offset` of zone `z` (below the write pointer; checked)."""
-
-    @abstractmethod
-    def _discard(self, z: int) -> None:
-        """Drop the data of zone `z` (reset)."""
-
-    def _seal(self, z: int) -> None:
-        """Backend work when zone `z` becomes FULL by `finish` (e.g. the finish ioctl, or persisting the state)."""
-
-    def _zone_changed(self, z: int) -> None:
-        """Called after every state change of zone `z` a restart must see (file backends persist it)."""
-
     def _sync(self) -> None:
         """Make written data durable."""
 
     def _release(self) -> None:
         """Free backend resources (files, mappings)."""
+
+    def _fault_error(self) -> Exception:
+        """The exception for the compiled core's last fault (backends add their own cases)."""
+        code, z, a, b, c = (int(x) for x in self.flash.err)
+        msg = {
+            fl.E_CLOSED: "device is closed",
+            fl.E_ZONE_RANGE: f"zone index {z} out of range [0, {self.num_zones})",
+            fl.E_FULL: f"zone {z} is FULL: reset it before writing",
+            fl.E_LENGTH: f"zone {z}: write length {a} is not a positive multiple of the block size {b}",
+            fl.E_CAPACITY: f"zone {z}: write of {a} B at write pointer {b} exceeds zone capacity {self.zone_capacity}",
+            fl.E_READ_RANGE: f"zone {z}: read [{a}, {a + b}) reaches past the write pointer "
+                             f"{self.write_pointer(z) if 0 <= z < self.num_zones else 0}",
+            fl.E_ACTIVE_LIMIT: f"zone {z}: too many active zones (max_active_zones={a})",
+            fl.E_OPEN_LIMIT: f"zone {z}: too many open zones (max_open_zones={a}, all explicitly open)",
+            fl.E_NOT_OPEN: f"zone {z} is {_cond_name(a)}: only an open zone can be closed",
+            fl.E_OPEN_FULL: f"zone {z} is FULL and cannot be opened",
+            fl.E_IO: f"zone {z}: I/O failed: {os.strerror(a) if a > 0 else 'unknown error'}",
+            fl.E_SHORT: f"zone {z}: short read at offset {a}",
+            fl.E_BLOCK_ONLY: "in-place writes and trims need a conventional (block) device",
+            fl.E_BLOCK_RANGE: f"{b} B at {a}: must be whole {self.block_size} B pages inside the device",
+        }.get(code, f"device fault {code} (zone {z})")
+        return ZoneError(msg)
+
+    def raise_fault(self) -> None:
+        """Raise what the compiled core's last `DeviceFault` means (engines call this when one escapes)."""
+        err = self._fault_error()
+        self.flash.err[:] = 0
+        raise err from None
+
+    def _run(self, fn, *args):
+        try:
+            return fn(self._pinned.arena, self.flash, *args)
+        except fl.DeviceFault:
+            self.raise_fault()
+
+    # ---- timing ----------------------------------------------------------------------------------------------
+    def set_profile(self, name: str | timing.DeviceProfile | None) -> None:
+        """Simulate this device's service times (a profile name from `timing.PROFILES`), or none (None)."""
+        t = self.flash.timing
+        t.p[:] = 0
+        t.busy[:] = 0
+        t.fill[:] = 0
+        t.clock[:] = 0
+        self.profile = None
+        if name is None:
+            return
+        p = timing.profile(name) if isinstance(name, str) else name
+        if p.dies > MAX_DIES:
+            raise ZoneError(f"profile {p.name}: {p.dies} dies, more than the {MAX_DIES} the model holds")
+        t.p[:] = timing.timing_for(p, self.block_size).p
+        self.profile = p
 
     # ---- geometry --------------------------------------------------------------------------------------------
     @property
@@ -210,10 +291,9 @@ class ZonedDevice(ABC):
 
     def zone_info(self, z: int) -> ZoneInfo:
         self._check_zone(z)
-        cond = self._cond[z]
         return ZoneInfo(index=int(z), start=int(z) * self.zone_size, size=self.zone_size,
                         capacity=self.zone_capacity, write_pointer=self.write_pointer(z),
-                        condition=ZoneCondition(cond))
+                        condition=ZoneCondition(int(self.flash.cond[z])))
 
     def report_zones(self) -> list[ZoneInfo]:
         return [self.zone_info(z) for z in range(self.num_zones)]
@@ -221,67 +301,31 @@ class ZonedDevice(ABC):
     def write_pointer(self, z: int) -> int:
         """Bytes written in zone `z` since its last reset; `zone_capacity` once the zone is FULL."""
         self._check_zone(z)
-        return self.zone_capacity if self._cond[z] == FULL else self._wp[z]
+        return self.zone_capacity if self.flash.cond[z] == fl.FULL else int(self.flash.wp[z])
 
     def condition(self, z: int) -> ZoneCondition:
         self._check_zone(z)
-        return ZoneCondition(self._cond[z])
+        return ZoneCondition(int(self.flash.cond[z]))
 
     @property
     def open_zones(self) -> int:
-        return sum(1 for c in self._cond if c in _OPEN)
+        c = self.flash.cond
+        return int(np.count_nonzero((c == fl.IMP_OPEN) | (c == fl.EXP_OPEN)))
 
     @property
     def active_zones(self) -> int:
-        return sum(1 for c in self._cond if c in _ACTIVE)
-
-    # ---- open/active accounting (kernel/NVMe rules) --------------------------------------------------------
-    def _make_room_to_open(self, z: int) -> None:
-        """Check the limits before zone `z` (not open) becomes open; implicitly close an IMP_OPEN zone if the open
-        limit is reached, as a ZNS controller does."""
-        if self._cond[z] == EMPTY and self.max_active_zones and self.active_zones >= self.max_active_zones:
-            raise ZoneError(f"zone {z}: too many active zones (max_active_zones={self.max_active_zones})")
-        if self.max_open_zones and self.open_zones >= self.max_open_zones:
-            victim = next((i for i, c in enumerate(self._cond) if c == IMP_OPEN), None)
-            if victim is None:
-                raise ZoneError(f"zone {z}: too many open zones (max_open_zones={self.max_open_zones}, all explicitly open)")
-            self._close_hook(victim)
-            self._cond[victim] = CLOSED
-            self._zone_changed(victim)
+        c = self.flash.cond
+        return int(np.count_nonzero((c == fl.IMP_OPEN) | (c == fl.EXP_OPEN) | (c == fl.CLOSED)))
 
     # ---- data path -------------------------------------------------------------------------------------------
     def append(self, z: int, data) -> int:
         """Write `data` at the write pointer of zone `z`; returns the zone-relative offset it landed at."""
-        if type(data) is not bytes and type(data) is not bytearray:
-            data = memoryview(data).cast("B")  # numpy arrays, typed or multi-dimensional views: count bytes
-        n = len(data)
+        arr = as_bytes_array(data)
         self._check_zone(z)
-        cond = self._cond[z]
-        if cond == FULL:
-            raise ZoneError(f"zone {z} is FULL: reset it before writing")
-        if n <= 0 or n % self.block_size:
-            raise ZoneError(f"zone {z}: write length {n} is not a positive multiple of the block size {self.block_size}")
-        wp = self._wp[z]
-        if wp + n > self.zone_capacity:
-            raise ZoneError(f"zone {z}: write of {n} B at write pointer {wp} exceeds zone capacity {self.zone_capacity}")
-        if cond != IMP_OPEN and cond != EXP_OPEN:
-            self._make_room_to_open(z)
-            self._cond[z] = IMP_OPEN
-        self._store(z, wp, data)
-        end = wp + n
-        self._wp[z] = end
-        if end == self.zone_capacity:
-            self._cond[z] = FULL
-        st = self.stats
-        st.bytes_written += n
-        st.write_ios += 1
-        st._zone_written[z] += n
-        self._zone_changed(z)
-        return wp
+        return int(self._run(_append, int(z), arr, arr.size))
 
     def write(self, z: int, offset: int, data) -> None:
         """Write at an explicit zone offset, which must be the write pointer (the sequential-write rule)."""
-        self._check_zone(z)
         wp = self.write_pointer(z)
         if offset != wp:
             raise ZoneError(f"zone {z}: write at offset {offset} is not at the write pointer {wp}")
@@ -293,92 +337,40 @@ class ZonedDevice(ABC):
             raise ZoneError(f"zone {z}: read length must be positive, got {length}")
         if offset < 0:
             raise ZoneError(f"zone {z}: negative read offset {offset}")
-        limit = self.zone_capacity if self._cond[z] == FULL else self._wp[z]
-        if offset + length > limit:
-            raise ZoneError(f"zone {z}: read [{offset}, {offset + length}) reaches past the write pointer {limit}")
-
-    def _count_read(self, z: int, n: int) -> None:
-        st = self.stats
-        st.bytes_read += n
-        st.read_ios += 1
-        st._zone_read[z] += n
 
     def read_into(self, z: int, offset: int, buf) -> None:
         """Read `len(buf)` bytes at `offset` of zone `z` into the writable buffer `buf` (no allocation)."""
-        mv = buf if type(buf) is memoryview else memoryview(buf)
-        if mv.format != "B" or mv.ndim != 1:
-            mv = mv.cast("B")
-        self._check_read(z, offset, mv.nbytes)
-        self._load_into(z, offset, mv)
-        self._count_read(z, mv.nbytes)
+        out = buf if isinstance(buf, np.ndarray) else np.frombuffer(memoryview(buf).cast("B"), np.uint8)
+        out = out.reshape(-1).view(np.uint8)
+        self._check_read(z, offset, out.size)
+        self._run(_read_into, int(z), int(offset), out)
 
     def read(self, z: int, offset: int, length: int) -> bytes:
         """Read `length` bytes at `offset` of zone `z`; the range must lie below the write pointer."""
-        self._check_read(z, offset, length)
-        data = self._load(z, offset, length)
-        self._count_read(z, length)
-        return data
-
-    def _load(self, z: int, offset: int, length: int) -> bytes:
-        """Backends with a cheaper path (a slice of a mapping) override this one-copy read."""
-        buf = bytearray(length)
-        self._load_into(z, offset, memoryview(buf))
-        return bytes(buf)
+        out = np.empty(max(length, 0), np.uint8)
+        self.read_into(z, offset, out)
+        return out.tobytes()
 
     # ---- zone management ---------------------------------------------------------------------------------------
     def reset(self, z: int) -> None:
         """Rewind the write pointer of zone `z` to 0 and drop its data (EMPTY)."""
         self._check_zone(z)
-        self._discard(z)
-        self._wp[z] = 0
-        self._cond[z] = EMPTY
-        self.stats.resets += 1
-        self.stats._zone_resets[z] += 1
-        self._zone_changed(z)
+        self._run(_reset, int(z))
 
     def finish(self, z: int) -> None:
         """Move zone `z` to FULL (no more writes until reset); unwritten space reads as zeros."""
         self._check_zone(z)
-        cond = self._cond[z]
-        if cond == FULL:
-            return
-        self._seal(z)
-        self._cond[z] = FULL
-        self.stats.finishes += 1
-        self.stats._zone_finishes[z] += 1
-        self._zone_changed(z)
+        self._run(_finish, int(z))
 
     def open_zone(self, z: int) -> None:
         """Explicitly open zone `z` (EXP_OPEN); counts against the open and active limits."""
         self._check_zone(z)
-        cond = self._cond[z]
-        if cond == EXP_OPEN:
-            return
-        if cond == FULL:
-            raise ZoneError(f"zone {z} is FULL and cannot be opened")
-        if cond != IMP_OPEN:
-            self._make_room_to_open(z)
-        self._open_hook(z)
-        self._cond[z] = EXP_OPEN
-        self._zone_changed(z)
+        self._run(_open, int(z))
 
     def close_zone(self, z: int) -> None:
         """Close an open zone (CLOSED; EMPTY again if nothing was written); closing a CLOSED zone is a no-op."""
         self._check_zone(z)
-        cond = self._cond[z]
-        if cond == CLOSED:
-            return
-        if cond not in _OPEN:
-            raise ZoneError(f"zone {z} is {ZoneCondition(cond).name}: only an open zone can be closed")
-        self._close_hook(z)
-        self._cond[z] = CLOSED if self._wp[z] else EMPTY
-        self._zone_changed(z)
-
-    def _open_hook(self, z: int) -> None:
-        """Backend work for an explicit open (the open ioctl on a real device)."""
-
-    def _close_hook(self, z: int) -> None:
-        """Backend work for a close (the close ioctl on a real device)."""
+        self._run(_close, int(z))
 
     def sync(self) -> None:
         if not self._closed:
@@ -387,6 +379,7 @@ class ZonedDevice(ABC):
     def close(self) -> None:
         if not self._closed:
             self._sync()
+            self.flash.fault[fl.DEAD] = 1  # compiled code holding the bundle must not touch released storage
             self._release()
             self._closed = True
 
@@ -399,3 +392,17 @@ class ZonedDevice(ABC):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(num_zones={self.num_zones}, zone_size={self.zone_size}, "
                 f"zone_capacity={self.zone_capacity}, block_size={self.block_size})")
+
+
+def _cond_name(c: int) -> str:
+    try:
+        return ZoneCondition(c).name
+    except ValueError:
+        return str(c)
+
+
+def _aligned(n: int, align: int = 4096) -> np.ndarray:
+    """A zeroed uint8 array of n bytes whose first byte is `align`-aligned (O_DIRECT buffers)."""
+    raw = np.zeros(n + align, np.uint8)
+    skip = (-raw.ctypes.data) % align
+    return raw[skip:skip + n]

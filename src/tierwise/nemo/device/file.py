@@ -1,13 +1,16 @@
 """File-backed zoned device: a folder with one file per zone whose length is the zone's write pointer.
 
 This is the semantics of zonefs and of the kernel's zloop driver: an append is a `pwrite` at the end of the zone
-file, a reset truncates it to 0, a finish extends it (sparsely) to the capacity. The write pointers therefore
+file, a reset truncates it to 0, a finish extends it (sparsely) to the capacity. Every zone file is also mapped
+read-only, side by side in one address range, so compiled code reads set and index pages straight from the page
+cache with no system call (the zone rules keep reads below the write pointer, i.e. inside the file). The write pointers therefore
 survive a restart or a crash with no separate state to keep in step, and a reopened device sees what a real ZNS
 SSD shows after a power cycle: empty zones EMPTY, full ones FULL, the rest CLOSED.
 
 Layout: `PATH/zoned.json` (geometry) and `PATH/seq/<zone index>`. A zone file whose length is not a whole number of
 blocks (a write torn by a crash) is cut back to its last whole block on open, as a device only persists whole
-blocks. `direct=True` uses O_DIRECT through a page-aligned staging buffer (what a real zoned device requires).
+blocks. `direct=True` writes with O_DIRECT through a page-aligned staging buffer (what a real zoned device requires).
+All zone files stay open (the process's open-file limit is raised to fit them).
 
 Fault injection for recovery tests: `FaultPlan(crash_after_bytes=N, torn=...)` makes the device "lose power" once
 N bytes have been written: the write crossing the limit is torn (only its first bytes reach the file), the
@@ -17,23 +20,30 @@ carrying out the K-th zone reset. Reopen the folder to recover.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
-import mmap
 import os
-import random
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 
-from tierwise.nemo.device.base import BLOCK_SIZE, CLOSED, EMPTY, FULL, ZonedDevice, ZoneError
+import numpy as np
+
+from tierwise.nemo.device import flash as fl
+from tierwise.nemo.device.base import BLOCK_SIZE, SimulatedCrash, ZonedDevice, ZoneError
 
 _GEOMETRY_FILE = "zoned.json"
 _FORMAT = "tierwise-zoned-folder-v1"
-_MAX_OPEN_FILES = 256  # file descriptors kept open at once (LRU); others are reopened on demand
+_TORN = {"drop": fl.TORN_DROP, "zeros": fl.TORN_ZEROS, "garbage": fl.TORN_GARBAGE}
 
-
-class SimulatedCrash(Exception):
-    """Raised by a fault-injecting device at the simulated power loss (deliberately not a TierwiseError)."""
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.mmap.restype = ctypes.c_void_p
+_LIBC.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_LIBC.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_PROT_NONE, _PROT_READ = 0, 1
+_MAP_SHARED, _MAP_PRIVATE, _MAP_FIXED, _MAP_ANONYMOUS, _MAP_NORESERVE = 0x01, 0x02, 0x10, 0x20, 0x4000
+_MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 @dataclass
@@ -61,8 +71,17 @@ class FaultPlan:
             raise ZoneError("FaultPlan.crash_after_bytes must be >= 0 and crash_before_reset >= 1")
 
 
+
+    def as_array(self) -> np.ndarray:
+        """The plan as the compiled core's `fault` array."""
+        return np.array([-1 if self.crash_after_bytes is None else self.crash_after_bytes, _TORN[self.torn], self.seed,
+                         self.crash_before_reset or 0, 0, 0, 0], np.int64)
+
+
 class FileZonedDevice(ZonedDevice):
     """Open (or, given a geometry, create) a file-backed zoned device in folder `path`."""
+
+    kind = fl.FILE
 
     def __init__(self, path: str | os.PathLike, num_zones: int | None = None, zone_size: int | None = None,
                  zone_capacity: int | None = None, *, block_size: int = BLOCK_SIZE, max_open_zones: int = 0,
@@ -78,6 +97,9 @@ class FileZonedDevice(ZonedDevice):
             raise ZoneError(f"{self.path} is not a zoned-device folder (no {_GEOMETRY_FILE}); "
                             "give num_zones and zone_size to create one")
         super().__init__(**geometry)
+        if self.zone_capacity % mmap_page():
+            raise ZoneError(f"zone capacity {self.zone_capacity} B is not a multiple of the {mmap_page()} B memory "
+                            "page: a file-backed device maps its zones side by side")
         if not meta.exists():
             (self.path / "seq").mkdir(parents=True, exist_ok=True)
             tmp = meta.with_suffix(".tmp")
@@ -85,11 +107,16 @@ class FileZonedDevice(ZonedDevice):
             os.replace(tmp, meta)
         self.direct = direct
         self.faults = faults
-        self._fds: dict[int, int] = {}
-        self._dirty: set[int] = set()
-        self._stage: mmap.mmap | None = None  # page-aligned buffer for O_DIRECT
-        self._written_total = 0
-        self._resets_seen = 0
+        self._base = None
+        self._fds = np.full(self.num_zones, -1, np.int64)
+        try:
+            self._open_files()
+            self._build(self._map_zones(), fds=self._fds, direct=direct,
+                        fault=faults.as_array() if faults else None)
+        except BaseException:
+            self._release()
+            raise
+        self._synced = self._write_marks()
         self._recover_zones()
 
     # ---- metadata ---------------------------------------------------------------------------------------------
@@ -111,123 +138,105 @@ class FileZonedDevice(ZonedDevice):
         return self.path / "seq" / str(z)
 
     def _recover_zones(self) -> None:
+        """Write pointers and conditions from the zone files' lengths (what survives a restart or a crash)."""
+        F = self.flash
         for z in range(self.num_zones):
-            p = self.zone_path(z)
-            n = p.stat().st_size if p.exists() else 0
+            n = os.fstat(int(self._fds[z])).st_size
             if n > self.zone_capacity:
-                raise ZoneError(f"{p}: zone file holds {n} B, more than the zone capacity {self.zone_capacity}")
+                raise ZoneError(f"{self.zone_path(z)}: zone file holds {n} B, more than the zone capacity "
+                                f"{self.zone_capacity}")
             if n % self.block_size:  # torn last write: keep whole blocks only
                 n -= n % self.block_size
-                os.truncate(p, n)
-            self._wp[z] = n
-            self._cond[z] = EMPTY if n == 0 else FULL if n == self.zone_capacity else CLOSED
+                os.ftruncate(int(self._fds[z]), n)
+            F.wp[z] = n
+            F.cond[z] = fl.EMPTY if n == 0 else fl.FULL if n == self.zone_capacity else fl.CLOSED
 
-    # ---- file access ------------------------------------------------------------------------------------------
-    def _fd(self, z: int) -> int:
-        fd = self._fds.pop(z, None)
-        if fd is not None:
-            self._fds[z] = fd  # most recently used last: the least recently used is closed first
-        else:
-            if len(self._fds) >= _MAX_OPEN_FILES:
-                os.close(self._fds.pop(next(iter(self._fds))))  # its writes stay dirty until sync()
-            flags = os.O_RDWR | os.O_CREAT | (os.O_DIRECT if self.direct else 0)
+    # ---- files and mapping --------------------------------------------------------------------------------------
+    def _open_files(self) -> None:
+        need = self.num_zones + 256  # the zone files plus what the process already uses
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < need:
+            if hard != resource.RLIM_INFINITY and hard < need:
+                raise ZoneError(f"{self.path}: {self.num_zones} zone files need {need} open files, but the limit is "
+                                f"{hard} (ulimit -Hn): use larger zones or raise the limit")
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (os.O_DIRECT if self.direct else 0)
+        for z in range(self.num_zones):
             try:
-                fd = os.open(self.zone_path(z), flags, 0o644)
+                self._fds[z] = os.open(self.zone_path(z), flags, 0o644)
             except OSError as e:
                 hint = " (O_DIRECT is not supported there: open the device without direct=True)" \
                     if self.direct and e.errno == errno.EINVAL else ""
                 raise ZoneError(f"cannot open zone file {self.zone_path(z)}: {e.strerror}{hint}") from None
-            self._fds[z] = fd
-        return fd
 
-    def _staging(self, n: int) -> memoryview:
-        if self._stage is None or len(self._stage) < n:
-            if self._stage is not None:
-                self._stage.close()
-            self._stage = mmap.mmap(-1, max(n, 1 << 20))
-        return memoryview(self._stage)[:n]
+    def _map_zones(self) -> np.ndarray:
+        """Reserve one address range for all zones and map each zone file read-only at its place in it."""
+        total, cap = self.num_zones * self.zone_capacity, self.zone_capacity
+        base = _LIBC.mmap(None, total, _PROT_NONE, _MAP_PRIVATE | _MAP_ANONYMOUS | _MAP_NORESERVE, -1, 0)
+        if base in (None, _MAP_FAILED):
+            raise ZoneError(f"{self.path}: cannot reserve {total} B of address space: "
+                            f"{os.strerror(ctypes.get_errno())}")
+        self._base = base
+        for z in range(self.num_zones):
+            at = _LIBC.mmap(base + z * cap, cap, _PROT_READ, _MAP_SHARED | _MAP_FIXED, int(self._fds[z]), 0)
+            if at != base + z * cap:
+                raise ZoneError(f"cannot map zone file {self.zone_path(z)}: {os.strerror(ctypes.get_errno())}")
+        return np.ctypeslib.as_array((ctypes.c_uint8 * total).from_address(base))
 
-    def _pwrite(self, z: int, data, offset: int) -> None:
-        fd = self._fd(z)
-        if self.direct:
-            buf = self._staging(len(data))
-            buf[:] = data
-            data = buf
-        done = 0
-        mv = memoryview(data)
-        while done < len(mv):
-            done += os.pwrite(fd, mv[done:], offset + done)
-        self._dirty.add(z)
+    def _write_marks(self) -> np.ndarray:
+        """Per zone, what has changed it so far (bytes written, resets, finishes): zones whose marks moved since
+        the last sync need an fsync."""
+        zs = self.flash.zone_stats
+        return zs[fl.Z_WRITTEN] + zs[fl.Z_RESETS] + zs[fl.Z_FINISHES]
 
-    def _store(self, z: int, offset: int, data) -> None:
-        limit = None if self.faults is None else self.faults.crash_after_bytes
-        if limit is not None and self._written_total + len(data) > limit:
-            self._crash_during_write(z, offset, data)
-        self._pwrite(z, data, offset)
-        self._written_total += len(data)
+    # ---- backend hooks ------------------------------------------------------------------------------------------
+    def read_into(self, z: int, offset: int, buf) -> None:
+        self._check_zone(z)
+        end = offset + (buf.nbytes if hasattr(buf, "nbytes") else len(buf))
+        if end <= self.write_pointer(z) and os.fstat(int(self._fds[z])).st_size < min(end, self.zone_capacity):
+            raise ZoneError(f"zone file {self.zone_path(z)} is shorter than its write pointer "
+                            f"(read up to {end} B): the folder was modified behind the device's back")
+        super().read_into(z, offset, buf)
 
-    def _crash_during_write(self, z: int, offset: int, data) -> None:
-        keep = self.faults.crash_after_bytes - self._written_total
-        whole = keep - keep % self.block_size
-        if whole:
-            self._pwrite(z, data[:whole], offset)
-        partial = keep - whole
-        if partial and self.faults.torn != "drop":
-            pad = bytes(self.block_size - partial) if self.faults.torn == "zeros" else \
-                random.Random(self.faults.seed).randbytes(self.block_size - partial)
-            self._pwrite(z, bytes(data[whole:keep]) + pad, offset + whole)
-        self.crash()
-        raise SimulatedCrash(f"simulated power loss after {self.faults.crash_after_bytes} B written "
-                             f"(zone {z}, offset {offset}, {keep} of {len(data)} B of the last write issued)")
-
-    def _load_into(self, z: int, offset: int, buf: memoryview) -> None:
-        fd = self._fd(z)
-        n = buf.nbytes
-        if self.direct:  # O_DIRECT needs block-aligned offset, length and memory
-            start = offset - offset % self.block_size
-            end = -(-(offset + n) // self.block_size) * self.block_size
-            stage = self._staging(end - start)
-            got = os.preadv(fd, [stage], start)
-            if got < offset + n - start:
-                self._short_read(z, offset, n)
-            buf[:] = stage[offset - start:offset - start + n]
-            return
-        got = os.preadv(fd, [buf], offset)
-        if got < n:
-            self._short_read(z, offset, n)
-
-    def _short_read(self, z: int, offset: int, n: int):
-        raise ZoneError(f"zone file {self.zone_path(z)} is shorter than its write pointer "
-                        f"(read of {n} B at {offset}): the folder was modified behind the device's back")
-
-    def _discard(self, z: int) -> None:
-        if self.faults is not None and self.faults.crash_before_reset is not None:
-            self._resets_seen += 1
-            if self._resets_seen == self.faults.crash_before_reset:
-                self.crash()
-                raise SimulatedCrash(f"simulated power loss before reset #{self._resets_seen} (zone {z})")
-        os.ftruncate(self._fd(z), 0)
-        self._dirty.add(z)
-
-    def _seal(self, z: int) -> None:
-        os.ftruncate(self._fd(z), self.zone_capacity)  # sparse: the unwritten tail reads as zeros
-        self._dirty.add(z)
+    def _fault_error(self) -> Exception:
+        code, z, a, b, n = (int(x) for x in self.flash.err)
+        if code == fl.E_CRASH_WRITE:
+            self._drop()
+            return SimulatedCrash(f"simulated power loss after {self.faults.crash_after_bytes} B written "
+                                  f"(zone {z}, offset {a}, {b} of {n} B of the last write issued)")
+        if code == fl.E_CRASH_RESET:
+            self._drop()
+            return SimulatedCrash(f"simulated power loss before reset #{a} (zone {z})")
+        if code == fl.E_IO:
+            return ZoneError(f"zone file {self.zone_path(z)}: I/O failed: {os.strerror(a)}")
+        return super()._fault_error()
 
     def _sync(self) -> None:
-        for z in sorted(self._dirty):
-            os.fsync(self._fd(z))
-        self._dirty.clear()
+        marks = self._write_marks()
+        for z in np.flatnonzero(marks != self._synced).tolist():
+            os.fsync(int(self._fds[z]))
+        self._synced = marks
 
     def _release(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-        if self._stage is not None:
-            self._stage.close()
-            self._stage = None
+        for fd in self._fds.tolist():
+            if fd >= 0:
+                os.close(fd)
+        self._fds[:] = -1
+        if self._base is not None:
+            _LIBC.munmap(self._base, self.num_zones * self.zone_capacity)
+            self._base = None
+
+    def _drop(self) -> None:
+        """Give the device up as a killed process would: no sync, no further use."""
+        if not self._closed:
+            self.flash.fault[fl.DEAD] = 1
+            self._release()
+            self._closed = True
 
     def crash(self) -> None:
         """Drop the device as a killed process would: close the files without syncing, refuse further use."""
-        self._dirty.clear()
-        self._release()
-        self._closed = True
+        self._drop()
+
+
+def mmap_page() -> int:
+    return os.sysconf("SC_PAGE_SIZE")

@@ -1,9 +1,10 @@
 """A real Linux zoned block device (a ZNS NVMe namespace, an SMR disk, null_blk zoned) through the kernel's zone
 ioctls (`include/uapi/linux/blkzoned.h`) and O_DIRECT I/O.
 
-Geometry comes from sysfs (`/sys/block/<dev>/queue/`) and a zone report. The shared state machine of
-`ZonedDevice` mirrors the kernel's zone state so rule violations are refused before any I/O is issued; the device
-still has the last word: an I/O or ioctl error re-reads the zone from the kernel and surfaces as `ZoneError`.
+Geometry comes from sysfs (`/sys/block/<dev>/queue/`) and a zone report. The shared state machine
+(`flash.py`, compiled, like the I/O: `pread`/`pwrite` and the zone ioctls) mirrors the kernel's zone state so rule
+violations are refused before any I/O is issued; the device still has the last word: an I/O or ioctl error
+re-reads the zone from the kernel and surfaces as `ZoneError`.
 When the open-zone limit forces an implicit close, this backend closes the mirror's choice explicitly first, so
 the device never has to pick one itself and the mirror stays exact.
 
@@ -14,12 +15,15 @@ disks have at their start, are skipped.
 from __future__ import annotations
 
 import fcntl
-import mmap
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from tierwise.nemo.device import flash as fl
+from tierwise.nemo.device.flash import BLKCLOSEZONE, BLKFINISHZONE, BLKOPENZONE, BLKRESETZONE  # noqa: F401 (API)
 from tierwise.nemo.device.base import ZoneCondition, ZonedDevice, ZoneError, ZoneType
 
 SECTOR = 512
@@ -32,15 +36,10 @@ def _ioc(direction: int, nr: int, size: int, kind: int = 0x12) -> int:
 
 REPORT_HEADER = struct.Struct("<QII")  # struct blk_zone_report: sector, nr_zones, flags
 ZONE = struct.Struct("<QQQBBBB4xQ24x")  # struct blk_zone: start, len, wp, type, cond, non_seq, reset, capacity
-RANGE = struct.Struct("<QQ")  # struct blk_zone_range: sector, nr_sectors
 
 BLKREPORTZONE = _ioc(3, 130, REPORT_HEADER.size)
-BLKRESETZONE = _ioc(1, 131, RANGE.size)
 BLKGETZONESZ = _ioc(2, 132, 4)
 BLKGETNRZONES = _ioc(2, 133, 4)
-BLKOPENZONE = _ioc(1, 134, RANGE.size)
-BLKCLOSEZONE = _ioc(1, 135, RANGE.size)
-BLKFINISHZONE = _ioc(1, 136, RANGE.size)
 BLK_ZONE_REP_CAPACITY = 1
 
 
@@ -76,10 +75,6 @@ def parse_report(buf) -> list[BlkZone]:
     return zones
 
 
-def pack_range(sector: int, nr_sectors: int) -> bytes:
-    return RANGE.pack(sector, nr_sectors)
-
-
 def _sysfs_int(queue: Path, name: str, default: int = 0) -> int:
     try:
         return int((queue / name).read_text().strip())
@@ -89,6 +84,8 @@ def _sysfs_int(queue: Path, name: str, default: int = 0) -> int:
 
 class LinuxZonedDevice(ZonedDevice):
     """Open `path` (e.g. /dev/nvme0n1) for zoned I/O; it must be a host-managed or host-aware zoned device."""
+
+    kind = fl.SYSCALL
 
     def __init__(self, path: str | os.PathLike, *, report_batch: int = 4096):
         self.path = Path(path)
@@ -105,7 +102,6 @@ class LinuxZonedDevice(ZonedDevice):
         except OSError as e:
             raise ZoneError(f"cannot open {self.path} for zoned I/O: {e.strerror}") from None
         self._report_batch = report_batch
-        self._stage: mmap.mmap | None = None
         zones = self.kernel_zones()
         seq = [z for z in zones if z.type != ZoneType.CONVENTIONAL]
         if not seq:
@@ -121,6 +117,8 @@ class LinuxZonedDevice(ZonedDevice):
                          max_open_zones=_sysfs_int(queue, "max_open_zones"),
                          max_active_zones=_sysfs_int(queue, "max_active_zones"))
         self._start = [z.start * SECTOR for z in seq]
+        self._build(np.zeros(0, np.uint8), fds=np.array([self._fd], np.int64),
+                    starts=np.array(self._start, np.int64))
         self._load_state(seq)
 
     # ---- kernel state ------------------------------------------------------------------------------------------
@@ -155,59 +153,19 @@ class LinuxZonedDevice(ZonedDevice):
         self._load_state_one(z, self.kernel_zones(self._start[z] // SECTOR, 1)[0])
 
     def _load_state_one(self, z: int, kz: BlkZone) -> None:
-        self._cond[z] = int(kz.cond)
-        self._wp[z] = self.zone_capacity if kz.cond == ZoneCondition.FULL else (kz.wp - kz.start) * SECTOR
-
-    def _zone_op(self, request: int, z: int, what: str) -> None:
-        try:
-            fcntl.ioctl(self._fd, request, pack_range(self._start[z] // SECTOR, self.zone_size // SECTOR))
-        except OSError as e:
-            self.refresh(z)
-            raise ZoneError(f"{self.path}: zone {z} {what} refused by the device: {e.strerror}") from None
+        self.flash.cond[z] = int(kz.cond)
+        self.flash.wp[z] = self.zone_capacity if kz.cond == ZoneCondition.FULL else (kz.wp - kz.start) * SECTOR
 
     # ---- backend hooks -----------------------------------------------------------------------------------------
-    def _staging(self, n: int) -> memoryview:
-        if self._stage is None or len(self._stage) < n:
-            if self._stage is not None:
-                self._stage.close()
-            self._stage = mmap.mmap(-1, max(n, 1 << 20))  # page-aligned, as O_DIRECT needs
-        return memoryview(self._stage)[:n]
-
-    def _store(self, z: int, offset: int, data) -> None:
-        buf = self._staging(len(data))
-        buf[:] = data
-        try:
-            done = 0
-            while done < len(buf):
-                done += os.pwrite(self._fd, buf[done:], self._start[z] + offset + done)
-        except OSError as e:
+    def _fault_error(self) -> Exception:
+        code, z, a, b, _ = (int(x) for x in self.flash.err)
+        if code in (fl.E_IO, fl.E_SHORT) and 0 <= z < self.num_zones:
             self.refresh(z)
-            raise ZoneError(f"{self.path}: write of {len(buf)} B at zone {z} offset {offset} failed: {e.strerror}") from None
-
-    def _load_into(self, z: int, offset: int, buf: memoryview) -> None:
-        bs = self.block_size
-        start = offset - offset % bs
-        end = -(-(offset + buf.nbytes) // bs) * bs
-        stage = self._staging(end - start)
-        try:
-            got = os.preadv(self._fd, [stage], self._start[z] + start)
-        except OSError as e:
-            raise ZoneError(f"{self.path}: read at zone {z} offset {offset} failed: {e.strerror}") from None
-        if got < end - start:
-            raise ZoneError(f"{self.path}: short read at zone {z} offset {offset}")
-        buf[:] = stage[offset - start:offset - start + buf.nbytes]
-
-    def _discard(self, z: int) -> None:
-        self._zone_op(BLKRESETZONE, z, "reset")
-
-    def _seal(self, z: int) -> None:
-        self._zone_op(BLKFINISHZONE, z, "finish")
-
-    def _open_hook(self, z: int) -> None:
-        self._zone_op(BLKOPENZONE, z, "open")
-
-    def _close_hook(self, z: int) -> None:
-        self._zone_op(BLKCLOSEZONE, z, "close")
+            what = {BLKRESETZONE: "reset", BLKOPENZONE: "open", BLKCLOSEZONE: "close",
+                    BLKFINISHZONE: "finish"}.get(b, "I/O")
+            reason = os.strerror(a) if code == fl.E_IO else "short read"
+            return ZoneError(f"{self.path}: zone {z} {what} refused by the device: {reason}")
+        return super()._fault_error()
 
     def close_zone(self, z: int) -> None:
         super().close_zone(z)
@@ -218,6 +176,3 @@ class LinuxZonedDevice(ZonedDevice):
 
     def _release(self) -> None:
         os.close(self._fd)
-        if self._stage is not None:
-            self._stage.close()
-            self._stage = None
