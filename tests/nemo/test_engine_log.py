@@ -8,30 +8,55 @@ from hypothesis import given, settings
 
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo.device import FtlSSD, MemoryZonedDevice
+from numba import njit
+
 from tierwise.nemo.engines import make_engine
-from tierwise.nemo.engines.log import LogIndex
+from tierwise.nemo.engines.paged import (LIVE, index_capacity, index_nbytes, ix_chain_length, ix_insert, ix_lookup,
+                                         ix_remove, new_log_index)
 
 from .baseline_helpers import check_against_dict, check_op_list, device_bytes_match, op_lists, random_ops
 
 
-def test_log_index_insert_replace_remove_and_grow():
-    ix = LogIndex(num_buckets=4, capacity=2)
-    assert ix.insert(1, 111, 5) and ix.insert(1, 222, 6) and ix.insert(3, 333, 7)  # third insert grows the pool
-    assert not ix.insert(1, 111, 9)  # replacement
-    assert ix.lookup(1, 111) == 9 and ix.lookup(1, 222) == 6 and ix.lookup(3, 333) == 7 and ix.lookup(2, 111) == -1
-    assert sorted(ix.bucket(1)) == [(111, 9), (222, 6)]
-    assert not ix.remove(1, 111, expect_loc=5)  # points elsewhere now: kept
-    assert ix.remove(1, 111, expect_loc=9) and ix.lookup(1, 111) == -1
-    assert len(ix) == 2 and ix.nbytes == sum(a.nbytes for a in (ix.head, ix.tags, ix.locs, ix.nxt))
-    assert ix.insert(2, 444, 8) and ix.insert(2, 555, 10) and ix.tags.shape[0] == 4  # the freed entry is reused
-    assert ix.insert(0, 666, 11) and ix.tags.shape[0] == 8  # then the pool grows again
-    assert len(ix) == 5 and ix.lookup(2, 555) == 10 and ix.lookup(1, 222) == 6 and ix.lookup(0, 666) == 11
+@njit
+def _insert(ix, bucket, tag, loc):
+    return ix_insert(ix, bucket, np.uint64(tag), loc)
+
+
+@njit
+def _lookup(ix, bucket, tag):
+    return ix_lookup(ix, bucket, np.uint64(tag))
+
+
+@njit
+def _remove(ix, bucket, tag, expect):
+    return ix_remove(ix, bucket, np.uint64(tag), expect)
+
+
+@njit
+def _chain(ix, bucket):
+    return ix_chain_length(ix, bucket)
+
+
+def test_log_index_insert_replace_remove_and_capacity():
+    ix = new_log_index(4, max_entries=100, capacity=2, max_loc=1 << 32)
+    assert _insert(ix, 1, 111, 5) and _insert(ix, 1, 222, 6) and _insert(ix, 3, 333, 7)  # a third entry: pool x2
+    assert index_capacity(ix) == 4
+    assert not _insert(ix, 1, 111, 9)  # replacement
+    assert _lookup(ix, 1, 111) == 9 and _lookup(ix, 1, 222) == 6 and _lookup(ix, 3, 333) == 7
+    assert _lookup(ix, 2, 111) == -1 and _chain(ix, 1) == 2
+    assert not _remove(ix, 1, 111, 5)  # points elsewhere now: kept
+    assert _remove(ix, 1, 111, 9) and _lookup(ix, 1, 111) == -1
+    assert ix.st[LIVE] == 2
+    assert _insert(ix, 2, 444, 8) and _insert(ix, 2, 555, 10) and index_capacity(ix) == 4  # the freed entry reused
+    assert _insert(ix, 0, 666, 11) and index_capacity(ix) == 8  # then the pool doubles again
+    assert ix.st[LIVE] == 5 and _lookup(ix, 2, 555) == 10 and _lookup(ix, 1, 222) == 6 and _lookup(ix, 0, 666) == 11
+    assert index_nbytes(ix) == ix.head.nbytes + 8 * (8 + 4 + 4)  # tag, 32-bit location, link per entry
 
 
 def test_log_index_locations_take_32_bits_on_small_devices():
-    assert LogIndex(4, max_loc=1 << 32).locs.dtype == np.uint32
-    big = LogIndex(4, capacity=2, max_loc=1 << 40)
-    assert big.locs.dtype == np.int64 and big.insert(0, 1, (1 << 39) + 5) and big.lookup(0, 1) == (1 << 39) + 5
+    assert new_log_index(4, 10, max_loc=1 << 32).locs.dtype == np.uint32
+    big = new_log_index(4, 10, capacity=2, max_loc=1 << 40)
+    assert big.locs.dtype == np.int64 and _insert(big, 0, 1, (1 << 39) + 5) and _lookup(big, 0, 1) == (1 << 39) + 5
 
 
 @settings(max_examples=25, deadline=None)
@@ -58,8 +83,8 @@ def test_log_fifo_eviction_alwa_and_index_bits():
 
 
 def test_log_runs_on_a_conventional_ssd_with_dlwa_near_one():
-    dev = FtlSSD(2 * 1024 * 1024, op=0.1, pages_per_block=16)
-    engine = make_engine("log", dev, segment_kb=64)
+    dev = FtlSSD(2 * 1024 * 1024, op=0.1, pages_per_block=16)  # segments of one 64 KiB erase block
+    engine = make_engine("log", dev)
     check_against_dict(engine, random_ops(2, 20_000, 8_000, sizes=(200, 400)))
     assert dev.stats.bytes_written > dev.capacity_bytes  # wrapped around the address space
     assert dev.stats.dlwa < 1.1  # sequential segments: the FTL barely copies
