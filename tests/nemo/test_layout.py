@@ -56,8 +56,12 @@ def test_tally_splits_user_writeback_tombstone():
     L.page_append(pages[0], _a(b"u"), _a(b"12345"), 0)
     L.page_append(pages[0], _a(b"w"), _a(b"123"), L.FLAG_WRITEBACK)
     L.page_append(pages[1], _a(b"t"), _a(b""), L.FLAG_TOMBSTONE)
-    t = L.pages_tally(pages)
+    t = np.zeros((2, 8), np.int64)
+    L.page_tally_into(pages[0], t[0])
+    L.page_tally_into(pages[1], t[1])
     assert t[0].tolist() == [6, 1, 8, 0, 4, 18, 1, 0] and t[1].tolist() == [0, 0, 0, 5, 0, 5, 0, 1]
+    L.page_tally_into(pages[1], t[0])  # it adds up
+    assert t[0].tolist() == [6, 1, 8, 5, 4, 23, 1, 1]
     assert L.page_index_of(pages[0], L.page_find(pages[0], _a(b"w"))) == 1
 
 

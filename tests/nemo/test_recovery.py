@@ -187,30 +187,21 @@ def test_crashes_at_random_points_never_serve_garbage(tmp_path):
 
 
 def test_crash_between_data_flush_and_index_write_rebuilds_the_block(tmp_path):
-    # Find where the first index block starts by running the same workload once without faults.
-    probe_dev = FileZonedDevice(tmp_path / "probe", ZONES, ZONE)
-    probe = NemoEngine(probe_dev, flush_threshold=P_TH)
-    first_index_write = []
-    plain_append = probe_dev.append
-
-    def append(z, data):
-        if z in probe.geo.index_zones and not first_index_write:
-            first_index_write.append(probe_dev.stats.bytes_written)
-        return plain_append(z, data)
-
-    probe_dev.append = append
-    workload(probe, 20000, seed=3)
-    assert first_index_write
+    # The first index block is written right after the G-th SG, and nothing but those G SGs is written before it.
+    probe = NemoEngine(FileZonedDevice(tmp_path / "probe", ZONES, ZONE), flush_threshold=P_TH)
     G = probe.geo.group_size
+    first_index_write = G * (probe.S + 2) * PAGE_SIZE
+    workload(probe, 20000, seed=3)
+    assert probe.device.stats.zone_bytes_written[probe.geo.index_zones].sum() > 0  # the workload reaches it
 
     path = tmp_path / "dev"
-    dev = FileZonedDevice(path, ZONES, ZONE, faults=FaultPlan(crash_after_bytes=first_index_write[0] + PAGE_SIZE))
+    dev = FileZonedDevice(path, ZONES, ZONE, faults=FaultPlan(crash_after_bytes=first_index_write + PAGE_SIZE))
     with pytest.raises(SimulatedCrash):
         workload(NemoEngine(dev, flush_threshold=P_TH), 20000, seed=3)
     engine = reopen(path)
     rep = engine.recovery
     assert rep.index_blocks_rebuilt == 1 and rep.index_blocks_damaged == 1 and engine.next_seq == G
-    assert engine.pbfg.open_group == 1 and engine.oldest == 0
+    assert engine.open_group == 1 and engine.oldest == 0
     workload(engine, 8000, seed=4)  # later groups go to the index after the rebuilt block
     engine.close()
     engine.device.close()

@@ -4,7 +4,8 @@ import pytest
 
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo.replay import ReplayOptions, open_engine, parse_engine_options, replay, value_bytes
-from tierwise.nemo.traces import open_trace
+from tierwise.nemo.traces import Op, open_trace
+from tierwise.nemo.traces.request import make_chunk
 
 
 def test_value_bytes_deterministic_and_distinct():
@@ -23,7 +24,7 @@ def test_replay_synthetic_checks_values_and_reaches_steady_state():
     # 16 zones of 14 sets: far below the working set; p_th = 1 flushes often enough to reach steady state early
     engine = open_engine("nemo", flash_mb=1, zone_kb=64, flush_threshold=1)
     result = replay(engine, open_trace("synth:twitter-merged:100000"),
-                    ReplayOptions(sample_every=20_000, warmup=0.5, limit=60_000))
+                    ReplayOptions(sample_every=20_000, warmup=0.5, warm_capacities=0.5, limit=60_000))
     s = result.summary
     assert result.requests == 60_000 and result.counters["wrong_values"] == 0
     assert result.counters["lookaside_sets"] > 0 and s["gets"] > 0
@@ -50,3 +51,25 @@ def test_cli_replay_writes_json(tmp_path):
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     assert data["requests"] == 20000 and data["engine"]["S"] == 30 and data["replay"]["wrong_values"] == 0
+
+
+def _trace(rows) -> list:
+    chunk = make_chunk(len(rows))
+    for i, (op, key, key_size, value_size) in enumerate(rows):
+        chunk[i]["op"], chunk[i]["key"], chunk[i]["key_size"], chunk[i]["value_size"] = op, key, key_size, value_size
+    return [chunk]
+
+
+def test_an_uncacheable_set_invalidates_the_cached_value():
+    trace = _trace([(Op.SET, 5, 20, 100), (Op.GET, 5, 20, 100), (Op.SET, 5, 20, 3000), (Op.GET, 5, 20, 3000)])
+    engine = open_engine("nemo", flash_mb=2, zone_kb=64)
+    result = replay(engine, trace, ReplayOptions(sample_every=0, progress=False))
+    assert result.counters["uncacheable"] == 2 and result.counters["wrong_values"] == 0
+    assert result.summary["gets"] == 2 and result.summary["miss_ratio"] == 0.5
+
+
+def test_bad_delete_key_is_reported():
+    engine = open_engine("nemo", flash_mb=2, zone_kb=64)
+    with pytest.raises(TierwiseError, match="key length 300"):
+        replay(engine, _trace([(Op.SET, 1, 20, 50), (Op.DELETE, 1, 300, 0)]), ReplayOptions(sample_every=0,
+                                                                                            progress=False))

@@ -1,5 +1,7 @@
 """The Nemo engine (nemo.md §3, §8.1): SetGroups hashed over the whole key space, written whole to a FIFO ring of
-zones, found again through the PBFG index.
+zones, found again through the PBFG index. The request path (get, set, delete), the delayed flush, the SG flush
+with its index write, eviction and hotness-aware write-back are compiled below, over the `NemoState` bundle;
+`NemoEngine` builds it, reports on it and recovers it (recovery.py).
 
 Correctness rules that make "a deleted or overwritten key is never served again" hold:
 1. Lookups go newest first: buffers B[0..M-1], then candidate SGs by descending sequence number; the first copy or
@@ -17,32 +19,369 @@ Correctness rules that make "a deleted or overwritten key is never served again"
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from tierwise.common.errors import TierwiseError
+from tierwise.nemo import metrics as mt
+from tierwise.nemo.device import flash as fl
 from tierwise.nemo.engines import register_engine
-from tierwise.nemo.engines.base import Engine
-from tierwise.nemo.engines.nemo import core
-from tierwise.nemo.engines.nemo.core import NEXT_SEQ, OLDEST, WAITS
+from tierwise.nemo.engines.base import Engine, register_compiled
+from tierwise.nemo.engines.nemo import hotness, pbfg
 from tierwise.nemo.engines.nemo.config import SG_META_PAGES, NemoConfig, plan_geometry
-from tierwise.nemo.engines.nemo.format import SGHeader, SGTrailer, encode_sg_header, encode_sg_trailer, sets_crc
-from tierwise.nemo.engines.nemo.hotness import SLOTS, HotnessTracker
-from tierwise.nemo.engines.nemo.pbfg import PBFG
-from tierwise.nemo.engines.nemo.setgroup import SetGroupBuffers, sacrifice, set_filters
-from tierwise.nemo.hashing import bloom_positions_into, key_hash, key_hash_into
+from tierwise.nemo.engines.nemo.format import sets_crc, write_sg_header, write_sg_trailer
+from tierwise.nemo.engines.nemo.setgroup import (buffered_objects, buffers_find, buffers_insert, buffers_remove,
+                                                 buffers_value, rotate, sacrifice, set_filters)
+from tierwise.nemo.hashing import key_hash_into, set_offset
 from tierwise.nemo.index.bloom import filter_add
-from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, FLAG_WRITEBACK, OBJ_HEADER, PAGE_HEADER,
-                                  PAGE_SIZE, PAYLOAD, TALLY_COLUMNS, check_object, obj_flags_at, obj_size_at,
-                                  obj_value_span, object_at, page_copy_object, page_crc_ok, page_find, page_free,
-                                  page_index_of, page_positions, page_rotate_to_front, page_used, pages_tally,
-                                  seal_pages)
-from tierwise.nemo.metrics import Metrics
-from tierwise.nemo.native import HAVE_XXH3, state_field
+from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, FLAG_WRITEBACK, OBJ_HEADER, PAGE_HEADER, PAGE_SIZE,
+                                  PAYLOAD, T_TOMBSTONE, T_USED, T_USER_HEADERS, T_USER_KV, T_USER_OBJECTS, T_WRITEBACK,
+                                  T_WRITEBACK_OBJECTS, obj_flags_at, obj_size_at, obj_value_span, page_copy_object,
+                                  page_crc_valid, page_find, page_free, page_index_of, page_positions,
+                                  page_rotate_to_front, page_tally_into, page_used, seal_pages)
+from tierwise.nemo.metrics import MetricsArrays, record_fills, record_get
+from tierwise.nemo.native import Pinned, internal, ref_of
 
-_T = {name: i for i, name in enumerate(TALLY_COLUMNS)}
+Cfg = namedtuple("Cfg", [
+    "S",  # sets per SG
+    "N",  # SG slots on flash
+    "G",  # SGs per index group
+    "L",  # live index groups (index pages per PBFG fetch)
+    "R",  # PBFG rows per index page
+    "RB",  # bytes per PBFG row
+    "K", "MBITS",  # set-level filter: hash functions, bits
+    "ZPS",  # zones per SG
+    "TRIES",  # buffered SGs an insert may use (M, or 1 without buffered-SG fallback)
+    "M",  # buffered SGs
+    "P_TH",  # count mode: flush after this many failed inserts
+    "PROBABILITY",  # 1: flush with probability FLUSH_P per failed insert instead
+    "FLUSH_P",
+    "WRITE_BACK", "WB_COLD",  # hotness-aware write-back; then also cold objects while room remains
+    "COOL_EVERY",  # SG flushes between clears of the hotness bits
+    "SEED",  # key hash seed
+    "BLOCK_PAGES",  # pages of an index block
+])
+# st: the engine's scalars
+OLDEST, NEXT_SEQ, WAITS, FLUSHES, RNG = range(5)
 
+Scratch = namedtuple("Scratch", [
+    "page", "victim", "check",  # page buffers for reads on syscall devices: lookups, write-back victim, shadow checks
+    "pos", "wb_pos",  # Bloom positions of the request's key, of a write-back candidate
+    "used", "tally", "bad",  # per-set used bytes, page tally, all-False per set (an SG flush)
+    "meta",  # the SG header and trailer pages
+    "offsets",  # cached offsets, for write-back
+])
+
+NemoState = namedtuple("NemoState", [
+    "dev", "m",  # the device's Flash bundle, MetricsArrays
+    "cfg", "st",
+    "pages", "filters", "order",  # the M buffered SGs (setgroup.py)
+    "pbfg",  # the index (pbfg.py)
+    "hot",  # uint16[window, S]: hotness bits (hotness.py)
+    "sg_objects",  # int64[N]: objects (user + write-back) in each live SG slot
+    "scratch",
+])
+
+
+# ---- hashing and reads -------------------------------------------------------------------------------------------------
+
+@internal(inline=True)
+def _hash(P, key, positions):
+    """Set offset of `key`; its Bloom positions go into `positions`."""
+    cfg = P.cfg
+    return key_hash_into(key, np.uint64(cfg.SEED), cfg.S, cfg.MBITS, positions)
+
+
+@internal
+def read_set(P, seq, j, scratch, foreground):
+    """(set page j of SG `seq`, its checksum holds)."""
+    cfg, F = P.cfg, P.dev
+    byte = (1 + j) * PAGE_SIZE
+    page = fl.read(F, (seq % cfg.N) * cfg.ZPS + byte // F.zone_cap, byte % F.zone_cap, PAGE_SIZE, scratch, foreground)
+    return page, page_crc_valid(page)
+
+
+# ---- the request path --------------------------------------------------------------------------------------------------
+
+@internal
+def get(P, key):
+    cfg, st, m = P.cfg, P.st, P.m
+    positions = P.scratch.pos
+    j = _hash(P, key, positions)
+    row, start, n, flags = buffers_value(P.pages, P.filters, P.order, j, key, positions)
+    if row >= 0:
+        hit = not flags & FLAG_TOMBSTONE
+        record_get(m, hit, 0, 0, PAGE_SIZE)
+        return hit, P.pages[row, j], start, n
+    n_cands, index_reads = pbfg.candidates(P, j, positions, st[OLDEST], st[NEXT_SEQ], True, True)
+    out = P.pbfg.out
+    reads = 0
+    hit = False
+    start, n = 0, 0
+    page = P.scratch.page
+    for c in range(n_cands):
+        seq = out[c]
+        reads += 1
+        page, ok = read_set(P, seq, j, P.scratch.page, True)
+        if not ok:
+            m.counters[mt.C_CORRUPT_SET_PAGES] += 1
+            break
+        pos = page_find(page, key)
+        if pos < 0:
+            continue  # a filter false positive
+        start, n, flags = obj_value_span(page, pos)
+        if not flags & FLAG_TOMBSTONE:
+            hit = True
+            hotness.mark(P.hot, seq, st[OLDEST], j, page_index_of(page, pos))
+        break
+    record_get(m, hit, reads, index_reads, PAGE_SIZE)
+    return hit, page, start, n
+
+
+@internal
+def set_(P, key, value):
+    st, m = P.st, P.m
+    m.counters[mt.C_INSERTS] += 1
+    m.counters[mt.C_INSERT_BYTES] += key.shape[0] + value.shape[0]
+    positions = P.scratch.pos
+    j = _hash(P, key, positions)
+    buffers_remove(P.pages, P.filters, P.order, j, key, positions)
+    # known-absent from flash only if the filters in DRAM say so; otherwise assume an older copy may exist
+    n, _ = pbfg.candidates(P, j, positions, st[OLDEST], st[NEXT_SEQ], False, False)
+    _put(P, j, key, value, FLAG_SHADOWS if n != 0 else 0)
+    return True
+
+
+@internal
+def delete(P, key):
+    st, m = P.st, P.m
+    m.counters[mt.C_DELETES] += 1
+    positions = P.scratch.pos
+    j = _hash(P, key, positions)
+    buffers_remove(P.pages, P.filters, P.order, j, key, positions)
+    n, index_reads = pbfg.candidates(P, j, positions, st[OLDEST], st[NEXT_SEQ], True, True)
+    m.counters[mt.C_DELETE_INDEX_READS] += index_reads
+    if n:
+        m.counters[mt.C_TOMBSTONES] += 1
+        _put(P, j, key, key[:0], FLAG_TOMBSTONE)
+
+
+@internal
+def _next_random(st):
+    """A uniform float in [0, 1) from the engine's own generator (splitmix64), for probability-mode flushes."""
+    st[RNG] += np.int64(-7046029254386353131)  # 0x9E3779B97F4A7C15
+    z = np.uint64(st[RNG])
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return (z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@internal
+def _put(P, j, key, value, flags):
+    """Insert into the buffers; when every candidate set is full, delay the flush (§3.3): sacrifice the oldest
+    objects of the set, or flush once the delay has run out."""
+    cfg, st = P.cfg, P.st
+    positions = P.scratch.pos
+    if buffers_insert(P.pages, P.filters, P.order, j, key, value, flags, positions, cfg.TRIES) >= 0:
+        return
+    st[WAITS] += 1
+    due = _next_random(st) < cfg.FLUSH_P if cfg.PROBABILITY else st[WAITS] >= cfg.P_TH
+    if due:
+        flush_sg(P)
+    else:
+        lost, lost_bytes, ok = sacrifice(P.pages[P.order[cfg.TRIES - 1], j], OBJ_HEADER + key.shape[0] + value.shape[0])
+        P.m.counters[mt.C_DROPPED_OBJECTS] += lost
+        P.m.counters[mt.C_DROPPED_BYTES] += lost_bytes
+        if not ok:
+            flush_sg(P)  # the set holds only tombstones: flushing is the only way to make room
+    _hash(P, key, positions)  # a flush's write-back hashed other keys
+    if buffers_insert(P.pages, P.filters, P.order, j, key, value, flags, positions, cfg.TRIES) < 0:
+        raise TierwiseError("an object does not fit an empty 4 KB set")
+
+
+@internal
+def flush(P):
+    """Write every non-empty buffered SG (clean shutdown); partial SGs cost their padding in ALWA."""
+    for _ in range(P.cfg.M):
+        rear = P.order[P.cfg.M - 1]
+        if _any_used(P.pages[rear]):
+            flush_sg(P)
+        else:
+            rotate(P.pages, P.filters, P.order)
+
+
+@internal
+def _any_used(pages):
+    for j in range(pages.shape[0]):
+        if pages[j, 12] | pages[j, 13] | pages[j, 14] | pages[j, 15]:
+            return True
+    return False
+
+
+# ---- flush and eviction ------------------------------------------------------------------------------------------------
+
+@internal
+def flush_sg(P):
+    """Write B[M-1] as the next SG (header, S sets, trailer), add its filters to the open index group, rotate."""
+    cfg, st, m, sc = P.cfg, P.st, P.m, P.scratch
+    if st[NEXT_SEQ] - st[OLDEST] >= cfg.N:
+        evict_oldest(P)
+    seq = st[NEXT_SEQ]
+    rear = P.order[cfg.M - 1]
+    pages = P.pages[rear]
+    t = sc.tally
+    t[:] = 0
+    for j in range(cfg.S):
+        page_tally_into(pages[j], t)
+        sc.used[j] = page_used(pages[j])
+    seal_pages(pages, seq, 0)
+    slot = seq % cfg.N
+    header, trailer = sc.meta[0], sc.meta[1]
+    header[:] = 0
+    trailer[:] = 0
+    write_sg_header(header, seq, cfg.S, slot, cfg.ZPS, cfg.SEED, cfg.MBITS, cfg.K, cfg.G, PAGE_SIZE, 0)
+    objects = t[T_USER_OBJECTS] + t[T_WRITEBACK_OBJECTS]
+    write_sg_trailer(trailer, seq, cfg.S, objects, t[T_USER_KV], sets_crc(pages), 0)
+    _write_sg(P, slot * cfg.ZPS, pages)
+    w = m.writes
+    w[mt.W_USER] += t[T_USER_KV]
+    w[mt.W_OBJECT_HEADERS] += t[T_USER_HEADERS]
+    w[mt.W_WRITEBACK] += t[T_WRITEBACK]
+    w[mt.W_TOMBSTONE] += t[T_TOMBSTONE]
+    w[mt.W_PADDING] += cfg.S * PAYLOAD - t[T_USED]
+    w[mt.W_PAGE_HEADERS] += cfg.S * (PAGE_SIZE - PAYLOAD) + SG_META_PAGES * PAGE_SIZE
+    c = m.counters
+    c[mt.C_FLASHED_OBJECTS] += t[T_USER_OBJECTS]
+    c[mt.C_LOGICAL_BYTES] += t[T_USER_KV]
+    c[mt.C_LOGICAL_HEADER_BYTES] += t[T_USER_HEADERS]
+    record_fills(m, sc.used, PAYLOAD, True)
+    c[mt.C_WRITEBACK_OBJECTS] += t[T_WRITEBACK_OBJECTS]
+    P.sg_objects[slot] = objects
+    filters = P.filters[rear]
+    set_filters(pages, filters, cfg.SEED, cfg.K, cfg.MBITS, sc.bad)
+    w[mt.W_INDEX] += pbfg.add_sg(P, seq, filters)
+    st[FLUSHES] += 1
+    hotness.on_flush(P.hot, st[FLUSHES], cfg.COOL_EVERY)
+    rotate(P.pages, P.filters, P.order)
+    st[NEXT_SEQ] += 1
+    st[WAITS] = 0
+
+
+@internal
+def _write_sg(P, first_zone, pages):
+    """Append header, sets and trailer sequentially over the SG's zones (one append per part and zone)."""
+    F = P.dev
+    cap = F.zone_cap
+    z = first_zone
+    room = cap
+    for part in range(3):
+        src = P.scratch.meta[0:1] if part == 0 else pages if part == 1 else P.scratch.meta[1:2]
+        done = 0
+        while done < src.shape[0]:
+            if room == 0:
+                z += 1
+                room = cap
+            n = min(src.shape[0] - done, room // PAGE_SIZE)
+            fl.append(F, z, src[done:done + n].reshape(-1), 0, n * PAGE_SIZE)
+            room -= n * PAGE_SIZE
+            done += n
+
+
+@internal
+def evict_oldest(P):
+    cfg, st = P.cfg, P.st
+    v = st[OLDEST]
+    if cfg.WRITE_BACK:
+        write_back(P, v)
+    F = P.dev
+    first = (v % cfg.N) * cfg.ZPS
+    for z in range(first, first + cfg.ZPS):
+        if F.wp[z] or F.cond[z] == fl.FULL:
+            fl.reset(F, z)
+    P.sg_objects[v % cfg.N] = 0
+    hotness.on_evict(P.hot, v)
+    pbfg.on_evict(P, v)
+    st[OLDEST] += 1
+    P.m.counters[mt.C_SG_EVICTIONS] += 1
+
+
+@internal
+def _shadowed(P, key, j, positions, v):
+    """Does a buffer or an SG younger than `v` hold any record (copy or tombstone) of `key`?"""
+    if buffers_find(P.pages, P.filters, P.order, j, key, positions)[0] >= 0:
+        return True
+    n, _ = pbfg.candidates(P, j, positions, v + 1, P.st[NEXT_SEQ], False, False)
+    if n < 0:
+        return True
+    out = P.pbfg.out
+    for c in range(n):
+        page, ok = read_set(P, out[c], j, P.scratch.check, False)
+        P.m.counters[mt.C_READ_WRITEBACK_CHECK] += PAGE_SIZE
+        if not ok or page_find(page, key) >= 0:
+            return True
+    return False
+
+
+@internal
+def write_back(P, v):
+    """Hotness-aware write-back (§3.4): for offsets whose PBFG is cached, re-insert SG v's hot objects, then the
+    others while space remains, into the SG about to be flushed (B[M-1])."""
+    cfg, m, sc = P.cfg, P.m, P.scratch
+    rear = P.order[cfg.M - 1]
+    offsets = sc.offsets
+    n_cached = 0
+    for slot in range(P.pbfg.offset_of.shape[0]):
+        if P.pbfg.offset_of[slot] >= 0:
+            offsets[n_cached] = P.pbfg.offset_of[slot]
+            n_cached += 1
+    offsets[:n_cached].sort()
+    hot_row = P.hot[v % P.hot.shape[0]]  # v is always inside the window: it is the oldest live SG
+    for c in range(n_cached):
+        j = offsets[c]
+        dst = P.pages[rear, j]
+        if page_free(dst) < OBJ_HEADER + 2:
+            continue
+        page, ok = read_set(P, v, j, sc.victim, False)
+        if not ok:
+            m.counters[mt.C_CORRUPT_SET_PAGES] += 1
+            continue
+        m.counters[mt.C_READ_WRITEBACK] += PAGE_SIZE
+        positions = page_positions(page)
+        hot = np.int64(hot_row[j])
+        first_new = PAGE_HEADER + page_used(dst)
+        for phase in range(2 if cfg.WB_COLD else 1):
+            for i in range(positions.shape[0]):
+                is_hot = i < hotness.SLOTS and (hot >> i) & 1 == 1
+                if is_hot != (phase == 0):
+                    continue
+                pos = positions[i]
+                if obj_flags_at(page, pos) & FLAG_TOMBSTONE or obj_size_at(page, pos) > page_free(dst):
+                    continue
+                key = page[pos + OBJ_HEADER:pos + OBJ_HEADER + np.int64(page[pos])]
+                _hash(P, key, sc.wb_pos)
+                if _shadowed(P, key, j, sc.wb_pos, v):
+                    m.counters[mt.C_WRITEBACK_SHADOWED] += 1
+                    continue
+                page_copy_object(dst, page, pos, FLAG_WRITEBACK)
+                filter_add(P.filters[rear, j], 0, sc.wb_pos)
+                m.counters[mt.C_WRITEBACK_HOT if is_hot else mt.C_WRITEBACK_COLD] += 1
+        page_rotate_to_front(dst, first_new)
+
+
+register_compiled(NemoState, get=get, set=set_, delete=delete, flush=flush)
+
+
+@njit(cache=True)
+def _write_open_group(arena, state):
+    """Recovery: write the open group's block now (rebuilding a block a crash kept off flash)."""
+    return pbfg.write_group(ref_of(arena, state))
+
+
+# ---- the Python side ------------------------------------------------------------------------------------------------------
 
 def _config(options: dict[str, Any]) -> NemoConfig:
     unknown = sorted(set(options) - set(NemoConfig.__dataclass_fields__))
@@ -52,52 +391,57 @@ def _config(options: dict[str, Any]) -> NemoConfig:
     return NemoConfig(**options)
 
 
-def _value(page: np.ndarray, pos: int) -> bytes | None:
-    """The value of the record at `pos`, or None for a tombstone."""
-    start, n, flags = obj_value_span(page, pos)
-    return None if flags & FLAG_TOMBSTONE else page[start:start + n].tobytes()
+def _aligned_pages(n: int) -> np.ndarray:
+    raw = np.zeros((n + 1) * PAGE_SIZE, np.uint8)
+    skip = (-raw.ctypes.data) % PAGE_SIZE
+    return raw[skip:skip + n * PAGE_SIZE].reshape(n, PAGE_SIZE)
 
 
-def _key_array(key: bytes) -> np.ndarray:
-    return np.frombuffer(key, np.uint8)
+def _scalar(index: int, doc: str) -> property:
+    def get_(self) -> int:
+        return int(self.state.st[index])
+
+    def set__(self, value: int) -> None:
+        self.state.st[index] = value
+
+    return property(get_, set__, doc=doc)
 
 
 @register_engine("nemo")
 class NemoEngine(Engine):
     name = "nemo"
 
-    def __init__(self, device: Any, metrics: Metrics | None = None, *, recover: bool = False, **options: Any):
+    def __init__(self, device: Any, metrics: mt.Metrics | None = None, *, recover: bool = False, **options: Any):
         super().__init__(device, metrics)
         self.cfg = options.pop("config", None) or _config(options)
         self.geo = plan_geometry(self.cfg, device.num_zones, device.zone_capacity)
         geo, cfg = self.geo, self.cfg
-        self.S = geo.sets
-        self.N = geo.data_slots
-        self.filter = geo.filter
+        self.S, self.N, self.filter = geo.sets, geo.data_slots, geo.filter
         self.p_th = cfg.p_threshold(self.S)
         self.max_value_size = cfg.max_value_size
-        self.buffers = SetGroupBuffers(cfg.buffered_sgs, self.S, self.filter.nbytes, cfg.buffer_fallback)
-        self.pbfg = PBFG(geo, cfg.pbfg_cache_offsets(geo), device, cfg.hash_seed)
-        self.hotness = HotnessTracker(self.N, self.S, cfg.hot_window, cfg.cooling)
-        self.sg_objects = np.zeros(self.N, np.int64)  # objects (user + write-back) in each live SG slot
-        self.st = np.zeros(3, np.int64)  # OLDEST, NEXT_SEQ, WAITS: shared with the compiled path (core.py)
-        self._rng = np.random.default_rng(cfg.seed)
-        self._page = np.empty(PAGE_SIZE, np.uint8)
-        self._cmp_page = np.empty(PAGE_SIZE, np.uint8)
-        # the compiled path (core.py) serves an in-memory device with count-mode flushes; tests switch it off to
-        # check that both paths agree
-        self.compiled = HAVE_XXH3 and cfg.flush_mode == "count" and hasattr(device, "array")
-        self._cf = np.zeros(16, np.int64)
-        self._cf[[core.S, core.N, core.G, core.L, core.R, core.RB, core.K, core.MBITS, core.ZPS, core.ZCAP,
-                  core.P_TH, core.TRIES, core.WINDOW, core.WB_COLD, core.M]] = [
-            self.S, self.N, geo.group_size, geo.live_groups, geo.rows_per_page, geo.row_bytes, self.filter.k,
-            self.filter.m_bits, geo.zones_per_sg, device.zone_capacity, math.ceil(self.p_th), self.buffers.tries,
-            self.hotness.window, int(cfg.write_back_cold), cfg.buffered_sgs]
-        self._cf[core.SEED] = np.uint64(cfg.hash_seed).astype(np.int64)
-        self._ctr = np.zeros(len(core.COUNTERS), np.int64)
-        self._zone_reads = np.zeros(device.num_zones, np.int64)
-        self._pos_scratch = np.zeros(self.filter.k, np.int64)
-        self._seed = np.uint64(cfg.hash_seed)
+        M, S = cfg.buffered_sgs, geo.sets
+        probability = cfg.flush_mode == "probability"
+        compiled_cfg = Cfg(
+            S=S, N=geo.data_slots, G=geo.group_size, L=geo.live_groups, R=geo.rows_per_page, RB=geo.row_bytes,
+            K=self.filter.k, MBITS=self.filter.m_bits, ZPS=geo.zones_per_sg,
+            TRIES=M if cfg.buffer_fallback else 1, M=M, P_TH=math.ceil(self.p_th) if not probability else 0,
+            PROBABILITY=int(probability), FLUSH_P=float(self.p_th) if probability else 0.0,
+            WRITE_BACK=int(cfg.write_back), WB_COLD=int(cfg.write_back_cold),
+            COOL_EVERY=hotness.cool_every(geo.data_slots, cfg.cooling),
+            SEED=int(np.uint64(cfg.hash_seed).astype(np.int64)), BLOCK_PAGES=geo.index_block_pages)
+        self.pbfg = pbfg.new_pbfg(geo, cfg.pbfg_cache_offsets(geo), device.num_zones, device.zone_capacity)
+        st = np.zeros(5, np.int64)
+        st[RNG] = cfg.seed
+        scratch = Scratch(_aligned_pages(1)[0], _aligned_pages(1)[0], _aligned_pages(1)[0],
+                          np.zeros(self.filter.k, np.int64), np.zeros(self.filter.k, np.int64), np.zeros(S, np.int64),
+                          np.zeros(8, np.int64), np.zeros(S, np.bool_), np.zeros((2, PAGE_SIZE), np.uint8),
+                          np.zeros(S, np.int64))
+        state = NemoState(device.flash, self.metrics.arrays, compiled_cfg, st,
+                          np.zeros((M, S, PAGE_SIZE), np.uint8), np.zeros((M, S, self.filter.nbytes), np.uint8),
+                          np.arange(M, dtype=np.int64), self.pbfg,
+                          np.zeros((hotness.window_sgs(geo.data_slots, cfg.hot_window), S), np.uint16),
+                          np.zeros(geo.data_slots, np.int64), scratch)
+        self._ready(state)
         if recover:  # rebuild the cache the device holds (tierwise.nemo.engines.nemo.recovery)
             from tierwise.nemo.engines.nemo.recovery import recover as recover_from_flash
 
@@ -107,38 +451,32 @@ class NemoEngine(Engine):
             if device.write_pointer(z):
                 device.reset(z)
 
-    oldest = state_field(OLDEST, "Oldest live SG on flash; live SGs are [oldest, next_seq).")
-    next_seq = state_field(NEXT_SEQ, "Sequence number the next flushed SG gets.")
-    waits = state_field(WAITS, "Failed inserts since the last flush (the delayed-flush counter c).")
+    oldest = _scalar(OLDEST, "Oldest live SG on flash; live SGs are [oldest, next_seq).")
+    next_seq = _scalar(NEXT_SEQ, "Sequence number the next flushed SG gets.")
+    waits = _scalar(WAITS, "Failed inserts since the last flush (the delayed-flush counter c).")
 
-    # ---- compiled path (core.py) ---------------------------------------------------------------------------------
+    @property
+    def open_group(self) -> int:
+        """The index group SGs are flushed into now (its filters are in DRAM)."""
+        return int(self.pbfg.st[pbfg.OPEN_GROUP])
 
-    def core_state(self) -> tuple:
-        """The state tuple `E` the compiled functions take: the engine's own arrays, in core.py's order."""
-        b, p = self.buffers, self.pbfg
-        return (self._cf, self.st, p.st, b.pages, b.filters, b.order, p.open_rows, p.flat_rows, p.row_group, p.slot_of,
-                p.offset_of, p.last_use, p.log.loc, self.hotness.bits, self.device.array, self._zone_reads,
-                self._ctr, self._pos_scratch)
+    @property
+    def sg_objects(self) -> np.ndarray:
+        return self.state.sg_objects
 
-    def compiled_replay(self, strict: bool):
-        """The compiled lookaside replay loop (fastreplay.py) when this engine runs compiled, else None."""
-        if not self.compiled:
-            return None
-        from tierwise.nemo.engines.nemo.fastreplay import CompiledReplay
+    def write_open_group(self) -> int:
+        """Write the open index group's block now (recovery); returns the bytes written."""
+        return int(self._call_state(_write_open_group))
 
-        return CompiledReplay(self, strict)
+    def _call_state(self, fn):
+        try:
+            return fn(self.pinned.arena, self.state)
+        except fl.DeviceFault:
+            self.device.raise_fault()
 
-    def fold_core_counters(self) -> None:
-        """Move what the compiled path counted into the metrics and the device's read counters."""
-        ctr = self._ctr
-        for i in np.flatnonzero(ctr).tolist():
-            if core.COUNTERS[i] != "device_read_ios":
-                self.metrics.count(core.COUNTERS[i], int(ctr[i]))
-        self.device.stats.add_reads(self._zone_reads, int(ctr[core.C_READ_IOS]))
-        ctr[:] = 0
-        self._zone_reads[:] = 0
-
-    # ---- addressing ----------------------------------------------------------------------------------------------
+    def offset_of(self, key: bytes) -> int:
+        """The set offset j of a key (the same in every SG)."""
+        return set_offset(key, self.S, self.cfg.hash_seed)
 
     def _addr(self, seq: int, page: int) -> tuple[int, int]:
         """(zone, byte offset) of page `page` of SG `seq` (page 0 = header, 1..S = sets, S+1 = trailer)."""
@@ -146,86 +484,13 @@ class NemoEngine(Engine):
         cap = self.device.zone_capacity
         return (seq % self.N) * self.geo.zones_per_sg + byte // cap, byte % cap
 
-    def _read_set(self, seq: int, j: int, out: np.ndarray) -> bool:
-        z, off = self._addr(seq, 1 + j)
-        self.device.read_into(z, off, out)
-        return page_crc_ok(out)
-
-    def _hash(self, key: bytes, kb: np.ndarray) -> tuple[int, np.ndarray]:
-        """Set offset and Bloom positions of a key (`kb`: the same bytes as an array)."""
-        positions = np.empty(self.filter.k, np.int64)
-        if HAVE_XXH3:  # one compiled call instead of two
-            return int(key_hash_into(kb, self._seed, self.S, self.filter.m_bits, positions)), positions
-        h = key_hash(key, self.S, self.cfg.hash_seed)
-        bloom_positions_into(h.h1, h.h2, self.filter.m_bits, positions)
-        return h.offset, positions
-
-    # ---- API -----------------------------------------------------------------------------------------------------
-
-    def get(self, key: bytes) -> bytes | None:
-        kb = _key_array(key)
-        j, positions = self._hash(key, kb)
-        found, value = self.buffers.value(j, kb, positions)
-        if found:
-            self.metrics.get(value is not None)
-            return value
-        cands, index_reads = self.pbfg.candidates(j, positions, self.oldest, self.next_seq)
-        reads = 0
-        value = None
-        for seq in cands:
-            reads += 1
-            if not self._read_set(int(seq), j, self._page):
-                self.metrics.count("corrupt_set_pages")
-                break
-            pos = page_find(self._page, kb)
-            if pos < 0:
-                continue  # a filter false positive
-            value = _value(self._page, pos)
-            if value is not None and self.hotness.tracked(int(seq), self.oldest):
-                self.hotness.mark(int(seq), j, page_index_of(self._page, pos))
-            break
-        self.metrics.get(value is not None, (reads + index_reads) * PAGE_SIZE, reads, index_reads)
-        return value
-
-    def set(self, key: bytes, value: bytes) -> bool:
-        check_object(key, value, self.cfg.max_value_size)
-        self.metrics.user_insert(len(key) + len(value))
-        kb = _key_array(key)
-        j, positions = self._hash(key, kb)
-        self.buffers.remove(j, kb, positions)
-        # Known-absent from flash only if the filters in DRAM say so; otherwise assume an older copy may exist.
-        cands, _ = self.pbfg.candidates(j, positions, self.oldest, self.next_seq, fetch=False)
-        flags = FLAG_SHADOWS if cands is None or len(cands) else 0
-        self._put(j, kb, _key_array(value), flags, positions)
-        return True
-
-    def delete(self, key: bytes) -> None:
-        if not 1 <= len(key) <= 255:
-            raise TierwiseError(f"key length {len(key)} outside 1..255 bytes")
-        self.metrics.user_delete()
-        kb = _key_array(key)
-        j, positions = self._hash(key, kb)
-        self.buffers.remove(j, kb, positions)
-        cands, index_reads = self.pbfg.candidates(j, positions, self.oldest, self.next_seq)
-        self.metrics.count("delete_index_reads", index_reads)
-        if len(cands):
-            self.metrics.count("tombstones")
-            self._put(j, kb, np.zeros(0, np.uint8), FLAG_TOMBSTONE, positions)
-
-    def flush(self) -> None:
-        """Write every non-empty buffered SG (clean shutdown); partial SGs cost their padding in ALWA."""
-        for _ in range(self.cfg.buffered_sgs):
-            if self.buffers.pages[self.buffers.rear, :, 12:16].any():
-                self._flush_sg()
-            else:
-                self.buffers.rotate()
-
     def object_count(self) -> int:
-        return int(self.sg_objects.sum()) + self.buffers.objects()
+        return int(self.state.sg_objects.sum()) + int(buffered_objects(self.state.pages))
 
     def dram_bytes(self) -> dict[str, int]:
-        return {**self.pbfg.nbytes(), "hotness": self.hotness.nbytes, "sg_table": self.sg_objects.nbytes,
-                **self.buffers.nbytes()}
+        s = self.state
+        return {**pbfg.pbfg_nbytes(self.pbfg), "hotness": s.hot.nbytes, "sg_table": s.sg_objects.nbytes,
+                "buffers": s.pages.nbytes, "buffer_filters": s.filters.nbytes + s.order.nbytes}
 
     def config(self) -> dict[str, Any]:
         g = self.geo
@@ -233,150 +498,3 @@ class NemoEngine(Engine):
                 "zones_per_sg": g.zones_per_sg, "index_zones": len(g.index_zones), "rows_per_index_page":
                 g.rows_per_page, "filter_m_bits": self.filter.m_bits, "filter_k": self.filter.k, "p_th": self.p_th,
                 "pbfg_pages_per_fetch": g.live_groups, "pbfg_cached_offsets": int(self.pbfg.offset_of.size)}
-
-    # ---- insert path ---------------------------------------------------------------------------------------------
-
-    def _put(self, j: int, kb: np.ndarray, vb: np.ndarray, flags: int, positions: np.ndarray) -> None:
-        if self.buffers.insert(j, kb, vb, flags, positions) >= 0:
-            return
-        self.waits += 1  # every candidate set is full: delay the flush (§3.3)
-        if self._flush_due():
-            self._flush_sg()
-        else:
-            row = self.buffers.last_tried
-            lost, lost_bytes, ok = sacrifice(self.buffers.pages[row, j], OBJ_HEADER + kb.size + vb.size)
-            self.metrics.dropped(lost, lost_bytes)
-            if not ok:
-                self._flush_sg()  # the set holds only tombstones: flushing is the only way to make room
-        if self.buffers.insert(j, kb, vb, flags, positions) < 0:
-            raise TierwiseError(f"object of {kb.size + vb.size} B does not fit an empty {PAYLOAD}-byte set")
-
-    def _flush_due(self) -> bool:
-        if self.cfg.flush_mode == "count":
-            return self.waits >= self.p_th
-        return bool(self._rng.random() < self.p_th)
-
-    # ---- flush and eviction --------------------------------------------------------------------------------------
-
-    def _flush_sg(self) -> None:
-        if self.next_seq - self.oldest >= self.N:
-            self._evict_oldest()
-        seq = self.next_seq
-        rear = self.buffers.rear
-        pages = self.buffers.pages[rear]
-        tally = pages_tally(pages)
-        seal_pages(pages, seq, 0)
-        cols = tally.sum(axis=0)
-        slot = seq % self.N
-        header = encode_sg_header(SGHeader(seq=seq, sets=self.S, slot=slot, zones_per_sg=self.geo.zones_per_sg,
-                                           hash_seed=self.cfg.hash_seed, m_bits=self.filter.m_bits,
-                                           k=self.filter.k, group_size=self.geo.group_size))
-        trailer = encode_sg_trailer(SGTrailer(seq=seq, sets=self.S,
-                                              objects=int(cols[_T["user_objects"]] + cols[_T["writeback_objects"]]),
-                                              user_bytes=int(cols[_T["user_kv_bytes"]]), sets_crc=sets_crc(pages)))
-        self._write_sg(slot, [np.frombuffer(header, np.uint8)[None, :], pages, np.frombuffer(trailer, np.uint8)[None, :]])
-        m = self.metrics
-        user, hdr = int(cols[_T["user_kv_bytes"]]), int(cols[_T["user_header_bytes"]])
-        m.device_write("user", user)
-        m.device_write("object_headers", hdr)
-        m.device_write("writeback", int(cols[_T["writeback_bytes"]]))
-        m.device_write("tombstone", int(cols[_T["tombstone_bytes"]]))
-        m.device_write("padding", int(self.S * PAYLOAD - cols[_T["used_bytes"]]))
-        m.device_write("page_headers", (self.S * (PAGE_SIZE - PAYLOAD)) + SG_META_PAGES * PAGE_SIZE)
-        m.flashed_user(int(cols[_T["user_objects"]]), user, hdr)
-        m.flushed_sets(tally[:, _T["used_bytes"]] / PAYLOAD)
-        m.count("writeback_objects", int(cols[_T["writeback_objects"]]))
-        self.sg_objects[slot] = int(cols[_T["user_objects"]] + cols[_T["writeback_objects"]])
-        filters = self.buffers.filters[rear]
-        set_filters(pages, filters, self.cfg.hash_seed, self.filter.k, self.filter.m_bits)
-        index_bytes = self.pbfg.add_sg(seq, filters)
-        if index_bytes:
-            m.device_write("index", index_bytes)
-        self.hotness.on_flush()
-        self.buffers.rotate()
-        self.next_seq += 1
-        self.waits = 0
-
-    def _write_sg(self, slot: int, parts: list[np.ndarray]) -> None:
-        """Append header, sets and trailer pages sequentially over the SG's zones."""
-        cap = self.device.zone_capacity
-        z = slot * self.geo.zones_per_sg
-        room = cap
-        for part in parts:
-            done = 0
-            while done < part.shape[0]:
-                if room == 0:
-                    z += 1
-                    room = cap
-                n = min(part.shape[0] - done, room // PAGE_SIZE)
-                self.device.append(z, part[done:done + n])
-                room -= n * PAGE_SIZE
-                done += n
-
-    def _evict_oldest(self) -> None:
-        v = self.oldest
-        if self.cfg.write_back:
-            self._write_back(v)
-        first = (v % self.N) * self.geo.zones_per_sg
-        for z in range(first, first + self.geo.zones_per_sg):
-            if self.device.write_pointer(z):
-                self.device.reset(z)
-        self.sg_objects[v % self.N] = 0
-        self.hotness.on_evict(v)
-        self.pbfg.on_evict(v)
-        self.oldest += 1
-        self.metrics.count("sg_evictions")
-
-    def _write_back(self, v: int) -> None:
-        """Hotness-aware write-back (§3.4): for offsets whose PBFG is cached, re-insert the victim's hot objects,
-        then the others while space remains, into the SG about to be flushed (B[M-1])."""
-        if self.compiled:
-            core.write_back(self.core_state(), v, self.pbfg.cached_offsets(), self.pbfg._out)
-            self.fold_core_counters()
-            return
-        rear = self.buffers.rear
-        dst_pages, dst_filters = self.buffers.pages[rear], self.buffers.filters[rear]
-        tracked = self.hotness.tracked(v, v)
-        page = self._page
-        for j in self.pbfg.cached_offsets():
-            j = int(j)
-            if page_free(dst_pages[j]) < OBJ_HEADER + 2:
-                continue
-            if not self._read_set(v, j, page):
-                self.metrics.count("corrupt_set_pages")
-                continue
-            self.metrics.device_read("writeback", PAGE_SIZE)
-            positions = page_positions(page)
-            hot = self.hotness.set_bits(v, j) if tracked else 0
-            order = [i for i in range(len(positions)) if i < SLOTS and hot >> i & 1]
-            if self.cfg.write_back_cold:
-                order += [i for i in range(len(positions)) if not (i < SLOTS and hot >> i & 1)]
-            first_new = PAGE_HEADER + page_used(dst_pages[j])
-            for i in order:
-                pos = int(positions[i])
-                if obj_flags_at(page, pos) & FLAG_TOMBSTONE or obj_size_at(page, pos) > page_free(dst_pages[j]):
-                    continue
-                key = object_at(page, pos).key
-                jj, bpos = self._hash(key, _key_array(key))
-                if self._shadowed(key, j, bpos, v):
-                    self.metrics.count("writeback_shadowed")
-                    continue
-                page_copy_object(dst_pages[j], page, pos, FLAG_WRITEBACK)
-                filter_add(dst_filters[j], 0, bpos)
-                self.metrics.count("writeback_hot" if i < SLOTS and hot >> i & 1 else "writeback_cold")
-            page_rotate_to_front(dst_pages[j], first_new)
-
-    def _shadowed(self, key: bytes, j: int, positions: np.ndarray, v: int) -> bool:
-        """Does a buffer or an SG younger than `v` hold any record (copy or tombstone) of `key`?"""
-        kb = _key_array(key)
-        if self.buffers.find(j, kb, positions)[0] >= 0:
-            return True
-        cands, _ = self.pbfg.candidates(j, positions, v + 1, self.next_seq, fetch=False)
-        if cands is None:
-            return True
-        for seq in cands:
-            ok = self._read_set(int(seq), j, self._cmp_page)
-            self.metrics.device_read("writeback_check", PAGE_SIZE)
-            if not ok or page_find(self._cmp_page, kb) >= 0:
-                return True
-        return False

@@ -1,7 +1,8 @@
 """On-flash records of a Nemo cache besides the set pages (`tierwise.nemo.layout`); see docs/nemo-format.md.
 
 Every record is one 4 KB page ending its fixed fields with a crc32c over them, so recovery can tell a complete,
-self-consistent SG or index block from a torn one.
+self-consistent SG or index block from a torn one. The engine writes them from compiled code (`write_*`); the
+`encode_*` functions return the same page as bytes, and recovery reads them with `decode_*`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ INDEX_MAGIC = b"NEMOIX01"
 _SG_HEADER = struct.Struct("<8sHHQIIIIQIII")  # magic, version, flags, seq, S, set size, slot, zones/SG, seed, m, k, G
 _SG_TRAILER = struct.Struct("<8sHHQIIQI")  # magic, version, flags, seq, S, objects, user kv bytes, crc32c of set CRCs
 _INDEX_HEADER = struct.Struct("<8sHHQQQIIIIIIQ")  # magic, ver, flags, group, seq lo, seq hi, S, G, m, k, R, pages, seed
+_SG_HEADER_SIZE, _SG_TRAILER_SIZE, _INDEX_HEADER_SIZE = _SG_HEADER.size, _SG_TRAILER.size, _INDEX_HEADER.size
 INDEX_ROW_HEADER = 16  # crc32c u32 over [4, 16), group id u64, first set offset u32; then R (row, check) entries
 ROW_CHECK = 4  # after each row: crc32c of the row keyed by (group, offset)
 
@@ -68,11 +70,6 @@ class IndexHeader:
     flags: int = 0
 
 
-def _page(body: bytes) -> bytes:
-    body = body + crc32c.crc32c(body).to_bytes(4, "little")
-    return body + bytes(PAGE_SIZE - len(body))
-
-
 def _unpack(st: struct.Struct, page: bytes, magic: bytes, what: str) -> tuple:
     if len(page) < st.size + 4:
         raise TierwiseError(f"{what}: page too short")
@@ -87,8 +84,10 @@ def _unpack(st: struct.Struct, page: bytes, magic: bytes, what: str) -> tuple:
 
 
 def encode_sg_header(h: SGHeader) -> bytes:
-    return _page(_SG_HEADER.pack(SG_MAGIC, FORMAT_VERSION, h.flags, h.seq, h.sets, h.set_size, h.slot,
-                                 h.zones_per_sg, h.hash_seed, h.m_bits, h.k, h.group_size))
+    page = np.zeros(PAGE_SIZE, np.uint8)
+    write_sg_header(page, h.seq, h.sets, h.slot, h.zones_per_sg, h.hash_seed, h.m_bits, h.k, h.group_size,
+                    h.set_size, h.flags)
+    return page.tobytes()
 
 
 def decode_sg_header(page: bytes) -> SGHeader:
@@ -98,8 +97,9 @@ def decode_sg_header(page: bytes) -> SGHeader:
 
 
 def encode_sg_trailer(t: SGTrailer) -> bytes:
-    return _page(_SG_TRAILER.pack(SG_COMMIT_MAGIC, FORMAT_VERSION, t.flags, t.seq, t.sets, t.objects, t.user_bytes,
-                                  t.sets_crc))
+    page = np.zeros(PAGE_SIZE, np.uint8)
+    write_sg_trailer(page, t.seq, t.sets, t.objects, t.user_bytes, t.sets_crc, t.flags)
+    return page.tobytes()
 
 
 def decode_sg_trailer(page: bytes) -> SGTrailer:
@@ -107,14 +107,21 @@ def decode_sg_trailer(page: bytes) -> SGTrailer:
     return SGTrailer(seq=f[3], sets=f[4], objects=f[5], user_bytes=f[6], sets_crc=f[7], flags=f[2])
 
 
-def sets_crc(pages: np.ndarray) -> int:
-    """crc32c over the crc fields of the S set pages (the trailer's commit check)."""
-    return crc32c.crc32c(np.ascontiguousarray(pages[:, 0:4]).tobytes())
+@njit(cache=True)
+def sets_crc(pages) -> int:
+    """crc32c over the crc fields of the S set pages, in offset order (the trailer's commit check)."""
+    fields = np.empty(4 * pages.shape[0], np.uint8)
+    for j in range(pages.shape[0]):
+        for b in range(4):
+            fields[4 * j + b] = pages[j, b]
+    return native_crc32c(fields)
 
 
 def encode_index_header(h: IndexHeader) -> bytes:
-    return _page(_INDEX_HEADER.pack(INDEX_MAGIC, FORMAT_VERSION, h.flags, h.group, h.seq_lo, h.seq_hi, h.sets,
-                                    h.group_size, h.m_bits, h.k, h.rows_per_page, h.row_pages, h.hash_seed))
+    page = np.zeros(PAGE_SIZE, np.uint8)
+    write_index_header(page, h.group, h.seq_lo, h.seq_hi, h.sets, h.group_size, h.m_bits, h.k, h.rows_per_page,
+                       h.row_pages, h.hash_seed, h.flags)
+    return page.tobytes()
 
 
 def decode_index_header(page: bytes) -> IndexHeader:
@@ -135,6 +142,71 @@ def _le(page, start, n):
 def _put_le(page, start, n, v):
     for i in range(n):
         page[start + i] = (np.uint64(v) >> np.uint64(8 * i)) & np.uint64(0xFF)
+
+
+_MAGICS = np.frombuffer(SG_MAGIC + SG_COMMIT_MAGIC + INDEX_MAGIC, np.uint8).reshape(3, 8)
+_SG, _COMMIT, _INDEX = range(3)
+
+
+@njit(cache=True, inline="always")
+def _begin(page, magic, flags):
+    """Magic, format version and flags: the first 12 bytes of every record."""
+    page[0:8] = _MAGICS[magic]
+    _put_le(page, 8, 2, FORMAT_VERSION)
+    _put_le(page, 10, 2, flags)
+
+
+@njit(cache=True, inline="always")
+def _seal(page, size):
+    """The crc32c of the `size` bytes of fixed fields, right after them (the rest of the page is zero)."""
+    _put_le(page, size, 4, native_crc32c(page[:size]))
+
+
+@njit(cache=True)
+def write_sg_header(page, seq, sets, slot, zones_per_sg, hash_seed, m_bits, k, group_size, set_size=PAGE_SIZE,
+                    flags=0):
+    """The SG header record (layout `_SG_HEADER`) into a zeroed page."""
+    _begin(page, _SG, flags)
+    _put_le(page, 12, 8, seq)
+    _put_le(page, 20, 4, sets)
+    _put_le(page, 24, 4, set_size)
+    _put_le(page, 28, 4, slot)
+    _put_le(page, 32, 4, zones_per_sg)
+    _put_le(page, 36, 8, hash_seed)
+    _put_le(page, 44, 4, m_bits)
+    _put_le(page, 48, 4, k)
+    _put_le(page, 52, 4, group_size)
+    _seal(page, _SG_HEADER_SIZE)
+
+
+@njit(cache=True)
+def write_sg_trailer(page, seq, sets, objects, user_bytes, crc_of_sets, flags=0):
+    """The SG trailer (commit) record (layout `_SG_TRAILER`) into a zeroed page."""
+    _begin(page, _COMMIT, flags)
+    _put_le(page, 12, 8, seq)
+    _put_le(page, 20, 4, sets)
+    _put_le(page, 24, 4, objects)
+    _put_le(page, 28, 8, user_bytes)
+    _put_le(page, 36, 4, crc_of_sets)
+    _seal(page, _SG_TRAILER_SIZE)
+
+
+@njit(cache=True)
+def write_index_header(page, group, seq_lo, seq_hi, sets, group_size, m_bits, k, rows_per_page, row_pages, hash_seed,
+                       flags=0):
+    """The index block header record (layout `_INDEX_HEADER`) into a zeroed page."""
+    _begin(page, _INDEX, flags)
+    _put_le(page, 12, 8, group)
+    _put_le(page, 20, 8, seq_lo)
+    _put_le(page, 28, 8, seq_hi)
+    _put_le(page, 36, 4, sets)
+    _put_le(page, 40, 4, group_size)
+    _put_le(page, 44, 4, m_bits)
+    _put_le(page, 48, 4, k)
+    _put_le(page, 52, 4, rows_per_page)
+    _put_le(page, 56, 4, row_pages)
+    _put_le(page, 60, 8, hash_seed)
+    _seal(page, _INDEX_HEADER_SIZE)
 
 
 @njit(cache=True, inline="always")

@@ -1,6 +1,7 @@
 """Hybrid hotness tracking (nemo.md §3.7): frequency = one access bit per object slot, kept only for the oldest
 `window` of live SGs; recency = the object's PBFG is cached. Hot = bit set AND PBFG cached (the caller checks the
-second half, which it knows from the index cache)."""
+second half, which it knows from the index cache). The bits are a (window, S) uint16 array: row seq % window is
+SG seq's while it is in the window."""
 
 from __future__ import annotations
 
@@ -8,35 +9,37 @@ import math
 
 import numpy as np
 
+from tierwise.nemo.native import internal
+
 SLOTS = 16  # bits per (SG, set) ≈ 1 bit per object (a set holds ~15 objects at 246 B); later slots are never hot
 
 
-class HotnessTracker:
-    def __init__(self, data_slots: int, sets: int, window: float, cooling: float):
-        self.window = max(1, math.ceil(window * data_slots))  # SGs tracked: [oldest, oldest + window)
-        self.cool_every = max(1, math.ceil(cooling * data_slots))  # SG flushes between clears (10% of writes)
-        self.bits = np.zeros((self.window, sets), np.uint16)
-        self._flushes = 0
+def window_sgs(data_slots: int, window: float) -> int:
+    """SGs tracked: [oldest, oldest + window)."""
+    return max(1, math.ceil(window * data_slots))
 
-    def tracked(self, seq: int, oldest: int) -> bool:
-        return seq < oldest + self.window
 
-    def mark(self, seq: int, j: int, slot: int) -> None:
-        if slot < SLOTS:
-            self.bits[seq % self.window, j] |= np.uint16(1 << slot)
+def cool_every(data_slots: int, cooling: float) -> int:
+    """SG flushes between clears of every bit (10% of the cache's writes)."""
+    return max(1, math.ceil(cooling * data_slots))
 
-    def set_bits(self, seq: int, j: int) -> int:
-        return int(self.bits[seq % self.window, j])
 
-    def on_evict(self, oldest: int) -> None:
-        """SG `oldest` leaves; its row now belongs to SG oldest + window, which enters the window with no history."""
-        self.bits[oldest % self.window] = 0
+@internal(inline=True)
+def mark(bits, seq, oldest, j, slot):
+    """A flash hit on object slot `slot` of set j of SG seq: set its bit if the SG is in the window."""
+    window = bits.shape[0]
+    if seq < oldest + window and slot < SLOTS:
+        bits[seq % window, j] |= np.uint16(1 << slot)
 
-    def on_flush(self) -> None:
-        self._flushes += 1
-        if self._flushes % self.cool_every == 0:
-            self.bits[:] = 0
 
-    @property
-    def nbytes(self) -> int:
-        return self.bits.nbytes
+@internal
+def on_evict(bits, oldest):
+    """SG `oldest` leaves; its row now belongs to SG oldest + window, which enters the window with no history."""
+    bits[oldest % bits.shape[0], :] = 0
+
+
+@internal
+def on_flush(bits, flushes, every):
+    """After the `flushes`-th SG flush: cool down (clear every bit) every `every` flushes."""
+    if flushes % every == 0:
+        bits[:, :] = 0

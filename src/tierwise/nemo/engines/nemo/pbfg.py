@@ -7,23 +7,73 @@ A *row* is the G set-level filters of one offset j across the G SGs of an index 
   cuts index writes without adding reads: a PBFG still costs one page per live group).
 - The DRAM cache holds, for a fraction of the offsets (LRU), the rows of every written group that covers live SGs.
 Positives of SGs outside the live range [lo, hi) are ignored (evicted SGs).
+
+Index blocks are appended to a ring of index zones; a zone is reset when the ring comes back to it, which must
+find every group it held dead. `loc` says where each live group's block lies: rows g mod len(loc) of
+[(zone, byte offset, pages)] segments (a block may span zones), -1 padded.
+
+Functions take the engine's state Ref `P` (fields `pbfg`, `cfg`, `dev`, `m`, `scratch`; see engine.py).
 """
 
 from __future__ import annotations
+
+from collections import namedtuple
 
 import numpy as np
 from numba import njit
 
 from tierwise.common.errors import TierwiseError
+from tierwise.nemo.device import flash as fl
+from tierwise.nemo.device import timing
 from tierwise.nemo.engines.nemo.config import Geometry
-from tierwise.nemo.engines.nemo.format import (INDEX_ROW_HEADER, ROW_CHECK, IndexHeader, encode_index_header,
-                                               fill_row_page, row_valid)
+from tierwise.nemo.engines.nemo.format import INDEX_ROW_HEADER, ROW_CHECK, fill_row_page, row_valid, write_index_header
 from tierwise.nemo.index.bloom import GROUP_ROW_SLACK, group_probe, group_rows, group_set_member
 from tierwise.nemo.layout import PAGE_SIZE
-from tierwise.nemo.native import state_field, unref
+from tierwise.nemo.native import copy_bytes, internal, prefetch
+
+# st: the index's scalars
+OPEN_GROUP, OPEN_MEMBERS, CLOCK, FREE_SLOTS, CUR = range(5)
+UNKNOWN, NEED_FETCH = -1, -2  # probe outcomes besides a candidate count
+STAGE_PAGES = 256  # an index block is written from a staging buffer of at most this many pages at a time
+
+Pbfg = namedtuple("Pbfg", [
+    "st",  # int64[5]: OPEN_GROUP, OPEN_MEMBERS, CLOCK (LRU), FREE_SLOTS (cache), CUR (index zone being written)
+    "open_rows",  # uint8[S, row bytes] (+ slack): the open group's rows
+    "rows",  # uint8[cache slots * L, row bytes] (+ slack): cached rows, row (slot, i) = slot * L + i
+    "row_group",  # int64[cache slots, L]: the group each cached row belongs to (-1 = none)
+    "slot_of",  # int32[S]: cache slot of each offset (-1 = not cached)
+    "offset_of",  # int32[cache slots]: offset held by each slot (-1 = free)
+    "last_use",  # int64[cache slots]: LRU clock of each slot
+    "out",  # int64[N + G + 1]: candidate SG sequence numbers of the last probe
+    "loc",  # int64[L + 2, segments, 3]: where each live group's block lies
+    "zones",  # int64[index zones]: the ring of index zones
+    "zone_live",  # int64[device zones]: live groups with a segment in each zone
+    "stage",  # uint8[<= STAGE_PAGES, PAGE_SIZE]: index pages on their way to flash
+])
 
 
-@njit(cache=True, inline="always")
+def new_pbfg(geo: Geometry, cache_offsets: int, num_zones: int, zone_capacity: int) -> Pbfg:
+    S, L, rb = geo.sets, geo.live_groups, geo.row_bytes
+    segments = -(-geo.index_block_pages * PAGE_SIZE // zone_capacity) + 1
+    st = np.zeros(5, np.int64)
+    st[FREE_SLOTS] = cache_offsets
+    return Pbfg(st, group_rows(S, rb), group_rows(cache_offsets * L, rb), np.full((cache_offsets, L), -1, np.int64),
+                np.full(S, -1, np.int32), np.full(cache_offsets, -1, np.int32), np.zeros(cache_offsets, np.int64),
+                np.empty(geo.data_slots + geo.group_size + 1, np.int64), np.full((L + 2, segments, 3), -1, np.int64),
+                np.array(geo.index_zones, np.int64), np.zeros(num_zones, np.int64),
+                np.zeros((min(geo.index_block_pages, STAGE_PAGES), PAGE_SIZE), np.uint8))
+
+
+def pbfg_nbytes(pb: Pbfg) -> dict[str, int]:
+    """DRAM of the index (the staging buffer and the probe scratch are transient, not counted)."""
+    return {"pbfg_cache": pb.rows.nbytes + GROUP_ROW_SLACK + pb.row_group.nbytes + pb.slot_of.nbytes
+            + pb.offset_of.nbytes + pb.last_use.nbytes,
+            "open_group": pb.open_rows.nbytes + GROUP_ROW_SLACK, "index_locations": pb.loc.nbytes}
+
+
+# ---- probing ----------------------------------------------------------------------------------------------------------
+
+@internal(inline=True)
 def _candidates(open_rows, j, open_group, open_members, rows, slot, row_group, G, positions, lo, hi, out) -> int:
     """SG sequence numbers in [lo, hi) whose set-level filter may hold the key, newest first: the open group's row j,
     then the cached rows of slot `slot` (rows[slot * L + i], L = row_group.shape[1]; slot -1 = none cached)."""
@@ -47,34 +97,23 @@ def _candidates(open_rows, j, open_group, open_members, rows, slot, row_group, G
     return n
 
 
-@njit(cache=True)
-def add_member(open_rows, G, member, filters, m_bits) -> None:
-    """A flushed SG's S set-level filters become member `member` of the open group's S rows."""
-    for j in range(open_rows.shape[0]):
-        group_set_member(open_rows[j], G, member, filters[j], m_bits)
-
-
-# PBFG scalars, in one int64 array so compiled code and Python share them
-OPEN_GROUP, OPEN_MEMBERS, CLOCK, FREE_SLOTS = range(4)
-UNKNOWN, NEED_FETCH = -1, -2  # probe outcomes besides a candidate count
-
-
-@njit(cache=True, inline="always")
-def probe(pst, slot_of, last_use, open_rows, rows, row_group, G, j, positions, lo, hi, fetch, out) -> int:
-    """The candidates of PBFG.candidates once row j is in DRAM: their count (in `out`), or NEED_FETCH when row j
-    is not cached and `fetch` asks for it (fetch, then probe again), or UNKNOWN when it is not cached, written groups
-    cover live SGs and there is no `fetch` (flash copies cannot be ruled out). Touches the LRU."""
-    slot = slot_of[j]
+@internal(inline=True)
+def _probe(pb, G, j, positions, lo, hi, fetch):
+    """The candidates once row j is in DRAM: their count (in pb.out), NEED_FETCH when row j is not cached and
+    `fetch` asks for it, or UNKNOWN when it is not cached, written groups cover live SGs and there is no `fetch`
+    (flash copies cannot be ruled out). Touches the LRU."""
+    slot = pb.slot_of[j]
+    st = pb.st
     if slot < 0:
         if fetch:
             return NEED_FETCH
-        if pst[OPEN_GROUP] * G > lo:
+        if st[OPEN_GROUP] * G > lo:
             return UNKNOWN
     else:
-        pst[CLOCK] += 1
-        last_use[slot] = pst[CLOCK]
-    return _candidates(open_rows, j, pst[OPEN_GROUP], pst[OPEN_MEMBERS], rows, slot, row_group, G, positions, lo, hi,
-                       out)
+        st[CLOCK] += 1
+        pb.last_use[slot] = st[CLOCK]
+    return _candidates(pb.open_rows, j, st[OPEN_GROUP], st[OPEN_MEMBERS], pb.rows, slot, pb.row_group, G, positions,
+                       lo, hi, pb.out)
 
 
 @njit(cache=True)
@@ -89,189 +128,202 @@ def locate_page(loc, group, page):
     return -1, -1
 
 
-@unref
-def take_slot(offset_of, slot_of, last_use, pst) -> int:
+@internal
+def _take_slot(pb):
     """A PBFG cache slot for a new offset: a free one, else the least recently used (its offset is dropped)."""
-    if pst[FREE_SLOTS] > 0:
-        pst[FREE_SLOTS] -= 1
-        for slot in range(offset_of.shape[0]):
-            if offset_of[slot] < 0:
+    if pb.st[FREE_SLOTS] > 0:
+        pb.st[FREE_SLOTS] -= 1
+        for slot in range(pb.offset_of.shape[0]):
+            if pb.offset_of[slot] < 0:
                 return slot
-    slot = np.argmin(last_use)
-    slot_of[offset_of[slot]] = -1
+    slot = np.argmin(pb.last_use)
+    pb.slot_of[pb.offset_of[slot]] = -1
     return slot
 
 
-class IndexLog:
-    """Index blocks appended to a ring of index zones; a zone is reset when reused, once all its groups are dead."""
-
-    def __init__(self, device, zones: list[int], block_pages: int, live_groups: int):
-        self.device = device
-        self.zones = zones
-        self.block_bytes = block_pages * PAGE_SIZE
-        self.cap = device.zone_capacity
-        self.cur = 0
-        self.where: dict[int, list[tuple[int, int, int]]] = {}  # group -> [(zone, byte offset, pages)]
-        self.zone_groups: dict[int, set[int]] = {z: set() for z in zones}
-        # the same segments as a table compiled code can read: row g % rows = [(zone, offset, pages)] padded by -1
-        segments = -(-block_pages * PAGE_SIZE // self.cap) + 1
-        self.loc = np.full((live_groups + 2, segments, 3), -1, np.int64)
-
-    def _advance(self) -> int:
-        self.cur = (self.cur + 1) % len(self.zones)
-        z = self.zones[self.cur]
-        if self.zone_groups[z]:
-            raise TierwiseError(f"index zone {z} still holds live groups {sorted(self.zone_groups[z])}: too few index zones")
-        if self.device.write_pointer(z):
-            self.device.reset(z)
-        return z
-
-    def write_block(self, group: int, pages: np.ndarray) -> None:
-        z = self.zones[self.cur]
-        room = self.cap - self.device.write_pointer(z)
-        if room < min(self.block_bytes, self.cap) or (self.block_bytes > self.cap and room < self.cap):
-            z = self._advance()
-        segs = []
-        done = 0
-        total = pages.shape[0]
-        while done < total:
-            if self.cap - self.device.write_pointer(z) < PAGE_SIZE:
-                z = self._advance()
-            n = min(total - done, (self.cap - self.device.write_pointer(z)) // PAGE_SIZE)
-            off = self.device.append(z, pages[done:done + n])
-            segs.append((z, off, n))
-            done += n
-        self.record(group, segs)
-
-    def record(self, group: int, segs: list[tuple[int, int, int]]) -> None:
-        """Where group `group`'s block lies: [(zone, byte offset, pages)] (written now, or found by recovery)."""
-        self.where[group] = segs
-        row = self.loc[group % self.loc.shape[0]]
-        row[:] = -1
-        row[:len(segs)] = segs
-        for z, _, _ in segs:
-            self.zone_groups[z].add(group)
-
-    def locate(self, group: int, page: int) -> tuple[int, int]:
-        z, off = locate_page(self.loc, group, page)
-        if group not in self.where or z < 0:
-            raise IndexError(f"index group {group} page {page} is not on flash")
-        return int(z), int(off)
-
-    def drop(self, group: int) -> None:
-        for z, _, _ in self.where.pop(group, ()):
-            self.zone_groups[z].discard(group)
-        self.loc[group % self.loc.shape[0]] = -1
+@internal
+def fetch_rows(P, j, lo, foreground):
+    """Read row j of every written group covering live SGs (one page each, read in parallel) into an LRU slot;
+    returns the pages read."""
+    pb, cfg = P.pbfg, P.cfg
+    slot = _take_slot(pb)
+    pb.slot_of[j] = slot
+    pb.offset_of[slot] = j
+    pb.row_group[slot, :] = -1
+    first = (j // cfg.R) * cfg.R
+    rb = cfg.RB
+    start = INDEX_ROW_HEADER + (j - first) * (rb + ROW_CHECK)
+    reads = 0
+    F = P.dev
+    if F.kind != fl.SYSCALL:  # start every page's DRAM fetch before checking any
+        for g in range(max(0, lo // cfg.G), pb.st[OPEN_GROUP]):
+            z, off = locate_page(pb.loc, g, 1 + j // cfg.R)
+            base = z * F.zone_cap + off
+            prefetch(F.data, base)
+            for line in range(base + start, base + start + rb + ROW_CHECK, 64):
+                prefetch(F.data, line)
+    if foreground:
+        timing.begin_batch(F.timing)
+    for g in range(max(0, lo // cfg.G), pb.st[OPEN_GROUP]):
+        z, off = locate_page(pb.loc, g, 1 + j // cfg.R)
+        page = fl.read(F, z, off, PAGE_SIZE, P.scratch.page, foreground)
+        reads += 1
+        dest = pb.rows[slot * cfg.L + g % cfg.L]
+        if row_valid(page, g, first, j - first, rb):
+            copy_bytes(dest, 0, page, start, rb)
+        else:  # torn/corrupt index page: every member may hold the key (extra reads, never a stale hit)
+            dest[:] = 0xFF
+        pb.row_group[slot, g % cfg.L] = g
+    if foreground:
+        timing.end_batch(F.timing)
+    return reads
 
 
-class PBFG:
-    def __init__(self, geo: Geometry, cache_offsets: int, device, hash_seed: int):
-        S, G, rb = geo.sets, geo.group_size, geo.row_bytes
-        self.geo, self.S, self.G, self.rb = geo, S, G, rb
-        self.device = device
-        self.hash_seed = hash_seed
-        self.log = IndexLog(device, geo.index_zones, geo.index_block_pages, geo.live_groups)
-        self.open_rows = group_rows(S, rb)
-        self.st = np.zeros(4, np.int64)  # OPEN_GROUP, OPEN_MEMBERS, CLOCK, FREE_SLOTS
-        cap = cache_offsets
-        L = geo.live_groups
-        self.flat_rows = group_rows(cap * L, rb)  # row (slot, i) = slot*L + i, for compiled code
-        self.rows = self.flat_rows.reshape(cap, L, rb)  # the same rows
-        self.row_group = np.full((cap, L), -1, np.int64)
-        self.slot_of = np.full(S, -1, np.int32)
-        self.offset_of = np.full(cap, -1, np.int32)
-        self.last_use = np.zeros(cap, np.int64)
-        self.st[FREE_SLOTS] = cap
-        self._out = np.empty(geo.data_slots + G + 1, np.int64)
-        self._page = np.empty(PAGE_SIZE, np.uint8)
+@internal
+def candidates(P, j, positions, lo, hi, fetch, foreground):
+    """(count of SG seqs in P.pbfg.out, index pages read); count UNKNOWN (-1) = uncached PBFG without `fetch`."""
+    pages = 0
+    while True:  # probe; on NEED_FETCH fetch the row and probe again
+        n = _probe(P.pbfg, P.cfg.G, j, positions, lo, hi, fetch)
+        if n != NEED_FETCH:
+            return n, pages
+        pages = fetch_rows(P, j, lo, foreground)
 
-    open_group = state_field(OPEN_GROUP, "The index group SGs are flushed into now (its filters are in DRAM).")
-    open_members = state_field(OPEN_MEMBERS, "SGs of the open group flushed so far.")
 
-    # ---- lookups -------------------------------------------------------------------------------------------------
+# ---- flushes ----------------------------------------------------------------------------------------------------------
 
-    def cached(self, j: int) -> bool:
-        return self.slot_of[j] >= 0
+@njit(cache=True)
+def add_member(open_rows, G, member, filters, m_bits) -> None:
+    """A flushed SG's S set-level filters become member `member` of the open group's S rows."""
+    for j in range(open_rows.shape[0]):
+        group_set_member(open_rows[j], G, member, filters[j], m_bits)
 
-    def cached_offsets(self) -> np.ndarray:
-        return np.sort(self.offset_of[self.offset_of >= 0]).astype(np.int64)
 
-    def candidates(self, j: int, positions: np.ndarray, lo: int, hi: int, fetch: bool = True):
-        """(SG seqs in [lo, hi) that may hold the key at offset j, newest first; index pages read).
+@internal
+def add_sg(P, seq, filters):
+    """Put a flushed SG's S set-level filters into the open group; write the group when full. Returns index
+    bytes written."""
+    pb, cfg = P.pbfg, P.cfg
+    st = pb.st
+    if seq // cfg.G != st[OPEN_GROUP] or seq % cfg.G != st[OPEN_MEMBERS]:
+        raise TierwiseError("an SG was flushed out of order into the open index group")
+    add_member(pb.open_rows, cfg.G, seq % cfg.G, filters, cfg.MBITS)
+    st[OPEN_MEMBERS] += 1
+    if st[OPEN_MEMBERS] < cfg.G:
+        return 0
+    return write_group(P)
 
-        Without `fetch`, an uncached PBFG gives (None, 0): the caller cannot rule out flash copies.
-        """
-        args = (self.st, self.slot_of, self.last_use, self.open_rows, self.flat_rows, self.row_group, self.G, j,
-                positions, lo, hi, fetch, self._out)
-        n = probe(*args)
-        pages = 0
-        if n == NEED_FETCH:
-            pages = self._fetch(j, lo)
-            n = probe(*args)
-        return (None if n == UNKNOWN else self._out[:n].copy()), pages
 
-    def _fetch(self, j: int, lo: int) -> int:
-        """Read row j of every written group covering live SGs (one page each) into an LRU slot; pages read."""
-        slot = int(take_slot(self.offset_of, self.slot_of, self.last_use, self.st))
-        self.slot_of[j] = slot
-        self.offset_of[slot] = j
-        self.row_group[slot] = -1
-        R, L = self.geo.rows_per_page, self.geo.live_groups
-        rb = self.rb
-        first = (j // R) * R
-        start = INDEX_ROW_HEADER + (j - first) * (rb + ROW_CHECK)
-        reads = 0
-        for g in range(max(0, lo // self.G), self.open_group):
-            z, off = self.log.locate(g, 1 + j // R)
-            self.device.read_into(z, off, self._page)
-            reads += 1
-            if row_valid(self._page, g, first, j - first, rb):
-                self.rows[slot, g % L] = self._page[start:start + rb]
-            else:  # torn/corrupt index page: every member may hold the key (extra reads, never a stale hit)
-                self.rows[slot, g % L] = 0xFF
-            self.row_group[slot, g % L] = g
-        return reads
+@internal
+def write_group(P):
+    """Write the open group's block (header page + row pages) to the index zones and start the next group;
+    returns the bytes written. Cached offsets get the new group's row now, so the cache never re-fetches it."""
+    pb, cfg = P.pbfg, P.cfg
+    st = pb.st
+    g = st[OPEN_GROUP]
+    L, R = cfg.L, cfg.R
+    for slot in range(pb.offset_of.shape[0]):
+        if pb.offset_of[slot] >= 0:
+            copy_bytes(pb.rows[slot * L + g % L], 0, pb.open_rows[pb.offset_of[slot]], 0, cfg.RB)
+            pb.row_group[slot, g % L] = g
+    total = cfg.BLOCK_PAGES
+    stage = pb.stage
+    staged = 0  # pages of the block staged so far
+    zone = -1
+    n_segs = 0
+    segs = pb.loc[g % pb.loc.shape[0]]
+    segs[:, :] = -1
+    while staged < total:
+        n = min(stage.shape[0], total - staged)
+        for i in range(n):
+            p = staged + i
+            page = stage[i]
+            page[:] = 0
+            if p == 0:
+                write_index_header(page, g, g * cfg.G, (g + 1) * cfg.G, cfg.S, cfg.G, cfg.MBITS, cfg.K, R, total - 1,
+                                   cfg.SEED)
+            else:
+                lo = (p - 1) * R
+                fill_row_page(page, g, lo, pb.open_rows[lo:min(lo + R, cfg.S)])
+        zone, n_segs = _append_block_part(P, g, stage, n, staged == 0, zone, n_segs)
+        staged += n
+    for i in range(n_segs):
+        P.pbfg.zone_live[segs[i, 0]] += 1
+    pb.open_rows[:, :] = 0
+    st[OPEN_GROUP] += 1
+    st[OPEN_MEMBERS] = 0
+    return total * PAGE_SIZE
 
-    # ---- flushes -------------------------------------------------------------------------------------------------
 
-    def add_sg(self, seq: int, filters: np.ndarray) -> int:
-        """Put a flushed SG's S set-level filters into the open group; write the group when full. Returns index
-        bytes written."""
-        s = seq % self.G
-        if seq // self.G != self.open_group or s != self.open_members:
-            raise TierwiseError(f"SG {seq} flushed out of order (open group {self.open_group}, {self.open_members} members)")
-        add_member(self.open_rows, self.G, s, filters, self.geo.filter.m_bits)
-        self.open_members += 1
-        if self.open_members < self.G:
-            return 0
-        return self._write_group()
+@internal
+def _wp(F, z):
+    return F.zone_cap if F.cond[z] == fl.FULL else F.wp[z]
 
-    def _write_group(self) -> int:
-        g, G, geo = self.open_group, self.G, self.geo
-        # cached offsets get the new group's row now, so the cache never needs a re-fetch for it
-        live = self.offset_of >= 0
-        self.rows[live, g % geo.live_groups] = self.open_rows[self.offset_of[live]]
-        self.row_group[live, g % geo.live_groups] = g
-        R = geo.rows_per_page
-        row_pages = geo.index_block_pages - 1
-        pages = np.zeros((geo.index_block_pages, PAGE_SIZE), np.uint8)
-        header = IndexHeader(group=g, seq_lo=g * G, seq_hi=(g + 1) * G, sets=self.S, group_size=G,
-                             m_bits=geo.filter.m_bits, k=geo.filter.k, rows_per_page=R, row_pages=row_pages,
-                             hash_seed=self.hash_seed)
-        pages[0] = np.frombuffer(encode_index_header(header), np.uint8)
-        for p in range(row_pages):
-            fill_row_page(pages[1 + p], g, p * R, self.open_rows[p * R:(p + 1) * R])
-        self.log.write_block(g, pages)
-        self.open_rows[:] = 0
-        self.open_group += 1
-        self.open_members = 0
-        return pages.nbytes
 
-    def on_evict(self, seq: int) -> None:
-        if seq % self.G == self.G - 1:
-            self.log.drop(seq // self.G)
+@internal
+def _advance(P):
+    """Move to the next index zone of the ring and reset it (it must hold no live group)."""
+    pb = P.pbfg
+    pb.st[CUR] = (pb.st[CUR] + 1) % pb.zones.shape[0]
+    z = pb.zones[pb.st[CUR]]
+    if pb.zone_live[z] > 0:
+        raise TierwiseError("an index zone still holds live groups: too few index zones")
+    if _wp(P.dev, z):
+        fl.reset(P.dev, z)
+    return z
 
-    def nbytes(self) -> dict[str, int]:
-        return {"pbfg_cache": self.rows.nbytes + GROUP_ROW_SLACK + self.row_group.nbytes + self.slot_of.nbytes
-                + self.offset_of.nbytes + self.last_use.nbytes,
-                "open_group": self.open_rows.nbytes + GROUP_ROW_SLACK, "index_locations": self.log.loc.nbytes}
+
+@internal
+def _append_block_part(P, g, pages, n, first, zone, n_segs):
+    """Append pages[0:n] of group g's block after what was appended of it so far (in `zone`, -1 = nothing yet),
+    recording the segments; returns (zone, segments)."""
+    F, pb = P.dev, P.pbfg
+    cap = F.zone_cap
+    block_bytes = P.cfg.BLOCK_PAGES * PAGE_SIZE
+    if first:
+        zone = pb.zones[pb.st[CUR]]
+        room = cap - _wp(F, zone)
+        if room < min(block_bytes, cap) or (block_bytes > cap and room < cap):
+            zone = _advance(P)
+    segs = pb.loc[g % pb.loc.shape[0]]
+    done = 0
+    while done < n:
+        if cap - _wp(F, zone) < PAGE_SIZE:
+            zone = _advance(P)
+        k = min(n - done, (cap - _wp(F, zone)) // PAGE_SIZE)
+        off = fl.append(F, zone, pages[done:done + k].reshape(-1), 0, k * PAGE_SIZE)
+        if n_segs > 0 and segs[n_segs - 1, 0] == zone and segs[n_segs - 1, 1] + segs[n_segs - 1, 2] * PAGE_SIZE == off:
+            segs[n_segs - 1, 2] += k  # continues the segment of the previous part
+        else:
+            segs[n_segs, 0], segs[n_segs, 1], segs[n_segs, 2] = zone, off, k
+            n_segs += 1
+        done += k
+    return zone, n_segs
+
+
+@internal
+def on_evict(P, seq):
+    """SG `seq` (the oldest) leaves; the last SG of a group takes the group's block with it."""
+    pb, G = P.pbfg, P.cfg.G
+    if seq % G == G - 1:
+        segs = pb.loc[(seq // G) % pb.loc.shape[0]]
+        for i in range(segs.shape[0]):
+            if segs[i, 0] >= 0:
+                pb.zone_live[segs[i, 0]] -= 1
+        segs[:, :] = -1
+
+
+# ---- recovery (Python): the segment table from blocks found on flash --------------------------------------------------
+
+def record_block(pb: Pbfg, group: int, segs: list[tuple[int, int, int]]) -> None:
+    """Where group `group`'s block lies: [(zone, byte offset, pages)] (found by recovery)."""
+    row = pb.loc[group % pb.loc.shape[0]]
+    row[:] = -1
+    row[:len(segs)] = segs
+    for z, _, _ in segs:
+        pb.zone_live[z] += 1
+
+
+def block_segments(pb: Pbfg, group: int) -> list[tuple[int, int, int]]:
+    """The segments of a live group's block, as recorded."""
+    return [tuple(int(x) for x in s) for s in pb.loc[group % pb.loc.shape[0]] if s[0] >= 0]

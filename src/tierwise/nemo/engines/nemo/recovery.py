@@ -33,7 +33,7 @@ import numpy as np
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo.engines.nemo.format import (decode_index_header, decode_sg_header, decode_sg_trailer,
                                                row_page_valid, sets_crc)
-from tierwise.nemo.engines.nemo.pbfg import add_member
+from tierwise.nemo.engines.nemo.pbfg import CUR, OPEN_GROUP, OPEN_MEMBERS, add_member, block_segments, record_block
 from tierwise.nemo.engines.nemo.setgroup import set_filters
 from tierwise.nemo.layout import PAGE_SIZE
 
@@ -270,40 +270,39 @@ def _read_block(engine, h, zi: int, off: int) -> list[tuple[int, int, int]] | No
 
 
 def _restore_index(engine, blocks, slots: list[_Slot], rep: RecoveryReport) -> None:
-    pbfg, G, geo = engine.pbfg, engine.geo.group_size, engine.geo
+    pb, G, geo = engine.pbfg, engine.geo.group_size, engine.geo
     oldest, next_seq = engine.oldest, engine.next_seq
     open_group = next_seq // G
-    log = pbfg.log
     live_groups = [g for g in range(oldest // G, open_group) if g in blocks]
     for g in live_groups:
-        log.record(g, blocks[g])
+        record_block(pb, g, blocks[g])
     if live_groups:
-        last_zone = log.where[live_groups[-1]][-1][0]
-        log.cur = geo.index_zones.index(last_zone)
+        last_zone = block_segments(pb, live_groups[-1])[-1][0]
+        pb.st[CUR] = geo.index_zones.index(last_zone)
     else:  # nothing live in the index zones: start the ring afresh
         for z in geo.index_zones:
             if engine.device.write_pointer(z):
                 engine.device.reset(z)
-        log.cur = 0
+        pb.st[CUR] = 0
     rep.index_blocks_loaded = len(live_groups)
     if open_group - 1 >= oldest // G and open_group - 1 >= 0 and open_group - 1 not in blocks:
         # Crash between the last data flush of a group and its index write: rebuild and write the block.
-        pbfg.open_group = open_group - 1
-        pbfg.open_members = G
+        pb.st[OPEN_GROUP] = open_group - 1
+        pb.st[OPEN_MEMBERS] = G
         _fill_open_rows(engine, open_group - 1, G, slots, rep)
-        pbfg._write_group()
+        engine.write_open_group()
         rep.index_blocks_rebuilt += 1
-    pbfg.open_group = open_group
-    pbfg.open_members = next_seq - open_group * G
-    pbfg.open_rows[:] = 0
-    rep.open_group_sgs = _fill_open_rows(engine, open_group, pbfg.open_members, slots, rep)
+    pb.st[OPEN_GROUP] = open_group
+    pb.st[OPEN_MEMBERS] = next_seq - open_group * G
+    pb.open_rows[:] = 0
+    rep.open_group_sgs = _fill_open_rows(engine, open_group, int(pb.st[OPEN_MEMBERS]), slots, rep)
 
 
 def _fill_open_rows(engine, group: int, members: int, slots: list[_Slot], rep: RecoveryReport) -> int:
     """Set-level filters of the live SGs among the first `members` of `group`, rebuilt from their keys (every
     record: objects, write-back copies and tombstones, as the insert path adds them)."""
-    pbfg, G, N = engine.pbfg, engine.geo.group_size, engine.N
-    rows = pbfg.open_rows
+    G, N = engine.geo.group_size, engine.N
+    rows = engine.pbfg.open_rows
     rows[:] = 0
     f, seed = engine.filter, engine.cfg.hash_seed
     rebuilt = 0
@@ -315,7 +314,7 @@ def _fill_open_rows(engine, group: int, members: int, slots: list[_Slot], rep: R
         bad = np.zeros(pages.shape[0], np.bool_)
         bad[slots[seq % N].bad_pages] = True
         filters = np.zeros((engine.S, f.nbytes), np.uint8)
-        set_filters(pages, filters, seed, f.k, f.m_bits, bad)
+        set_filters(pages, filters, np.uint64(seed), f.k, f.m_bits, bad)
         add_member(rows, G, s, filters, f.m_bits)
         rebuilt += 1
     return rebuilt

@@ -1,8 +1,9 @@
 """The M in-memory SetGroups (nemo.md §3.3): one (M, S, 4096) array of set pages plus a per-set Bloom filter.
 
 B[0] is the front (newest), B[M-1] the rear (next to flush); `order[i]` is the physical row of B[i], so rotating
-after a flush only permutes `order`. The per-set filters are updated as objects arrive and are handed to the open
-index group at flush; objects removed from a buffer leave their bits set, which only costs a rare extra read.
+after a flush only permutes `order`. The per-set filters are updated as objects arrive (objects removed from a
+buffer leave their bits set, which only costs a rare extra read) and rebuilt from the set's records at flush,
+before they join the open index group.
 """
 
 from __future__ import annotations
@@ -10,12 +11,23 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from tierwise.nemo.hashing import bloom_positions, hash128
+from tierwise.nemo.hashing import bloom_positions
 from tierwise.nemo.index.bloom import filter_add, filter_test
 from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, OBJ_HEADER, PAGE_HEADER, PAGE_SIZE, PAYLOAD,
                                   obj_flags_at, obj_size_at, obj_value_span, page_append, page_count, page_find,
                                   page_positions, page_remove, page_to_tombstone, page_used, page_well_formed)
-from tierwise.nemo.native import HAVE_XXH3, unref, xxh3_128
+from tierwise.nemo.native import unref, xxh3_128
+
+
+@njit(cache=True)
+def rotate(pages, filters, order) -> None:
+    """After B[M-1] is written: empty it and make it the new front B[0]."""
+    rear = order[order.shape[0] - 1]
+    pages[rear] = 0
+    filters[rear] = 0
+    for i in range(order.shape[0] - 1, 0, -1):
+        order[i] = order[i - 1]
+    order[0] = rear
 
 
 @njit(cache=True)
@@ -150,68 +162,15 @@ def _fill_filters(filters, bad, page_of, highs, k, m_bits):
             filters[j] = 0xFF
 
 
-def set_filters(pages: np.ndarray, filters: np.ndarray, seed: int, k: int, m_bits: int,
-                bad: np.ndarray | None = None) -> None:
+@njit(cache=True)
+def set_filters(pages, filters, seed, k, m_bits, bad) -> None:
     """Refill each set's filter from the records its page holds (objects, write-back copies, tombstones).
 
     At a flush this drops the bits of objects that left the buffer (overwritten, deleted, sacrificed by the delayed
     flush), which would otherwise raise the filters' false-positive rate; recovery rebuilds the open group with it.
-    A bad page (given, or found malformed) gets an all-ones filter: every lookup reads it and misses on its checksum.
+    A bad page (marked in `bad`, or found malformed) gets an all-ones filter: every lookup reads it and misses on
+    its checksum.
     """
-    bad = np.zeros(pages.shape[0], np.bool_) if bad is None else bad
     page_of, key_at, key_len = page_keys(pages, bad)
-    if HAVE_XXH3:
-        highs = _key_highs(pages.reshape(-1), key_at, key_len, np.uint64(seed))
-    else:
-        flat = pages.tobytes()
-        highs = np.array([hash128(flat[a:a + n], seed) >> 64 for a, n in zip(key_at.tolist(), key_len.tolist())],
-                         np.uint64).reshape(-1)
+    highs = _key_highs(pages.reshape(-1), key_at, key_len, np.uint64(seed))
     _fill_filters(filters, bad, page_of, highs, k, m_bits)
-
-
-class SetGroupBuffers:
-    def __init__(self, buffered: int, sets: int, filter_bytes: int, fallback: bool = True):
-        # fallback=False inserts into B[0] only: the "no buffered SGs" rows of the fill-rate ablation (Fig. 17)
-        self.tries = buffered if fallback else 1
-        self.pages = np.zeros((buffered, sets, PAGE_SIZE), np.uint8)
-        self.filters = np.zeros((buffered, sets, filter_bytes), np.uint8)
-        self.order = np.arange(buffered, dtype=np.int64)
-
-    @property
-    def rear(self) -> int:
-        """Physical row of B[M-1], the SG flushed next."""
-        return int(self.order[-1])
-
-    @property
-    def last_tried(self) -> int:
-        """Physical row of the oldest buffer inserts may use (where a delayed flush sacrifices objects)."""
-        return int(self.order[self.tries - 1])
-
-    def rotate(self) -> None:
-        """After B[M-1] is written: empty it and make it the new front B[0]."""
-        r = self.rear
-        self.pages[r] = 0
-        self.filters[r] = 0
-        self.order = np.roll(self.order, 1)
-
-    def find(self, j: int, key: np.ndarray, positions: np.ndarray) -> tuple[int, int]:
-        return buffers_find(self.pages, self.filters, self.order, j, key, positions)
-
-    def value(self, j: int, key: np.ndarray, positions: np.ndarray) -> tuple[bool, bytes | None]:
-        """(found, value) of the newest buffered record of `key`; a tombstone is found with value None."""
-        row, start, n, flags = buffers_value(self.pages, self.filters, self.order, j, key, positions)
-        if row < 0:
-            return False, None
-        return True, None if flags & FLAG_TOMBSTONE else self.pages[row, j, start:start + n].tobytes()
-
-    def remove(self, j: int, key: np.ndarray, positions: np.ndarray) -> int:
-        return buffers_remove(self.pages, self.filters, self.order, j, key, positions)
-
-    def insert(self, j: int, key: np.ndarray, value: np.ndarray, flags: int, positions: np.ndarray) -> int:
-        return buffers_insert(self.pages, self.filters, self.order, j, key, value, flags, positions, self.tries)
-
-    def objects(self) -> int:
-        return buffered_objects(self.pages)
-
-    def nbytes(self) -> dict[str, int]:
-        return {"buffers": self.pages.nbytes, "buffer_filters": self.filters.nbytes + self.order.nbytes}
