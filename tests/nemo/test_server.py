@@ -247,12 +247,11 @@ def test_engine_bug_is_reported_not_fatal(served):
         engine.get = plain_get
 
 
-@pytest.mark.parametrize("in_memory", [True, False])
-def test_warm_up_goes_through_every_engine_path_a_served_cache_takes(in_memory):
+def test_warm_up_goes_through_every_engine_path_a_served_cache_takes():
     # Whatever code the engine runs in service must have run once before the first client connects, or the first
     # client to reach it waits for numba to compile it (seconds): the delayed flush giving up objects, SG flushes
     # and evictions with write-back, index writes, reads of flushed SGs, tombstones.
-    s = warm_up_engine_code(in_memory=in_memory)
+    s = warm_up_engine_code()
     causes = s["write_bytes_by_cause"]
     assert s["sgs_flushed"] > 8 and s["dropped_fraction"] > 0 and s["flash_reads_per_get"] > 0
     assert causes["writeback"] > 0 and causes["tombstone"] > 0 and causes["index"] > 0

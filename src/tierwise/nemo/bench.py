@@ -1,16 +1,15 @@
 """`tierwise nemo bench` and `tierwise nemo sweep`: many flash-cache designs x configurations on one trace.
 
-Each run is a `RunSpec` (engine, options, device, trace) replayed by `tierwise.nemo.replay` on a fresh device in
-its own worker; runs execute serially, on a local process pool (default) or on a Ray cluster
-(`executor="ray"`, `address=...`). A run returns one flat row of the comparison table plus its time series.
+Each run is a `RunSpec` (engine, options, device, trace) replayed by the one replay driver
+(`tierwise.nemo.replay`) on a fresh device in its own worker; runs execute serially, on a local process pool
+(default) or on a Ray cluster (`executor="ray"`, `address=...`). A run returns one flat row of the comparison
+table plus its time series.
 
-Device kinds: `file` (the file-backed zoned emulator in a temporary folder: the default, and where the get
-latency percentiles are measured), `mem` (in-memory zones, fastest) and `ssd` (the conventional-SSD FTL model;
-append `@ssd` to an engine name, e.g. `set@ssd`, to run it in place there and see its DLWA).
-
-Steady state: besides the replay's own warm-up (device writes after the first zone reset), a run re-marks the
-metrics window once the user bytes flashed reach `warm_capacities` x the flash size, so hierarchical designs,
-whose small log wraps long before their sets are full, are measured full too.
+Device kinds: `mem` (in-memory zones: the default), `file` (the file-backed zoned emulator in a temporary
+folder, what the server runs on) and `ssd` (the conventional-SSD FTL model; append `@ssd` to an engine name, e.g.
+`set@ssd`, to run it in place there and see its DLWA). Latencies are simulated device time (a device profile,
+`tierwise.nemo.device.timing`, with requests arriving at `rate` per second), so they are the same on every kind
+and on every machine; the steady-state window follows the replay's one rule.
 """
 
 from __future__ import annotations
@@ -18,16 +17,15 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
-import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import numpy as np
 
 from tierwise.common.errors import TierwiseError
 from tierwise.common.plots import bar_plot, line_plot
+from tierwise.nemo.defaults import DEFAULT_PROFILE, DEFAULT_RATE
 
 PAPER_WA = {"nemo": 1.56, "log": 1.08, "fairywren": 15.20, "set": 16.31, "kangaroo": 55.59}
 PAPER_BITS = {"nemo": 8.3, "fairywren": 9.9, "log": ">100"}
@@ -46,12 +44,14 @@ COMPARISON_NEMO = {"buffered_sgs": 2, "buffer_fallback": True, "flush_mode": "co
                    "index_pages_per_pbfg": 7, "hot_window": 0.3, "cooling": 0.1, "write_back": True,
                    "write_back_cold": True}
 PAPER_FILL = {"naive": 6.78, "+buffered SGs": 31.32, "+delayed flush": 36.77, "+both": 64.13, "+write-back": 89.34}
-DEVICES = ("file", "mem", "ssd")
+DEVICES = ("mem", "file", "ssd")
+SSD_PROFILE = "conventional"  # the timing of the conventional-SSD model
+LATENCY_COLUMNS = [f"{kind}_{q}_us" for kind in ("get", "set") for q in ("p50", "p99", "p99.9", "p99.99")]
 COLUMNS = ["run", "device", "alwa", "dlwa", "e2e_wa", "index_bits_per_obj", "total_bits_per_obj", "miss_ratio",
-           "read_amp", "flash_reads_per_get", "p50_us", "p99_us", "p99.99_us", "set_fill", "requests", "window"]
-# what fits a terminal; the JSON and Markdown reports keep every column
-TERMINAL_COLUMNS = ["run", "alwa", "e2e_wa", "index_bits_per_obj", "miss_ratio", "flash_reads_per_get", "p99_us",
-                    "set_fill"]
+           "read_amp", "flash_reads_per_get", *LATENCY_COLUMNS, "set_fill", "requests", "window"]
+# what fits an 80-column terminal, with short headers; the JSON and Markdown reports keep every column
+TERMINAL_COLUMNS = {"run": "run", "alwa": "ALWA", "e2e_wa": "E2E WA", "index_bits_per_obj": "bits/obj",
+                    "miss_ratio": "miss", "get_p99_us": "get p99 us", "set_fill": "fill"}
 
 
 @dataclass
@@ -62,7 +62,7 @@ class RunSpec:
     trace: str
     flash_mb: float
     zone_kb: int = 256
-    device: str = "file"
+    device: str = "mem"
     options: dict[str, Any] = field(default_factory=dict)
     label: str = ""
     requests: int | None = None
@@ -72,55 +72,11 @@ class RunSpec:
     ssd_op: float = 0.07
     dram_mb: float | None = None
     tmp_dir: str | None = None
+    rate: float = DEFAULT_RATE  # requests per second (simulated arrivals)
+    profile: str = DEFAULT_PROFILE  # device timing profile of zoned devices (the SSD model uses SSD_PROFILE)
 
     def name(self) -> str:
         return self.label or (self.engine + ("@ssd" if self.device == "ssd" else ""))
-
-
-class TimedEngine:
-    """Wraps an engine for the replay: times every get, counts the bytes hits return, and marks the steady state
-    once enough user bytes reached flash. Everything else passes through."""
-
-    def __init__(self, engine, warm_bytes: float):
-        self.engine = engine
-        self.latencies_ns: list[int] = []
-        self.hits = 0
-        self.hit_bytes = 0
-        self.requests = 0  # gets + deletes + sets that are not the lookaside refill of the previous miss
-        self._missed: bytes | None = None
-        self._warm_bytes = warm_bytes
-        self._warm_marked = False
-
-    def __getattr__(self, name: str):
-        return getattr(self.engine, name)
-
-    def get(self, key: bytes):
-        t0 = time.perf_counter_ns()
-        value = self.engine.get(key)
-        self.latencies_ns.append(time.perf_counter_ns() - t0)
-        self.requests += 1
-        if value is None:
-            self._missed = key
-        else:
-            self.hits += 1
-            self.hit_bytes += len(key) + len(value)
-            self._missed = None
-        return value
-
-    def set(self, key: bytes, value: bytes) -> bool:
-        if key != self._missed:
-            self.requests += 1
-        self._missed = None
-        ok = self.engine.set(key, value)
-        if not self._warm_marked and self.engine.metrics.counters.get("logical_bytes", 0) >= self._warm_bytes:
-            self.engine.metrics.mark_warm(self.requests)
-            self._warm_marked = True
-        return ok
-
-    def delete(self, key: bytes) -> None:
-        self.requests += 1
-        self._missed = None
-        self.engine.delete(key)
 
 
 def parse_engines(text: str) -> list[tuple[str, str | None]]:
@@ -143,17 +99,13 @@ def _open_device(spec: RunSpec, folder: str):
 
     flash = int(spec.flash_mb * 2**20)
     zone = spec.zone_kb * 1024
-    if spec.device == "ssd":
+    if spec.device == "ssd":  # erase blocks the size of the baselines' zones, which are also its segments
         return FtlSSD(flash // zone * zone, op=spec.ssd_op, pages_per_block=max(1, zone // 4096))
     if spec.device == "file":
         return open_device(f"file:{folder}", flash_bytes=flash, zone_size=zone)
     if spec.device == "mem":
         return open_device("mem", flash_bytes=flash, zone_size=zone)
     raise TierwiseError(f"unknown device kind {spec.device!r}; use one of {', '.join(DEVICES)}")
-
-
-def _pct(values: np.ndarray, q: float) -> float | None:
-    return float(np.percentile(values, q)) / 1000 if values.size else None
 
 
 def run_safely(spec: RunSpec) -> dict[str, Any]:
@@ -181,30 +133,32 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
             if spec.dram_mb is not None and sum(engine.dram_bytes().values()) > spec.dram_mb * 2**20:
                 raise TierwiseError(f"{spec.name()}: needs {sum(engine.dram_bytes().values()) / 2**20:.1f} MiB of "
                                     f"DRAM, more than --dram-mb {spec.dram_mb}")
-            timed = TimedEngine(engine, spec.warm_capacities * dev.capacity_bytes)
             reader = open_trace(spec.trace)
-            # every request goes through `timed` (no compiled replay loop): the steady-state mark, the latencies and
-            # the read amplification then follow one rule on every device, so mem and file runs agree
-            result = replay(timed, reader, ReplayOptions(sample_every=spec.sample_every, warmup=spec.warmup,
-                                                         limit=spec.requests, progress=False, compiled=False),
+            profile = SSD_PROFILE if spec.device == "ssd" else spec.profile
+            result = replay(engine, reader, ReplayOptions(sample_every=spec.sample_every, warmup=spec.warmup,
+                                                          warm_capacities=spec.warm_capacities, limit=spec.requests,
+                                                          progress=False, rate=spec.rate, profile=profile),
                             total=getattr(reader, "total", None))
             engine.close()
+            dlwa = dev.stats.dlwa
         finally:
             dev.close()
     s = result.summary
     dram = s.get("dram", {})
-    lat = np.asarray(timed.latencies_ns, np.float64)
-    dlwa = dev.stats.dlwa
     # read amplification: flash bytes read per get over the object bytes a get returns (mean hit size x hit ratio)
-    returned = (1 - s["miss_ratio"]) * timed.hit_bytes / timed.hits if timed.hits and s["miss_ratio"] is not None else 0
+    hit_bytes = result.mean_hit_bytes
+    returned = (1 - s["miss_ratio"]) * hit_bytes if hit_bytes and s["miss_ratio"] is not None else 0
+    latency = {f"{kind}_{q}": s["latency"][kind][f"{q}"] for kind in ("get", "set")
+               for q in ("p50_us", "p99_us", "p99.9_us", "p99.99_us")}
     row = {
         "run": spec.name(), "engine": spec.engine, "device": spec.device, "flash_mb": spec.flash_mb,
         "alwa": s["alwa"], "dlwa": dlwa, "e2e_wa": s["alwa"] * dlwa if s["alwa"] is not None else None,
         "index_bits_per_obj": dram.get("index_bits_per_object"), "total_bits_per_obj": dram.get("total_bits_per_object"),
         "miss_ratio": s["miss_ratio"], "read_amp": (s["bytes_read_per_get"] or 0) / returned if returned else None,
-        "flash_reads_per_get": s["flash_reads_per_get"], "p50_us": _pct(lat, 50), "p99_us": _pct(lat, 99),
-        "p99.99_us": _pct(lat, 99.99), "set_fill": s["mean_sg_fill"], "requests": result.requests,
-        "window": s["window"], "seconds": result.seconds, "options": dict(spec.options),
+        "flash_reads_per_get": s["flash_reads_per_get"], **latency,
+        "set_fill": s["mean_sg_fill"] if s["mean_sg_fill"] is not None else s["mean_set_fill"],
+        "requests": result.requests, "window": s["window"], "seconds": result.seconds, "options": dict(spec.options),
+        "profile": profile, "rate": spec.rate,
     }
     return {"row": row, "series": result.series, "summary": s, "engine_config": result.engine_config,
             "replay": result.counters}
@@ -253,7 +207,7 @@ class BenchSettings:
     engines: str = "nemo,log,set,kangaroo,fairywren"
     flash_mb: float = 4.0
     dram_mb: float | None = None
-    device: str = "file"
+    device: str = "mem"
     zone_kb: int = 64  # baselines: small zones keep the set tiers' GC granularity fine
     nemo_zone_kb: int = 256  # Nemo: one SG per zone
     requests: int | None = None
@@ -264,18 +218,18 @@ class BenchSettings:
     ablation: bool = True
     cache_sizes: tuple[float, ...] = (0.5, 1.0, 2.0)  # x flash_mb, for the miss-ratio curve
     ssd_op: float = 0.07
+    rate: float = DEFAULT_RATE
+    profile: str = DEFAULT_PROFILE
 
 
 def _spec(st: BenchSettings, name: str, device: str | None, **over) -> RunSpec:
     zone = st.nemo_zone_kb if name == "nemo" else st.zone_kb
     device = device or st.device
     options = dict(st.options.get(name, {}))
-    if device == "ssd":  # the block device is cut into segments the size of the baselines' zones
-        options.setdefault("segment_kb", st.zone_kb)
     spec = RunSpec(engine=name, trace=st.trace, flash_mb=st.flash_mb, zone_kb=zone, device=device,
                    options=options, requests=st.requests, warmup=st.warmup,
                    warm_capacities=st.warm_capacities, sample_every=st.sample_every, ssd_op=st.ssd_op,
-                   dram_mb=st.dram_mb)
+                   dram_mb=st.dram_mb, rate=st.rate, profile=st.profile)
     return replace(spec, **over)
 
 
@@ -358,7 +312,7 @@ def write_plots(report: dict[str, Any], folder: Path) -> list[Path]:
 # --- sweeps -------------------------------------------------------------------------------------------------------
 
 SWEEP_KEYS = {"trace", "engine", "flash_mb", "zone_kb", "device", "requests", "warmup", "warm_capacities",
-              "sample_every", "options", "grid", "ssd_op"}
+              "sample_every", "options", "grid", "ssd_op", "rate", "profile"}
 
 
 def sweep_specs(config: dict[str, Any]) -> list[RunSpec]:
@@ -386,7 +340,8 @@ def sweep_specs(config: dict[str, Any]) -> list[RunSpec]:
                    zone_kb=int(config.get("zone_kb", 256)), device=str(config.get("device", "mem")),
                    requests=config.get("requests"), warmup=float(config.get("warmup", 1.0)),
                    warm_capacities=float(config.get("warm_capacities", 1.0)),
-                   sample_every=int(config.get("sample_every", 50_000)), ssd_op=float(config.get("ssd_op", 0.07)))
+                   sample_every=int(config.get("sample_every", 50_000)), ssd_op=float(config.get("ssd_op", 0.07)),
+                   rate=float(config.get("rate", DEFAULT_RATE)), profile=str(config.get("profile", DEFAULT_PROFILE)))
     specs = []
     for combo in itertools.product(*axes.values()):
         point = dict(zip(axes, combo))
@@ -418,8 +373,12 @@ def load_sweep_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-def rows_for_print(rows: Iterable[dict[str, Any]], columns: list[str] = COLUMNS) -> list[dict[str, Any]]:
-    return [{c: r.get(c) for c in columns + (["paper_wa"] if "paper_wa" in r else [])} for r in rows]
+def rows_for_print(rows: Iterable[dict[str, Any]], columns: list[str] | dict[str, str] = COLUMNS,
+                   paper: bool = True) -> list[dict[str, Any]]:
+    """Rows reduced to `columns` (a dict renames them), with the paper's WA where the rows have it."""
+    names = columns if isinstance(columns, dict) else {c: c for c in columns}
+    extra = {"paper_wa": "paper WA" if isinstance(columns, dict) else "paper_wa"} if paper else {}
+    return [{new: r.get(old) for old, new in {**names, **(extra if "paper_wa" in r else {})}.items()} for r in rows]
 
 
 def markdown_report(report: dict[str, Any], title: str, command: str,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from tierwise.nemo.defaults import DEFAULT_PROFILE, DEFAULT_RATE
+
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 
 # ---- traces and devices (owner: device/traces) -----------------------------------------------------------------
@@ -71,6 +73,19 @@ def device_report(spec: str = typer.Argument(..., help="file:FOLDER or zbd:/dev/
                       "capacity": z.capacity} for z in dev.report_zones()])
 
 
+@device_app.command("profiles")
+def device_profiles() -> None:
+    """The device timing profiles a replay can simulate (--profile), with their NAND parameters."""
+    from tierwise.common.report import print_table
+    from tierwise.nemo.device.timing import PROFILES
+
+    print_table([{"profile": p.name, "dies": p.dies, "read us": p.read_us, "program us": p.program_us,
+                  "unit KiB": p.unit_kb, "erase ms": p.erase_ms} for p in PROFILES.values()],
+                title="device timing profiles (docs/nemo-devices-and-traces.md has their sources)")
+    for p in PROFILES.values():
+        typer.echo(f"{p.name}: {p.description}")
+
+
 # ---- replay (owner: Nemo engine) -------------------------------------------------------------------------------
 @app.command("replay")
 def replay_cmd(
@@ -84,11 +99,14 @@ def replay_cmd(
     requests: str = typer.Option(None, "--requests", help="Stop after this many requests (e.g. 5M)."),
     warmup: float = typer.Option(1.0, "--warmup", help="Device capacities written after the first zone reset before steady state."),
     sample_every: int = typer.Option(100_000, "--sample-every", help="Time-series row every N requests."),
+    rate: float = typer.Option(DEFAULT_RATE, "--rate", help="Requests per second arriving (simulated time)."),
+    profile: str = typer.Option(DEFAULT_PROFILE, "--profile", help="Simulated device timing (`tierwise nemo device "
+                                "profiles` lists them)."),
     format: str = typer.Option(None, "--format", help="Trace format when not detected."),
     json_out: str = typer.Option(None, "--json", help="Write the summary, config and time series as JSON."),
 ) -> None:
     """Replay a trace against an engine (lookaside: GET miss -> SET) and print ALWA, DRAM bits/object, miss
-    ratio, read amplification and fill rates over the steady-state window."""
+    ratio, read amplification, fill rates and simulated get/set latency over the steady-state window."""
     from tierwise.common.report import print_table, write_json
     from tierwise.nemo.replay import ReplayOptions, open_engine, parse_engine_options, replay
     from tierwise.nemo.traces import open_trace
@@ -98,7 +116,8 @@ def replay_cmd(
                       **parse_engine_options(opt))
     reader = open_trace(trace, format=format)
     limit = parse_count(requests) if requests else None
-    result = replay(eng, reader, ReplayOptions(sample_every=sample_every, warmup=warmup, limit=limit),
+    result = replay(eng, reader, ReplayOptions(sample_every=sample_every, warmup=warmup, limit=limit, rate=rate,
+                                               profile=profile),
                     total=getattr(reader, "total", None))
     s = result.summary
     dram = s.get("dram", {})
@@ -111,6 +130,10 @@ def replay_cmd(
                "total bits/object": dram.get("total_bits_per_object"), "bytes read/get": s["bytes_read_per_get"],
                "flash reads/get": s["flash_reads_per_get"], "index pages/get": s["index_reads_per_get"],
                "wrong values": result.counters["wrong_values"]}
+    for kind in ("get", "set"):
+        lat = s["latency"][kind]
+        figures[f"{kind} latency p50/p99/p99.9/p99.99 (us)"] = " / ".join(
+            "-" if lat[q] is None else f"{lat[q]:,.0f}" for q in ("p50_us", "p99_us", "p99.9_us", "p99.99_us"))
     print_table([{"figure": k, "value": v} for k, v in figures.items()], title=f"replay {trace}")
     print_table([{"cause": k, "alwa_share": v} for k, v in s["alwa_breakdown"].items()], title="ALWA by cause")
     if result.counters["wrong_values"]:
@@ -153,7 +176,11 @@ def bench_cmd(
                                 help="Comma-separated engines; NAME@ssd runs one in place on the conventional-SSD model."),
     flash_mb: float = typer.Option(4.0, "--flash-mb", help="Flash (device) size in MiB, the same for every engine."),
     dram_mb: float = typer.Option(None, "--dram-mb", help="DRAM budget in MiB: refuse an engine that needs more."),
-    device: str = typer.Option("file", "--device", help="file (emulated zones in a temp folder; latency), mem, or ssd."),
+    device: str = typer.Option("mem", "--device", help="mem (in-memory zones), file (emulated zones in a temp folder), "
+                               "or ssd (the conventional-SSD model for every engine)."),
+    rate: float = typer.Option(DEFAULT_RATE, "--rate", help="Requests per second arriving (simulated time)."),
+    profile: str = typer.Option(DEFAULT_PROFILE, "--profile", help="Simulated timing of the zoned devices "
+                                "(`tierwise nemo device profiles` lists them)."),
     zone_kb: int = typer.Option(64, "--zone-kb", help="Zone size of the baselines (KiB)."),
     nemo_zone_kb: int = typer.Option(256, "--nemo-zone-kb", help="Zone size for Nemo (KiB): one SetGroup per zone."),
     requests: str = typer.Option(None, "--requests", help="Stop each run after this many requests."),
@@ -167,7 +194,7 @@ def bench_cmd(
     plot: str = typer.Option(None, "--plot", help="Folder for the plots (WA over time, fill ablation, miss ratio vs size)."),
 ) -> None:
     """Compare flash-cache designs on one trace: ALWA, DLWA, end-to-end WA, DRAM bits/object, miss ratio,
-    read amplification and get latency percentiles, beside the paper's WA."""
+    read amplification and simulated get/set latency percentiles, beside the paper's WA."""
     from tierwise.common.errors import TierwiseError
     from tierwise.common.report import print_table, write_json
     from tierwise.nemo.bench import TERMINAL_COLUMNS, BenchSettings, bench, rows_for_print
@@ -186,7 +213,7 @@ def bench_cmd(
         raise TierwiseError(f"--sizes {sizes!r}: give factors like 0.5,2") from None
     st = BenchSettings(trace=trace, engines=engines, flash_mb=flash_mb, dram_mb=dram_mb, device=device,
                        zone_kb=zone_kb, nemo_zone_kb=nemo_zone_kb, requests=parse_count(requests) if requests else None,
-                       options=options, ablation=ablation, cache_sizes=factors)
+                       options=options, ablation=ablation, cache_sizes=factors, rate=rate, profile=profile)
     report = bench(st, executor=executor, workers=workers, address=address, plot_dir=plot)
     print_table(rows_for_print(report["table"], TERMINAL_COLUMNS), title=f"bench {trace}, {flash_mb:g} MiB flash")
     if report.get("ablation"):

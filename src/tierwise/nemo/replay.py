@@ -30,6 +30,7 @@ from tierwise.common.progress import progress_task
 from tierwise.nemo import metrics as mt
 from tierwise.nemo.device import flash as fl
 from tierwise.nemo.device import ftl as ftl_model
+from tierwise.nemo.defaults import DEFAULT_PROFILE, DEFAULT_RATE
 from tierwise.nemo.device import timing
 from tierwise.nemo.engines import make_engine
 from tierwise.nemo.engines.base import Engine, engine_delete, engine_get, engine_set
@@ -40,8 +41,6 @@ from tierwise.nemo.native import borrow, internal, load_u64, ref_of
 __all__ = ["DEFAULT_PROFILE", "DEFAULT_RATE", "ReplayOptions", "ReplayResult", "open_engine", "parse_engine_options",
            "replay", "value_bytes"]
 
-DEFAULT_RATE = 100_000.0  # requests per second arriving at the cache when the trace has no timestamps
-DEFAULT_PROFILE = "zn540"  # simulated device timing (tierwise.nemo.device.timing.PROFILES)
 
 REPLAY_COUNTERS = ("gets", "sets", "deletes", "lookaside_sets", "wrong_values", "uncacheable", "hits", "hit_bytes")
 GETS, SETS, DELETES, LOOKASIDE, WRONG, UNCACHEABLE, HITS, HIT_BYTES = range(len(REPLAY_COUNTERS))

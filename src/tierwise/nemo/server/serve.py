@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,37 +116,35 @@ def open_cache(device: str, *, flash_bytes: int | None = None, zone_bytes: int |
             ack.clear()
         replayed = replay_journal(engine, ack.load(engine.next_seq))
     handler = CommandHandler(engine, Limits(max_value=max_value), ack)
-    warm_up_engine_code(in_memory=hasattr(dev, "array"))
+    warm_up_engine_code()
     return Cache(engine, handler, ack, getattr(engine, "recovery", None), replayed)
 
 
-def warm_up_engine_code(*, in_memory: bool) -> dict:
-    """Run a throwaway Nemo cache through sets, gets, deletes, flushes and evictions, so the engine's numba kernels
-    are compiled (or loaded from their on-disk cache) before the first client connects, instead of stalling the
-    client whose set triggers the first SG flush for seconds. The throwaway device is of the served kind (in memory,
-    or file-backed in a temporary folder): the engine runs different code on each. Returns the throwaway engine's
-    metrics summary (what it went through)."""
+def warm_up_engine_code() -> dict:
+    """Run a throwaway Nemo cache through sets, gets, deletes, flushes and evictions, so the engine's compiled code
+    is compiled (or loaded from numba's on-disk cache) before the first client connects, instead of stalling the
+    client whose set triggers the first SG flush for seconds. One compiled implementation serves every device kind,
+    so an in-memory device warms it for all. Returns the throwaway engine's metrics summary (what it went through)."""
     from tierwise.nemo.device import open_device
     from tierwise.nemo.engines import make_engine
     from tierwise.nemo.layout import PAGE_SIZE
 
     sets = 4
-    with tempfile.TemporaryDirectory(prefix="nemo-warm-up-") as tmp:
-        device = open_device("mem" if in_memory else f"file:{tmp}", num_zones=8, zone_size=(sets + 2) * PAGE_SIZE)
-        # p_th 2 (a full-size device has dozens): full sets give up objects before a flush, as in service
-        engine = make_engine("nemo", device, sets_per_sg=sets, flush_threshold=2)
-        for i in range(1500):  # enough to fill, flush and evict SGs on this geometry, several times over
-            key = b"warm-%d" % i
-            engine.set(key, key * (1 + i % 40))
-            engine.get(key)
-            engine.get(b"warm-%d" % (i // 2))  # older keys: reads of flushed SGs, hotness marks, write-back
-            engine.get(b"warm-miss-%d" % i)
-            if i % 7 == 0:
-                engine.delete(b"warm-%d" % (i // 3))  # deletes of keys on flash as well as buffered ones
-        engine.flush()
-        summary = engine.metrics.summary(steady=False)
-        engine.close()
-        device.close()
+    device = open_device("mem", num_zones=8, zone_size=(sets + 2) * PAGE_SIZE)
+    # p_th 2 (a full-size device has dozens): full sets give up objects before a flush, as in service
+    engine = make_engine("nemo", device, sets_per_sg=sets, flush_threshold=2)
+    for i in range(1500):  # enough to fill, flush and evict SGs on this geometry, several times over
+        key = b"warm-%d" % i
+        engine.set(key, key * (1 + i % 40))
+        engine.get(key)
+        engine.get(b"warm-%d" % (i // 2))  # older keys: reads of flushed SGs, hotness marks, write-back
+        engine.get(b"warm-miss-%d" % i)
+        if i % 7 == 0:
+            engine.delete(b"warm-%d" % (i // 3))  # deletes of keys on flash as well as buffered ones
+    engine.flush()
+    summary = engine.metrics.summary(steady=False)
+    engine.close()
+    device.close()
     return summary
 
 
