@@ -29,8 +29,9 @@ def progress_enabled() -> bool:
     return os.environ.get("TIERWISE_NO_PROGRESS", "") in ("", "0")
 
 
-def make_progress(*extra_columns) -> Progress:
-    """A Progress with the project's standard columns; `extra_columns` go before the timers (e.g. loss fields)."""
+def make_progress(*extra_columns, enabled: bool = True) -> Progress:
+    """A Progress with the project's standard columns; `extra_columns` go before the timers (e.g. loss fields).
+    `enabled=False` (or TIERWISE_NO_PROGRESS=1) shows nothing."""
     return Progress(
         TextColumn("[bold blue]{task.description}"),
         BarColumn(),
@@ -39,15 +40,15 @@ def make_progress(*extra_columns) -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
-        disable=not progress_enabled(),
+        disable=not (enabled and progress_enabled()),
         transient=False,
     )
 
 
 @contextmanager
-def progress_task(description: str, total: float | None) -> Iterator[tuple[Progress, object]]:
+def progress_task(description: str, total: float | None, enabled: bool = True) -> Iterator[tuple[Progress, object]]:
     """Context manager yielding (progress, task_id); call progress.update(task_id, advance=n, ...)."""
-    with make_progress(TextColumn("{task.fields[info]}")) as progress:
+    with make_progress(TextColumn("{task.fields[info]}"), enabled=enabled) as progress:
         task = progress.add_task(description, total=total, info="")
         yield progress, task
 

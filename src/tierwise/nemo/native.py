@@ -495,12 +495,14 @@ def ref_of(typingctx, arena, like):
     return Ref(like)(arena, like), codegen
 
 
-@njit(cache=True)
+# Not cached: numba's cache index pickles the bundle types it was compiled for, and a type from a module that is
+# not importable later (a test's namedtuple, say) would make the whole index unreadable. They compile in ~0.1 s.
+@njit
 def _pin(value, arena):
     _store_bundle(borrow(value), arena)
 
 
-@njit(cache=True)
+@njit
 def _size(value):
     return _bundle_size(value)
 

@@ -234,7 +234,7 @@ def replay(engine: Engine, trace: Iterable[np.ndarray], options: ReplayOptions |
     next_sample = opt.sample_every
     total = min(total, opt.limit) if total and opt.limit else (total or opt.limit)
     t0 = time.perf_counter()
-    with progress_task(f"replay {engine.name}", total) as (bar, task):
+    with progress_task(f"replay {engine.name}", total, enabled=opt.progress) as (bar, task):
         for chunk in _slices(trace, opt.limit, opt.sample_every or 65536):
             run.run(chunk, done)
             done += len(chunk)
