@@ -74,25 +74,25 @@ def engine_flush(P):
     raise NotImplementedError
 
 
-@overload(engine_get, inline="always")
+@overload(engine_get)
 def _ov_get(P, key):
     fn = _impl(P).get
     return lambda P, key: fn(P, key)
 
 
-@overload(engine_set, inline="always")
+@overload(engine_set)
 def _ov_set(P, key, value):
     fn = _impl(P).set
     return lambda P, key, value: fn(P, key, value)
 
 
-@overload(engine_delete, inline="always")
+@overload(engine_delete)
 def _ov_delete(P, key):
     fn = _impl(P).delete
     return lambda P, key: fn(P, key)
 
 
-@overload(engine_flush, inline="always")
+@overload(engine_flush)
 def _ov_flush(P):
     fn = _impl(P).flush
     return lambda P: fn(P)

@@ -138,7 +138,7 @@ def _le(page, start, n):
     return v
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _put_le(page, start, n, v):
     for i in range(n):
         page[start + i] = (np.uint64(v) >> np.uint64(8 * i)) & np.uint64(0xFF)
@@ -148,7 +148,7 @@ _MAGICS = np.frombuffer(SG_MAGIC + SG_COMMIT_MAGIC + INDEX_MAGIC, np.uint8).resh
 _SG, _COMMIT, _INDEX = range(3)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _begin(page, magic, flags):
     """Magic, format version and flags: the first 12 bytes of every record."""
     page[0:8] = _MAGICS[magic]
@@ -156,7 +156,7 @@ def _begin(page, magic, flags):
     _put_le(page, 10, 2, flags)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _seal(page, size):
     """The crc32c of the `size` bytes of fixed fields, right after them (the rest of the page is zero)."""
     _put_le(page, size, 4, native_crc32c(page[:size]))
