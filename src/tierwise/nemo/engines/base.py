@@ -107,35 +107,47 @@ class HandleType(types.StructRef):
 
 
 class Handle(structref.StructRefProxy):
-    """An engine's state ref and the arena it points into: numba unboxes it in one step."""
+    """An engine's state ref, the arena it points into, and buffers for the key, value and result of a call:
+    numba unboxes it in one step."""
 
 
-structref.define_proxy(Handle, HandleType, ["ref", "arena"])
-
-
-@njit(cache=True)
-def make_handle(arena, state):
-    return Handle(ref_of(arena, state), arena)
+structref.define_proxy(Handle, HandleType, ["ref", "arena", "key", "value", "out"])
 
 
 @njit(cache=True)
-def api_get(h, key, out):
-    """Copy the value of `key` into `out`; its length, or -1 on a miss."""
-    hit, buf, start, n = engine_get(h.ref, key)
+def make_handle(arena, state, key, value, out):
+    return Handle(ref_of(arena, state), arena, key, value, out)
+
+
+@njit(cache=True, inline="always")
+def _arg(buf, data):
+    """`data` (bytes) copied into the handle's writable buffer: the engine code then has one argument type, the
+    replay driver's."""
+    src = np.frombuffer(data, np.uint8)
+    n = src.shape[0]
+    dst = buf[:n]
+    copy_bytes(dst, 0, src, 0, n)
+    return dst
+
+
+@njit(cache=True)
+def api_get(h, key):
+    """Copy the value of `key` into h.out; its length, or -1 on a miss."""
+    hit, buf, start, n = engine_get(h.ref, _arg(h.key, key))
     if not hit:
         return -1
-    copy_bytes(out, 0, buf, start, n)
+    copy_bytes(h.out, 0, buf, start, n)
     return n
 
 
 @njit(cache=True)
 def api_set(h, key, value):
-    return engine_set(h.ref, key, value)
+    return engine_set(h.ref, _arg(h.key, key), _arg(h.value, value))
 
 
 @njit(cache=True)
 def api_delete(h, key):
-    engine_delete(h.ref, key)
+    engine_delete(h.ref, _arg(h.key, key))
 
 
 @njit(cache=True)
@@ -143,10 +155,8 @@ def api_flush(h):
     engine_flush(h.ref)
 
 
-def key_array(key: bytes) -> np.ndarray:
-    if not 1 <= len(key) <= layout.MAX_KEY:
-        raise TierwiseError(f"key length {len(key)} outside 1..{layout.MAX_KEY} bytes")
-    return np.frombuffer(key, np.uint8)
+def _bad_key(key) -> TierwiseError:
+    return TierwiseError(f"key length {len(key)} outside 1..{layout.MAX_KEY} bytes")
 
 
 class Engine:
@@ -170,32 +180,53 @@ class Engine:
         """Install the state bundle the compiled request path works on (pinned: compiled code takes its ref)."""
         self.state = state
         self.pinned = Pinned(state)
-        self._handle = make_handle(self.pinned.arena, state)
-        self._out = np.empty(layout.PAGE_SIZE, np.uint8)
+        self._out = np.zeros(layout.PAGE_SIZE, np.uint8)
+        self._handle = make_handle(self.pinned.arena, state, np.zeros(layout.MAX_KEY, np.uint8),
+                                   np.zeros(layout.PAGE_SIZE, np.uint8), self._out)
 
-    def _call(self, fn, *args):
-        try:
-            return fn(self._handle, *args)
-        except DeviceFault:
-            self.device.raise_fault()
-
+    # The request methods are on the server's path: one compiled call each, arguments checked inline.
     def get(self, key: bytes) -> bytes | None:
         """The newest value of `key`, or None on a miss (never a stale or deleted value)."""
-        n = self._call(api_get, key_array(key), self._out)
+        if type(key) is not bytes:
+            key = bytes(key)
+        if not 0 < len(key) <= layout.MAX_KEY:
+            raise _bad_key(key)
+        try:
+            n = api_get(self._handle, key)
+        except DeviceFault:
+            self.device.raise_fault()
         return None if n < 0 else self._out[:n].tobytes()
 
     def set(self, key: bytes, value: bytes) -> bool:
         """Insert or overwrite; False if the engine declined to cache it (the key then misses)."""
-        layout.check_object(key, value, self.max_value_size)
-        return bool(self._call(api_set, np.frombuffer(key, np.uint8), np.frombuffer(value, np.uint8)))
+        if type(key) is not bytes:
+            key = bytes(key)
+        if type(value) is not bytes:
+            value = bytes(value)
+        if not 0 < len(key) <= layout.MAX_KEY or len(value) > min(self.max_value_size, layout.max_value_size(len(key))):
+            layout.check_object(key, value, self.max_value_size)  # raises, naming the limit
+        try:
+            return bool(api_set(self._handle, key, value))
+        except DeviceFault:
+            self.device.raise_fault()
 
     def delete(self, key: bytes) -> None:
         """After this returns, `get(key)` misses until the key is set again."""
-        self._call(api_delete, key_array(key))
+        if type(key) is not bytes:
+            key = bytes(key)
+        if not 0 < len(key) <= layout.MAX_KEY:
+            raise _bad_key(key)
+        try:
+            api_delete(self._handle, key)
+        except DeviceFault:
+            self.device.raise_fault()
 
     def flush(self) -> None:
         """Write buffered data that can be written (used before a clean shutdown)."""
-        self._call(api_flush)
+        try:
+            api_flush(self._handle)
+        except DeviceFault:
+            self.device.raise_fault()
 
     def dram_bytes(self) -> dict[str, int]:
         """Measured DRAM of the engine's structures (nbytes of what it allocated); keys 'buffer*' = data buffers."""
