@@ -117,7 +117,7 @@ def test_compiled_replay_equals_the_python_path_exactly():
 def _trace(rows) -> list[np.ndarray]:
     chunk = make_chunk(len(rows))
     for i, (op, key, key_size, value_size) in enumerate(rows):
-        chunk[i] = (op, key, key_size, value_size, 0)
+        chunk[i] = (op, key, key_size, value_size, 0, 0)
     return [chunk]
 
 

@@ -60,6 +60,13 @@ class ReplayOptions:
     progress: bool = True
     rate: float = DEFAULT_RATE  # arrivals per second (simulated time)
     profile: str | None = DEFAULT_PROFILE  # device timing profile; None keeps the device's own setting
+    # "rate": request i arrives at i / rate seconds; "trace": at the trace's timestamps, the requests of one second
+    # spread evenly over it (tierwise.nemo.traces.arrivals; a trace without timestamps is refused)
+    arrivals: str = "rate"
+
+    def __post_init__(self) -> None:
+        if self.arrivals not in ("rate", "trace"):
+            raise TierwiseError(f"arrivals must be 'rate' or 'trace', got {self.arrivals!r}")
 
 
 @dataclass
@@ -198,7 +205,16 @@ class _Run:
         """Replay one slice of a trace; `first` numbers its first request."""
         eng = self.engine
         cols = [np.ascontiguousarray(part[f]) for f in ("op", "key", "key_size", "value_size")]
-        arrivals = (np.arange(first, first + len(part), dtype=np.float64) * self.ns_per_request).astype(np.int64)
+        if self.opt.arrivals == "trace":  # the trace's timestamps (tierwise.nemo.traces.arrivals)
+            if not hasattr(self, "clock"):
+                from tierwise.nemo.traces.arrivals import TraceClock
+
+                self.clock = TraceClock()
+            every = self.opt.sample_every or 65536
+            short = len(part) < min(65536, every - first % every)  # the trace, or its chunk, ended in this slice
+            arrivals = self.clock.arrivals(part["time"], ends_trace=short)
+        else:
+            arrivals = (np.arange(first, first + len(part), dtype=np.float64) * self.ns_per_request).astype(np.int64)
         self.table.reserve(len(part))
         i = 0
         while True:
