@@ -40,7 +40,8 @@ def test_twitter_timestamps(tmp_path):
 
 @pytest.mark.parametrize("release, times", [
     ("key,op,size,op_count,key_size\nk1,GET,100,2,20\nk2,SET,5,1,3\n", [0, 0, 0]),
-    ("op_time,key,key_size,op,op_count,size,cache_hits,ttl\n604038471,k1,20,GET,2,100,1,0\n604038473,k2,3,SET,1,5,0,0\n",
+    ("op_time,key,key_size,op,op_count,size,cache_hits,ttl\n"
+     "604038471,k1,20,GET,2,100,1,0\n604038473,k2,3,SET,1,5,0,0\n",
      [604038471, 604038471, 604038473]),  # op_count expands with the row's time
 ])
 def test_metakv_op_time(tmp_path, release, times):

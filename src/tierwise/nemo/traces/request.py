@@ -2,8 +2,9 @@
 
 Readers yield chunks: numpy structured arrays of `REQUEST_DTYPE` (fast to slice, filter and feed to numba);
 `Request` is the readable per-request view of one record. `time` is the request's timestamp in whole seconds as the
-trace gives it (0 where the trace has none); a replay driven by the trace's timestamps uses it (`traces.arrivals`). Keys travel as 64-bit ids; `key_bytes` turns an id into
-the key bytes a cache stores, the same way in every replay, so two engines fed the same trace see the same keys.
+trace gives it (0 where the trace has none); a replay driven by the trace's timestamps uses it (`traces.arrivals`).
+Keys travel as 64-bit ids; `key_bytes` turns an id into the key bytes a cache stores, the same way in every replay,
+so two engines fed the same trace see the same keys.
 """
 
 from __future__ import annotations
