@@ -188,9 +188,9 @@ def test_key_bytes_deterministic_unique_and_vectorised():
 
 def test_request_view():
     chunk = np.zeros(2, dtype=REQUEST_DTYPE)
-    chunk[1] = (Op.DELETE, 9, 3, 4, 5)
+    chunk[1] = (Op.DELETE, 9, 3, 4, 5, 6)
     reqs = list(iter_requests([chunk]))
-    assert reqs[1] == Request(Op.DELETE, 9, 3, 4, 5) and reqs[0].op is Op.GET
+    assert reqs[1] == Request(Op.DELETE, 9, 3, 4, 5, 6) and reqs[0].op is Op.GET and reqs[0].time == 0
 
 
 def test_request_file_bad_records(tmp_path):

@@ -28,15 +28,16 @@ from numba import njit
 from tierwise.common.errors import TierwiseError
 from tierwise.common.progress import progress_task
 from tierwise.nemo import metrics as mt
+from tierwise.nemo.defaults import DEFAULT_PROFILE, DEFAULT_RATE
 from tierwise.nemo.device import flash as fl
 from tierwise.nemo.device import ftl as ftl_model
-from tierwise.nemo.defaults import DEFAULT_PROFILE, DEFAULT_RATE
 from tierwise.nemo.device import timing
 from tierwise.nemo.engines import make_engine
 from tierwise.nemo.engines.base import Engine, engine_delete, engine_get, engine_set
 from tierwise.nemo.layout import MAX_KEY
 from tierwise.nemo.lookaside import POOL, VersionTable, slot_of, spell_key, store_at, value_bytes, value_start, version_at
 from tierwise.nemo.native import borrow, internal, load_u64, ref_of
+from tierwise.nemo.traces.arrivals import TraceClock, rate_arrivals
 
 __all__ = ["DEFAULT_PROFILE", "DEFAULT_RATE", "ReplayOptions", "ReplayResult", "open_engine", "parse_engine_options",
            "replay", "value_bytes"]
@@ -45,6 +46,7 @@ __all__ = ["DEFAULT_PROFILE", "DEFAULT_RATE", "ReplayOptions", "ReplayResult", "
 REPLAY_COUNTERS = ("gets", "sets", "deletes", "lookaside_sets", "wrong_values", "uncacheable", "hits", "hit_bytes")
 GETS, SETS, DELETES, LOOKASIDE, WRONG, UNCACHEABLE, HITS, HIT_BYTES = range(len(REPLAY_COUNTERS))
 FINISHED, WARM, WRONG_VALUE, BAD_KEY = range(4)  # slice outcomes
+_SLICE = 65536  # requests per compiled call at most (progress, samples and warm-up marks fall between calls)
 FIRST_RECLAIM, DEVICE_NEED, LOGICAL_NEED, MARKED = range(4)  # the warm-up watch
 _GET, _SET = 0, 1  # tierwise.nemo.traces.Op
 
@@ -59,6 +61,13 @@ class ReplayOptions:
     progress: bool = True
     rate: float = DEFAULT_RATE  # arrivals per second (simulated time)
     profile: str | None = DEFAULT_PROFILE  # device timing profile; None keeps the device's own setting
+    # "rate": request i arrives at i / rate seconds; "trace": at the trace's timestamps, the requests of one second
+    # spread evenly over it (tierwise.nemo.traces.arrivals; a trace without timestamps is refused)
+    arrivals: str = "rate"
+
+    def __post_init__(self) -> None:
+        if self.arrivals not in ("rate", "trace"):
+            raise TierwiseError(f"arrivals must be 'rate' or 'trace', got {self.arrivals!r}")
 
 
 @dataclass
@@ -191,13 +200,18 @@ class _Run:
         self.rc = np.zeros(len(REPLAY_COUNTERS), np.int64)
         self.keybuf = np.zeros(1 << 16, np.uint8)
         self.warm = np.array([-1, int(opt.warmup * cap), int(opt.warm_capacities * cap), 0], np.int64)
-        self.ns_per_request = 1e9 / opt.rate
+        self.clock = TraceClock() if opt.arrivals == "trace" else None
 
     def run(self, part: np.ndarray, first: int) -> None:
         """Replay one slice of a trace; `first` numbers its first request."""
         eng = self.engine
         cols = [np.ascontiguousarray(part[f]) for f in ("op", "key", "key_size", "value_size")]
-        arrivals = (np.arange(first, first + len(part), dtype=np.float64) * self.ns_per_request).astype(np.int64)
+        if self.clock is not None:  # the trace's timestamps
+            every = self.opt.sample_every or _SLICE
+            short = len(part) < min(_SLICE, every - first % every)  # the trace, or its chunk, ended in this slice
+            arrivals = self.clock.arrivals(part["time"], ends_trace=short)
+        else:
+            arrivals = rate_arrivals(first, len(part), self.opt.rate)
         self.table.reserve(len(part))
         i = 0
         while True:
@@ -235,7 +249,7 @@ def replay(engine: Engine, trace: Iterable[np.ndarray], options: ReplayOptions |
     total = min(total, opt.limit) if total and opt.limit else (total or opt.limit)
     t0 = time.perf_counter()
     with progress_task(f"replay {engine.name}", total, enabled=opt.progress) as (bar, task):
-        for chunk in _slices(trace, opt.limit, opt.sample_every or 65536):
+        for chunk in _slices(trace, opt.limit, opt.sample_every or _SLICE):
             run.run(chunk, done)
             done += len(chunk)
             bar.update(task, advance=len(chunk))
@@ -252,7 +266,7 @@ def replay(engine: Engine, trace: Iterable[np.ndarray], options: ReplayOptions |
     return ReplayResult(done, seconds, summary, metrics.series, dict(engine.config()), run.counters(), profile)
 
 
-def _slices(trace: Iterable[np.ndarray], limit: int | None, every: int, size: int = 65536) -> Iterable[np.ndarray]:
+def _slices(trace: Iterable[np.ndarray], limit: int | None, every: int, size: int = _SLICE) -> Iterable[np.ndarray]:
     """The trace in slices of at most `size` requests that end at every multiple of `every` (where samples go)."""
     done = 0
     for chunk in trace:

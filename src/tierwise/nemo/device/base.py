@@ -264,10 +264,7 @@ class ZonedDevice:
     def set_profile(self, name: str | timing.DeviceProfile | None) -> None:
         """Simulate this device's service times (a profile name from `timing.PROFILES`), or none (None)."""
         t = self.flash.timing
-        t.p[:] = 0
-        t.busy[:] = 0
-        t.fill[:] = 0
-        t.clock[:] = 0
+        timing.reset_state(t)
         self.profile = None
         if name is None:
             return

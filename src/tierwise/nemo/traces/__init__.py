@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo.traces.metakv import MetaKVReader, write_cachebench_csv
-from tierwise.nemo.traces.native import MAGIC, RequestFileReader, write_requests
+from tierwise.nemo.traces.native import MAGICS, RequestFileReader, write_requests
 from tierwise.nemo.traces.oracle import OracleGeneralReader, write_oracle
 from tierwise.nemo.traces.reader import DEFAULT_CHUNK, TraceReader, open_text
 from tierwise.nemo.traces.request import REQUEST_DTYPE, Op, Request, iter_requests, key_bytes, keys_of
@@ -30,7 +30,7 @@ def detect_format(path: Path) -> str:
         return "oracle"
     try:
         with open(path, "rb") as f:
-            if f.read(len(MAGIC)) == MAGIC:
+            if f.read(len(MAGICS[0])) in MAGICS:
                 return "requests"
         with open_text(path) as f:
             first = f.readline().strip()

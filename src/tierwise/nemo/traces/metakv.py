@@ -3,7 +3,8 @@
 Release headers: 202206 `key,op,size,op_count,key_size`; 202210 `op_time,key,key_size,op,op_count,size,cache_hits,
 ttl`; 202312 `key,op,size,op_count,key_size,ttl`; 202401 adds `usecase,sub_usecase` to 202210. Columns are found
 by name, so any release (and CacheBench's replay CSV) reads the same way. `size` is the value size; a row stands
-for `op_count` identical requests. Keys (hex digests or strings) are hashed to 64-bit ids.
+for `op_count` identical requests. Keys (hex digests or strings) are hashed to 64-bit ids. `op_time` (seconds),
+where the release has it, becomes the request's `time` (0 otherwise).
 
 The Kangaroo simulator's `FacebookTaoSimple` CSV (`fbid,size,op_count`) reads here too: `fbid` is the key, every
 row a GET, keys 44 B as that simulator assumes.
@@ -34,10 +35,11 @@ class MetaKVReader(CsvTraceReader):
         col = {name: i for i, name in enumerate(names)}
         self._key, self._op, self._size = col["key"], col.get("op"), col["size"]
         self._count, self._key_size, self._ttl = col.get("op_count"), col.get("key_size"), col.get("ttl")
+        self._time = col.get("op_time")
         self._default_key_size = TAO_KEY_SIZE if tao else None
         self._width = len(names)
 
-    def _parse(self, line: str) -> tuple[int, int, int, int, int, int]:
+    def _parse(self, line: str) -> tuple[int, int, int, int, int, int, int]:
         fields = line.rstrip("\r\n").split(",")
         if len(fields) != self._width:
             raise ValueError(f"expected {self._width} fields as in the header, got {len(fields)}")
@@ -48,7 +50,8 @@ class MetaKVReader(CsvTraceReader):
         key_size = int(fields[self._key_size]) if self._key_size is not None else self._default_key_size or len(key)
         count = int(fields[self._count]) if self._count is not None else 1
         ttl = int(fields[self._ttl] or 0) if self._ttl is not None else 0
-        return int(code), key_id(key), key_size, int(fields[self._size]), ttl, count
+        time = int(fields[self._time] or 0) if self._time is not None else 0
+        return int(code), key_id(key), key_size, int(fields[self._size]), ttl, count, time
 
 
 def write_cachebench_csv(path, chunks) -> int:

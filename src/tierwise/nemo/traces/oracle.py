@@ -3,7 +3,8 @@
 
 The format has no operation or key size: every record is a GET (a lookaside replay inserts on miss), and
 `obj_size` is split into a key of `key_size` bytes (default 16, or the whole object if smaller) and the value, so
-key + value = obj_size and a byte-capacity cache sees exactly libCacheSim's object sizes.
+key + value = obj_size and a byte-capacity cache sees exactly libCacheSim's object sizes. `timestamp` (seconds)
+becomes the request's `time`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class OracleGeneralReader(BinaryTraceReader):
         out["key_size"] = ks
         out["value_size"] = recs["obj_size"] - ks
         out["ttl"] = 0
+        out["time"] = recs["timestamp"]
         return out
 
 
@@ -51,13 +53,17 @@ def next_access(keys: np.ndarray) -> np.ndarray:
 
 
 def write_oracle(path: str | Path, chunks: Iterable[np.ndarray]) -> int:
-    """Write requests as oracleGeneral (obj_size = key + value, timestamp = request number); returns the count.
+    """Write requests as oracleGeneral (obj_size = key + value, timestamp = the requests' `time`, or the request
+    number, from 1, for a trace without timestamps); returns the count.
 
     Needs the whole trace in memory for next-access times (8 B per request beyond the records themselves)."""
     parts = list(chunks)
     reqs = np.concatenate(parts) if parts else np.empty(0, REQUEST_DTYPE)
     recs = np.empty(len(reqs), dtype=ORACLE_DTYPE)
-    recs["timestamp"] = np.arange(1, len(reqs) + 1, dtype=np.uint64).astype(np.uint32)
+    if len(reqs) and reqs["time"].any():
+        recs["timestamp"] = reqs["time"]
+    else:
+        recs["timestamp"] = np.arange(1, len(reqs) + 1, dtype=np.uint64).astype(np.uint32)
     recs["obj_id"] = reqs["key"]
     recs["obj_size"] = reqs["key_size"].astype(np.uint32) + reqs["value_size"]
     recs["next_access_vtime"] = next_access(reqs["key"])

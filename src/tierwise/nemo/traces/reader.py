@@ -14,7 +14,7 @@ import xxhash
 import zstandard
 
 from tierwise.common.errors import TierwiseError
-from tierwise.nemo.traces.request import MAX_KEY_SIZE, REQUEST_DTYPE
+from tierwise.nemo.traces.request import MAX_KEY_SIZE, MAX_TIME, REQUEST_DTYPE
 
 DEFAULT_CHUNK = 1 << 16
 _MAX_VALUE = (1 << 32) - 1
@@ -135,8 +135,8 @@ def open_text(path: Path) -> io.TextIOBase:
 
 
 class CsvTraceReader(TraceReader):
-    """Line-oriented CSV traces: `_parse` turns one raw line into (op, key id, key size, value size, ttl, count)
-    or raises ValueError saying what is wrong; the rest (header, chunking, range checks, line numbers,
+    """Line-oriented CSV traces: `_parse` turns one raw line into (op, key id, key size, value size, ttl, count,
+    time) or raises ValueError saying what is wrong; the rest (header, chunking, range checks, line numbers,
     skipping) is here. Range checks run vectorised per block, keeping the per-line Python work small."""
 
     header: bool = False  # the first line is a header handed to `_read_header`
@@ -145,11 +145,11 @@ class CsvTraceReader(TraceReader):
         """Formats with a header parse it here (raise ValueError if it is not one)."""
 
     @abstractmethod
-    def _parse(self, line: str) -> tuple[int, int, int, int, int, int]:
+    def _parse(self, line: str) -> tuple[int, int, int, int, int, int, int]:
         ...
 
     def _blocks(self) -> Iterator[np.ndarray]:
-        rows: list[tuple[int, int, int, int, int, int]] = []
+        rows: list[tuple[int, int, int, int, int, int, int]] = []
         lines: list[int] = []
         with open_text(self.path) as f:
             try:
@@ -179,9 +179,9 @@ class CsvTraceReader(TraceReader):
 
     def _to_block(self, rows: list, lines: list[int]) -> np.ndarray:
         try:
-            ks, vs, ttl, count = (np.array(c, dtype=np.int64) for c in list(zip(*rows))[2:])
+            ks, vs, ttl, count, t = (np.array(c, dtype=np.int64) for c in list(zip(*rows))[2:])
             out_of_range = ((ks < 0) | (ks > MAX_KEY_SIZE) | (vs < 0) | (vs > _MAX_VALUE) | (ttl < -_MAX_TTL)
-                            | (ttl > _MAX_TTL) | (count < 1))
+                            | (ttl > _MAX_TTL) | (count < 1) | (t < 0) | (t > MAX_TIME))
             bad = np.flatnonzero(out_of_range).tolist()
         except OverflowError:  # a number beyond 64 bits: find it row by row
             bad = [i for i, row in enumerate(rows) if range_error(row)]
@@ -193,10 +193,10 @@ class CsvTraceReader(TraceReader):
         return rows_to_block(rows)
 
 
-def range_error(row: tuple[int, int, int, int, int, int]) -> str:
+def range_error(row: tuple[int, int, int, int, int, int, int]) -> str:
     """What is out of range in a parsed row ('' if nothing): a bad field must not wrap silently into the
     request's fixed-width columns."""
-    _, _, key_size, value_size, ttl, count = row
+    _, _, key_size, value_size, ttl, count, time = row
     if not 0 <= key_size <= MAX_KEY_SIZE:
         return f"key size {key_size} outside [0, {MAX_KEY_SIZE}]"
     if not 0 <= value_size <= _MAX_VALUE:
@@ -205,16 +205,19 @@ def range_error(row: tuple[int, int, int, int, int, int]) -> str:
         return f"ttl {ttl} outside the 32-bit range"
     if count < 1:
         return f"op_count {count} < 1"
+    if not 0 <= time <= MAX_TIME:
+        return f"timestamp {time} outside [0, {MAX_TIME}] seconds"
     return ""
 
 
-def rows_to_block(rows: list[tuple[int, int, int, int, int, int]]) -> np.ndarray:
-    """(op, key, key_size, value_size, ttl, count) rows -> requests, each row repeated `count` times."""
+def rows_to_block(rows: list[tuple[int, int, int, int, int, int, int]]) -> np.ndarray:
+    """(op, key, key_size, value_size, ttl, count, time) rows -> requests, each row repeated `count` times."""
     if not rows:
         return np.empty(0, dtype=REQUEST_DTYPE)
     cols = list(zip(*rows))
     out = np.empty(len(rows), dtype=REQUEST_DTYPE)
     for name, col in zip(("op", "key", "key_size", "value_size", "ttl"), cols):
         out[name] = np.array(col, dtype=REQUEST_DTYPE[name])
+    out["time"] = np.array(cols[6], dtype=REQUEST_DTYPE["time"])
     counts = np.array(cols[5], dtype=np.int64)
     return out if (counts == 1).all() else np.repeat(out, counts)

@@ -1,8 +1,10 @@
 """The one request type every trace reader yields and every replay consumes.
 
 Readers yield chunks: numpy structured arrays of `REQUEST_DTYPE` (fast to slice, filter and feed to numba);
-`Request` is the readable per-request view of one record. Keys travel as 64-bit ids; `key_bytes` turns an id into
-the key bytes a cache stores, the same way in every replay, so two engines fed the same trace see the same keys.
+`Request` is the readable per-request view of one record. `time` is the request's timestamp in whole seconds as the
+trace gives it (0 where the trace has none); a replay driven by the trace's timestamps uses it (`traces.arrivals`).
+Keys travel as 64-bit ids; `key_bytes` turns an id into the key bytes a cache stores, the same way in every replay,
+so two engines fed the same trace see the same keys.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ class Op(enum.IntEnum):
     DELETE = 2
 
 
-REQUEST_DTYPE = np.dtype([("op", "u1"), ("key", "u8"), ("key_size", "u2"), ("value_size", "u4"), ("ttl", "i4")])
+REQUEST_DTYPE = np.dtype([("op", "u1"), ("key", "u8"), ("key_size", "u2"), ("value_size", "u4"), ("ttl", "i4"),
+                          ("time", "u4")])
+MAX_TIME = (1 << 32) - 1  # the width of `time` (seconds)
 
 MAX_KEY_SIZE = 65535  # the width of `key_size`
 _ID_CHARS = 11  # base64 digits that spell all 64 bits of a key id
@@ -36,10 +40,12 @@ class Request:
     key_size: int
     value_size: int
     ttl: int = 0
+    time: int = 0
 
     @classmethod
     def from_record(cls, rec) -> "Request":
-        return cls(Op(int(rec["op"])), int(rec["key"]), int(rec["key_size"]), int(rec["value_size"]), int(rec["ttl"]))
+        return cls(Op(int(rec["op"])), int(rec["key"]), int(rec["key_size"]), int(rec["value_size"]), int(rec["ttl"]),
+                   int(rec["time"]))
 
 
 def make_chunk(n: int) -> np.ndarray:

@@ -10,6 +10,12 @@ the drawn sizes and the Zipf probabilities, so a trace of any length lands on th
 
 Generation is vectorised in blocks of `_BLOCK` requests, each with its own seeded generator, so a trace is fixed by
 (profile, requests, seed) whatever chunk size the consumer asks for, and memory is O(keys + block).
+
+Timestamps: requests arrive at the profile's aggregate request rate, the sum of its clusters' published rates
+(`Profile.rate_qps`: 44,190 requests/s for twitter-merged), evenly: request i has `time` = floor(i / rate_qps)
+seconds. A constant rate is the project's choice (the published statistics give mean rates only); replaying with
+the trace's timestamps then equals `--rate rate_qps`, and the time column costs no random draws (a trace's other
+columns are the same as before the column existed).
 """
 
 from __future__ import annotations
@@ -51,6 +57,11 @@ class Profile:
     clusters: tuple[ClusterProfile, ...]
     mean_object: float | None = None  # target request-weighted mean key + value (B); None keeps the sizes
     max_object: int = 2048  # largest key + value (CacheLib's small-item limit, the paper's)
+
+    @property
+    def rate_qps(self) -> int:
+        """Aggregate request rate (requests/s): the clusters' published rates summed; sets the timestamps."""
+        return max(1, round(1000 * sum(c.rate for c in self.clusters)))
 
 
 # Op mixes of the table in design/nemo.md §6: gets/get -> GET; set/add/cas -> SET; delete -> DELETE.
@@ -215,6 +226,7 @@ class SyntheticTrace(TraceReader):
                 where = np.flatnonzero(labels == i)
                 if len(where):
                     out[where] = self._cluster_requests(cl, len(where), rng)
+            out["time"] = np.arange(start, start + n, dtype=np.int64) // self.profile.rate_qps
             yield out
 
     def _cluster_requests(self, cl: _Cluster, m: int, rng: np.random.Generator) -> np.ndarray:
@@ -234,6 +246,7 @@ class SyntheticTrace(TraceReader):
         out["key_size"] = cl.key_size
         out["value_size"] = values
         out["ttl"] = np.where(ops == Op.SET, cl.profile.ttl, 0)
+        out["time"] = 0  # set per block (`_blocks`)
         return out
 
 

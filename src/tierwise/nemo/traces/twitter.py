@@ -1,7 +1,8 @@
 """Twitter cache traces (`twitter/cache-trace`): header-less CSV, plain or `.zst`.
 
-Columns: timestamp, anonymized key, key size, value size, client id, operation, TTL. get/gets are GETs, delete is
-a DELETE, every other operation (set, add, replace, cas, append, prepend, incr, decr) writes the key: a SET.
+Columns: timestamp (seconds), anonymized key, key size, value size, client id, operation, TTL. get/gets are GETs,
+delete is a DELETE, every other operation (set, add, replace, cas, append, prepend, incr, decr) writes the key: a
+SET. The timestamp becomes the request's `time`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ _FIELDS = 7
 class TwitterReader(CsvTraceReader):
     format = "twitter"
 
-    def _parse(self, line: str) -> tuple[int, int, int, int, int, int]:
+    def _parse(self, line: str) -> tuple[int, int, int, int, int, int, int]:
         # Split from the right: an anonymised key could itself hold commas, the five fields after it cannot.
         parts = line.rsplit(",", 5)
         head = parts[0].split(",", 1)
@@ -30,5 +31,4 @@ class TwitterReader(CsvTraceReader):
             code = _CODES.get(op.strip().lower())
             if code is None:
                 raise ValueError(f"unknown operation {op!r} (expected one of {', '.join(OPS)})")
-        int(head[0])  # the timestamp must be an integer too
-        return code, key_id(head[1]), int(key_size), int(value_size), int(ttl), 1
+        return code, key_id(head[1]), int(key_size), int(value_size), int(ttl), 1, int(head[0])
