@@ -73,6 +73,7 @@ class RunSpec:
     dram_mb: float | None = None
     tmp_dir: str | None = None
     rate: float = DEFAULT_RATE  # requests per second (simulated arrivals)
+    arrivals: str = "rate"  # or "trace": the trace's timestamps
     profile: str = DEFAULT_PROFILE  # device timing profile of zoned devices (the SSD model uses SSD_PROFILE)
 
     def name(self) -> str:
@@ -137,7 +138,8 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
             profile = SSD_PROFILE if spec.device == "ssd" else spec.profile
             result = replay(engine, reader, ReplayOptions(sample_every=spec.sample_every, warmup=spec.warmup,
                                                           warm_capacities=spec.warm_capacities, limit=spec.requests,
-                                                          progress=False, rate=spec.rate, profile=profile),
+                                                          progress=False, rate=spec.rate, arrivals=spec.arrivals,
+                                                          profile=profile),
                             total=getattr(reader, "total", None))
             engine.close()
             dlwa = dev.stats.dlwa
@@ -158,7 +160,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         "flash_reads_per_get": s["flash_reads_per_get"], **latency,
         "set_fill": s["mean_sg_fill"] if s["mean_sg_fill"] is not None else s["mean_set_fill"],
         "requests": result.requests, "window": s["window"], "seconds": result.seconds, "options": dict(spec.options),
-        "profile": profile, "rate": spec.rate,
+        "profile": profile, "rate": spec.rate if spec.arrivals == "rate" else None,
     }
     return {"row": row, "series": result.series, "summary": s, "engine_config": result.engine_config,
             "replay": result.counters}
@@ -219,6 +221,7 @@ class BenchSettings:
     cache_sizes: tuple[float, ...] = (0.5, 1.0, 2.0)  # x flash_mb, for the miss-ratio curve
     ssd_op: float = 0.07
     rate: float = DEFAULT_RATE
+    arrivals: str = "rate"
     profile: str = DEFAULT_PROFILE
 
 
@@ -229,7 +232,7 @@ def _spec(st: BenchSettings, name: str, device: str | None, **over) -> RunSpec:
     spec = RunSpec(engine=name, trace=st.trace, flash_mb=st.flash_mb, zone_kb=zone, device=device,
                    options=options, requests=st.requests, warmup=st.warmup,
                    warm_capacities=st.warm_capacities, sample_every=st.sample_every, ssd_op=st.ssd_op,
-                   dram_mb=st.dram_mb, rate=st.rate, profile=st.profile)
+                   dram_mb=st.dram_mb, rate=st.rate, arrivals=st.arrivals, profile=st.profile)
     return replace(spec, **over)
 
 
@@ -312,7 +315,7 @@ def write_plots(report: dict[str, Any], folder: Path) -> list[Path]:
 # --- sweeps -------------------------------------------------------------------------------------------------------
 
 SWEEP_KEYS = {"trace", "engine", "flash_mb", "zone_kb", "device", "requests", "warmup", "warm_capacities",
-              "sample_every", "options", "grid", "ssd_op", "rate", "profile"}
+              "sample_every", "options", "grid", "ssd_op", "rate", "arrivals", "profile"}
 
 
 def sweep_specs(config: dict[str, Any]) -> list[RunSpec]:
@@ -341,7 +344,8 @@ def sweep_specs(config: dict[str, Any]) -> list[RunSpec]:
                    requests=config.get("requests"), warmup=float(config.get("warmup", 1.0)),
                    warm_capacities=float(config.get("warm_capacities", 1.0)),
                    sample_every=int(config.get("sample_every", 50_000)), ssd_op=float(config.get("ssd_op", 0.07)),
-                   rate=float(config.get("rate", DEFAULT_RATE)), profile=str(config.get("profile", DEFAULT_PROFILE)))
+                   rate=float(config.get("rate", DEFAULT_RATE)), arrivals=str(config.get("arrivals", "rate")),
+                   profile=str(config.get("profile", DEFAULT_PROFILE)))
     specs = []
     for combo in itertools.product(*axes.values()):
         point = dict(zip(axes, combo))

@@ -100,6 +100,8 @@ def replay_cmd(
     warmup: float = typer.Option(1.0, "--warmup", help="Device capacities written after the first zone reset before steady state."),
     sample_every: int = typer.Option(100_000, "--sample-every", help="Time-series row every N requests."),
     rate: float = typer.Option(DEFAULT_RATE, "--rate", help="Requests per second arriving (simulated time)."),
+    arrivals: str = typer.Option("rate", "--arrivals", help="rate (request i at i / --rate seconds) or trace (the "
+                                 "trace's timestamps)."),
     profile: str = typer.Option(DEFAULT_PROFILE, "--profile", help="Simulated device timing (`tierwise nemo device "
                                 "profiles` lists them)."),
     format: str = typer.Option(None, "--format", help="Trace format when not detected."),
@@ -117,7 +119,7 @@ def replay_cmd(
     reader = open_trace(trace, format=format)
     limit = parse_count(requests) if requests else None
     result = replay(eng, reader, ReplayOptions(sample_every=sample_every, warmup=warmup, limit=limit, rate=rate,
-                                               profile=profile),
+                                               arrivals=arrivals, profile=profile),
                     total=getattr(reader, "total", None))
     s = result.summary
     dram = s.get("dram", {})
@@ -179,6 +181,8 @@ def bench_cmd(
     device: str = typer.Option("mem", "--device", help="mem (in-memory zones), file (emulated zones in a temp folder), "
                                "or ssd (the conventional-SSD model for every engine)."),
     rate: float = typer.Option(DEFAULT_RATE, "--rate", help="Requests per second arriving (simulated time)."),
+    arrivals: str = typer.Option("rate", "--arrivals", help="rate (request i at i / --rate seconds) or trace (the "
+                                 "trace's timestamps)."),
     profile: str = typer.Option(DEFAULT_PROFILE, "--profile", help="Simulated timing of the zoned devices "
                                 "(`tierwise nemo device profiles` lists them)."),
     zone_kb: int = typer.Option(64, "--zone-kb", help="Zone size of the baselines (KiB)."),
@@ -213,7 +217,8 @@ def bench_cmd(
         raise TierwiseError(f"--sizes {sizes!r}: give factors like 0.5,2") from None
     st = BenchSettings(trace=trace, engines=engines, flash_mb=flash_mb, dram_mb=dram_mb, device=device,
                        zone_kb=zone_kb, nemo_zone_kb=nemo_zone_kb, requests=parse_count(requests) if requests else None,
-                       options=options, ablation=ablation, cache_sizes=factors, rate=rate, profile=profile)
+                       options=options, ablation=ablation, cache_sizes=factors, rate=rate, arrivals=arrivals,
+                       profile=profile)
     report = bench(st, executor=executor, workers=workers, address=address, plot_dir=plot)
     print_table(rows_for_print(report["table"], TERMINAL_COLUMNS), title=f"bench {trace}, {flash_mb:g} MiB flash")
     if report.get("ablation"):
