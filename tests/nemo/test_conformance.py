@@ -3,7 +3,7 @@ and every device kind it runs on.
 
 One parametrised module for nemo, log, set, kangaroo and fairywren, each on the in-memory zoned emulator ("mem"), the
 file-backed zoned emulator in a temporary folder ("file") and, for the designs that run on a conventional SSD, the
-FTL model ("@ssd"; Nemo and FairyWREN need zones). Geometries are tiny, so a few thousand requests already wrap the
+FTL model ("@ssd": its segments play the zones; Set and Kangaroo rewrite their sets in place there). Geometries are tiny, so a few thousand requests already wrap the
 device, evict zones / SetGroups, migrate log objects into sets and collect set zones; every test that relies on such
 an event asserts that it happened (the counters in `engine.metrics.counters`, the device's resets and erases), so it
 cannot pass vacuously.
@@ -64,8 +64,8 @@ DESIGNS = {
                         events={"zoned": ("migrations_passive", "migrations_active", "gc_zones")}),
     # SetGroups of 8 sets in zones of 10 pages (header + 8 sets + trailer); flush at the first failed insert, so
     # SGs are flushed (and the ring evicts) often
-    "nemo": Design("nemo", 24, 40, {"sets_per_sg": 8, "flush_threshold": 1}, ssd=False,
-                   events={"zoned": ("sg_evictions",)},
+    "nemo": Design("nemo", 24, 40, {"sets_per_sg": 8, "flush_threshold": 1},
+                   events={"zoned": ("sg_evictions",), "ssd": ("sg_evictions",)},
                    mixed_events=("tombstones", "writeback_objects", "writeback_shadowed"),
                    # a later flush: full sets sacrifice objects (those shadowing flash copies become tombstones)
                    model_options={"flush_threshold": 4}, model_events=("dropped_objects",)),
@@ -530,13 +530,17 @@ def test_bad_options_and_devices_raise(design, tmp_path):
 
 
 def _trace(max_value: int) -> list[np.ndarray]:
-    """A synthetic twitter-like trace (gets, sets, deletes over ~1000 keys), with some SETs made uncacheable (value
-    larger than the engine accepts: the replay deletes the older value), in a few chunks."""
+    """A synthetic twitter-like trace (gets, sets, deletes over ~4000 keys), with some SETs made uncacheable (value
+    larger than the engine accepts: the replay deletes the older value) and some keys the cache cannot hold (0 or
+    300 bytes: every request of them misses), in a few chunks."""
     from tierwise.nemo.traces import open_trace
 
     t = np.concatenate(list(open_trace("synth:twitter-merged:30000")))
+    t["key"] = t["key"] * 4 + np.arange(len(t)) % 4  # 4x the keys: enough objects to fill every design's device
     sets = np.flatnonzero(t["op"] == 1)
     t["value_size"][sets[::50]] = max_value + 1 + np.arange(len(sets[::50])) % 500
+    bad = np.isin(t["key"], np.unique(t["key"])[::97])
+    t["key_size"][bad] = np.where(t["key"][bad] % 2, 300, 0)
     return [t[:7000], t[7000:7001], t[7001:20000], t[20000:]]
 
 
@@ -555,14 +559,19 @@ def replay_by_hand(engine, chunks) -> dict[str, int]:
         for op, kid, ksize, vsize in zip(chunk["op"].tolist(), chunk["key"].tolist(), chunk["key_size"].tolist(),
                                          chunk["value_size"].tolist()):
             key = key_bytes(kid, ksize)
+            storable = 1 <= ksize <= 255  # a key the cache cannot hold: every request of it misses
             if op == 0:
                 rc["gets"] += 1
-                got = engine.get(key)
+                if storable:
+                    got = engine.get(key)
+                else:
+                    got = None
+                    engine.metrics.get(False)
                 version, size = table.get(kid, (0, vsize))
                 if got is None:
                     rc["lookaside_sets"] += 1
                     table[kid] = (version, size)
-                    if size > m:
+                    if size > m or not storable:
                         rc["uncacheable"] += 1
                     else:
                         engine.set(key, value_bytes(kid, version, size))
@@ -575,14 +584,18 @@ def replay_by_hand(engine, chunks) -> dict[str, int]:
                 rc["sets"] += 1
                 version = table.get(kid, (0, 0))[0] + 1
                 table[kid] = (version, vsize)
-                if vsize > m:
+                if vsize > m or not storable:
                     rc["uncacheable"] += 1
-                    engine.delete(key)
+                    if storable:
+                        engine.delete(key)
                 else:
                     engine.set(key, value_bytes(kid, version, vsize))
             else:
                 rc["deletes"] += 1
-                engine.delete(key)
+                if storable:
+                    engine.delete(key)
+                else:
+                    rc["uncacheable"] += 1
                 table[kid] = (table.get(kid, (0, 0))[0] + 1, vsize)
     return rc
 

@@ -119,3 +119,23 @@ def test_a_reused_zone_whose_objects_were_all_dead_serves_its_new_pages():
         assert engine.set(key, b"v" * 500) and engine.get(key) == b"v" * 500
         engine.delete(key)
     assert engine.device.stats.resets > 10
+
+
+def test_a_device_failure_stops_the_engine_cleanly():
+    # the segment write fails half-way through the log's bookkeeping: the engine must refuse later requests
+    # rather than go on from a half-updated state (no crash, no stale value)
+    dev = MemoryZonedDevice(4, 16 * 4096)
+    engine = make_engine("log", dev, buffer_pages=2)
+    engine.set(b"kept", b"v")
+    dev.close()
+    errors = {}
+    for i in range(40):
+        try:
+            engine.set(b"k%d" % i, b"x" * 2000)
+        except TierwiseError as e:
+            errors[i] = str(e)
+    first = min(errors)  # the set whose segment write reached the closed device
+    assert "device is closed" in errors[first] and set(errors) == set(range(first, 40))
+    assert all("stopped after a failure" in errors[i] for i in range(first + 1, 40))
+    with pytest.raises(TierwiseError, match="stopped after a failure"):
+        engine.get(b"kept")

@@ -16,9 +16,11 @@ the very same values, because both are part of the on-flash format (set offsets,
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import mmap
 import platform
 import sys
+from pathlib import Path
 
 import llvmlite.binding as llvm
 import numpy as np
@@ -30,6 +32,31 @@ from numba.core.typing.templates import AttributeTemplate
 from numba.extending import infer_getattr, intrinsic, models, register_model
 
 _XXH3_SYMBOL = "XXH3_128bits_withSeed"
+
+
+def _drop_stale_compiled_code() -> None:
+    """numba's on-disk cache keys a compiled function by its own source file only: after an edit to a function it
+    calls in another file, the cached caller would go on running the old code. So when any source file of this
+    package changed since the caches were written, drop them all (they are rebuilt on first use). A source tree
+    that is not writable (an installed package) is left alone."""
+    root = Path(__file__).parent
+    digest = hashlib.sha1()
+    for f in sorted(root.rglob("*.py")):
+        st = f.stat()
+        digest.update(f"{f.relative_to(root)}:{st.st_mtime_ns}:{st.st_size};".encode())
+    stamp = root / "__pycache__" / "compiled-sources.sha1"
+    try:
+        if stamp.exists() and stamp.read_text() == digest.hexdigest():
+            return
+        for cached in [*root.rglob("*.nbi"), *root.rglob("*.nbc")]:
+            cached.unlink(missing_ok=True)
+        stamp.parent.mkdir(exist_ok=True)
+        stamp.write_text(digest.hexdigest())
+    except OSError:
+        pass
+
+
+_drop_stale_compiled_code()
 
 
 def _register_xxh3() -> bool:

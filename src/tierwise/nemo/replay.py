@@ -6,6 +6,8 @@ replay runs at millions of requests a second whatever the design. Per request:
 - the request arrives at its simulated time (`--rate` requests/s, or the trace's timestamps) and the device's
   timing model (`device/timing.py`) gives its latency, recorded per kind (get / set / delete);
 - a GET that misses issues a SET of that object (CacheBench `enableLookaside`), itself timed as a set;
+- an object the engine cannot hold (a value over its `max_value_size`, a key outside 1..255 bytes) is never cached:
+  its GETs miss, its SETs and DELETEs only count as `uncacheable` (a SET still removes an older cached value);
 - every hit is compared byte for byte with the value of the key's current version (values are deterministic bytes
   per (key, version); a SET or DELETE in the trace bumps the version): a wrong or stale value counts in
   `wrong_values`, and fails the replay when `strict`.
@@ -34,7 +36,7 @@ from tierwise.nemo.device import ftl as ftl_model
 from tierwise.nemo.device import timing
 from tierwise.nemo.engines import make_engine
 from tierwise.nemo.engines.base import Engine, engine_delete, engine_get, engine_set
-from tierwise.nemo.layout import MAX_KEY
+from tierwise.nemo.layout import MAX_KEY, PAGE_SIZE
 from tierwise.nemo.lookaside import POOL, VersionTable, slot_of, spell_key, store_at, value_bytes, value_start, version_at
 from tierwise.nemo.native import borrow, internal, load_u64, ref_of
 from tierwise.nemo.traces.arrivals import TraceClock, rate_arrivals
@@ -45,7 +47,7 @@ __all__ = ["DEFAULT_PROFILE", "DEFAULT_RATE", "ReplayOptions", "ReplayResult", "
 
 REPLAY_COUNTERS = ("gets", "sets", "deletes", "lookaside_sets", "wrong_values", "uncacheable", "hits", "hit_bytes")
 GETS, SETS, DELETES, LOOKASIDE, WRONG, UNCACHEABLE, HITS, HIT_BYTES = range(len(REPLAY_COUNTERS))
-FINISHED, WARM, WRONG_VALUE, BAD_KEY = range(4)  # slice outcomes
+FINISHED, WARM, WRONG_VALUE = range(3)  # slice outcomes
 _SLICE = 65536  # requests per compiled call at most (progress, samples and warm-up marks fall between calls)
 FIRST_RECLAIM, DEVICE_NEED, LOGICAL_NEED, MARKED = range(4)  # the warm-up watch
 _GET, _SET = 0, 1  # tierwise.nemo.traces.Op
@@ -112,8 +114,8 @@ def _same_bytes(a, a0, b, b0, n) -> bool:
 
 @internal
 def _set(P, key, key_id, size, version, pool, max_value, rc, invalidate):
-    """A SET of (key, version) as the replay issues it; a value beyond the engine's limit is never cached and, for
-    a SET in the trace, must not leave the older cached value behind."""
+    """A SET of (key, version) as the replay issues it; a value beyond the engine's limit (or a key outside
+    1..255 bytes) is never cached and, for a SET in the trace, must not leave the older cached value behind."""
     if size > max_value or not 1 <= key.shape[0] <= MAX_KEY:
         rc[UNCACHEABLE] += 1
         if invalidate and 1 <= key.shape[0] <= MAX_KEY:
@@ -140,7 +142,7 @@ def replay_slice(arena, E, ops, key_ids, key_sizes, value_sizes, arrivals, start
                  strict, rc, keybuf, warm):
     """Replay requests [start, len(ops)) of a slice on the engine whose state E is pinned in `arena`. Returns
     (outcome, index): FINISHED at the end, WARM after the request that began the steady state (resume at index),
-    WRONG_VALUE / BAD_KEY at the failing request."""
+    WRONG_VALUE at the failing request."""
     # every array outlives this call: borrowed, they cost no reference counting below
     rows, pool, rc, keybuf, warm = borrow((rows, pool, rc, keybuf, warm))
     P = ref_of(arena, E)
@@ -152,9 +154,14 @@ def replay_slice(arena, E, ops, key_ids, key_sizes, value_sizes, arrivals, start
         spell_key(kid, ksize, key)
         slot = slot_of(rows, kid)
         timing.begin_request(TR, arrivals[i])
+        storable = 1 <= ksize <= MAX_KEY  # a key the cache cannot hold: every request of it misses
         if ops[i] == _GET:
             rc[GETS] += 1
-            hit, buf, vstart, n = engine_get(P, key)
+            if storable:
+                hit, buf, vstart, n = engine_get(P, key)
+            else:
+                hit, buf, vstart, n = False, keybuf, 0, 0
+                mt.record_get(m, False, 0, 0, PAGE_SIZE)
             mt.record_latency(m, mt.L_GET, timing.latency(TR))
             version, size = version_at(rows, slot, np.int64(value_sizes[i]))
             if not hit:
@@ -178,9 +185,10 @@ def replay_slice(arena, E, ops, key_ids, key_sizes, value_sizes, arrivals, start
             mt.record_latency(m, mt.L_SET, timing.latency(TR))
         else:
             rc[DELETES] += 1
-            if not 1 <= ksize <= MAX_KEY:
-                return BAD_KEY, i
-            engine_delete(P, key)
+            if storable:
+                engine_delete(P, key)
+            else:
+                rc[UNCACHEABLE] += 1
             store_at(rows, count, slot, kid, version_at(rows, slot, 0)[0] + 1, value_sizes[i])
             mt.record_latency(m, mt.L_DELETE, timing.latency(TR))
         if warm[MARKED] == 0 and _warm(P, warm):
@@ -218,18 +226,15 @@ class _Run:
             try:
                 outcome, i = replay_slice(eng.pinned.arena, eng.state, *cols, arrivals, i, self.table.rows, self.table.count, POOL, eng.max_value_size,
                                           self.opt.strict, self.rc, self.keybuf, self.warm)
-            except fl.DeviceFault:
-                eng.device.raise_fault()
+            except (fl.DeviceFault, TierwiseError) as e:
+                eng._fault(e)
             if outcome == FINISHED:
                 return
             if outcome == WARM:
                 eng.metrics.mark_warm(first + i)
                 continue
-            kid = int(part["key"][i])
-            if outcome == WRONG_VALUE:
-                raise TierwiseError(f"engine {eng.name} returned a wrong or stale value for key id {kid} at request "
-                                    f"{first + i}")
-            raise TierwiseError(f"request {first + i}: key length {int(part['key_size'][i])} outside 1..{MAX_KEY} bytes")
+            raise TierwiseError(f"engine {eng.name} returned a wrong or stale value for key id {int(part['key'][i])} at "
+                                f"request {first + i}")
 
     def counters(self) -> dict[str, int]:
         return dict(zip(REPLAY_COUNTERS, self.rc.tolist()))

@@ -175,6 +175,32 @@ class Engine:
         self.metrics = metrics if metrics is not None else Metrics()
         self.closed = False
         self.state: Any = None
+        self.failed: str | None = None  # why the engine stopped (a device fault in the middle of a request)
+
+    def start_empty(self) -> None:
+        """A new cache (not a recovered one) starts from empty zones: whatever an earlier run left on the device is
+        reset, so none of it can be served."""
+        for z in range(self.device.num_zones):
+            if self.device.write_pointer(z):
+                self.device.reset(z)
+
+    def _fault(self, err: BaseException) -> None:
+        """A fault escaped the compiled request path mid-request: the engine's state may be half-updated, so it
+        refuses every later request (a cache may forget; it must never serve from a broken state). Re-raises the
+        device's error (or `err`)."""
+        self.failed = f"{type(err).__name__}: {err}"
+        if isinstance(err, DeviceFault):
+            try:
+                self.device.raise_fault()
+            except BaseException as e:
+                self.failed = f"{type(e).__name__}: {e}"
+                raise
+        raise err
+
+    def _check_usable(self) -> None:
+        if self.failed is not None:
+            raise TierwiseError(f"engine {self.name} stopped after a failure in the middle of a request "
+                                f"({self.failed}); reopen the device (recovering it if the design can)")
 
     def _ready(self, state: Any) -> None:
         """Install the state bundle the compiled request path works on (pinned: compiled code takes its ref)."""
@@ -191,10 +217,12 @@ class Engine:
             key = bytes(key)
         if not 0 < len(key) <= layout.MAX_KEY:
             raise _bad_key(key)
+        if self.failed is not None:
+            self._check_usable()
         try:
             n = api_get(self._handle, key)
-        except DeviceFault:
-            self.device.raise_fault()
+        except (DeviceFault, TierwiseError) as e:
+            self._fault(e)
         return None if n < 0 else self._out[:n].tobytes()
 
     def set(self, key: bytes, value: bytes) -> bool:
@@ -205,10 +233,12 @@ class Engine:
             value = bytes(value)
         if not 0 < len(key) <= layout.MAX_KEY or len(value) > min(self.max_value_size, layout.max_value_size(len(key))):
             layout.check_object(key, value, self.max_value_size)  # raises, naming the limit
+        if self.failed is not None:
+            self._check_usable()
         try:
             return bool(api_set(self._handle, key, value))
-        except DeviceFault:
-            self.device.raise_fault()
+        except (DeviceFault, TierwiseError) as e:
+            self._fault(e)
 
     def delete(self, key: bytes) -> None:
         """After this returns, `get(key)` misses until the key is set again."""
@@ -216,17 +246,20 @@ class Engine:
             key = bytes(key)
         if not 0 < len(key) <= layout.MAX_KEY:
             raise _bad_key(key)
+        if self.failed is not None:
+            self._check_usable()
         try:
             api_delete(self._handle, key)
-        except DeviceFault:
-            self.device.raise_fault()
+        except (DeviceFault, TierwiseError) as e:
+            self._fault(e)
 
     def flush(self) -> None:
         """Write buffered data that can be written (used before a clean shutdown)."""
+        self._check_usable()
         try:
             api_flush(self._handle)
-        except DeviceFault:
-            self.device.raise_fault()
+        except (DeviceFault, TierwiseError) as e:
+            self._fault(e)
 
     def dram_bytes(self) -> dict[str, int]:
         """Measured DRAM of the engine's structures (nbytes of what it allocated); keys 'buffer*' = data buffers."""
@@ -242,7 +275,8 @@ class Engine:
 
     def close(self) -> None:
         if not self.closed:
-            self.flush()
+            if self.failed is None:
+                self.flush()
             self.closed = True
 
     def __enter__(self) -> "Engine":

@@ -11,6 +11,7 @@ from collections import namedtuple
 
 import numpy as np
 
+from tierwise.common.errors import TierwiseError
 from tierwise.nemo.engines import register_engine
 from tierwise.nemo.engines.base import Engine, register_compiled
 from tierwise.nemo.engines.paged import (GET_READS, LIVE, LogTier, index_capacity, key_tag, log_dram_bytes, log_flush, log_insert,
@@ -65,7 +66,11 @@ class LogEngine(Engine):
 
     def __init__(self, device, metrics=None, *, buffer_pages: int = 16, bucket_load: float = 2.0):
         super().__init__(device, metrics)
+        if buffer_pages < 1 or not 0.05 <= bucket_load <= 1024:
+            raise TierwiseError(f"log: buffer_pages must be >= 1 and bucket_load in [0.05, 1024] (got {buffer_pages}, "
+                                f"{bucket_load})")
         self.buffer_pages, self.bucket_load = buffer_pages, bucket_load
+        self.start_empty()
         io = new_page_io(device, self.metrics)
         zones = list(range(device.num_zones))
         # one bucket per ~bucket_load objects, assuming ~16 objects per page (the chains grow if objects are smaller)

@@ -447,9 +447,7 @@ class NemoEngine(Engine):
 
             self.recovery = recover_from_flash(self)
             return
-        for z in range(device.num_zones):  # a new cache starts from empty zones
-            if device.write_pointer(z):
-                device.reset(z)
+        self.start_empty()
 
     oldest = _scalar(OLDEST, "Oldest live SG on flash; live SGs are [oldest, next_seq).")
     next_seq = _scalar(NEXT_SEQ, "Sequence number the next flushed SG gets.")
