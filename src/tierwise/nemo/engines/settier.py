@@ -36,7 +36,7 @@ from tierwise.common.errors import TierwiseError
 from tierwise.nemo import layout
 from tierwise.nemo import metrics as mt
 from tierwise.nemo.device import flash as fl
-from tierwise.nemo.engines.paged import (GET, PageIO, read_page, read_page_as, read_pages_into, reset_zone, trim_page,
+from tierwise.nemo.engines.paged import (GET, MAX_OBJECTS_PER_PAGE, PageIO, read_page, read_page_as, read_pages_into, reset_zone, trim_page,
                                          write_page_at, write_pages)
 from tierwise.nemo.hashing import bloom_positions_into
 from tierwise.nemo.index.bloom import FilterParams
@@ -73,6 +73,7 @@ SetTier = namedtuple("SetTier", [
     "gc",  # uint8[ppz, PAGE_SIZE]: the zone being collected
     "pos",  # int64[k]: Bloom positions of the key at hand
     "scratch",  # uint8[PAGE_SIZE]: read buffer for syscall devices
+    "keys",  # int64[2, objects per page]: start and length of each key of the page whose filter is rebuilt
 ])
 ZONE, WP, FREE_AT, FREE_N, CLOSED_AT, CLOSED_N, OBJECTS, NFILLS = range(8)
 
@@ -106,7 +107,7 @@ def new_set_tier(io: PageIO, zones: list[int], *, op: float, rrip: bool = False,
                    np.zeros((num_sets, params.nbytes), np.uint8), np.zeros(num_sets if rrip else 0, np.uint16),
                    np.zeros(num_sets, np.int32), np.zeros(FILL_BATCH, np.int64), np.zeros(PAGE_SIZE, np.uint8),
                    np.zeros((0 if in_place else ppz, PAGE_SIZE), np.uint8), np.zeros(params.k, np.int64),
-                   np.zeros(PAGE_SIZE, np.uint8))
+                   np.zeros(PAGE_SIZE, np.uint8), np.zeros((2, MAX_OBJECTS_PER_PAGE), np.int64))
 
 
 def set_dram_bytes(S: SetTier, name: str = "set") -> dict[str, int]:
@@ -161,13 +162,13 @@ def set_of(S, tag):
     return np.int64(tag % np.uint64(S.num_sets))
 
 
-@internal
-def key_positions(S, buf, lo, hi):
-    """Bloom positions of the key bytes buf[lo:hi] into S.pos: FNV-1a then the murmur3 finaliser give the seeds,
-    so a set's filter can be rebuilt from its page alone on every rewrite, as BigHash does."""
-    h = np.uint64(0xCBF29CE484222325)
-    for i in range(lo, hi):
-        h = (h ^ np.uint64(buf[i])) * np.uint64(0x100000001B3)
+_FNV_BASIS = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+
+
+@internal(inline=True)
+def _positions_of(S, h):
+    """Bloom positions into S.pos from the FNV-1a state of a key's bytes: the murmur3 finaliser gives the seeds."""
     h ^= h >> np.uint64(33)
     h *= np.uint64(0xFF51AFD7ED558CCD)
     h ^= h >> np.uint64(33)
@@ -178,33 +179,75 @@ def key_positions(S, buf, lo, hi):
 
 
 @internal
+def key_positions(S, key):
+    """Bloom positions of a key into S.pos: FNV-1a of its bytes then the murmur3 finaliser give the seeds, so a
+    set's filter can be rebuilt from its page alone on every rewrite, as BigHash does."""
+    h = np.uint64(_FNV_BASIS)
+    for i in range(key.shape[0]):
+        h = (h ^ np.uint64(key[i])) * np.uint64(_FNV_PRIME)
+    _positions_of(S, h)
+
+
+@internal
 def _may_hold(S, j, key):
     """The set is on flash and its filter may hold `key`."""
     if S.loc[j] < 0:
         return False
-    key_positions(S, key, 0, key.shape[0])
+    key_positions(S, key)
     for p in S.pos:
         if (S.bloom[j, p >> 3] >> (p & 7)) & 1 == 0:
             return False
     return True
 
 
+@internal(inline=True)
+def _add_key(S, j, h):
+    _positions_of(S, h)
+    for p in S.pos:
+        S.bloom[j, p >> 3] |= np.uint8(1 << (p & 7))
+
+
+@internal(inline=True)
+def _fnv_tail(page, a, b0, b1, h):
+    for b in range(b0, b1):
+        h = (h ^ np.uint64(page[a + b])) * np.uint64(_FNV_PRIME)
+    return h
+
+
 @internal
 def _rebuild(S, j, page):
-    """Refill set j's filter from the keys in its page, recount its objects, clear its hit bits."""
-    nbytes = S.bloom.shape[1]
-    for b in range(nbytes):
+    """Refill set j's filter from the keys in its page, recount its objects, clear its hit bits. Four keys are
+    hashed at a time (FNV-1a is one dependent multiply per byte: interleaved chains keep the multiplier busy)."""
+    for b in range(S.bloom.shape[1]):
         S.bloom[j, b] = 0
     end = PAGE_HEADER + layout.page_used(page)
-    pos = PAGE_HEADER
+    ks, kl = S.keys[0], S.keys[1]
     n = 0
+    pos = PAGE_HEADER
     while pos < end:
-        start = pos + OBJ_HEADER
-        key_positions(S, page, start, start + np.int64(page[pos]))
-        for p in S.pos:
-            S.bloom[j, p >> 3] |= np.uint8(1 << (p & 7))
+        ks[n] = pos + OBJ_HEADER
+        kl[n] = np.int64(page[pos])
         pos += layout.obj_size_at(page, pos)
         n += 1
+    prime = np.uint64(_FNV_PRIME)
+    i = 0
+    while i + 4 <= n:
+        a0, a1, a2, a3 = ks[i], ks[i + 1], ks[i + 2], ks[i + 3]
+        h0 = h1 = h2 = h3 = np.uint64(_FNV_BASIS)
+        common = min(min(kl[i], kl[i + 1]), min(kl[i + 2], kl[i + 3]))
+        for b in range(common):
+            h0 = (h0 ^ np.uint64(page[a0 + b])) * prime
+            h1 = (h1 ^ np.uint64(page[a1 + b])) * prime
+            h2 = (h2 ^ np.uint64(page[a2 + b])) * prime
+            h3 = (h3 ^ np.uint64(page[a3 + b])) * prime
+        _add_key(S, j, _fnv_tail(page, a0, common, kl[i], h0))
+        _add_key(S, j, _fnv_tail(page, a1, common, kl[i + 1], h1))
+        _add_key(S, j, _fnv_tail(page, a2, common, kl[i + 2], h2))
+        _add_key(S, j, _fnv_tail(page, a3, common, kl[i + 3], h3))
+        i += 4
+    while i < n:
+        _add_key(S, j, _fnv_tail(page, ks[i], 0, kl[i], np.uint64(_FNV_BASIS)))
+        i += 1
     S.st[OBJECTS] += n - np.int64(S.counts[j])
     S.counts[j] = n
     if S.rrip:
@@ -465,8 +508,10 @@ def _collect(P, S):
                 promote_hits(page, S.hits[j])
             added = on_set_gc(P, j, page)
             _invalidate(S, j)
-            if added >= 0 or S.rrip:  # a plain copy keeps its filter
-                _rebuild(S, j, page)
+            if added > 0 or (added == 0 or S.rrip) and layout.page_count(page) != S.counts[j]:
+                _rebuild(S, j, page)  # objects were merged in (or the page read back damaged: empty)
+            elif S.rrip:  # the same keys: the filter stands (a plain copy always keeps it)
+                S.hits[j] = 0
             if layout.page_count(page):
                 _append(S, j, page, max(added, 0), 0, 0)
             copies += 1
