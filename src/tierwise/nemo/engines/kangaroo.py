@@ -52,8 +52,7 @@ def hier_get(P, key):
     hit, page, start, n = log_lookup(P.log, tag, key)
     if not hit:
         hit, page, start, n = set_lookup(P.sets, set_of(P.sets, tag), key)
-    record = P.sets.io.st[GET_READS] - before
-    mt.record_get(P.m, hit, record, 0, PAGE_SIZE)
+    mt.record_get(P.m, hit, P.sets.io.st[GET_READS] - before, 0, PAGE_SIZE)
     return hit, page, start, n
 
 
@@ -194,8 +193,12 @@ class KangarooEngine(HierarchicalEngine):
         super().__init__(device, metrics, log_pct=log_pct, set_op=set_op, victim=victim, bloom_fp=bloom_fp,
                          objects_per_set=objects_per_set, buffer_pages=buffer_pages, log_hits=readmit)
         self.st = np.array([threshold, int(readmit)], np.int64)
-        self.readmit = readmit
         self._ready(KangarooState(device.flash, self.metrics.arrays, self.log, self.sets, self.st))
+
+    @property
+    def readmit(self) -> bool:
+        """Objects hit in the log are readmitted instead of dropped."""
+        return bool(self.st[READMIT])
 
     def config(self) -> dict:
         return {**super().config(), "threshold": self.threshold, "readmit": self.readmit}
