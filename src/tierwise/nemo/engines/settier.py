@@ -38,7 +38,6 @@ from tierwise.nemo import metrics as mt
 from tierwise.nemo.device import flash as fl
 from tierwise.nemo.engines.paged import (GET, MAX_OBJECTS_PER_PAGE, PageIO, read_page, read_page_as, read_pages_into, reset_zone, trim_page,
                                          write_page_at, write_pages)
-from tierwise.nemo.hashing import bloom_positions_into
 from tierwise.nemo.index.bloom import FilterParams
 from tierwise.nemo.layout import OBJ_HEADER, PAGE_HEADER, PAGE_SIZE, PAYLOAD
 from tierwise.nemo.native import copy_bytes, internal
@@ -58,7 +57,7 @@ SetTier = namedtuple("SetTier", [
     "base",  # page id of the tier's first page
     "rrip",  # 1: RRIParoo eviction (hit bits in `hits`), 0: FIFO
     "fifo",  # GC victim: 1 = oldest closed zone, 0 = greedy (fewest valid sets)
-    "m_bits",  # Bloom filter bits per set (k = len(pos))
+    "m_bits", "k",  # Bloom filter bits per set, probes per key
     "loc",  # int32[num_sets]: page id of each set, -1 = not on flash
     "owner",  # int32[phys_pages]: the set last written at each page of the tier (out of place only)
     "valid",  # int64[device zones]: valid sets per zone
@@ -71,9 +70,9 @@ SetTier = namedtuple("SetTier", [
     "fills",  # int64[FILL_BATCH]: newly added bytes of the set pages written since the last fill report
     "page",  # uint8[PAGE_SIZE]: the set being updated (read-modify-write)
     "gc",  # uint8[ppz, PAGE_SIZE]: the zone being collected
-    "pos",  # int64[k]: Bloom positions of the key at hand
     "scratch",  # uint8[PAGE_SIZE]: read buffer for syscall devices
-    "keys",  # int64[2, objects per page]: start and length of each key of the page whose filter is rebuilt
+    "keys",  # int64[2, objects per page]: start and length of each key of the page whose filter is rebuilt ...
+    "hashes",  # uint64[objects per page]: ... and its FNV-1a state
 ])
 ZONE, WP, FREE_AT, FREE_N, CLOSED_AT, CLOSED_N, OBJECTS, NFILLS = range(8)
 
@@ -102,12 +101,12 @@ def new_set_tier(io: PageIO, zones: list[int], *, op: float, rrip: bool = False,
     st = np.zeros(8, np.int64)
     st[ZONE], st[FREE_AT], st[FREE_N] = zones[0], 1 % n, n - 1  # the first zone opens at once
     return SetTier(io, num_sets, phys, op, int(in_place), zones[0] * ppz, int(rrip), int(victim == "fifo"),
-                   params.m_bits, np.full(num_sets, -1, np.int32), np.zeros(0 if in_place else phys, np.int32),
-                   np.zeros(io.dev.num_zones, np.int64), np.array(zones, np.int64), np.zeros(n, np.int64), st,
+                   params.m_bits, params.k, np.full(num_sets, -1, np.int32),
+                   np.zeros(0 if in_place else phys, np.int32), np.zeros(io.dev.num_zones, np.int64), np.array(zones, np.int64), np.zeros(n, np.int64), st,
                    np.zeros((num_sets, params.nbytes), np.uint8), np.zeros(num_sets if rrip else 0, np.uint16),
                    np.zeros(num_sets, np.int32), np.zeros(FILL_BATCH, np.int64), np.zeros(PAGE_SIZE, np.uint8),
-                   np.zeros((0 if in_place else ppz, PAGE_SIZE), np.uint8), np.zeros(params.k, np.int64),
-                   np.zeros(PAGE_SIZE, np.uint8), np.zeros((2, MAX_OBJECTS_PER_PAGE), np.int64))
+                   np.zeros((0 if in_place else ppz, PAGE_SIZE), np.uint8), np.zeros(PAGE_SIZE, np.uint8),
+                   np.zeros((2, MAX_OBJECTS_PER_PAGE), np.int64), np.zeros(MAX_OBJECTS_PER_PAGE, np.uint64))
 
 
 def set_dram_bytes(S: SetTier, name: str = "set") -> dict[str, int]:
@@ -124,7 +123,7 @@ def set_object_count(S: SetTier) -> int:
 
 
 def set_params(S: SetTier) -> dict:
-    return {"sets": S.num_sets, "bloom_bits": S.m_bits, "bloom_k": int(S.pos.shape[0])}
+    return {"sets": S.num_sets, "bloom_bits": S.m_bits, "bloom_k": S.k}
 
 
 # ---- the owner's GC hook (per design) --------------------------------------------------------------------------------
@@ -156,7 +155,7 @@ def _ov_on_set_gc(P, j, page):
 
 # ---- keys and filters ----------------------------------------------------------------------------------------------
 
-@internal(inline=True)
+@internal
 def set_of(S, tag):
     """The set of a key, from its tag (`paged.key_tag`: the low half of the shared key hash)."""
     return np.int64(tag % np.uint64(S.num_sets))
@@ -166,26 +165,27 @@ _FNV_BASIS = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
 
 
+@internal
+def _fnv(buf, lo, hi):
+    """FNV-1a state of the bytes buf[lo:hi]."""
+    h = np.uint64(_FNV_BASIS)
+    for i in range(lo, hi):
+        h = (h ^ np.uint64(buf[i])) * np.uint64(_FNV_PRIME)
+    return h
+
+
 @internal(inline=True)
-def _positions_of(S, h):
-    """Bloom positions into S.pos from the FNV-1a state of a key's bytes: the murmur3 finaliser gives the seeds."""
+def _probe(h, m_bits):
+    """(first position, step) of the Bloom probes of a key whose FNV-1a state is h: the murmur3 finaliser gives the
+    seeds h1 (low half) and h2 (high half, odd), and probe i is at (h1 + i * h2) mod m, as in
+    `hashing.bloom_positions`. Hashing the key's bytes alone lets a set's filter be rebuilt from its page."""
     h ^= h >> np.uint64(33)
     h *= np.uint64(0xFF51AFD7ED558CCD)
     h ^= h >> np.uint64(33)
     h *= np.uint64(0xC4CEB9FE1A85EC53)
     h ^= h >> np.uint64(33)
-    bloom_positions_into(np.int64(h & np.uint64(0xFFFFFFFF)), np.int64((h >> np.uint64(32)) | np.uint64(1)),
-                         S.m_bits, S.pos)
-
-
-@internal
-def key_positions(S, key):
-    """Bloom positions of a key into S.pos: FNV-1a of its bytes then the murmur3 finaliser give the seeds, so a
-    set's filter can be rebuilt from its page alone on every rewrite, as BigHash does."""
-    h = np.uint64(_FNV_BASIS)
-    for i in range(key.shape[0]):
-        h = (h ^ np.uint64(key[i])) * np.uint64(_FNV_PRIME)
-    _positions_of(S, h)
+    m = np.uint64(m_bits)
+    return np.int64((h & np.uint64(0xFFFFFFFF)) % m), np.int64(((h >> np.uint64(32)) | np.uint64(1)) % m)
 
 
 @internal
@@ -193,61 +193,64 @@ def _may_hold(S, j, key):
     """The set is on flash and its filter may hold `key`."""
     if S.loc[j] < 0:
         return False
-    key_positions(S, key)
-    for p in S.pos:
-        if (S.bloom[j, p >> 3] >> (p & 7)) & 1 == 0:
+    m = S.m_bits
+    x, step = _probe(_fnv(key, 0, key.shape[0]), m)
+    row = S.bloom[j]
+    for _ in range(S.k):
+        if (row[x >> 3] >> (x & 7)) & 1 == 0:
             return False
+        x += step
+        if x >= m:
+            x -= m
     return True
-
-
-@internal(inline=True)
-def _add_key(S, j, h):
-    _positions_of(S, h)
-    for p in S.pos:
-        S.bloom[j, p >> 3] |= np.uint8(1 << (p & 7))
-
-
-@internal(inline=True)
-def _fnv_tail(page, a, b0, b1, h):
-    for b in range(b0, b1):
-        h = (h ^ np.uint64(page[a + b])) * np.uint64(_FNV_PRIME)
-    return h
 
 
 @internal
 def _rebuild(S, j, page):
-    """Refill set j's filter from the keys in its page, recount its objects, clear its hit bits. Four keys are
-    hashed at a time (FNV-1a is one dependent multiply per byte: interleaved chains keep the multiplier busy)."""
-    for b in range(S.bloom.shape[1]):
-        S.bloom[j, b] = 0
+    """Refill set j's filter from the keys in its page, recount its objects, clear its hit bits. Keys are hashed
+    four at a time (FNV-1a is one dependent multiply per byte: interleaved chains keep the multiplier busy)."""
+    row = S.bloom[j]
+    row[:] = 0
+    ks, kl, hs = S.keys[0], S.keys[1], S.hashes
     end = PAGE_HEADER + layout.page_used(page)
-    ks, kl = S.keys[0], S.keys[1]
     n = 0
     pos = PAGE_HEADER
     while pos < end:
+        klen = np.int64(page[pos])
         ks[n] = pos + OBJ_HEADER
-        kl[n] = np.int64(page[pos])
-        pos += layout.obj_size_at(page, pos)
+        kl[n] = klen
+        pos += OBJ_HEADER + klen + (np.int64(page[pos + 2]) | (np.int64(page[pos + 3]) << 8))
         n += 1
     prime = np.uint64(_FNV_PRIME)
     i = 0
-    while i + 4 <= n:
-        a0, a1, a2, a3 = ks[i], ks[i + 1], ks[i + 2], ks[i + 3]
-        h0 = h1 = h2 = h3 = np.uint64(_FNV_BASIS)
-        common = min(min(kl[i], kl[i + 1]), min(kl[i + 2], kl[i + 3]))
-        for b in range(common):
-            h0 = (h0 ^ np.uint64(page[a0 + b])) * prime
-            h1 = (h1 ^ np.uint64(page[a1 + b])) * prime
-            h2 = (h2 ^ np.uint64(page[a2 + b])) * prime
-            h3 = (h3 ^ np.uint64(page[a3 + b])) * prime
-        _add_key(S, j, _fnv_tail(page, a0, common, kl[i], h0))
-        _add_key(S, j, _fnv_tail(page, a1, common, kl[i + 1], h1))
-        _add_key(S, j, _fnv_tail(page, a2, common, kl[i + 2], h2))
-        _add_key(S, j, _fnv_tail(page, a3, common, kl[i + 3], h3))
-        i += 4
     while i < n:
-        _add_key(S, j, _fnv_tail(page, ks[i], 0, kl[i], np.uint64(_FNV_BASIS)))
-        i += 1
+        group, done = 1, 0
+        hs[i] = np.uint64(_FNV_BASIS)
+        if i + 4 <= n:  # the bytes all four keys have, in four chains
+            group = 4
+            a0, a1, a2, a3 = ks[i], ks[i + 1], ks[i + 2], ks[i + 3]
+            h0 = h1 = h2 = h3 = np.uint64(_FNV_BASIS)
+            done = min(min(kl[i], kl[i + 1]), min(kl[i + 2], kl[i + 3]))
+            for b in range(done):
+                h0 = (h0 ^ np.uint64(page[a0 + b])) * prime
+                h1 = (h1 ^ np.uint64(page[a1 + b])) * prime
+                h2 = (h2 ^ np.uint64(page[a2 + b])) * prime
+                h3 = (h3 ^ np.uint64(page[a3 + b])) * prime
+            hs[i], hs[i + 1], hs[i + 2], hs[i + 3] = h0, h1, h2, h3
+        for q in range(i, i + group):  # the rest of each key
+            h = hs[q]
+            for b in range(ks[q] + done, ks[q] + kl[q]):
+                h = (h ^ np.uint64(page[b])) * prime
+            hs[q] = h
+        i += group
+    m = S.m_bits
+    for q in range(n):
+        x, step = _probe(hs[q], m)
+        for _ in range(S.k):
+            row[x >> 3] |= np.uint8(1 << (x & 7))
+            x += step
+            if x >= m:
+                x -= m
     S.st[OBJECTS] += n - np.int64(S.counts[j])
     S.counts[j] = n
     if S.rrip:
@@ -256,12 +259,12 @@ def _rebuild(S, j, page):
 
 # ---- pages: insertion and eviction within a set ------------------------------------------------------------------------
 
-@internal(inline=True)
+@internal
 def _rrip(page, pos):
     return np.int64(page[pos + 1]) >> RRIP_SHIFT
 
 
-@internal(inline=True)
+@internal
 def _set_rrip(page, pos, v):
     page[pos + 1] = (np.int64(page[pos + 1]) & ((1 << RRIP_SHIFT) - 1)) | (v << RRIP_SHIFT)
 
@@ -423,7 +426,7 @@ def _append(S, j, page, added, new_kv, new_objects):
     _record_fill(S, added)
 
 
-@internal(inline=True)
+@internal
 def _invalidate(S, j):
     pid = np.int64(S.loc[j])
     if pid >= 0:
