@@ -74,3 +74,15 @@ def test_rriparoo_evicts_distant_objects_and_keeps_hit_ones():
 def test_set_rejects_too_little_op():
     with pytest.raises(TierwiseError, match="OP"):
         make_engine("set", MemoryZonedDevice(8, 16 * 4096), op=0.05)
+
+
+def test_set_in_place_deletes_trim_and_fifo_gc_serves_the_dict_model():
+    dev = FtlSSD(256 * 1024, op=0.5, pages_per_block=8)
+    engine = make_engine("set", dev)
+    engine.set(b"only", b"v" * 100)
+    assert dev.valid_pages == 1 and engine.object_count() == 1
+    engine.delete(b"only")  # the set is empty now: its page is trimmed, not rewritten
+    assert dev.valid_pages == 0 and engine.object_count() == 0 and engine.get(b"only") is None
+    engine = make_engine("set", MemoryZonedDevice(16, 8 * 4096), op=0.3, victim="fifo")
+    check_against_dict(engine, random_ops(8, 8_000, 3_000, sizes=(100, 300)))
+    assert engine.metrics.counters["gc_zones"] > 0 and device_bytes_match(engine)
