@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo.device import FtlSSD, MemoryZonedDevice
 from tierwise.nemo.engines import make_engine
+from tierwise.nemo.engines.paged import log_capacity_pages
 
 from .baseline_helpers import check_against_dict, check_op_list, device_bytes_match, op_lists, random_ops
 
@@ -42,7 +43,7 @@ def test_l2swa_matches_eq6_eq7():
             engine.metrics.mark_warm(i)  # past the first log cycles and the first set-zone GC
         engine.set(b"key:%010d" % i, b"v" * int(size))
     m = engine.l2swa(engine.metrics.summary()["counters"])
-    assert engine.log.capacity_pages == 80 and engine.sets.phys_pages == 1520
+    assert log_capacity_pages(engine.log) == 80 and engine.sets.phys_pages == 1520
     assert m["l2swa_passive_theory"] == pytest.approx(0.95 * 1520 / 160)
     assert 0.1 < m["passive_share"] < 0.5  # both kinds of migration happen (the paper reports p ~ 25%)
     assert m["l2swa"] == pytest.approx(m["l2swa_theory"], rel=0.15)

@@ -5,14 +5,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from numba import njit
 
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo import layout
 from tierwise.nemo.device import FtlSSD, MemoryZonedDevice
 from tierwise.nemo.engines import make_engine
-from tierwise.nemo.engines.setassoc import RRIP_MAX, RRIP_NEW, RRIP_SHIFT, promote_hits, set_put
+from tierwise.nemo.engines.settier import RRIP_MAX, RRIP_NEW, RRIP_SHIFT, page_put, promote_hits
 
 from .baseline_helpers import check_against_dict, check_op_list, device_bytes_match, op_lists, random_ops
+
+
+@njit
+def _put(page, key, value, flags, rrip):
+    return page_put(page, key, value, flags, rrip)
+
+
+@njit
+def _promote(page, hits):
+    promote_hits(page, hits)
 
 
 @settings(max_examples=25, deadline=None)
@@ -50,17 +61,28 @@ def test_set_in_place_on_the_ftl_reports_dlwa():
 
 def test_rriparoo_evicts_distant_objects_and_keeps_hit_ones():
     page = layout.new_pages(1)[0]
-    evicted = np.zeros(2, np.int64)
     rrip_new = RRIP_NEW << RRIP_SHIFT
-    for i in range(3):
-        assert set_put(page, np.frombuffer(b"k%d" % i, np.uint8), np.zeros(1300, np.uint8), rrip_new, True, evicted)
-    promote_hits(page, np.uint64(0b001))  # k0 was hit: near re-reference
-    assert set_put(page, np.frombuffer(b"k3", np.uint8), np.zeros(1300, np.uint8), rrip_new, True, evicted)
+    for i in range(3):  # fit without evicting
+        assert _put(page, np.frombuffer(b"k%d" % i, np.uint8), np.zeros(1300, np.uint8), rrip_new, True) == 0
+    _promote(page, np.uint16(0b001))  # k0 was hit: near re-reference
+    evicted = _put(page, np.frombuffer(b"k3", np.uint8), np.zeros(1300, np.uint8), rrip_new, True)
     keys = [o.key for o in layout.iter_objects(page)]
-    assert keys == [b"k0", b"k2", b"k3"] and evicted[0] == 1  # k1 (oldest not-hit) went, not k0
+    assert keys == [b"k0", b"k2", b"k3"] and evicted == 1  # k1 (oldest not-hit) went, not k0
     assert max(o.flags >> RRIP_SHIFT for o in layout.iter_objects(page)) <= RRIP_MAX
 
 
 def test_set_rejects_too_little_op():
     with pytest.raises(TierwiseError, match="OP"):
         make_engine("set", MemoryZonedDevice(8, 16 * 4096), op=0.05)
+
+
+def test_set_in_place_deletes_trim_and_fifo_gc_serves_the_dict_model():
+    dev = FtlSSD(256 * 1024, op=0.5, pages_per_block=8)
+    engine = make_engine("set", dev)
+    engine.set(b"only", b"v" * 100)
+    assert dev.valid_pages == 1 and engine.object_count() == 1
+    engine.delete(b"only")  # the set is empty now: its page is trimmed, not rewritten
+    assert dev.valid_pages == 0 and engine.object_count() == 0 and engine.get(b"only") is None
+    engine = make_engine("set", MemoryZonedDevice(16, 8 * 4096), op=0.3, victim="fifo")
+    check_against_dict(engine, random_ops(8, 8_000, 3_000, sizes=(100, 300)))
+    assert engine.metrics.counters["gc_zones"] > 0 and device_bytes_match(engine)

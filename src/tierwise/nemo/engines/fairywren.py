@@ -11,14 +11,48 @@ L2SWA = (2 - p) * (1 - X) * N_set / (2 * N_log) appear (nemo.md Eq. 6/7; p = pas
 
 from __future__ import annotations
 
-import numpy as np
+from collections import namedtuple
 
 from tierwise.common.errors import TierwiseError
-from tierwise.nemo.device import ZonedDevice
+from tierwise.nemo import metrics as mt
+from tierwise.nemo.device import flash as fl
 from tierwise.nemo.engines import register_engine
-from tierwise.nemo.engines.kangaroo import HierarchicalEngine
-from tierwise.nemo.engines.log import LogObject
+from tierwise.nemo.engines.base import register_compiled
+from tierwise.nemo.engines.kangaroo import (HierarchicalEngine, hier_delete, hier_flush, hier_get, hier_set, migrate,
+                                            put_taken)
+from tierwise.nemo.engines.paged import log_bucket, log_capacity_pages, log_live, log_take_bucket, register_log_owner
+from tierwise.nemo.engines.settier import register_set_owner
 from tierwise.nemo.layout import PAGE_SIZE
+from tierwise.nemo.native import internal
+
+FairyWrenState = namedtuple("FairyWrenState", ["dev", "m", "log", "sets"])
+
+
+@internal
+def passive_migration(P, n):
+    """HLog reclaimed a zone: each live object migrates with every log object of its set."""
+    L = P.log
+    for i in range(n):
+        tag = L.ev_tag[i]
+        if log_live(L, tag, L.ev_loc[i]):  # not already moved with an earlier object of its set
+            migrate(P, log_bucket(L, tag), mt.C_MIGRATIONS_PASSIVE)
+
+
+@internal
+def active_migration(P, j, page):
+    """HSet GC is relocating set j: merge the log objects waiting for it into the copy."""
+    n = log_take_bucket(P.log, j)
+    added = put_taken(P.sets, P.log, n, page)
+    c = P.m.counters
+    c[mt.C_MIGRATIONS_ACTIVE] += 1
+    c[mt.C_MIGRATED_OBJECTS_ACTIVE] += n
+    c[mt.C_MIGRATED_BYTES_ACTIVE] += added
+    return added
+
+
+register_compiled(FairyWrenState, get=hier_get, set=hier_set, delete=hier_delete, flush=hier_flush)
+register_log_owner(FairyWrenState, passive_migration)
+register_set_owner(FairyWrenState, active_migration)
 
 
 @register_engine("fairywren")
@@ -27,26 +61,11 @@ class FairyWrenEngine(HierarchicalEngine):
 
     def __init__(self, device, metrics=None, *, log_pct: float = 0.05, set_op: float = 0.05,
                  bloom_fp: float = 0.01, objects_per_set: float = 16.0, buffer_pages: int = 16):
-        if not isinstance(device, ZonedDevice):
+        if device.flash.kind == fl.BLOCK:
             raise TierwiseError("FairyWREN is a design for zoned (ZNS/FDP) devices; give it a zoned device")
         super().__init__(device, metrics, log_pct=log_pct, set_op=set_op, victim="fifo", bloom_fp=bloom_fp,
-                         objects_per_set=objects_per_set, buffer_pages=buffer_pages, segment_kb=0,
-                         gc_merge=self._active_migration)
-
-    def _on_log_evict(self, evicted: list[LogObject]) -> None:
-        for o in evicted:
-            if self._live(o):  # not already moved with an earlier object of its set
-                j = self.log.bucket_of(o.tag)
-                self._migrate(j, self.log.take_bucket(j), "passive")
-
-    def _active_migration(self, j: int, page: np.ndarray) -> int:
-        """GC is relocating set j: merge the log objects waiting for it into the copy."""
-        group = self.log.take_bucket(j)
-        added = self.sets.merge(page, group)
-        self.metrics.count("migrations_active")
-        self.metrics.count("migrated_objects_active", len(group))
-        self.metrics.count("migrated_bytes_active", added)
-        return added
+                         objects_per_set=objects_per_set, buffer_pages=buffer_pages)
+        self._ready(FairyWrenState(device.flash, self.metrics.arrays, self.log, self.sets))
 
     def l2swa(self, counters: dict[str, float]) -> dict[str, float | None]:
         """Measured L2SWA (set bytes written / bytes migrated into sets), the passive share p, and Eq. 6/7's
@@ -56,7 +75,7 @@ class FairyWrenEngine(HierarchicalEngine):
         migrated = counters.get("migrated_bytes_passive", 0) + counters.get("migrated_bytes_active", 0)
         writes = passive + active
         p = passive / writes if writes else None
-        l2swa_p = (1 - self.sets.op) * self.sets.phys_pages / (2 * self.log.capacity_pages)
+        l2swa_p = (1 - self.sets.op) * self.sets.phys_pages / (2 * log_capacity_pages(self.log))
         return {
             "l2swa": writes * PAGE_SIZE / migrated if migrated else None,
             "passive_share": p,

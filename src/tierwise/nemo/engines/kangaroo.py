@@ -7,21 +7,29 @@ are readmitted: appended to the log again (`readmit`, Kangaroo's default). Sets 
 value per object on flash and one DRAM hit bit per object. Here KSet sits on zones, so its rewrites are out of
 place and zone GC multiplies them (the ZNS port the Nemo paper measured, without hot/cold separation).
 
-`HierarchicalEngine` holds what Kangaroo and FairyWREN share: the log + sets layout and the get/set/delete paths.
+What Kangaroo and FairyWREN share (the log + sets layout, the get/set/delete paths, migrating a set's log objects
+into it) is here too: `HierarchicalEngine` and the compiled `hier_*` functions, registered for both designs.
 """
 
 from __future__ import annotations
 
-from abc import abstractmethod
-from typing import Callable
+from collections import namedtuple
 
 import numpy as np
 
 from tierwise.common.errors import TierwiseError
-from tierwise.nemo import layout
+from tierwise.nemo import metrics as mt
 from tierwise.nemo.engines import register_engine
-from tierwise.nemo.engines.log import LogObject, LogTier, PagedEngine, PageIO, key_tag
-from tierwise.nemo.engines.setassoc import SetTier
+from tierwise.nemo.engines.base import Engine, register_compiled
+from tierwise.nemo.engines.paged import (GET_READS, LIVE, POS_BITS, POS_MASK, ix_chain_length, ix_was_hit, key_tag,
+                                         log_bucket, log_capacity_pages, log_dram_bytes, log_flush, log_insert,
+                                         log_live, log_lookup, log_remove, log_take_bucket, new_log_tier, new_page_io,
+                                         register_log_owner)
+from tierwise.nemo.engines.settier import (new_set_tier, no_merge, register_set_owner, set_begin_update,
+                                           set_dram_bytes, set_holds, set_lookup, set_object_count, set_of, set_params,
+                                           set_put, set_remove, set_report_fills, set_write)
+from tierwise.nemo.layout import OBJ_HEADER, PAGE_SIZE
+from tierwise.nemo.native import internal, state_field
 
 
 def split_zones(num_zones: int, log_pct: float) -> tuple[list[int], list[int]]:
@@ -34,108 +42,163 @@ def split_zones(num_zones: int, log_pct: float) -> tuple[list[int], list[int]]:
     return list(range(n_log)), list(range(n_log, num_zones))
 
 
-class HierarchicalEngine(PagedEngine):
-    """A log tier in front of a set tier: gets check the log first, sets append to the log, deletes hit both.
-    Subclasses decide what happens when the log evicts (`_on_log_evict`) and how set GC behaves."""
+# ---- the shared request paths (P: a state with `log` and `sets`) --------------------------------------------------------
+
+@internal
+def hier_get(P, key):
+    """The log first, then the key's set."""
+    before = P.sets.io.st[GET_READS]
+    tag = key_tag(key)
+    hit, page, start, n = log_lookup(P.log, tag, key)
+    if not hit:
+        hit, page, start, n = set_lookup(P.sets, set_of(P.sets, tag), key)
+    mt.record_get(P.m, hit, P.sets.io.st[GET_READS] - before, 0, PAGE_SIZE)
+    return hit, page, start, n
+
+
+@internal
+def hier_set(P, key, value):
+    P.m.counters[mt.C_INSERTS] += 1
+    P.m.counters[mt.C_INSERT_BYTES] += key.shape[0] + value.shape[0]
+    log_insert(P, P.log, key_tag(key), key, value, 0)
+    return True
+
+
+@internal
+def hier_delete(P, key):
+    P.m.counters[mt.C_DELETES] += 1
+    tag = key_tag(key)
+    log_remove(P.log, tag)
+    set_remove(P, P.sets, set_of(P.sets, tag), key)
+
+
+@internal
+def hier_flush(P):
+    log_flush(P, P.log)
+    set_report_fills(P.sets)
+
+
+@internal
+def put_taken(S, L, n, page):
+    """Put the n objects `log_take_bucket` just took into a set page, in the order taken; returns the bytes added."""
+    added = 0
+    for i in range(n):
+        loc = L.tk_loc[i]
+        src = L.tk_pages[loc >> POS_BITS]
+        pos = loc & POS_MASK
+        klen = np.int64(src[pos])
+        vlen = np.int64(src[pos + 2]) | (np.int64(src[pos + 3]) << 8)
+        k0 = pos + OBJ_HEADER
+        added += set_put(S, page, src[k0:k0 + klen], src[k0 + klen:k0 + klen + vlen])
+    return added
+
+
+@internal
+def migrate(P, j, kind):
+    """Move every log object of set j into it with one read-modify-write; `kind` is the counter slot of the
+    migration kind (migrations_*, then migrated_objects_* and migrated_bytes_*)."""
+    S, L = P.sets, P.log
+    n = log_take_bucket(L, j)
+    page = set_begin_update(S, j, mt.C_READ_MIGRATION, False)
+    added = put_taken(S, L, n, page)
+    set_write(P, S, j, page, added, 0, 0)
+    c = P.m.counters
+    c[kind] += 1
+    c[kind + 1] += n
+    c[kind + 2] += added
+
+
+# ---- Kangaroo ----------------------------------------------------------------------------------------------------------
+
+KangarooState = namedtuple("KangarooState", ["dev", "m", "log", "sets", "cfg"])  # cfg: int64[THRESHOLD, READMIT]
+THRESHOLD, READMIT = range(2)
+
+
+@internal
+def _older_copy_in_set(P, j, i):
+    """Dropping evicted log object i while its key is still in its set would expose the stale copy."""
+    L = P.log
+    loc = L.ev_loc[i]
+    page = L.evicting[(loc >> POS_BITS) % L.io.ppz]
+    pos = loc & POS_MASK
+    key = page[pos + OBJ_HEADER:pos + OBJ_HEADER + np.int64(page[pos])]
+    return set_holds(P.sets, j, key, mt.C_READ_MIGRATION)
+
+
+@internal
+def kangaroo_on_evict(P, n):
+    """Threshold admission of the live objects of a reclaimed log zone; objects hit in the log are readmitted."""
+    L = P.log
+    c = P.m.counters
+    readmitted = 0
+    for i in range(n):
+        tag, loc = L.ev_tag[i], L.ev_loc[i]
+        if not log_live(L, tag, loc):  # already moved with an earlier object of its set
+            continue
+        j = log_bucket(L, tag)
+        if ix_chain_length(L.ix, j) >= P.cfg[THRESHOLD] or _older_copy_in_set(P, j, i):
+            migrate(P, j, mt.C_MIGRATIONS_THRESHOLD)
+        elif P.cfg[READMIT] and ix_was_hit(L.ix, j, tag):
+            L.ev_readmit[i] = 1
+            readmitted += 1
+        else:
+            c[mt.C_THRESHOLD_DROPS] += 1
+    c[mt.C_READMISSIONS] += readmitted
+
+
+register_compiled(KangarooState, get=hier_get, set=hier_set, delete=hier_delete, flush=hier_flush)
+register_log_owner(KangarooState, kangaroo_on_evict)
+register_set_owner(KangarooState, no_merge)
+
+
+class HierarchicalEngine(Engine):
+    """A log tier in front of a set tier (RRIParoo sets): gets check the log first, sets append to the log, deletes
+    hit both. The log index is bucketed by set, so one set's log objects are one chain."""
 
     def __init__(self, device, metrics, *, log_pct: float, set_op: float, victim: str, bloom_fp: float,
-                 objects_per_set: float, buffer_pages: int, segment_kb: int,
-                 gc_merge: Callable[[int, np.ndarray], int] | None = None, log_hits: bool = False):
+                 objects_per_set: float, buffer_pages: int, log_hits: bool = False):
         super().__init__(device, metrics)
-        self.io = PageIO(device, self.metrics, segment_kb * 1024)
-        log_zones, set_zones = split_zones(self.io.num_zones, log_pct)
-        self.log_pct = log_pct
-        self.sets = SetTier(self, set_zones, op=set_op, rrip=True, victim=victim, bloom_fp=bloom_fp,
-                            objects_per_set=objects_per_set,
-                            gc_merge=gc_merge)
-        n = self.sets.num_sets
-        # the log index is bucketed by set offset (the key tag's residue), so one set's log objects are one chain
-        self.log = LogTier(self, log_zones, n, lambda t: t % n, on_evict=self._on_log_evict,
-                           buffer_pages=buffer_pages, track_hits=log_hits)
-
-    # --- the shared request paths -------------------------------------------------------------------
-
-    def _lookup(self, key: bytes) -> bytes | None:
-        value = self.log.lookup(key_tag(key), key)
-        return value if value is not None else self.sets.lookup(*self.sets.hash(key), key)
-
-    def _insert(self, key: bytes, value: bytes) -> None:
-        self.log.insert(key_tag(key), key, value)
-
-    def _remove(self, key: bytes) -> None:
-        self.log.remove(key_tag(key))
-        self.sets.remove(*self.sets.hash(key), key)
-
-    def flush(self) -> None:
-        self.log.flush()
-        self.sets.report_fills()
+        io = new_page_io(device, self.metrics)
+        log_zones, set_zones = split_zones(device.num_zones, log_pct)
+        self.log_pct, self.victim = log_pct, victim
+        self.sets = new_set_tier(io, set_zones, op=set_op, rrip=True, victim=victim, bloom_fp=bloom_fp,
+                                 objects_per_set=objects_per_set)
+        self.log = new_log_tier(io, log_zones, self.sets.num_sets, buffer_pages=buffer_pages, track_hits=log_hits,
+                                num_zones=device.num_zones)
 
     def dram_bytes(self) -> dict[str, int]:
-        return {**self.log.dram_bytes(), **self.sets.dram_bytes("set")}
+        return {**log_dram_bytes(self.log), **set_dram_bytes(self.sets)}
 
     def object_count(self) -> int:
-        return len(self.log) + self.sets.object_count()
-
-    # --- migration ----------------------------------------------------------------------------------
-
-    def _migrate(self, j: int, group: list[LogObject], kind: str) -> None:
-        """Merge log objects into set j with one read-modify-write."""
-        page = self.sets.begin_update(j, "migration")
-        added = self.sets.merge(page, group)
-        self.sets.write(j, page, added)
-        self.metrics.count(f"migrations_{kind}")
-        self.metrics.count(f"migrated_objects_{kind}", len(group))
-        self.metrics.count(f"migrated_bytes_{kind}", added)
-
-    def _live(self, o: LogObject) -> bool:
-        return self.log.index.lookup(self.log.bucket_of(o.tag), o.tag) == o.loc
-
-    @abstractmethod
-    def _on_log_evict(self, evicted: list[LogObject]) -> list[LogObject] | None:
-        """The still-live objects of the log zone just reclaimed (their index entries are still in place);
-        returns those to append to the log again."""
+        return int(self.log.ix.st[LIVE]) + set_object_count(self.sets)
 
     def config(self) -> dict:
-        return {"engine": self.name, "log_pct": self.log_pct, "log_pages": self.log.capacity_pages,
-                "sets": self.sets.num_sets, "set_op": self.sets.op, "victim": self.sets.victim,
-                "bloom_bits": self.sets.bloom.params.m_bits, "bloom_k": self.sets.bloom.params.k}
+        p = set_params(self.sets)
+        return {"engine": self.name, "log_pct": self.log_pct, "log_pages": log_capacity_pages(self.log),
+                "sets": p["sets"], "set_op": self.sets.op, "victim": self.victim, "bloom_bits": p["bloom_bits"],
+                "bloom_k": p["bloom_k"]}
 
 
 @register_engine("kangaroo")
 class KangarooEngine(HierarchicalEngine):
     name = "kangaroo"
 
+    threshold = state_field(THRESHOLD, "objects of one set that must leave the log together to be admitted")
+
     def __init__(self, device, metrics=None, *, log_pct: float = 0.05, threshold: int = 2, readmit: bool = True,
                  set_op: float = 0.05, victim: str = "greedy", bloom_fp: float = 0.01, objects_per_set: float = 16.0,
-                 buffer_pages: int = 16, segment_kb: int = 256):
+                 buffer_pages: int = 16):
         if threshold < 1:
             raise TierwiseError(f"Kangaroo's admission threshold must be >= 1, got {threshold}")
-        self.threshold, self.readmit = threshold, readmit
         super().__init__(device, metrics, log_pct=log_pct, set_op=set_op, victim=victim, bloom_fp=bloom_fp,
-                         objects_per_set=objects_per_set, buffer_pages=buffer_pages, segment_kb=segment_kb,
-                         log_hits=readmit)
+                         objects_per_set=objects_per_set, buffer_pages=buffer_pages, log_hits=readmit)
+        self.st = np.array([threshold, int(readmit)], np.int64)
+        self._ready(KangarooState(device.flash, self.metrics.arrays, self.log, self.sets, self.st))
 
-    def _on_log_evict(self, evicted: list[LogObject]) -> list[LogObject]:
-        readmitted = []
-        for o in evicted:
-            if not self._live(o):  # already moved with an earlier object of its set
-                continue
-            j = self.log.bucket_of(o.tag)
-            if len(self.log.index.bucket(j)) >= self.threshold or self._older_copy_in_set(j, o):
-                self._migrate(j, self.log.take_bucket(j), "threshold")
-            elif self.readmit and self.log.index.was_hit(j, o.tag):
-                readmitted.append(o)
-            else:
-                self.metrics.count("threshold_drops")
-        self.metrics.count("readmissions", len(readmitted))
-        return readmitted
-
-    def _older_copy_in_set(self, j: int, o: LogObject) -> bool:
-        """Dropping a log object whose key is still in its set would expose the stale copy: migrate it then."""
-        _, positions = self.sets.hash(o.key)
-        if self.sets.loc[j] < 0 or not self.sets.bloom.contains(j, positions):
-            return False
-        return layout.page_find(self.sets.read(j, "migration"), np.frombuffer(o.key, np.uint8)) >= 0
+    @property
+    def readmit(self) -> bool:
+        """Objects hit in the log are readmitted instead of dropped."""
+        return bool(self.st[READMIT])
 
     def config(self) -> dict:
         return {**super().config(), "threshold": self.threshold, "readmit": self.readmit}

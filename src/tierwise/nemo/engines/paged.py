@@ -113,7 +113,14 @@ def _count(io, cause, pages):
 def read_page(io, zone, page, scratch, cause):
     """Page `page` of `zone` (a view; on a syscall device read into `scratch`); a page failing its checksum reads
     as empty (a cache miss). `cause`: GET, or the counter slot of a background read."""
-    data = fl.read(io.dev, zone, page * PAGE_SIZE, PAGE_SIZE, scratch, cause == GET)
+    return read_page_as(io, zone, page, scratch, cause, cause == GET)
+
+
+@internal
+def read_page_as(io, zone, page, scratch, cause, foreground):
+    """`read_page` counted under `cause` but timed as `foreground` says: a read the request waits for that is not a
+    lookup (the Set engine's read-modify-write)."""
+    data = fl.read(io.dev, zone, page * PAGE_SIZE, PAGE_SIZE, scratch, foreground)
     _count(io, cause, 1)
     if layout.page_crc_valid(data):
         return data

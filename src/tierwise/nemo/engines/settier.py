@@ -1,0 +1,525 @@
+"""The set tier: 4 KB sets written out of place over zones (CacheLib BigHash / SOC), shared by the Set engine and
+by Kangaroo's KSet and FairyWREN's HSet.
+
+Every key maps to one set (the shared page format, `tierwise.nemo.layout`); adding an object is a read-modify-write
+of the whole set. On a zoned device a rewritten set is appended to the open set zone and its old version goes
+stale; when the last free zone is opened, zone GC picks a victim among the closed zones (greedy: fewest valid sets,
+the oldest among equals; FIFO: the oldest), copies its still-valid sets into the zone just opened (or lets the owner
+merge into them, as FairyWREN's active migration does) and resets it. Over-provisioning (OP) = the share of pages
+not holding a set. On a conventional SSD sets live at fixed addresses and are overwritten in place (the FTL does the
+GC: its OP, its DLWA).
+
+DRAM per set: a Bloom filter rebuilt from the page on every write (BigHash), the set's location (out of place
+only), and with RRIParoo (Kangaroo) 16 hit bits. RRIParoo keeps a 3-bit re-reference prediction per object on
+flash, in the unused top bits of the object's flags byte: 0 = reused soon, RRIP_MAX = evict first; new objects
+enter at RRIP_MAX - 1; objects hit since their set was last written are promoted to 0 before it is rewritten.
+
+The fill reported per set write is the share of the page that is newly added data (Eq. 3), in batches of
+FILL_BATCH writes (`metrics.record_fills`, each batch one group sample).
+
+GC needs the sets stored in the victim zone: `owner` maps each page of the tier to the set last written there (a
+page is live when that set's location still points at it). It stands for the set id a real implementation reads
+from each page it collects, so it is not reported as DRAM.
+
+The owner engine's GC hook is resolved at compile time per state type: `register_set_owner(StateType, gc_merge)`.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from typing import Callable
+
+import numpy as np
+from numba.extending import overload
+
+from tierwise.common.errors import TierwiseError
+from tierwise.nemo import layout
+from tierwise.nemo import metrics as mt
+from tierwise.nemo.device import flash as fl
+from tierwise.nemo.engines.paged import (GET, MAX_OBJECTS_PER_PAGE, PageIO, read_page, read_page_as, read_pages_into, reset_zone, trim_page,
+                                         write_page_at, write_pages)
+from tierwise.nemo.index.bloom import FilterParams
+from tierwise.nemo.layout import OBJ_HEADER, PAGE_HEADER, PAGE_SIZE, PAYLOAD
+from tierwise.nemo.native import copy_bytes, internal
+
+RRIP_SHIFT = 5
+RRIP_MAX = 7
+RRIP_NEW = RRIP_MAX - 1
+# DRAM hit bits per set: one per object slot for the first 16 objects, a uint16 per set (Kangaroo's RripBitVector
+# tracks 16 objects per bucket; a 4 KB set holds ~16 objects of the ~250 B twitter-merged size)
+HIT_SLOTS = 16
+FILL_BATCH = 1024  # set writes per fill report
+
+SetTier = namedtuple("SetTier", [
+    "io",  # PageIO
+    "num_sets", "phys_pages", "op",  # sets, pages of the tier's zones, effective over-provisioning
+    "in_place",  # 1: sets at fixed pages of a conventional SSD (page base + j)
+    "base",  # page id of the tier's first page
+    "rrip",  # 1: RRIParoo eviction (hit bits in `hits`), 0: FIFO
+    "fifo",  # GC victim: 1 = oldest closed zone, 0 = greedy (fewest valid sets)
+    "m_bits", "k",  # Bloom filter bits per set, probes per key
+    "loc",  # int32[num_sets]: page id of each set, -1 = not on flash
+    "owner",  # int32[phys_pages]: the set last written at each page of the tier (out of place only)
+    "valid",  # int64[device zones]: valid sets per zone
+    "free",  # int64[zones]: ring of free zones (FREE_AT, FREE_N)
+    "closed",  # int64[zones]: ring of full zones, oldest first (CLOSED_AT, CLOSED_N)
+    "st",  # int64[...]: the scalars below
+    "bloom",  # uint8[num_sets, m_bits / 8]: per-set Bloom filters
+    "hits",  # uint16[num_sets] (RRIParoo) or empty: objects hit since the set was written
+    "counts",  # int32[num_sets]: objects per set (object_count)
+    "fills",  # int64[FILL_BATCH]: newly added bytes of the set pages written since the last fill report
+    "page",  # uint8[PAGE_SIZE]: the set being updated (read-modify-write)
+    "gc",  # uint8[ppz, PAGE_SIZE]: the zone being collected
+    "scratch",  # uint8[PAGE_SIZE]: read buffer for syscall devices
+    "keys",  # int64[2, objects per page]: start and length of each key of the page whose filter is rebuilt ...
+    "hashes",  # uint64[objects per page]: ... and its FNV-1a state
+])
+ZONE, WP, FREE_AT, FREE_N, CLOSED_AT, CLOSED_N, OBJECTS, NFILLS = range(8)
+
+
+def new_set_tier(io: PageIO, zones: list[int], *, op: float, rrip: bool = False, victim: str = "greedy",
+                 bloom_fp: float = 0.01, objects_per_set: float = 16.0) -> SetTier:
+    """`zones` (a contiguous range) hold the sets; `op` is the over-provisioned share of their pages (0 in place)."""
+    if victim not in ("greedy", "fifo"):
+        raise TierwiseError(f"unknown GC victim policy {victim!r}: use 'greedy' or 'fifo'")
+    if not 0 <= op < 1:
+        raise TierwiseError(f"set over-provisioning must be in [0, 1), got {op}")
+    if not zones or list(zones) != list(range(zones[0], zones[0] + len(zones))):
+        raise TierwiseError("a set tier needs a contiguous range of zones (segments)")
+    ppz = io.ppz
+    phys = len(zones) * ppz
+    in_place = io.dev.kind == fl.BLOCK  # a conventional SSD: sets at fixed addresses, the FTL does the GC
+    if in_place:
+        op = 0.0
+    num_sets = int(phys * (1 - op))
+    if not in_place and (phys - num_sets < 2 * ppz or num_sets < 1):
+        raise TierwiseError(
+            f"set OP {op} leaves {phys - num_sets} spare pages over {len(zones)} zones of {ppz} pages; "
+            f"zone GC needs at least 2 zones' worth ({2 * ppz}): raise the OP or use smaller zones")
+    params = FilterParams.for_objects(objects_per_set, bloom_fp)
+    n = len(zones)
+    st = np.zeros(8, np.int64)
+    st[ZONE], st[FREE_AT], st[FREE_N] = zones[0], 1 % n, n - 1  # the first zone opens at once
+    return SetTier(io, num_sets, phys, op, int(in_place), zones[0] * ppz, int(rrip), int(victim == "fifo"),
+                   params.m_bits, params.k, np.full(num_sets, -1, np.int32),
+                   np.zeros(0 if in_place else phys, np.int32), np.zeros(io.dev.num_zones, np.int64), np.array(zones, np.int64), np.zeros(n, np.int64), st,
+                   np.zeros((num_sets, params.nbytes), np.uint8), np.zeros(num_sets if rrip else 0, np.uint16),
+                   np.zeros(num_sets, np.int32), np.zeros(FILL_BATCH, np.int64), np.zeros(PAGE_SIZE, np.uint8),
+                   np.zeros((0 if in_place else ppz, PAGE_SIZE), np.uint8), np.zeros(PAGE_SIZE, np.uint8),
+                   np.zeros((2, MAX_OBJECTS_PER_PAGE), np.int64), np.zeros(MAX_OBJECTS_PER_PAGE, np.uint64))
+
+
+def set_dram_bytes(S: SetTier, name: str = "set") -> dict[str, int]:
+    out = {f"{name}_bloom": S.bloom.nbytes}
+    if not S.in_place:  # in place, a set's address is its number: no map
+        out[f"{name}_location_map"] = S.loc.nbytes
+    if S.rrip:
+        out[f"{name}_hit_bits"] = S.hits.nbytes
+    return out
+
+
+def set_object_count(S: SetTier) -> int:
+    return int(S.st[OBJECTS])
+
+
+def set_params(S: SetTier) -> dict:
+    return {"sets": S.num_sets, "bloom_bits": S.m_bits, "bloom_k": S.k}
+
+
+# ---- the owner's GC hook (per design) --------------------------------------------------------------------------------
+
+_OWNERS: dict[type, Callable] = {}
+
+
+def register_set_owner(state_type: type, gc_merge: Callable) -> None:
+    """`gc_merge(P, j, page)` (P: the engine's state ref): zone GC is relocating set j, whose page (a writable copy)
+    it may add objects to; returns the bytes added, or -1 to have the page copied as is (`no_merge`)."""
+    _OWNERS[state_type] = gc_merge
+
+
+@internal
+def no_merge(P, j, page):
+    """The GC hook of a design whose sets GC copies unchanged."""
+    return -1
+
+
+def on_set_gc(P, j, page):
+    raise NotImplementedError
+
+
+@overload(on_set_gc)
+def _ov_on_set_gc(P, j, page):
+    fn = _OWNERS[P.dtype.instance_class]
+    return lambda P, j, page: fn(P, j, page)
+
+
+# ---- keys and filters ----------------------------------------------------------------------------------------------
+
+@internal
+def set_of(S, tag):
+    """The set of a key, from its tag (`paged.key_tag`: the low half of the shared key hash)."""
+    return np.int64(tag % np.uint64(S.num_sets))
+
+
+_FNV_BASIS = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+
+
+@internal
+def _fnv(buf, lo, hi):
+    """FNV-1a state of the bytes buf[lo:hi]."""
+    h = np.uint64(_FNV_BASIS)
+    for i in range(lo, hi):
+        h = (h ^ np.uint64(buf[i])) * np.uint64(_FNV_PRIME)
+    return h
+
+
+@internal(inline=True)
+def _probe(h, m_bits):
+    """(first position, step) of the Bloom probes of a key whose FNV-1a state is h: the murmur3 finaliser gives the
+    seeds h1 (low half) and h2 (high half, odd), and probe i is at (h1 + i * h2) mod m, as in
+    `hashing.bloom_positions`. Hashing the key's bytes alone lets a set's filter be rebuilt from its page."""
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xC4CEB9FE1A85EC53)
+    h ^= h >> np.uint64(33)
+    m = np.uint64(m_bits)
+    return np.int64((h & np.uint64(0xFFFFFFFF)) % m), np.int64(((h >> np.uint64(32)) | np.uint64(1)) % m)
+
+
+@internal
+def _may_hold(S, j, key):
+    """The set is on flash and its filter may hold `key`."""
+    if S.loc[j] < 0:
+        return False
+    m = S.m_bits
+    x, step = _probe(_fnv(key, 0, key.shape[0]), m)
+    row = S.bloom[j]
+    for _ in range(S.k):
+        if (row[x >> 3] >> (x & 7)) & 1 == 0:
+            return False
+        x += step
+        if x >= m:
+            x -= m
+    return True
+
+
+@internal
+def _rebuild(S, j, page):
+    """Refill set j's filter from the keys in its page, recount its objects, clear its hit bits. Keys are hashed
+    four at a time (FNV-1a is one dependent multiply per byte: interleaved chains keep the multiplier busy)."""
+    row = S.bloom[j]
+    row[:] = 0
+    ks, kl, hs = S.keys[0], S.keys[1], S.hashes
+    end = PAGE_HEADER + layout.page_used(page)
+    n = 0
+    pos = PAGE_HEADER
+    while pos < end:
+        klen = np.int64(page[pos])
+        ks[n] = pos + OBJ_HEADER
+        kl[n] = klen
+        pos += OBJ_HEADER + klen + (np.int64(page[pos + 2]) | (np.int64(page[pos + 3]) << 8))
+        n += 1
+    prime = np.uint64(_FNV_PRIME)
+    i = 0
+    while i < n:
+        group, done = 1, 0
+        hs[i] = np.uint64(_FNV_BASIS)
+        if i + 4 <= n:  # the bytes all four keys have, in four chains
+            group = 4
+            a0, a1, a2, a3 = ks[i], ks[i + 1], ks[i + 2], ks[i + 3]
+            h0 = h1 = h2 = h3 = np.uint64(_FNV_BASIS)
+            done = min(min(kl[i], kl[i + 1]), min(kl[i + 2], kl[i + 3]))
+            for b in range(done):
+                h0 = (h0 ^ np.uint64(page[a0 + b])) * prime
+                h1 = (h1 ^ np.uint64(page[a1 + b])) * prime
+                h2 = (h2 ^ np.uint64(page[a2 + b])) * prime
+                h3 = (h3 ^ np.uint64(page[a3 + b])) * prime
+            hs[i], hs[i + 1], hs[i + 2], hs[i + 3] = h0, h1, h2, h3
+        for q in range(i, i + group):  # the rest of each key
+            h = hs[q]
+            for b in range(ks[q] + done, ks[q] + kl[q]):
+                h = (h ^ np.uint64(page[b])) * prime
+            hs[q] = h
+        i += group
+    m = S.m_bits
+    for q in range(n):
+        x, step = _probe(hs[q], m)
+        for _ in range(S.k):
+            row[x >> 3] |= np.uint8(1 << (x & 7))
+            x += step
+            if x >= m:
+                x -= m
+    S.st[OBJECTS] += n - np.int64(S.counts[j])
+    S.counts[j] = n
+    if S.rrip:
+        S.hits[j] = 0
+
+
+# ---- pages: insertion and eviction within a set ------------------------------------------------------------------------
+
+@internal
+def _rrip(page, pos):
+    return np.int64(page[pos + 1]) >> RRIP_SHIFT
+
+
+@internal
+def _set_rrip(page, pos, v):
+    page[pos + 1] = (np.int64(page[pos + 1]) & ((1 << RRIP_SHIFT) - 1)) | (v << RRIP_SHIFT)
+
+
+@internal
+def _evict_one(page, rrip):
+    """Remove one object: the oldest (FIFO), or the oldest with the highest RRIP after ageing (RRIParoo)."""
+    pos = PAGE_HEADER
+    if rrip:
+        end = PAGE_HEADER + layout.page_used(page)
+        top = -1
+        p = PAGE_HEADER
+        while p < end:
+            top = max(top, _rrip(page, p))
+            p += layout.obj_size_at(page, p)
+        p = PAGE_HEADER
+        found = False
+        while p < end:
+            if top < RRIP_MAX:  # age everyone until someone is at the distant end
+                _set_rrip(page, p, _rrip(page, p) + RRIP_MAX - top)
+            if not found and _rrip(page, p) == RRIP_MAX:
+                pos = p
+                found = True
+            p += layout.obj_size_at(page, p)
+    layout.page_remove(page, pos)
+
+
+@internal
+def page_put(page, key, value, flags, rrip):
+    """Insert into a set page, replacing an older copy and evicting until it fits; returns the objects evicted, or
+    -1 if the object cannot fit even in an empty page."""
+    pos = layout.page_find(page, key)
+    if pos >= 0:
+        layout.page_remove(page, pos)
+    evicted = 0
+    while not layout.page_append(page, key, value, flags):
+        if layout.page_count(page) == 0:
+            return -1
+        _evict_one(page, rrip)
+        evicted += 1
+    return evicted
+
+
+@internal
+def promote_hits(page, hits):
+    """RRIParoo: objects hit since the set was last written move to the near end (RRIP 0)."""
+    end = PAGE_HEADER + layout.page_used(page)
+    pos = PAGE_HEADER
+    i = 0
+    while pos < end and i < HIT_SLOTS:
+        if (np.int64(hits) >> i) & 1:
+            _set_rrip(page, pos, 0)
+        pos += layout.obj_size_at(page, pos)
+        i += 1
+
+
+@internal
+def set_put(S, page, key, value):
+    """Insert into a page from `set_begin_update`, evicting as the policy says (new objects enter at RRIP long);
+    returns the bytes added (object with header)."""
+    page_put(page, key, value, (RRIP_NEW << RRIP_SHIFT) if S.rrip else 0, S.rrip)
+    return OBJ_HEADER + key.shape[0] + value.shape[0]
+
+
+# ---- lookups -------------------------------------------------------------------------------------------------------
+
+@internal
+def set_lookup(S, j, key):
+    """(hit, page, value start, value length) of `key` in set j (a lookup: the read is the request's)."""
+    if not _may_hold(S, j, key):
+        return False, S.io.zero, 0, 0
+    ppz = S.io.ppz
+    pid = np.int64(S.loc[j])
+    page = read_page(S.io, pid // ppz, pid % ppz, S.scratch, GET)
+    pos = layout.page_find(page, key)
+    if pos < 0:
+        return False, page, 0, 0
+    if S.rrip:
+        slot = layout.page_index_of(page, pos)
+        if slot < HIT_SLOTS:
+            S.hits[j] |= np.uint16(1 << slot)
+    start, n, _ = layout.obj_value_span(page, pos)
+    return True, page, start, n
+
+
+@internal
+def set_holds(S, j, key, cause):
+    """Is `key` in set j on flash (a background read under `cause` when its filter may hold it)?"""
+    if not _may_hold(S, j, key):
+        return False
+    ppz = S.io.ppz
+    pid = np.int64(S.loc[j])
+    return layout.page_find(read_page(S.io, pid // ppz, pid % ppz, S.scratch, cause), key) >= 0
+
+
+# ---- updates -------------------------------------------------------------------------------------------------------
+
+@internal
+def set_begin_update(S, j, cause, foreground):
+    """Set j's page in S.page (empty if not on flash), read under `cause`, for a read-modify-write; objects hit
+    since its last write are promoted before anything is evicted."""
+    page = S.page
+    pid = np.int64(S.loc[j])
+    if pid < 0:
+        page[:] = 0
+    else:
+        ppz = S.io.ppz
+        copy_bytes(page, 0, read_page_as(S.io, pid // ppz, pid % ppz, S.scratch, cause, foreground), 0, PAGE_SIZE)
+    if S.rrip and S.hits[j]:
+        promote_hits(page, S.hits[j])
+    return page
+
+
+@internal
+def set_remove(P, S, j, key):
+    """Delete a key from set j (a read-modify-write the request waits for, when the filter says it may be there)."""
+    if not _may_hold(S, j, key):
+        return False
+    page = set_begin_update(S, j, mt.C_READ_DELETE, True)
+    pos = layout.page_find(page, key)
+    if pos < 0:
+        return False
+    layout.page_remove(page, pos)
+    set_write(P, S, j, page, 0, 0, 0)
+    return True
+
+
+@internal
+def set_write(P, S, j, page, added, new_kv, new_objects):
+    """Write set j. `added` = bytes of objects added by this write; `new_kv`/`new_objects` = the user objects among
+    them reaching flash for the first time (migrated ones were already counted)."""
+    _rebuild(S, j, page)
+    if S.in_place:
+        pid = S.base + j
+        if layout.page_count(page):
+            write_page_at(S.io, pid, page, new_kv, new_objects)
+            S.loc[j] = pid
+            _record_fill(S, added)
+        elif S.loc[j] >= 0:
+            trim_page(S.io, pid)
+            S.loc[j] = -1
+        return
+    _invalidate(S, j)
+    if layout.page_count(page) == 0:  # an empty set needs no page: its old version is simply stale
+        return
+    _room(P, S)
+    _append(S, j, page, added, new_kv, new_objects)
+
+
+@internal
+def _append(S, j, page, added, new_kv, new_objects):
+    zone = S.st[ZONE]
+    p = write_pages(S.io, zone, page.reshape(1, PAGE_SIZE), 1, new_kv, new_objects)
+    pid = zone * S.io.ppz + p
+    S.loc[j] = pid
+    S.owner[pid - S.base] = j
+    S.valid[zone] += 1
+    S.st[WP] += 1
+    _record_fill(S, added)
+
+
+@internal
+def _invalidate(S, j):
+    pid = np.int64(S.loc[j])
+    if pid >= 0:
+        S.valid[pid // S.io.ppz] -= 1
+        S.loc[j] = -1
+
+
+@internal
+def _record_fill(S, added):
+    n = S.st[NFILLS]
+    S.fills[n] = added
+    S.st[NFILLS] = n + 1
+    if n + 1 == FILL_BATCH:
+        set_report_fills(S)
+
+
+@internal
+def set_report_fills(S):
+    """Hand the fill of the set pages written since the last call to the metrics, as one batch."""
+    n = S.st[NFILLS]
+    if n:
+        mt.record_fills(S.io.m, S.fills[:n], PAYLOAD, True)
+        S.st[NFILLS] = 0
+
+
+# ---- zone GC -------------------------------------------------------------------------------------------------------
+
+@internal
+def _room(P, S):
+    """Make sure the open zone has a free page, collecting a victim zone whenever the last free zone is taken."""
+    st = S.st
+    while st[WP] == S.io.ppz:
+        S.closed[(st[CLOSED_AT] + st[CLOSED_N]) % S.closed.shape[0]] = st[ZONE]
+        st[CLOSED_N] += 1
+        st[ZONE] = S.free[st[FREE_AT]]
+        st[FREE_AT] = (st[FREE_AT] + 1) % S.free.shape[0]
+        st[FREE_N] -= 1
+        st[WP] = 0
+        if st[FREE_N] == 0:  # keep one zone in reserve: GC copies into the zone just opened
+            _collect(P, S)
+
+
+@internal
+def _take_victim(S):
+    """Remove and return the GC victim from the closed zones: the oldest (FIFO) or the first with fewest valid
+    sets (greedy)."""
+    st = S.st
+    ring = S.closed
+    size = ring.shape[0]
+    at, n = st[CLOSED_AT], st[CLOSED_N]
+    r = 0
+    if not S.fifo:
+        best = S.valid[ring[at]]
+        for i in range(1, n):
+            v = S.valid[ring[(at + i) % size]]
+            if v < best:
+                best, r = v, i
+    victim = ring[(at + r) % size]
+    for i in range(r, 0, -1):  # close the gap from the old end
+        ring[(at + i) % size] = ring[(at + i - 1) % size]
+    st[CLOSED_AT] = (at + 1) % size
+    st[CLOSED_N] = n - 1
+    return victim
+
+
+@internal
+def _collect(P, S):
+    victim = _take_victim(S)
+    c = S.io.m.counters
+    c[mt.C_GC_ZONES] += 1
+    ppz = S.io.ppz
+    if S.valid[victim]:
+        read_pages_into(S.io, victim, 0, S.gc, ppz, mt.C_READ_GC)
+        copies = 0
+        for p in range(ppz):
+            pid = victim * ppz + p
+            j = np.int64(S.owner[pid - S.base])
+            if S.loc[j] != pid:
+                continue  # a stale version
+            page = S.gc[p]
+            if S.rrip and S.hits[j]:
+                promote_hits(page, S.hits[j])
+            added = on_set_gc(P, j, page)
+            _invalidate(S, j)
+            if added > 0 or (added == 0 or S.rrip) and layout.page_count(page) != S.counts[j]:
+                _rebuild(S, j, page)  # objects were merged in (or the page read back damaged: empty)
+            elif S.rrip:  # the same keys: the filter stands (a plain copy always keeps it)
+                S.hits[j] = 0
+            if layout.page_count(page):
+                _append(S, j, page, max(added, 0), 0, 0)
+            copies += 1
+        c[mt.C_GC_SET_COPIES] += copies
+    reset_zone(S.io, victim)
+    st = S.st
+    S.free[(st[FREE_AT] + st[FREE_N]) % S.free.shape[0]] = victim
+    st[FREE_N] += 1
