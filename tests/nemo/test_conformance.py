@@ -3,7 +3,8 @@ and every device kind it runs on.
 
 One parametrised module for nemo, log, set, kangaroo and fairywren, each on the in-memory zoned emulator ("mem"), the
 file-backed zoned emulator in a temporary folder ("file") and, for the designs that run on a conventional SSD, the
-FTL model ("@ssd": its segments play the zones; Set and Kangaroo rewrite their sets in place there). Geometries are tiny, so a few thousand requests already wrap the
+FTL model ("@ssd": its segments play the zones; Set and Kangaroo rewrite their sets in place there, FairyWREN keeps
+its out-of-place sets and GC). Geometries are tiny, so a few thousand requests already wrap the
 device, evict zones / SetGroups, migrate log objects into sets and collect set zones; every test that relies on such
 an event asserts that it happened (the counters in `engine.metrics.counters`, the device's resets and erases), so it
 cannot pass vacuously.
@@ -60,8 +61,9 @@ DESIGNS = {
     "kangaroo": Design("kangaroo", 32, 16, {"log_pct": 0.1, "set_op": 0.25},
                        events={"zoned": ("migrations_threshold", "gc_zones"), "ssd": ("migrations_threshold",)},
                        mixed_events=("readmissions", "threshold_drops")),
-    "fairywren": Design("fairywren", 32, 16, {"log_pct": 0.1, "set_op": 0.25}, ssd=False,
-                        events={"zoned": ("migrations_passive", "migrations_active", "gc_zones")}),
+    "fairywren": Design("fairywren", 32, 16, {"log_pct": 0.1, "set_op": 0.25},
+                        events={"zoned": ("migrations_passive", "migrations_active", "gc_zones"),
+                                "ssd": ("migrations_passive", "migrations_active", "gc_zones")}),
     # SetGroups of 8 sets in zones of 10 pages (header + 8 sets + trailer); flush at the first failed insert, so
     # SGs are flushed (and the ring evicts) often
     "nemo": Design("nemo", 24, 40, {"sets_per_sg": 8, "flush_threshold": 1},

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 
-from tierwise.common.errors import TierwiseError
 from tierwise.nemo import metrics as mt
-from tierwise.nemo.device import flash as fl
 from tierwise.nemo.engines import register_engine
 from tierwise.nemo.engines.base import register_compiled
 from tierwise.nemo.engines.kangaroo import (HierarchicalEngine, hier_delete, hier_flush, hier_get, hier_set, migrate,
@@ -61,10 +59,10 @@ class FairyWrenEngine(HierarchicalEngine):
 
     def __init__(self, device, metrics=None, *, log_pct: float = 0.05, set_op: float = 0.05,
                  bloom_fp: float = 0.01, objects_per_set: float = 16.0, buffer_pages: int = 16):
-        if device.flash.kind == fl.BLOCK:
-            raise TierwiseError("FairyWREN is a design for zoned (ZNS/FDP) devices; give it a zoned device")
+        # sets out of place with FairyWREN's own GC on any device: on a conventional SSD its segments play the
+        # zones (FairyWREN over the FTL, as on an FDP drive without placement hints)
         super().__init__(device, metrics, log_pct=log_pct, set_op=set_op, victim="fifo", bloom_fp=bloom_fp,
-                         objects_per_set=objects_per_set, buffer_pages=buffer_pages)
+                         objects_per_set=objects_per_set, buffer_pages=buffer_pages, in_place=False)
         self._ready(FairyWrenState(device.flash, self.metrics.arrays, self.log, self.sets))
 
     def l2swa(self, counters: dict[str, float]) -> dict[str, float | None]:

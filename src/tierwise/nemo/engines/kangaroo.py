@@ -156,13 +156,14 @@ class HierarchicalEngine(Engine):
     hit both. The log index is bucketed by set, so one set's log objects are one chain."""
 
     def __init__(self, device, metrics, *, log_pct: float, set_op: float, victim: str, bloom_fp: float,
-                 objects_per_set: float, buffer_pages: int, log_hits: bool = False):
+                 objects_per_set: float, buffer_pages: int, log_hits: bool = False, in_place: bool | None = None):
         super().__init__(device, metrics)
+        self.start_empty()
         io = new_page_io(device, self.metrics)
         log_zones, set_zones = split_zones(device.num_zones, log_pct)
         self.log_pct, self.victim = log_pct, victim
         self.sets = new_set_tier(io, set_zones, op=set_op, rrip=True, victim=victim, bloom_fp=bloom_fp,
-                                 objects_per_set=objects_per_set)
+                                 objects_per_set=objects_per_set, in_place=in_place)
         self.log = new_log_tier(io, log_zones, self.sets.num_sets, buffer_pages=buffer_pages, track_hits=log_hits,
                                 num_zones=device.num_zones)
 

@@ -66,6 +66,7 @@ class SetEngine(Engine):
     def __init__(self, device, metrics=None, *, op: float = 0.5, victim: str = "greedy", bloom_fp: float = 0.01,
                  objects_per_set: float = 16.0):
         super().__init__(device, metrics)
+        self.start_empty()
         self.victim = victim
         self.sets: SetTier = new_set_tier(new_page_io(device, self.metrics), list(range(device.num_zones)), op=op,
                                           victim=victim, bloom_fp=bloom_fp, objects_per_set=objects_per_set)

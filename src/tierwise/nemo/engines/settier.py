@@ -78,8 +78,10 @@ ZONE, WP, FREE_AT, FREE_N, CLOSED_AT, CLOSED_N, OBJECTS, NFILLS = range(8)
 
 
 def new_set_tier(io: PageIO, zones: list[int], *, op: float, rrip: bool = False, victim: str = "greedy",
-                 bloom_fp: float = 0.01, objects_per_set: float = 16.0) -> SetTier:
-    """`zones` (a contiguous range) hold the sets; `op` is the over-provisioned share of their pages (0 in place)."""
+                 bloom_fp: float = 0.01, objects_per_set: float = 16.0, in_place: bool | None = None) -> SetTier:
+    """`zones` (a contiguous range) hold the sets; `op` is the over-provisioned share of their pages (0 in place).
+    `in_place`: sets rewritten at fixed pages (a conventional SSD only; the default there) instead of out of place
+    with zone GC (the default on zoned devices, and a design's choice on a conventional SSD too)."""
     if victim not in ("greedy", "fifo"):
         raise TierwiseError(f"unknown GC victim policy {victim!r}: use 'greedy' or 'fifo'")
     if not 0 <= op < 1:
@@ -88,7 +90,10 @@ def new_set_tier(io: PageIO, zones: list[int], *, op: float, rrip: bool = False,
         raise TierwiseError("a set tier needs a contiguous range of zones (segments)")
     ppz = io.ppz
     phys = len(zones) * ppz
-    in_place = io.dev.kind == fl.BLOCK  # a conventional SSD: sets at fixed addresses, the FTL does the GC
+    if in_place is None:  # a conventional SSD: sets at fixed addresses, the FTL does the GC
+        in_place = io.dev.kind == fl.BLOCK
+    if in_place and io.dev.kind != fl.BLOCK:
+        raise TierwiseError("sets rewritten in place need a conventional (block) device")
     if in_place:
         op = 0.0
     num_sets = int(phys * (1 - op))
