@@ -47,9 +47,10 @@ def main() -> None:
     rows = [{"figure": k, "value": v} for k, v in {
         "requests": result.requests, "wall s (incl. set-up)": wall, "replay s": result.seconds,
         "M req/s": result.requests_per_second / 1e6, "peak RSS GiB": rss_gib, "LRU s (scaled from 10M)": lru,
+        "window": s["window"], "device GiB written": s["device_bytes_written"] / 2**30,
         "ALWA": s["alwa"], "miss ratio": s["miss_ratio"], "mean SG fill": s["mean_sg_fill"],
-        "index bits/object": s["dram"].get("index_bits_per_object_mean"), "wrong values": result.counters["wrong_values"],
-        "S / N": f"{engine.S} / {engine.N}"}.items()]
+        "index bits/object": s["dram"].get("index_bits_per_object_mean", s["dram"].get("index_bits_per_object")),
+        "wrong values": result.counters["wrong_values"], "S / N": f"{engine.S} / {engine.N}"}.items()]
     print_table(rows, title=f"Nemo at scale: {args.flash_mb:g} MiB flash, {n:,} requests")
     if args.json:
         write_json({"rows": rows, "summary": s, "engine": engine.config()}, args.json)
