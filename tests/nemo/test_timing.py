@@ -261,3 +261,14 @@ def test_percentiles_match_numpy_within_bucket_precision(seed):
         lo, hi = np.percentile(values, q, method="lower"), np.percentile(values, q, method="higher")
         assert lo <= np.percentile(values, q) <= hi and lo <= got <= hi * (1 + 1 / 32) + 1
     assert lat["mean_us"] * 1000 == pytest.approx(values.mean(), rel=0.04)
+
+
+def test_background_reads_are_spread_over_the_background_workers():
+    # more background reads than workers, all on one die: each worker waits for its read, so they queue on the
+    # die one after another
+    t = toy()
+    _begin(t, 0)
+    for _ in range(tm.BACKGROUND_WORKERS + 3):
+        _background(t, 0, 0)
+    assert int(t.busy[0]) == int(t.workers.max()) == (tm.BACKGROUND_WORKERS + 3) * 10 * US
+    assert int(np.sort(t.workers)[-2]) == (tm.BACKGROUND_WORKERS + 2) * 10 * US  # each worker waited its turn

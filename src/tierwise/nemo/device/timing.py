@@ -14,7 +14,10 @@ The model (its numbers and their sources: docs/nemo-devices-and-traces.md, "Simu
   depth 1 4 KiB read latency). Reads on the lookup path are *foreground*: the request waits for them, one after
   another, or all at once inside a batch (the parallel index-page fetch of a PBFG: the batch ends with its slowest
   read, and reads of one batch that land on the same die still queue behind each other). Reads an engine does for
-  flushes, migration or GC are *background*: they occupy the die, nobody waits for them.
+  flushes, migration or GC are *background*: nobody waits for them, but they occupy their dies. They are issued
+  by `BACKGROUND_WORKERS` host threads, each starting its next read when its previous one is done (as a flash
+  cache's flush and reclaim threads work), so a flush that reads hundreds of pages spreads them over time instead
+  of queueing them on every die at once.
 - Writes are posted: the host never waits for them (a set's latency counts only its foreground reads). Each die
   has a write buffer: every `unit_pages` pages written to a die become one program operation of `program_ns` on
   it, issued when the unit is full; a read queued behind it waits. The buffer is shared by all units (a program
@@ -62,7 +65,9 @@ Timing = namedtuple("Timing", [
     "clock",  # int64[4]: arrival of the current request, its cursor (when its last foreground read ends), batch
     "buf",  # int64[3, dies]: per die, the unit (+1, 0 = none) and first page of the run its write buffer holds,
             # and the pages erased toward its next block erase
+    "workers",  # int64[BACKGROUND_WORKERS]: when each background worker is free again (ns)
 ])
+BACKGROUND_WORKERS = 32  # host threads doing background reads (flush, write-back, migration, GC)
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,7 @@ def new_timing(dies: int = 1) -> Timing:
     """A timing state with timing off (no profile)."""
     n = max(1, dies)
     return Timing(np.zeros(N_PARAMS, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(4, np.int64),
-                  np.zeros((3, n), np.int64))
+                  np.zeros((3, n), np.int64), np.zeros(BACKGROUND_WORKERS, np.int64))
 
 
 def reset_state(t: Timing) -> None:
@@ -122,6 +127,7 @@ def reset_state(t: Timing) -> None:
     t.fill[:] = 0
     t.clock[:] = 0
     t.buf[:] = 0
+    t.workers[:] = 0
 
 
 def timing_for(p: DeviceProfile, page_bytes: int = 4096) -> Timing:
@@ -190,12 +196,17 @@ def read(T, unit, page):
 
 @internal
 def background_read(T, unit, page):
-    """A read the request does not wait for (flush, migration, GC): it only occupies its die."""
+    """A read the request does not wait for (flush, migration, GC): the first free background worker issues it
+    (not before the current request arrived) and waits for it; it occupies its die."""
     if T.p[ENABLED] == 0:
         return
     d = _die(T, unit, page)
-    if not _buffered(T, d, unit, page):
-        T.busy[d] = max(T.clock[CURSOR], T.busy[d]) + T.p[READ_NS]
+    if _buffered(T, d, unit, page):
+        return
+    w = np.argmin(T.workers)
+    done = max(T.clock[CURSOR], T.workers[w], T.busy[d]) + T.p[READ_NS]
+    T.busy[d] = done
+    T.workers[w] = done
 
 
 @internal
