@@ -263,12 +263,23 @@ def test_percentiles_match_numpy_within_bucket_precision(seed):
     assert lat["mean_us"] * 1000 == pytest.approx(values.mean(), rel=0.04)
 
 
-def test_background_reads_are_spread_over_the_background_workers():
-    # more background reads than workers, all on one die: each worker waits for its read, so they queue on the
-    # die one after another
-    t = toy()
-    _begin(t, 0)
-    for _ in range(tm.BACKGROUND_WORKERS + 3):
-        _background(t, 0, 0)
-    assert int(t.busy[0]) == int(t.workers.max()) == (tm.BACKGROUND_WORKERS + 3) * 10 * US
-    assert int(np.sort(t.workers)[-2]) == (tm.BACKGROUND_WORKERS + 2) * 10 * US  # each worker waited its turn
+def test_a_late_read_does_not_reserve_an_idle_die_ahead_of_later_arrivals():
+    # die 0 has 1 ms of background work; request A reads die 0, then die 1 (ready only at 1.02 ms)
+    T = toy()
+    _begin(T, 0)
+    for _ in range(100):
+        _background(T, 0, 0)
+    assert request(T, 0, [(0, 0), (0, 1)]) == (1000 + 10 + 10) * US  # A still waits its turn on both dies
+    # B arrives at 5 us and reads die 1: A's second read did not hold die 1 idle until 1.01 ms for B to wait behind
+    assert request(T, 5 * US, [(0, 1)]) == 15 * US  # behind A's 10 us of work on die 1, booked at A's arrival
+
+
+def test_a_device_below_its_capacity_keeps_bounded_queues():
+    # requests of two dependent reads on random dies at 60 % of the read capacity: the queues must stay short,
+    # also when requests wait long for their first read
+    T = toy()
+    rng = np.random.default_rng(0)
+    gap = 2 * 10 * US / 4 / 0.6  # 2 reads of 10 us per request over 4 dies, 60 % busy
+    latencies = [request(T, int(i * gap), [(int(rng.integers(64)), int(rng.integers(64))) for _ in range(2)])
+                 for i in range(20_000)]
+    assert np.percentile(latencies, 50) < 60 * US and max(latencies) < 500 * US

@@ -7,17 +7,21 @@ The model (its numbers and their sources: docs/nemo-devices-and-traces.md, "Simu
   unit is striped page by page over all dies, as ZNS SSDs stripe a zone over all their dies; the offset u * 7 makes
   units start on different dies. The striping does not depend on the unit's size, so a scaled-down zone of a few
   MiB is spread like a 1 GiB one.
-- Each die serves its operations first come, first served: an operation starts when it is issued and the die is
-  free, and occupies the die for its whole service time (no program/erase suspension: a read behind a program or
-  an erase waits for it, so read tails are on the pessimistic side).
+- Each die serves its operations first come, first served, and occupies the die for its whole service time (no
+  program/erase suspension: a read behind a program or an erase waits for it, so read tails are on the
+  pessimistic side). An operation completes at max(ready, die free) + service. Its work is booked on the die from
+  the current request's *arrival*, not from when the operation is ready: requests are simulated one at a time, so
+  an operation a request issues late (after its own earlier reads, or a GC copy inside a set) would otherwise
+  reserve the die ahead of requests that arrive meanwhile and leave it idle until then; that idle time would be
+  lost capacity, and a loaded device would saturate below its real throughput. Booking from the arrival keeps
+  each die's total work and queue length right without an event calendar; when an operation's die is idle, the
+  operation still waits for its own ready time.
 - A page read occupies its die for `read_ns` (array read + transfer + controller, calibrated to the drive's queue
   depth 1 4 KiB read latency). Reads on the lookup path are *foreground*: the request waits for them, one after
   another, or all at once inside a batch (the parallel index-page fetch of a PBFG: the batch ends with its slowest
   read, and reads of one batch that land on the same die still queue behind each other). Reads an engine does for
-  flushes, migration or GC are *background*: nobody waits for them, but they occupy their dies. They are issued
-  by `BACKGROUND_WORKERS` host threads, each starting its next read when its previous one is done (as a flash
-  cache's flush and reclaim threads work), so a flush that reads hundreds of pages spreads them over time instead
-  of queueing them on every die at once.
+  flushes, migration or GC are *background*: nobody waits for them, but they occupy their dies (so do the copies
+  of an FTL's own garbage collection).
 - Writes are posted: the host never waits for them (a set's latency counts only its foreground reads). Each die
   has a write buffer: every `unit_pages` pages written to a die become one program operation of `program_ns` on
   it, issued when the unit is full; a read queued behind it waits. The buffer is shared by all units (a program
@@ -65,9 +69,7 @@ Timing = namedtuple("Timing", [
     "clock",  # int64[4]: arrival of the current request, its cursor (when its last foreground read ends), batch
     "buf",  # int64[3, dies]: per die, the unit (+1, 0 = none) and first page of the run its write buffer holds,
             # and the pages erased toward its next block erase
-    "workers",  # int64[BACKGROUND_WORKERS]: when each background worker is free again (ns)
 ])
-BACKGROUND_WORKERS = 32  # host threads doing background reads (flush, write-back, migration, GC)
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ def new_timing(dies: int = 1) -> Timing:
     """A timing state with timing off (no profile)."""
     n = max(1, dies)
     return Timing(np.zeros(N_PARAMS, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(4, np.int64),
-                  np.zeros((3, n), np.int64), np.zeros(BACKGROUND_WORKERS, np.int64))
+                  np.zeros((3, n), np.int64))
 
 
 def reset_state(t: Timing) -> None:
@@ -127,7 +129,6 @@ def reset_state(t: Timing) -> None:
     t.fill[:] = 0
     t.clock[:] = 0
     t.buf[:] = 0
-    t.workers[:] = 0
 
 
 def timing_for(p: DeviceProfile, page_bytes: int = 4096) -> Timing:
@@ -141,6 +142,15 @@ def timing_for(p: DeviceProfile, page_bytes: int = 4096) -> Timing:
 @internal(inline=True)
 def _die(T, unit, page):
     return (unit * 7 + page) % T.p[DIES]
+
+
+@internal(inline=True)
+def _occupy(T, d, ready, service):
+    """Die d does `service` ns of work for an operation ready at `ready`; returns when the operation completes.
+    The work is booked from the current request's arrival (module docstring: no die reserved ahead)."""
+    done = max(ready, T.busy[d]) + service
+    T.busy[d] = max(T.busy[d], T.clock[NOW]) + service
+    return done
 
 
 @internal(inline=True)
@@ -186,8 +196,7 @@ def read(T, unit, page):
     if _buffered(T, d, unit, page):
         done = T.clock[CURSOR] + T.p[BUFFER_NS]
     else:
-        done = max(T.clock[CURSOR], T.busy[d]) + T.p[READ_NS]
-        T.busy[d] = done
+        done = _occupy(T, d, T.clock[CURSOR], T.p[READ_NS])
     if T.clock[IN_BATCH]:
         T.clock[BATCH_END] = max(T.clock[BATCH_END], done)
     else:
@@ -196,17 +205,12 @@ def read(T, unit, page):
 
 @internal
 def background_read(T, unit, page):
-    """A read the request does not wait for (flush, migration, GC): the first free background worker issues it
-    (not before the current request arrived) and waits for it; it occupies its die."""
+    """A read the request does not wait for (flush, migration, engine or FTL GC): it occupies its die."""
     if T.p[ENABLED] == 0:
         return
     d = _die(T, unit, page)
-    if _buffered(T, d, unit, page):
-        return
-    w = np.argmin(T.workers)
-    done = max(T.clock[CURSOR], T.workers[w], T.busy[d]) + T.p[READ_NS]
-    T.busy[d] = done
-    T.workers[w] = done
+    if not _buffered(T, d, unit, page):
+        _occupy(T, d, T.clock[CURSOR], T.p[READ_NS])
 
 
 @internal
@@ -223,7 +227,7 @@ def program_pages(T, unit, first_page, n):
         if T.fill[d] >= T.p[UNIT_PAGES]:
             T.fill[d] = 0
             T.buf[B_UNIT, d] = 0
-            T.busy[d] = max(T.clock[CURSOR], T.busy[d]) + T.p[PROGRAM_NS]
+            _occupy(T, d, T.clock[CURSOR], T.p[PROGRAM_NS])
 
 
 @internal
@@ -240,7 +244,7 @@ def erase(T, unit, pages):
         T.buf[ERASED, d] += (pages - k + dies - 1) // dies  # pages of the unit on this die
         while T.buf[ERASED, d] >= T.p[BLOCK_PAGES]:
             T.buf[ERASED, d] -= T.p[BLOCK_PAGES]
-            T.busy[d] = max(T.clock[CURSOR], T.busy[d]) + T.p[ERASE_NS]
+            _occupy(T, d, T.clock[CURSOR], T.p[ERASE_NS])
 
 
 # ---- profiles (docs/nemo-devices-and-traces.md, "Simulated device time", gives the derivation of each number) ------
