@@ -49,9 +49,25 @@ SSD_PROFILE = "conventional"  # the timing of the conventional-SSD model
 LATENCY_COLUMNS = [f"{kind}_{q}_us" for kind in ("get", "set") for q in ("p50", "p99", "p99.9", "p99.99")]
 COLUMNS = ["run", "device", "alwa", "dlwa", "e2e_wa", "index_bits_per_obj", "total_bits_per_obj", "miss_ratio",
            "read_amp", "flash_reads_per_get", *LATENCY_COLUMNS, "set_fill", "requests", "window"]
-# what fits an 80-column terminal, with short headers; the JSON and Markdown reports keep every column
-TERMINAL_COLUMNS = {"run": "run", "alwa": "ALWA", "e2e_wa": "E2E WA", "index_bits_per_obj": "bits/obj",
-                    "miss_ratio": "miss", "get_p99_us": "get p99 us", "set_fill": "fill"}
+
+
+def _sig(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4g}"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def _us(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.0f}"
+
+
+# what fits an 80-column terminal: short headers, cells pre-formatted to at most ~6 characters (a saturated
+# device's p99 in the millions of microseconds excepted); the JSON and Markdown reports keep every column
+TERMINAL_COLUMNS = {"run": ("run", str), "alwa": ("ALWA", _sig), "e2e_wa": ("E2E WA", _sig),
+                    "index_bits_per_obj": ("bits", _sig), "miss_ratio": ("miss %", _pct),
+                    "get_p99_us": ("p99 us", _us), "set_fill": ("fill %", _pct), "paper_wa": ("paper", _sig)}
 
 
 @dataclass
@@ -350,7 +366,8 @@ def sweep_specs(config: dict[str, Any]) -> list[RunSpec]:
     for combo in itertools.product(*axes.values()):
         point = dict(zip(axes, combo))
         flash_mb = float(point.pop("flash_mb"))
-        label = ", ".join([f"flash_mb={flash_mb:g}"] + [f"{k}={v}" for k, v in point.items()])
+        varied = [k for k in axes if len(axes[k]) > 1] or list(axes)  # name a run by what the grid varies
+        label = ", ".join(f"{k}={flash_mb:g}" if k == "flash_mb" else f"{k}={point[k]}" for k in varied)
         specs.append(replace(base, flash_mb=flash_mb, options={**(config.get("options") or {}), **point},
                              label=label))
     return specs
@@ -377,12 +394,17 @@ def load_sweep_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-def rows_for_print(rows: Iterable[dict[str, Any]], columns: list[str] | dict[str, str] = COLUMNS,
-                   paper: bool = True) -> list[dict[str, Any]]:
-    """Rows reduced to `columns` (a dict renames them), with the paper's WA where the rows have it."""
-    names = columns if isinstance(columns, dict) else {c: c for c in columns}
-    extra = {"paper_wa": "paper WA" if isinstance(columns, dict) else "paper_wa"} if paper else {}
-    return [{new: r.get(old) for old, new in {**names, **(extra if "paper_wa" in r else {})}.items()} for r in rows]
+def rows_for_print(rows: Iterable[dict[str, Any]], columns: list[str] = COLUMNS) -> list[dict[str, Any]]:
+    """Rows reduced to `columns`, with the paper's WA where the rows have it (the Markdown report)."""
+    return [{c: r.get(c) for c in [*columns, *(["paper_wa"] if "paper_wa" in r else [])]} for r in rows]
+
+
+def rows_for_terminal(rows: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
+    """Rows as the short, pre-formatted cells of `TERMINAL_COLUMNS` (a column absent from every row is left out)."""
+    rows = list(rows)
+    cols = {k: v for k, v in TERMINAL_COLUMNS.items() if any(k in r for r in rows)}
+    return [{head: "-" if r.get(k) is None and k != "run" else f(r.get(k)) for k, (head, f) in cols.items()}
+            for r in rows]
 
 
 def markdown_report(report: dict[str, Any], title: str, command: str,

@@ -201,7 +201,7 @@ def bench_cmd(
     read amplification and simulated get/set latency percentiles, beside the paper's WA."""
     from tierwise.common.errors import TierwiseError
     from tierwise.common.report import print_table, write_json
-    from tierwise.nemo.bench import TERMINAL_COLUMNS, BenchSettings, bench, rows_for_print
+    from tierwise.nemo.bench import BenchSettings, bench, rows_for_terminal
     from tierwise.nemo.replay import parse_engine_options
     from tierwise.nemo.traces.synth import parse_count
 
@@ -220,7 +220,7 @@ def bench_cmd(
                        options=options, ablation=ablation, cache_sizes=factors, rate=rate, arrivals=arrivals,
                        profile=profile)
     report = bench(st, executor=executor, workers=workers, address=address, plot_dir=plot)
-    print_table(rows_for_print(report["table"], TERMINAL_COLUMNS), title=f"bench {trace}, {flash_mb:g} MiB flash")
+    print_table(rows_for_terminal(report["table"]), title=f"bench {trace}, {flash_mb:g} MiB flash")
     if report.get("ablation"):
         print_table(report["ablation"], title="Nemo fill-rate ablation (paper Fig. 17)")
     if report["miss_ratio_curve"]:
@@ -242,9 +242,9 @@ def sweep_cmd(
     """Run an engine over the cartesian product of a parameter grid (cache size, p_th, cached-PBFG ratio, SG size,
     ...) in parallel and print one table."""
     from tierwise.common.report import print_table, write_json
-    from tierwise.nemo.bench import TERMINAL_COLUMNS, load_sweep_config, rows_for_print, sweep
+    from tierwise.nemo.bench import load_sweep_config, rows_for_terminal, sweep
 
     rows = sweep(load_sweep_config(config), executor=executor, workers=workers, address=address)
-    print_table(rows_for_print(rows, TERMINAL_COLUMNS), title=f"sweep {config}")
+    print_table(rows_for_terminal(rows), title=f"sweep {config}")
     if json_out:
         write_json(rows, json_out)

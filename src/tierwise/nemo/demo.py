@@ -11,8 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tierwise.common.report import print_table, write_json
-from tierwise.nemo.bench import (COMPARISON_NEMO, TERMINAL_COLUMNS, BenchSettings, bench, markdown_report,
-                                 rows_for_print)
+from tierwise.nemo.bench import COMPARISON_NEMO, BenchSettings, bench, markdown_report, rows_for_terminal
 
 DEMO = BenchSettings(
     trace="synth:twitter-merged:2M",
@@ -38,7 +37,7 @@ def run(out_dir: str | Path, settings: BenchSettings = DEMO) -> str:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = bench(settings, plot_dir=out)
-    print_table(rows_for_print(report["table"], TERMINAL_COLUMNS), title="Nemo vs baselines (demo scale)")
+    print_table(rows_for_terminal(report["table"]), title="Nemo vs baselines (demo scale)")
     if report.get("ablation"):
         print_table(report["ablation"], title="Nemo fill-rate ablation")
     write_json(report, out / "bench.json")
