@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from tierwise.cli import app
 from tierwise.common.errors import TierwiseError
-from tierwise.nemo.bench import (BenchSettings, RunSpec, bench, execute, load_sweep_config, parse_engines, run_one,
-                                 sweep, sweep_specs)
+from tierwise.nemo.bench import (BenchSettings, RunSpec, bench, execute, load_sweep_config, parse_engines,
+                                 rows_for_terminal, run_one, sweep, sweep_specs)
 from tierwise.nemo.device import MemoryZonedDevice
 from tierwise.nemo.engines import make_engine
 
@@ -77,6 +77,28 @@ def test_sweep_grid_is_a_cartesian_product(tmp_path):
     bad.write_text("[1, 2")
     with pytest.raises(TierwiseError, match="not valid YAML"):
         load_sweep_config(bad)
+
+
+def test_terminal_table_fits_80_columns_without_truncation():
+    from rich.console import Console
+
+    from tierwise.common.report import table
+
+    rows = [{"run": "fairywren@ssd", "alwa": 141.06, "e2e_wa": 1034.2, "index_bits_per_obj": 180.2916,
+             "miss_ratio": 0.10923, "get_p99_us": 35567.9, "set_fill": 0.8856, "paper_wa": 55.59},
+            {"run": "nemo", "alwa": None, "e2e_wa": None, "index_bits_per_obj": None, "miss_ratio": None,
+             "get_p99_us": None, "set_fill": None, "paper_wa": None}]
+    cells = rows_for_terminal(rows)
+    assert cells[0] == {"run": "fairywren@ssd", "ALWA": "141.1", "E2E WA": "1034", "bits": "180.3", "miss %": "10.92",
+                        "p99 us": "35,568", "fill %": "88.56", "paper": "55.59"}
+    assert set(cells[1].values()) == {"nemo", "-"}
+    console = Console(width=80, record=True)
+    console.print(table(cells))
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    labels = [s.label for s in sweep_specs({"trace": TRACE, "engine": "nemo", "flash_mb": 8,
+                                             "grid": {"flush_threshold": [8, 16]}})]
+    assert labels == ["flush_threshold=8", "flush_threshold=16"]  # named by what the grid varies
 
 
 def test_engine_list_parsing_and_errors():
