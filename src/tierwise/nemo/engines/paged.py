@@ -439,42 +439,39 @@ def log_take_bucket(L, bucket):
 
 # ---- writes --------------------------------------------------------------------------------------------------------
 
+@internal(inline=True)
+def _stack_entry(L, tag, flags, klen, vlen):
+    """Reserve a pending-append entry for an object of `klen + vlen` bytes and write its header (tag, flags, key and
+    value lengths); returns where its key bytes go."""
+    at = L.st[STACK_BYTES]
+    s = L.stack
+    for b in range(8):
+        s[at + b] = (tag >> np.uint64(8 * b)) & np.uint64(0xFF)
+    s[at + 8] = flags
+    s[at + 9] = klen
+    s[at + 10] = vlen & 0xFF
+    s[at + 11] = vlen >> 8
+    L.stack_at[L.st[STACK_N]] = at
+    L.st[STACK_N] += 1
+    L.st[STACK_BYTES] = at + _ENTRY + klen + vlen
+    return at + _ENTRY
+
+
 @internal
 def _push(L, tag, flags, src, pos):
     """Put the object at byte `pos` of page `src` on the pending-append stack."""
     klen = np.int64(src[pos])
     vlen = np.int64(src[pos + 2]) | (np.int64(src[pos + 3]) << 8)
-    at = L.st[STACK_BYTES]
-    s = L.stack
-    for b in range(8):
-        s[at + b] = (tag >> np.uint64(8 * b)) & np.uint64(0xFF)
-    s[at + 8] = flags
-    s[at + 9] = klen
-    s[at + 10] = vlen & 0xFF
-    s[at + 11] = vlen >> 8
-    copy_bytes(s, at + _ENTRY, src, pos + OBJ_HEADER, klen + vlen)
-    L.stack_at[L.st[STACK_N]] = at
-    L.st[STACK_N] += 1
-    L.st[STACK_BYTES] = at + _ENTRY + klen + vlen
+    copy_bytes(L.stack, _stack_entry(L, tag, flags, klen, vlen), src, pos + OBJ_HEADER, klen + vlen)
 
 
 @internal
 def log_insert(P, L, tag, key, value, flags):
     """Append an object; an older copy anywhere in the log (even in the open page) just stops being indexed."""
-    at = L.st[STACK_BYTES]
-    s = L.stack
     klen, vlen = key.shape[0], value.shape[0]
-    for b in range(8):
-        s[at + b] = (tag >> np.uint64(8 * b)) & np.uint64(0xFF)
-    s[at + 8] = flags
-    s[at + 9] = klen
-    s[at + 10] = vlen & 0xFF
-    s[at + 11] = vlen >> 8
-    copy_bytes(s, at + _ENTRY, key, 0, klen)
-    copy_bytes(s, at + _ENTRY + klen, value, 0, vlen)
-    L.stack_at[L.st[STACK_N]] = at
-    L.st[STACK_N] += 1
-    L.st[STACK_BYTES] = at + _ENTRY + klen + vlen
+    at = _stack_entry(L, tag, flags, klen, vlen)
+    copy_bytes(L.stack, at, key, 0, klen)
+    copy_bytes(L.stack, at + klen, value, 0, vlen)
     _drain(P, L)
 
 
