@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tierwise.remoe.cachesim import CacheConfig, layer_counts, simulate, single_request_stream
-from tierwise.remoe.routing import synthetic_trace
+from tierwise.remoe.analysis.cachesim import CacheConfig, layer_counts, simulate, single_request_stream
+from tierwise.remoe.models.routing import synthetic_trace
 
 ORACLE_GENERAL = np.dtype([("clock_time", "<u4"), ("obj_id", "<u8"), ("obj_size", "<u4"), ("next_access_vtime", "<i8")])
 

@@ -15,10 +15,10 @@ import time
 import torch
 
 from tierwise.common.report import print_table
-from tierwise.remoe.corpus import pack
-from tierwise.remoe.models import load_model, tiny_model
-from tierwise.remoe.objective import LossWeights
-from tierwise.remoe.train import RouterFinetuner
+from tierwise.remoe.models.corpus import pack
+from tierwise.remoe.models.adapters import load_model, tiny_model
+from tierwise.remoe.training.objective import LossWeights
+from tierwise.remoe.training.finetune import RouterFinetuner
 
 
 def _model(name: str):

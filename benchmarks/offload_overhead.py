@@ -16,7 +16,7 @@ import tempfile
 import torch
 
 from tierwise.common.report import print_table
-from tierwise.remoe.models import adapter_for, load_model
+from tierwise.remoe.models.adapters import adapter_for, load_model
 from tierwise.remoe.offload.compare import resolve_prompts
 from tierwise.remoe.offload.generate import greedy_generate
 from tierwise.remoe.offload.runtime import OffloadConfig, OffloadRuntime

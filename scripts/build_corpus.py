@@ -10,7 +10,7 @@ Sources (all public domain or permissively licensed; see assets/corpus/PROVENANC
     apt-get update && apt-get install -y bible-kjv bible-kjv-text dict-devil dict-jargon python3.11-doc
     python scripts/build_corpus.py   # writes src/tierwise/remoe/assets/corpus/ and assets/tokenizer/
 
-Output: corpus.txt.xz (documents separated by a form-feed line, see tierwise.remoe.embedded) and
+Output: corpus.txt.xz (documents separated by a form-feed line, see tierwise.remoe.models.embedded) and
 index.tsv (source, title, characters per document, in the same order). The order is fixed (sources in
 the order above, documents in reading order), so the held-out split (every 10th document) is reproducible.
 The tokenizer (byte-level BPE, --vocab-size tokens) is then trained on the train split only.
@@ -26,8 +26,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from tierwise.remoe.embedded import ASSETS, DOC_SEP, PROMPTS_FILE, split_of
-from tierwise.remoe.pretrain import train_tokenizer
+from tierwise.remoe.models.embedded import ASSETS, DOC_SEP, PROMPTS_FILE, split_of
+from tierwise.remoe.training.pretrain import train_tokenizer
 
 PY_DOC_SOURCES = Path("/usr/share/doc/python3.11/html/_sources")
 PY_DOC_DIRS = ["tutorial", "howto", "faq", "reference", "using", "library"]

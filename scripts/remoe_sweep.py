@@ -1,7 +1,7 @@
 """The λ sweep, ablations and CE-only control of docs/results-remoe.md, on one model in one process.
 
-Every run starts from the original gates, fine-tunes the routers with `tierwise.remoe.train.finetune` on the train
-split and is evaluated with `tierwise.remoe.evaluate.evaluate_model` on the same held-out rows as the baseline.
+Every run starts from the original gates, fine-tunes the routers with `tierwise.remoe.training.finetune.finetune` on the train
+split and is evaluated with `tierwise.remoe.analysis.evaluate.evaluate_model` on the same held-out rows as the baseline.
 Results are appended to OUT/runs.jsonl as each run ends (a rerun skips runs already there), then OUT/summary.md and
 OUT/eor_vs_ppl.png are written.
 
@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 
 from tierwise.common.report import markdown_table, to_jsonable
-from tierwise.remoe.corpus import load_corpus
-from tierwise.remoe.delta import RouterDelta, apply_router_delta, delta_meta, router_state
-from tierwise.remoe.evaluate import EvalConfig, evaluate_model
-from tierwise.remoe.models import load_model
-from tierwise.remoe.objective import LossWeights
-from tierwise.remoe.train import FinetuneConfig, config_with_preset, finetune
+from tierwise.remoe.models.corpus import load_corpus
+from tierwise.remoe.export.delta import RouterDelta, apply_router_delta, delta_meta, router_state
+from tierwise.remoe.analysis.evaluate import EvalConfig, evaluate_model
+from tierwise.remoe.models.adapters import load_model
+from tierwise.remoe.training.objective import LossWeights
+from tierwise.remoe.training.finetune import FinetuneConfig, config_with_preset, finetune
 
 D = LossWeights()  # the defaults under test
 RUNS: dict[str, dict] = {

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tierwise.remoe.corpus import load_corpus
-from tierwise.remoe.delta import load_router_delta
-from tierwise.remoe.models import save_tiny, tiny_model, tiny_tokenizer
-from tierwise.remoe.train import FinetuneConfig, finetune
+from tierwise.remoe.models.corpus import load_corpus
+from tierwise.remoe.export.delta import load_router_delta
+from tierwise.remoe.models.adapters import save_tiny, tiny_model, tiny_tokenizer
+from tierwise.remoe.training.finetune import FinetuneConfig, finetune
 
 SEQ = 32
 

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tierwise.common.errors import TierwiseError
-from tierwise.remoe import metrics
-from tierwise.remoe.cachesim import (
+from tierwise.remoe.analysis import metrics
+from tierwise.remoe.analysis.cachesim import (
     POLICIES,
     BeladyPolicy,
     CacheConfig,
@@ -25,7 +25,7 @@ from tierwise.remoe.cachesim import (
     step_stream,
     sweep,
 )
-from tierwise.remoe.routing import DECODE, synthetic_trace
+from tierwise.remoe.models.routing import DECODE, synthetic_trace
 
 
 # -- the per-step semantics, by hand ------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from tierwise.cli import app
 from tierwise.common.errors import TierwiseError
-from tierwise.remoe import cachesim, metrics
-from tierwise.remoe.routing import RoutingTrace
+from tierwise.remoe.analysis import cachesim, metrics
+from tierwise.remoe.models.routing import RoutingTrace
 
 runner = CliRunner()
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tierwise.common.errors import TierwiseError
-from tierwise.remoe.corpus import block_causal_mask, labels_for, load_corpus, pack, read_documents, render_chat
-from tierwise.remoe.models import tiny_tokenizer
+from tierwise.remoe.models.corpus import block_causal_mask, labels_for, load_corpus, pack, read_documents, render_chat
+from tierwise.remoe.models.adapters import tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_hf_dataset_without_network_or_package_is_a_clean_error():
 
 
 def test_attention_mask_keeps_documents_apart_in_a_real_model():
-    from tierwise.remoe.models import tiny_model
+    from tierwise.remoe.models.adapters import tiny_model
 
     model = tiny_model("olmoe")
     packed = pack([[5, 6, 7, 8, 9], [10, 11, 12]], seq_len=8)

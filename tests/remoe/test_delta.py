@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from tierwise.cli import app
 from tierwise.common.errors import TierwiseError
-from tierwise.remoe.delta import apply_router_delta, load_router_delta, router_state, save_router_delta
-from tierwise.remoe.models import adapter_for, load_model, save_tiny, tiny_model
+from tierwise.remoe.export.delta import apply_router_delta, load_router_delta, router_state, save_router_delta
+from tierwise.remoe.models.adapters import adapter_for, load_model, save_tiny, tiny_model
 
 
 def _perturb_gates(model, seed=1):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tierwise.remoe.demo import DemoConfig, run
-from tierwise.remoe.models import save_tiny
+from tierwise.remoe.models.adapters import save_tiny
 
 
 def test_demo_writes_report(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tierwise.common.errors import TierwiseError
-from tierwise.remoe import embedded
+from tierwise.remoe.models import embedded
 
 
 def test_splits_disjoint_deterministic_and_complete():

@@ -10,11 +10,11 @@ import torch
 from typer.testing import CliRunner
 
 from tierwise.cli import app
-from tierwise.remoe import metrics
-from tierwise.remoe.corpus import pack
-from tierwise.remoe.delta import save_router_delta
-from tierwise.remoe.evaluate import EvalConfig, evaluate_model, relative_change, summary_rows, teacher_forced_pass
-from tierwise.remoe.models import adapter_for, save_tiny, tiny_model
+from tierwise.remoe.analysis import metrics
+from tierwise.remoe.models.corpus import pack
+from tierwise.remoe.export.delta import save_router_delta
+from tierwise.remoe.analysis.evaluate import EvalConfig, evaluate_model, relative_change, summary_rows, teacher_forced_pass
+from tierwise.remoe.models.adapters import adapter_for, save_tiny, tiny_model
 
 
 def test_perplexity_matches_the_models_own_loss_on_one_document():

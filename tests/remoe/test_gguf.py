@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from tierwise.common.errors import TierwiseError
-from tierwise.remoe.delta import load_router_delta, save_router_delta
-from tierwise.remoe.gguf import GGUF_ARCHS, LITE_LAYERS, PADDING_KEY, export_gguf, patch_router, read_gguf
-from tierwise.remoe.models import SUPPORTED_ARCHS, adapter_for, tiny_model, tiny_tokenizer
+from tierwise.remoe.export.delta import load_router_delta, save_router_delta
+from tierwise.remoe.export.gguf import GGUF_ARCHS, LITE_LAYERS, PADDING_KEY, export_gguf, patch_router, read_gguf
+from tierwise.remoe.models.adapters import SUPPORTED_ARCHS, adapter_for, tiny_model, tiny_tokenizer
 
 # What llama.cpp's graphs can hold: qwen2moe/qwen3moe have MoE in every layer, olmoe has no grouped-query attention.
 LLAMA_CPP_SHAPES = {"qwen2_moe": {"mlp_only_layers": []}, "qwen3_moe": {"mlp_only_layers": []},
@@ -139,7 +139,7 @@ def test_cli_export_and_patch(tmp_path):
     from typer.testing import CliRunner
 
     from tierwise.cli import app
-    from tierwise.remoe.models import save_tiny
+    from tierwise.remoe.models.adapters import save_tiny
 
     ckpt = save_tiny("deepseek_v2", tmp_path / "ckpt")
     model = tiny_model("deepseek_v2", seed=3)

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tierwise.remoe import metrics
-from tierwise.remoe.routing import DECODE, PREFILL, RoutingTrace, synthetic_trace
+from tierwise.remoe.analysis import metrics
+from tierwise.remoe.models.routing import DECODE, PREFILL, RoutingTrace, synthetic_trace
 
 
 def make_trace(experts, request_start=(0,), phase=None, E=8):

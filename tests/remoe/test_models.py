@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from tierwise.common.errors import TierwiseError
-from tierwise.remoe.models import (
+from tierwise.remoe.models.adapters import (
     SUPPORTED_ARCHS,
     adapter_for,
     decoder_layers,
@@ -152,9 +152,9 @@ def test_load_model_errors(tmp_path, monkeypatch):
     with pytest.raises(TierwiseError, match="no config.json"):
         load_model(tmp_path / "empty")
     # simulate the module being absent (also when another test already imported it into the package)
-    import tierwise.remoe
+    import tierwise.remoe.models
 
-    monkeypatch.setitem(sys.modules, "tierwise.remoe.embedded", None)
-    monkeypatch.delattr(tierwise.remoe, "embedded", raising=False)
+    monkeypatch.setitem(sys.modules, "tierwise.remoe.models.embedded", None)
+    monkeypatch.delattr(tierwise.remoe.models, "embedded", raising=False)
     with pytest.raises(TierwiseError, match="embedded checkpoint is not available"):
         load_model("embedded")

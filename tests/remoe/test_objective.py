@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tierwise.remoe.objective import (
+from tierwise.remoe.training.objective import (
     LossWeights,
     doc_positions,
     lag_loss,

@@ -9,8 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from tierwise.cli import app
-from tierwise.remoe.delta import save_router_delta
-from tierwise.remoe.models import adapter_for, load_model, save_tiny
+from tierwise.remoe.export.delta import save_router_delta
+from tierwise.remoe.models.adapters import adapter_for, load_model, save_tiny
 
 
 @pytest.fixture(scope="module")

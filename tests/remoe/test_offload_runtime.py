@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from tierwise.common.errors import TierwiseError
-from tierwise.remoe.cachesim import CacheConfig, simulate
-from tierwise.remoe.models import SUPPORTED_ARCHS, adapter_for, tiny_model
+from tierwise.remoe.analysis.cachesim import CacheConfig, simulate
+from tierwise.remoe.models.adapters import SUPPORTED_ARCHS, adapter_for, tiny_model
 from tierwise.remoe.offload.cache import ExpertCache
 from tierwise.remoe.offload.generate import greedy_generate, run_metrics
 from tierwise.remoe.offload.runtime import OffloadConfig, OffloadRuntime
-from tierwise.remoe.routing import capture_generation
+from tierwise.remoe.models.routing import capture_generation
 
 PROMPT = [5, 17, 99, 3, 42, 7, 250, 31, 64, 12, 8, 77]
 

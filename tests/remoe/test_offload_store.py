@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tierwise.common.errors import TierwiseError
-from tierwise.remoe.models import adapter_for, tiny_model
+from tierwise.remoe.models.adapters import adapter_for, tiny_model
 from tierwise.remoe.offload.storage import TARGET_EXPERTS, storage_profile, target_expert_bytes
 from tierwise.remoe.offload.store import BLOCK, DATA_NAME, INDEX_NAME, ExpertStore, model_fingerprint
 

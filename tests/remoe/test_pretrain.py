@@ -11,8 +11,8 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from tierwise.common.errors import TierwiseError
-from tierwise.remoe import embedded
-from tierwise.remoe.pretrain import (MoEModelConfig, PretrainConfig, build_model, load_balancing_loss,
+from tierwise.remoe.models import embedded
+from tierwise.remoe.training.pretrain import (MoEModelConfig, PretrainConfig, build_model, load_balancing_loss,
                                      load_tokenizer, lr_at, pretrain)
 
 TINY = MoEModelConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,

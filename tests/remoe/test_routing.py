@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from tierwise.common.errors import TierwiseError
-from tierwise.remoe.data import encode_prompt, load_prompts, read_prompts
-from tierwise.remoe.models import adapter_for, tiny_model, tiny_tokenizer
-from tierwise.remoe.routing import (
+from tierwise.remoe.models.prompts import encode_prompt, load_prompts, read_prompts
+from tierwise.remoe.models.adapters import adapter_for, tiny_model, tiny_tokenizer
+from tierwise.remoe.models.routing import (
     DECODE,
     FORMAT_VERSION,
     PREFILL,

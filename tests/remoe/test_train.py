@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from tierwise.common.errors import TierwiseError
-from tierwise.remoe.corpus import pack
-from tierwise.remoe.delta import load_router_delta
-from tierwise.remoe.models import adapter_for, tiny_model
-from tierwise.remoe.objective import LossWeights
-from tierwise.remoe.train import FinetuneConfig, RouterFinetuner, config_with_preset, finetune, lr_at, step_rows
+from tierwise.remoe.models.corpus import pack
+from tierwise.remoe.export.delta import load_router_delta
+from tierwise.remoe.models.adapters import adapter_for, tiny_model
+from tierwise.remoe.training.objective import LossWeights
+from tierwise.remoe.training.finetune import FinetuneConfig, RouterFinetuner, config_with_preset, finetune, lr_at, step_rows
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ def pretrain(
 ) -> None:
     """Pretrain the embedded DeepSeek-V2-style MoE from scratch on the embedded corpus (train split)."""
     from tierwise.common.report import print_table
-    from tierwise.remoe.pretrain import PretrainConfig, load_tokenizer, pretrain as run_pretrain
+    from tierwise.remoe.training.pretrain import PretrainConfig, load_tokenizer, pretrain as run_pretrain
 
     cfg = PretrainConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, warmup_steps=warmup_steps,
                          aux_alpha=aux_alpha, seed=seed, threads=threads, save_every=save_every, stop_after=stop_after)
@@ -59,7 +59,7 @@ def offload(
     import torch
 
     from tierwise.common.report import print_table, stdout, to_jsonable, write_json
-    from tierwise.remoe.models import adapter_for, load_model
+    from tierwise.remoe.models.adapters import adapter_for, load_model
     from tierwise.remoe.offload.compare import offload_compare, resolve_prompts, summary_rows
     from tierwise.remoe.offload.runtime import OffloadConfig
 
@@ -134,7 +134,7 @@ def finetune(
 
     from tierwise.common.errors import TierwiseError
     from tierwise.common.report import print_table
-    from tierwise.remoe.train import config_with_preset, finetune as run_finetune
+    from tierwise.remoe.training.finetune import config_with_preset, finetune as run_finetune
 
     cfg = config_with_preset(preset, model=model, data=data, out=str(out), steps=steps, seq_len=seq_len,
                              batch_size=batch_size, grad_accum=grad_accum, lr=lr, lr_warmup=lr_warmup,
@@ -179,7 +179,7 @@ def eval_cmd(
 
     from tierwise.common.errors import TierwiseError
     from tierwise.common.report import print_table, to_jsonable, write_json
-    from tierwise.remoe.evaluate import EvalConfig, evaluate_cli, summary_rows
+    from tierwise.remoe.analysis.evaluate import EvalConfig, evaluate_cli, summary_rows
 
     if threads:
         torch.set_num_threads(threads)
@@ -204,7 +204,7 @@ def apply_router(
     out: Path = typer.Argument(..., help="Output folder for the full checkpoint with the new gates."),
 ) -> None:
     """Write a full Hugging Face checkpoint: BASE with its router weights replaced by DELTA."""
-    from tierwise.remoe.delta import write_patched_checkpoint
+    from tierwise.remoe.export.delta import write_patched_checkpoint
 
     write_patched_checkpoint(base, delta, out)
     typer.echo(f"wrote {out}")
@@ -220,7 +220,7 @@ def tiny(
     seed: int = typer.Option(0, help="Seed of the random weights."),
 ) -> None:
     """Write a tiny random MoE checkpoint of ARCH (real structural features, built offline from a config)."""
-    from tierwise.remoe.models import adapter_for, load_model, save_tiny
+    from tierwise.remoe.models.adapters import adapter_for, load_model, save_tiny
 
     save_tiny(arch, out, seed=seed)
     described = adapter_for(load_model(out)[0]).describe()
@@ -240,10 +240,10 @@ def trace(
     from tierwise.common.errors import TierwiseError
     from tierwise.common.progress import progress_task
     from tierwise.common.report import print_table
-    from tierwise.remoe import metrics
-    from tierwise.remoe.data import encode_prompt, read_prompts
-    from tierwise.remoe.models import load_model
-    from tierwise.remoe.routing import capture_generation
+    from tierwise.remoe.analysis import metrics
+    from tierwise.remoe.models.prompts import encode_prompt, read_prompts
+    from tierwise.remoe.models.adapters import load_model
+    from tierwise.remoe.models.routing import capture_generation
 
     if max_new_tokens < 1:
         raise TierwiseError("--max-new-tokens must be >= 1")
@@ -251,7 +251,7 @@ def trace(
     if tokenizer is None:
         raise TierwiseError(f"{model} has no tokenizer; tracing text prompts needs one")
     if prompts is None:
-        from tierwise.remoe.embedded import default_prompts
+        from tierwise.remoe.models.embedded import default_prompts
 
         items = default_prompts()
     else:
@@ -280,8 +280,8 @@ def analyze(
 ) -> None:
     """Expert-reuse metrics (EOR, reuse at horizon, working set, load balance, SRP) and an expert-cache sweep of a trace."""
     from tierwise.common.report import print_table, write_json
-    from tierwise.remoe.analysis import analyze as run_analysis, cache_rows, metric_rows, parse_list, write_plots
-    from tierwise.remoe.routing import RoutingTrace
+    from tierwise.remoe.analysis.analyze import analyze as run_analysis, cache_rows, metric_rows, parse_list, write_plots
+    from tierwise.remoe.models.routing import RoutingTrace
 
     routing = RoutingTrace.load(trace_file)
     result = run_analysis(routing, capacities=parse_list(cache, "--cache", int), policies=parse_list(policy, "--policy"),
@@ -304,7 +304,7 @@ def export_gguf_cmd(
 ) -> None:
     """Export a supported MoE checkpoint to GGUF for llama.cpp / Ollama."""
     from tierwise.common.report import stdout
-    from tierwise.remoe.gguf import export_checkpoint
+    from tierwise.remoe.export.gguf import export_checkpoint
 
     path = export_checkpoint(model, out, router=router)
     stdout.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
@@ -319,7 +319,7 @@ def patch_gguf_cmd(
     """Replace only the router tensors of a GGUF by a fine-tuned router delta (the ReMoE deployment step):
     `tierwise remoe patch-gguf IN.gguf DELTA OUT.gguf`."""
     from tierwise.common.report import stdout
-    from tierwise.remoe.gguf import patch_router
+    from tierwise.remoe.export.gguf import patch_router
 
     path = patch_router(gguf_file, router, out)
     stdout.print(f"wrote {path}: routers replaced, all other tensors copied")

@@ -16,15 +16,15 @@ import torch
 from tierwise.common.plots import bar_plot, line_plot
 from tierwise.common.progress import console, progress_task
 from tierwise.common.report import markdown_table, print_table, write_json
-from tierwise.remoe import cachesim, metrics
-from tierwise.remoe.corpus import load_corpus
-from tierwise.remoe.delta import apply_router_delta, load_router_delta
-from tierwise.remoe.evaluate import EvalConfig, evaluate_model
-from tierwise.remoe.models import adapter_for, load_model
+from tierwise.remoe.analysis import cachesim, metrics
+from tierwise.remoe.models.corpus import load_corpus
+from tierwise.remoe.export.delta import apply_router_delta, load_router_delta
+from tierwise.remoe.analysis.evaluate import EvalConfig, evaluate_model
+from tierwise.remoe.models.adapters import adapter_for, load_model
 from tierwise.remoe.offload.compare import offload_compare, resolve_prompts
 from tierwise.remoe.offload.runtime import OffloadConfig
-from tierwise.remoe.routing import capture_generation
-from tierwise.remoe.train import config_with_preset, finetune
+from tierwise.remoe.models.routing import capture_generation
+from tierwise.remoe.training.finetune import config_with_preset, finetune
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """ExpertCache: which experts of one MoE layer are in memory, and in which slot row.
 
-Residency decisions come from the *same* policy classes the trace simulator uses (`tierwise.remoe.cachesim`), so a
+Residency decisions come from the *same* policy classes the trace simulator uses (`tierwise.remoe.analysis.cachesim`), so a
 simulated hit rate and one measured by the runtime mean the same thing. This class only adds the slot bookkeeping
 the runtime needs: a resident expert owns one of C rows of the layer's slot tensors.
 """
@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from tierwise.common.errors import TierwiseError
-from tierwise.remoe.cachesim import make_policy
+from tierwise.remoe.analysis.cachesim import make_policy
 
 ONLINE_POLICIES = ("lru", "lfu", "fifo", "lfru")  # belady needs the future, so it exists only in the simulator
 

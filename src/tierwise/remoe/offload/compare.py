@@ -19,13 +19,13 @@ WARMUP_TOKENS = 4
 
 
 def resolve_prompts(model_name: str, prompts_file: str | Path | None, tokenizer, limit: int | None = None) -> list[str]:
-    """Prompts from a file (see tierwise.remoe.data), or the embedded defaults for the embedded model."""
-    from tierwise.remoe.data import load_prompts
+    """Prompts from a file (see tierwise.remoe.models.prompts), or the embedded defaults for the embedded model."""
+    from tierwise.remoe.models.prompts import load_prompts
 
     if prompts_file is not None:
         prompts = load_prompts(prompts_file, tokenizer)
     elif model_name == "embedded":
-        from tierwise.remoe.embedded import default_prompts
+        from tierwise.remoe.models.embedded import default_prompts
 
         prompts = default_prompts()
     else:
@@ -40,7 +40,7 @@ def offload_compare(model, tokenizer, prompts: list[str], max_new_tokens: int, c
     With `compare`, each prompt runs under both routers, alternating which goes first (A B, B A, ...), so that
     machine noise and drift hit both alike; swapping routers is a copy of the small gate matrices.
     """
-    from tierwise.remoe.delta import RouterDelta, apply_router_delta, delta_meta, load_router_delta, router_state
+    from tierwise.remoe.export.delta import RouterDelta, apply_router_delta, delta_meta, load_router_delta, router_state
 
     if tokenizer is None:
         raise TierwiseError("this checkpoint has no tokenizer; offload runs need one to encode the prompts")

@@ -26,7 +26,7 @@ from torch import nn
 from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
 from tierwise.common.errors import TierwiseError
-from tierwise.remoe.models import MoEAdapter, adapter_for
+from tierwise.remoe.models.adapters import MoEAdapter, adapter_for
 from tierwise.remoe.offload.cache import ExpertCache, check_policy
 from tierwise.remoe.offload.storage import DEFAULT_TARGET, StorageProfile, storage_profile, target_expert_bytes
 from tierwise.remoe.offload.store import ExpertStore, expert_params, model_fingerprint
@@ -38,7 +38,7 @@ DEFAULT_STORE_ROOT = Path.home() / ".cache" / "tierwise" / "expert-stores"
 @dataclass
 class OffloadConfig:
     cache_experts: int  # C: experts kept in memory per MoE layer
-    policy: str = "lru"  # lru | lfu | fifo | lfru (tierwise.remoe.cachesim)
+    policy: str = "lru"  # lru | lfu | fifo | lfru (tierwise.remoe.analysis.cachesim)
     storage: str = "local"  # profile charged per miss, see storage.PROFILES
     target: str = DEFAULT_TARGET  # expert size charged per miss: a TARGET_EXPERTS name, `own`, or e.g. 17.3MB
     store_dir: Path | None = None  # default: ~/.cache/tierwise/expert-stores/<fingerprint>

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from tierwise.common.errors import TierwiseError
-from tierwise.remoe.objective import doc_positions
+from tierwise.remoe.training.objective import doc_positions
 
 ROLE_NAMES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
               "bing": "assistant", "bard": "assistant", "model": "assistant", "system": "system",
@@ -116,7 +116,7 @@ def read_documents(spec: str, tokenizer: Any = None, *, doc_separator: str | Non
     `max_docs` keeps that many documents spread evenly over the source.
     """
     if spec.startswith("embedded:"):
-        from tierwise.remoe import embedded
+        from tierwise.remoe.models import embedded
 
         split = spec.split(":", 1)[1]
         return _spread([(doc, False) for doc in embedded.corpus_documents(split)], max_docs)

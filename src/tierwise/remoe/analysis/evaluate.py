@@ -3,8 +3,8 @@
 One teacher-forced pass over packed held-out rows (block-diagonal attention, so documents never see each other)
 gives both the perplexity and the routing trace. Each packed piece of a document is one request of the trace,
 every position a decode-like step (EOR_tf of remoe.md §5.1); the trace then goes through the analysis metrics
-(`tierwise.remoe.metrics`: EOR, load CV, entropy, effective experts, largest share) and the per-layer LRU cache
-simulator (`tierwise.remoe.cachesim`: uHR@C, unique misses; cold cache per request).
+(`tierwise.remoe.analysis.metrics`: EOR, load CV, entropy, effective experts, largest share) and the per-layer LRU cache
+simulator (`tierwise.remoe.analysis.cachesim`: uHR@C, unique misses; cold cache per request).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tierwise.remoe import cachesim, metrics
-from tierwise.remoe.corpus import PackedCorpus, load_corpus
-from tierwise.remoe.models import adapter_for, load_model
-from tierwise.remoe.routing import DECODE, RouterRecorder, RoutingTrace, trace_meta
+from tierwise.remoe.analysis import cachesim, metrics
+from tierwise.remoe.models.corpus import PackedCorpus, load_corpus
+from tierwise.remoe.models.adapters import adapter_for, load_model
+from tierwise.remoe.models.routing import DECODE, RouterRecorder, RoutingTrace, trace_meta
 
 
 @dataclass
@@ -102,7 +102,7 @@ def relative_change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, 
 
 def evaluate_cli(model_name: str, router: Path | None, cfg: EvalConfig) -> dict[str, Any]:
     """What `tierwise remoe eval` prints: the model's figures, and with a router delta, after and the change."""
-    from tierwise.remoe.delta import apply_router_delta, load_router_delta
+    from tierwise.remoe.export.delta import apply_router_delta, load_router_delta
 
     delta = load_router_delta(router) if router is not None else None  # a bad delta fails before the model loads
     model, tokenizer = load_model(model_name)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from tierwise.common.errors import TierwiseError
 from tierwise.common.progress import progress_task
-from tierwise.remoe import embedded
+from tierwise.remoe.models import embedded
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # ChatML, so chat JSONL (OpenHermes/ShareGPT style) can be rendered with apply_chat_template.
@@ -138,9 +138,9 @@ def load_balancing_loss(router_logits: tuple[torch.Tensor, ...], top_k: int) -> 
 
 
 def routing_summary(trace) -> dict:
-    """Held-out routing figures of a RoutingTrace via tierwise.remoe.metrics: EOR (§5.1), load CV, normalised entropy,
+    """Held-out routing figures of a RoutingTrace via tierwise.remoe.analysis.metrics: EOR (§5.1), load CV, normalised entropy,
     effective experts and largest share (§5.4), and how many experts each MoE layer used at all."""
-    from tierwise.remoe import metrics
+    from tierwise.remoe.analysis import metrics
 
     stats = metrics.load_stats(trace)
     return {
@@ -158,8 +158,8 @@ def evaluate(model, stream: torch.Tensor, seq_len: int, windows: int) -> dict:
     """Held-out perplexity over `windows` windows spread evenly over the stream (the held-out documents are in source
     order, so a prefix would be one source only), and the routing of the same tokens (teacher forced, one request
     per window)."""
-    from tierwise.remoe.models import adapter_for
-    from tierwise.remoe.routing import DECODE, RouterRecorder, TraceBuilder, trace_meta
+    from tierwise.remoe.models.adapters import adapter_for
+    from tierwise.remoe.models.routing import DECODE, RouterRecorder, TraceBuilder, trace_meta
 
     n = min(windows, (len(stream) - 1) // seq_len)
     starts = [i * (len(stream) - seq_len - 1) // max(1, n - 1) for i in range(n)]

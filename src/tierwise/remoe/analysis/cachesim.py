@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit
 
 from tierwise.common.errors import TierwiseError
-from tierwise.remoe.routing import DECODE, PREFILL, RoutingTrace
+from tierwise.remoe.models.routing import DECODE, PREFILL, RoutingTrace
 
 POLICIES = ("lru", "fifo", "lfu", "lfru", "belady")
 LRU, FIFO, LFU, LFRU, BELADY = range(5)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from tierwise.common.errors import TierwiseError
-from tierwise.remoe.models import adapter_for, load_model
+from tierwise.remoe.models.adapters import adapter_for, load_model
 
 
 @dataclass(frozen=True)
@@ -268,7 +268,7 @@ def export_gguf(model, tokenizer, out_path: str | Path, *, name: str = "tierwise
 
 def export_checkpoint(name_or_path: str | Path, out_path: str | Path, *, router: str | Path | None = None) -> Path:
     """`tierwise remoe export-gguf`: load a checkpoint (optionally with a fine-tuned router) and export it."""
-    from tierwise.remoe.delta import apply_router_delta
+    from tierwise.remoe.export.delta import apply_router_delta
 
     model, tokenizer = load_model(name_or_path)
     if router is not None:
@@ -294,7 +294,7 @@ def patch_router(in_gguf: str | Path, delta, out_gguf: str | Path) -> Path:
     `delta`: a RouterDelta or a path to one. Every other tensor and key is copied unchanged; the delta must cover
     exactly the router tensors of the file, with the same shapes.
     """
-    from tierwise.remoe.delta import RouterDelta, load_router_delta
+    from tierwise.remoe.export.delta import RouterDelta, load_router_delta
 
     gguf_mod = _gguf()
     delta = delta if isinstance(delta, RouterDelta) else load_router_delta(delta)

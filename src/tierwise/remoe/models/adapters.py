@@ -276,10 +276,10 @@ def save_tiny(arch: str, out_dir: str | Path, *, seed: int = 0, **config_overrid
 def _resolve(name_or_path: str) -> str:
     if name_or_path == "embedded":
         try:
-            from tierwise.remoe import embedded
+            from tierwise.remoe.models import embedded
         except ImportError as e:
             raise TierwiseError(
-                f"the embedded checkpoint is not available in this installation (tierwise.remoe.embedded: {e})"
+                f"the embedded checkpoint is not available in this installation (tierwise.remoe.models.embedded: {e})"
             ) from e
         return str(embedded.model_dir())
     path = Path(name_or_path).expanduser()

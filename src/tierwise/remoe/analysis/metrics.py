@@ -11,7 +11,7 @@ from typing import Iterable
 
 import numpy as np
 
-from tierwise.remoe.routing import RoutingTrace
+from tierwise.remoe.models.routing import RoutingTrace
 
 
 # -- building blocks ----------------------------------------------------------------------------------------------
@@ -206,7 +206,7 @@ def routing_metrics(
     cache_sizes: Iterable[int] = (),
 ) -> dict:
     """The metrics of docs/remoe-analysis.md as plain values (JSON-ready after report.to_jsonable)."""
-    from tierwise.remoe.routing import DECODE, PREFILL
+    from tierwise.remoe.models.routing import DECODE, PREFILL
 
     stats = load_stats(trace)
     horizon = reuse_at_horizon(trace, max_horizon)

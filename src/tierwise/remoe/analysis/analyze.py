@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Sequence
 
 from tierwise.common.errors import TierwiseError
-from tierwise.remoe import cachesim, metrics
-from tierwise.remoe.routing import RoutingTrace
+from tierwise.remoe.analysis import cachesim, metrics
+from tierwise.remoe.models.routing import RoutingTrace
 
 
 def default_capacities(top_k: int, num_experts: int) -> list[int]:

@@ -333,7 +333,7 @@ def capture_generation(
     """
     import torch
 
-    from tierwise.remoe.models import adapter_for
+    from tierwise.remoe.models.adapters import adapter_for
 
     adapter = adapter_for(model)
     builder = TraceBuilder(trace_meta(adapter, model_name, max_new_tokens=max_new_tokens))
@@ -363,7 +363,7 @@ def capture_teacher_forced(model, sequences_ids: Iterable[Sequence[int]], *, mod
     """
     import torch
 
-    from tierwise.remoe.models import adapter_for
+    from tierwise.remoe.models.adapters import adapter_for
 
     adapter = adapter_for(model)
     builder = TraceBuilder(trace_meta(adapter, model_name, teacher_forced=True))

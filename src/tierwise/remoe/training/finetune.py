@@ -29,10 +29,10 @@ import torch
 from torch import nn
 
 from tierwise.common.errors import TierwiseError
-from tierwise.remoe.corpus import PackedCorpus, load_corpus
-from tierwise.remoe.delta import apply_router_delta, load_router_delta, save_router_delta
-from tierwise.remoe.models import MoEAdapter, adapter_for, load_model
-from tierwise.remoe.objective import LossWeights, TERMS, pair_mask, remoe_loss, router_log_probs
+from tierwise.remoe.models.corpus import PackedCorpus, load_corpus
+from tierwise.remoe.export.delta import apply_router_delta, load_router_delta, save_router_delta
+from tierwise.remoe.models.adapters import MoEAdapter, adapter_for, load_model
+from tierwise.remoe.training.objective import LossWeights, TERMS, pair_mask, remoe_loss, router_log_probs
 
 DELTA_NAME = "router_delta.safetensors"
 CHECKPOINT_DIR = "checkpoint"

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from tierwise.common.errors import TierwiseError
-from tierwise.remoe.models import adapter_for
+from tierwise.remoe.models.adapters import adapter_for
 
 FORMAT = "tierwise-router-delta"
 VERSION = "1"
@@ -128,7 +128,7 @@ def apply_router_delta(model: nn.Module, delta: RouterDelta | str | Path) -> nn.
 
 def write_patched_checkpoint(base: str, delta: str | Path, out: str | Path) -> Path:
     """Load `base`, apply the delta, save the full checkpoint (and tokenizer, when the base has one) to `out`."""
-    from tierwise.remoe.models import load_model
+    from tierwise.remoe.models.adapters import load_model
 
     router_delta = load_router_delta(delta)  # fail on a bad delta before the (slow) model load
     out = Path(out)

@@ -1,7 +1,7 @@
 """The project's embedded default model: corpus, tokenizer, checkpoint and demo prompts shipped in the package.
 
 Everything here works offline on a fresh machine:
-  model_dir()          HF checkpoint of a small DeepSeek-V2-style MoE (load with `tierwise.remoe.models.load_model("embedded")`)
+  model_dir()          HF checkpoint of a small DeepSeek-V2-style MoE (load with `tierwise.remoe.models.adapters.load_model("embedded")`)
   tokenizer_dir()      the byte-level BPE tokenizer it was trained with (also copied into model_dir())
   corpus_documents(s)  the English corpus, split deterministically: every HELDOUT_EVERY-th document is held out
   corpus_text(s)       the same documents joined by blank lines
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tierwise.common.errors import TierwiseError
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 CORPUS_FILE = ASSETS / "corpus" / "corpus.txt.xz"
 CORPUS_INDEX = ASSETS / "corpus" / "index.tsv"
 PROMPTS_FILE = ASSETS / "prompts.jsonl"

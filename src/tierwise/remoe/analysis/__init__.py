@@ -1,0 +1,1 @@
+"""Routing metrics, expert-cache simulation and held-out evaluation."""

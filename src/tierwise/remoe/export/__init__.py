@@ -1,0 +1,1 @@
+"""Router deltas and GGUF export."""

@@ -1,0 +1,1 @@
+"""The offloading runtime: an on-disk expert store, per-layer expert caches, timed greedy decoding."""

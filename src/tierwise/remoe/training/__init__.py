@@ -1,0 +1,1 @@
+"""Router fine-tuning (objective and loop) and pretraining of the embedded model."""
