@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tierwise.common.errors import TierwiseError
-from tierwise.remoe.export.delta import load_router_delta, save_router_delta
+from tierwise.remoe.export.delta import apply_router_delta, load_router_delta, save_router_delta
 from tierwise.remoe.export.gguf import GGUF_ARCHS, LITE_LAYERS, PADDING_KEY, export_gguf, patch_router, read_gguf
 from tierwise.remoe.models.adapters import SUPPORTED_ARCHS, adapter_for, tiny_model, tiny_tokenizer
 
@@ -152,3 +152,56 @@ def test_cli_export_and_patch(tmp_path):
     gates = {t.name: np.asarray(t.data) for t in read_gguf(tmp_path / "p.gguf").tensors if "ffn_gate_inp" in t.name}
     for layer in adapter_for(model).moe_layers:
         np.testing.assert_array_equal(gates[f"blk.{layer}.ffn_gate_inp.weight"], adapter_for(model).router_weight(layer).detach().numpy())
+
+
+def test_import_router_round_trips_through_export(tmp_path):
+    """export-gguf with a fine-tuned router, then import-gguf-router: the delta holds exactly those gates."""
+    from tierwise.remoe.export.gguf import import_router
+    from tierwise.remoe.models.adapters import save_tiny
+
+    ckpt = save_tiny("deepseek_v2", tmp_path / "ckpt")
+    tuned = tiny_model("deepseek_v2", seed=7)  # same shapes, other gates: stands in for a fine-tuned router
+    path = export_gguf(tuned, tiny_tokenizer(), tmp_path / "tuned.gguf")  # padded to 27 blocks with zero routers
+    delta = load_router_delta(import_router(path, ckpt, tmp_path / "router.safetensors"))
+    adapter = adapter_for(tuned)
+    assert sorted(delta.by_layer()) == list(adapter.moe_layers)
+    for layer, gate in delta.by_layer().items():
+        assert torch.equal(gate, adapter.router_weight(layer).detach())
+    base = tiny_model("deepseek_v2")
+    assert not torch.equal(base.model.layers[1].mlp.gate.weight, adapter.router_weight(1))
+    apply_router_delta(base, delta)  # the delta applies to the checkpoint it was imported for
+    assert torch.equal(base.model.layers[1].mlp.gate.weight, adapter.router_weight(1))
+
+
+def test_import_router_refuses_a_mismatched_file(tmp_path):
+    from tierwise.remoe.export.gguf import import_router
+    from tierwise.remoe.models.adapters import save_tiny
+
+    _, olmoe_gguf = _export("olmoe", tmp_path / "olmoe.gguf")
+    with pytest.raises(TierwiseError, match="olmoe"):
+        import_router(olmoe_gguf, save_tiny("deepseek_v2", tmp_path / "dsv2"), tmp_path / "r.safetensors")
+    wide = save_tiny("deepseek_v2", tmp_path / "wide", n_routed_experts=8)
+    _, path = _export("deepseek_v2", tmp_path / "m.gguf")
+    with pytest.raises(TierwiseError, match="expert_count"):
+        import_router(path, wide, tmp_path / "r.safetensors")
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF" + b"\0" * 40)
+    with pytest.raises(TierwiseError, match="not a readable GGUF"):
+        import_router(junk, tmp_path / "dsv2", tmp_path / "r.safetensors")
+
+
+def test_cli_import_gguf_router(tmp_path):
+    from typer.testing import CliRunner
+
+    from tierwise.cli import app
+    from tierwise.remoe.models.adapters import save_tiny
+
+    ckpt = save_tiny("deepseek_v2", tmp_path / "ckpt")
+    _, path = _export("deepseek_v2", tmp_path / "m.gguf")
+    out = tmp_path / "router.safetensors"
+    runner = CliRunner()
+    r = runner.invoke(app, ["remoe", "import-gguf-router", str(path), str(ckpt), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.is_file()
+    r = runner.invoke(app, ["remoe", "import-gguf-router", str(path), str(ckpt), "--out", str(out)])
+    assert isinstance(r.exception, TierwiseError) and "exists" in str(r.exception)

@@ -310,6 +310,24 @@ def export_gguf_cmd(
     stdout.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
+@app.command("import-gguf-router")
+def import_gguf_router_cmd(
+    gguf_file: Path = typer.Argument(..., help="GGUF file whose routers (blk.N.ffn_gate_inp.weight) to read."),
+    model: str = typer.Argument(..., help="HF checkpoint (folder, hub id or 'embedded') the routers belong to; only its config is read."),
+    out: Path = typer.Option(..., "--out", help="Router delta (.safetensors) to write; must not exist."),
+) -> None:
+    """Read the routers of a GGUF (e.g. the published DeepSeek-V2-Lite-Chat-ReMoE) into a router delta, so `eval`,
+    `offload`, `trace`, `apply-router` and `export-gguf` can run that routing: the reverse of `patch-gguf`."""
+    from tierwise.common.errors import TierwiseError
+    from tierwise.common.report import stdout
+    from tierwise.remoe.export.gguf import import_router
+
+    if out.exists():
+        raise TierwiseError(f"{out} exists; choose a new file (a router delta is never overwritten)")
+    path = import_router(gguf_file, model, out)
+    stdout.print(f"wrote {path}: the routers of {gguf_file} as a delta for {model}")
+
+
 @app.command("patch-gguf")
 def patch_gguf_cmd(
     gguf_file: Path = typer.Argument(..., help="GGUF file whose routers (blk.N.ffn_gate_inp.weight) to replace."),

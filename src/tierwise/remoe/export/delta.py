@@ -34,13 +34,15 @@ class RouterDelta:
 
     def by_layer(self) -> dict[int, torch.Tensor]:
         """The gate matrix of each decoder layer index (what GGUF's blk.N.ffn_gate_inp.weight holds)."""
-        out = {}
-        for name, tensor in self.tensors.items():
-            match = _LAYER_RE.search(name)
-            if match is None:
-                raise TierwiseError(f"router delta tensor {name!r} names no decoder layer (expected '...layers.N...')")
-            out[int(match.group(1))] = tensor
-        return out
+        return {layer_index(name): tensor for name, tensor in self.tensors.items()}
+
+
+def layer_index(name: str) -> int:
+    """The decoder layer N of a router parameter name such as `model.layers.N.mlp.gate.weight`."""
+    match = _LAYER_RE.search(name)
+    if match is None:
+        raise TierwiseError(f"router tensor {name!r} names no decoder layer (expected '...layers.N...')")
+    return int(match.group(1))
 
 
 def router_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -288,6 +288,25 @@ def read_gguf(path: str | Path):
         raise TierwiseError(f"{path}: not a readable GGUF file ({e})") from e
 
 
+def _file_arch(reader) -> str:
+    field = reader.fields.get("general.architecture")
+    if field is None:
+        raise TierwiseError("GGUF file has no general.architecture key")
+    return bytes(field.parts[field.data[0]]).decode()
+
+
+def _router_tensors(reader) -> dict:
+    """The router tensor (`blk.N.ffn_gate_inp.weight`) of every real block N, by N; the all-zero padding blocks of
+    a tierwise export keep their (zero) routers and are left out."""
+    routers = {int(t.name.split(".")[1]): t for t in reader.tensors
+               if t.name.startswith("blk.") and t.name.endswith(".ffn_gate_inp.weight")}
+    if PADDING_KEY in reader.fields:
+        blocks = int(reader.fields[f"{_file_arch(reader)}.block_count"].contents())
+        first_pad = blocks - int(reader.fields[PADDING_KEY].contents())
+        routers = {layer: t for layer, t in routers.items() if layer < first_pad}
+    return routers
+
+
 def patch_router(in_gguf: str | Path, delta, out_gguf: str | Path) -> Path:
     """Copy `in_gguf` to `out_gguf` with every `blk.N.ffn_gate_inp.weight` replaced by the delta's gate of layer N.
 
@@ -300,13 +319,8 @@ def patch_router(in_gguf: str | Path, delta, out_gguf: str | Path) -> Path:
     delta = delta if isinstance(delta, RouterDelta) else load_router_delta(delta)
     gates = {ROUTER_TENSOR.format(layer=layer): t for layer, t in delta.by_layer().items()}
     reader = read_gguf(in_gguf)
-    routers = {t.name: t for t in reader.tensors if t.name.endswith(".ffn_gate_inp.weight")}
-    arch_field = reader.fields["general.architecture"]
-    arch = bytes(arch_field.parts[arch_field.data[0]]).decode()
-    if PADDING_KEY in reader.fields:  # the all-zero padding blocks keep their (zero) routers
-        blocks = int(reader.fields[f"{arch}.block_count"].contents())
-        first_pad = blocks - int(reader.fields[PADDING_KEY].contents())
-        routers = {n: t for n, t in routers.items() if int(n.split(".")[1]) < first_pad}
+    arch = _file_arch(reader)
+    routers = {ROUTER_TENSOR.format(layer=layer): t for layer, t in _router_tensors(reader).items()}
     if set(routers) != set(gates):
         raise TierwiseError(f"router delta covers {sorted(gates)} but {in_gguf} has router tensors {sorted(routers)}")
     w = gguf_mod.GGUFWriter(str(out_gguf), arch)
@@ -331,3 +345,43 @@ def patch_router(in_gguf: str | Path, delta, out_gguf: str | Path) -> Path:
     w.write_tensors_to_file()
     w.close()
     return Path(out_gguf)
+
+
+def import_router(gguf_path: str | Path, model: str | Path, out: str | Path) -> Path:
+    """`tierwise remoe import-gguf-router`: the routers of a GGUF (e.g. the authors' DeepSeek-V2-Lite-Chat-ReMoE) as
+    a router delta for the HF checkpoint `model`, so every command here can run the file's routing.
+
+    Only `model`'s config is read (its modules are built on the meta device), so this costs no weights in memory.
+    The file must hold one router per MoE layer of `model`, each (E, H); quantized routers are dequantized.
+    """
+    from tierwise.remoe.export.delta import layer_index, save_router_delta
+    from tierwise.remoe.models.adapters import load_skeleton
+
+    gguf_mod = _gguf()
+    reader = read_gguf(gguf_path)
+    skeleton = load_skeleton(model)
+    adapter = adapter_for(skeleton)
+    arch = _file_arch(reader)
+    want_arch = GGUF_ARCHS.get(adapter.model_type)
+    if want_arch is not None and want_arch.name != arch:
+        raise TierwiseError(f"{gguf_path} is a {arch!r} GGUF, but {model} is {adapter.model_type} ({want_arch.name!r} in GGUF)")
+    for key, want in (("expert_count", adapter.num_experts), ("expert_used_count", adapter.top_k)):
+        field = reader.fields.get(f"{arch}.{key}")
+        if field is not None and int(field.contents()) != want:
+            raise TierwiseError(f"{gguf_path}: {arch}.{key} = {field.contents()}, but {model} has {want}")
+    names = {layer_index(name): name for name in adapter.router_param_names()}
+    routers = _router_tensors(reader)
+    if set(routers) != set(names):
+        raise TierwiseError(f"{gguf_path} has routers for blocks {sorted(routers)}, but {model} has MoE layers {sorted(names)}")
+    state = {}
+    for layer, t in routers.items():
+        data = np.asarray(t.data)
+        if t.tensor_type not in (gguf_mod.GGMLQuantizationType.F32, gguf_mod.GGMLQuantizationType.F16):
+            data = gguf_mod.quants.dequantize(data, t.tensor_type)
+        gate = torch.tensor(np.asarray(data, dtype=np.float32))  # a copy: the reader maps the file read-only
+        if tuple(gate.shape) != (adapter.num_experts, adapter.hidden_size):
+            raise TierwiseError(f"{t.name}: shape {tuple(gate.shape)}, expected ({adapter.num_experts}, {adapter.hidden_size})")
+        if not torch.isfinite(gate).all():
+            raise TierwiseError(f"{t.name} holds non-finite values")
+        state[names[layer]] = gate
+    return save_router_delta(skeleton, out, state_dict=state, base_model=str(model), source_gguf=str(gguf_path))

@@ -290,19 +290,37 @@ def _resolve(name_or_path: str) -> str:
     return name_or_path  # a hub id; resolved (or refused when offline) by transformers
 
 
+def load_config(name_or_path: str | Path, **hf_kwargs):
+    """The HF config of a supported MoE checkpoint (`embedded`, a folder or a hub id); unsupported ones are refused."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(_resolve(str(name_or_path)), **hf_kwargs)
+    except (OSError, ValueError) as e:
+        raise TierwiseError(f"cannot load a model config from {name_or_path!r}: {e}") from e
+    arch_spec(config.model_type)
+    return config
+
+
+def load_skeleton(name_or_path: str | Path, **hf_kwargs) -> nn.Module:
+    """The model's modules on the meta device, without weights: parameter names and shapes (e.g. of the routers)
+    of a checkpoint of any size, at no memory cost."""
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(name_or_path, **hf_kwargs)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
 def load_model(name_or_path: str | Path, *, dtype: torch.dtype = torch.float32, **hf_kwargs):
     """Load a supported MoE causal LM and its tokenizer (None when the checkpoint has none), in eval mode.
 
     `name_or_path`: a local checkpoint folder, a Hugging Face hub id (when online), or `embedded`.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = _resolve(str(name_or_path))
-    try:
-        config = AutoConfig.from_pretrained(source, **hf_kwargs)
-    except (OSError, ValueError) as e:
-        raise TierwiseError(f"cannot load a model config from {name_or_path!r}: {e}") from e
-    arch_spec(config.model_type)
+    load_config(name_or_path, **hf_kwargs)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **hf_kwargs)
     except (OSError, ValueError, RuntimeError) as e:
