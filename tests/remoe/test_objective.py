@@ -11,12 +11,14 @@ import torch.nn.functional as F
 from tierwise.remoe.training.objective import (
     LossWeights,
     doc_positions,
+    load_entropy,
     lag_loss,
     pair_mask,
     remoe_loss,
     reuse_loss,
     router_log_probs,
     smooth_loss,
+    spread_loss,
     sym_kl,
     trust_loss,
     window_entropy_loss,
@@ -177,10 +179,11 @@ def test_total_combines_terms_with_lambdas_and_alpha():
     _, ref = _logp(seed=1)
     doc = torch.zeros(2, 12, dtype=torch.long)
     idx = lp.topk(2, -1).indices
-    w = LossWeights(kl=0.7, reuse=0.3, smooth=0.2, lag=0.1, ws=0.05, window=4)
+    w = LossWeights(kl=0.7, spread=2.0, reuse=0.3, smooth=0.2, lag=0.1, ws=0.05, window=4)
     ce = torch.tensor(2.5)
     total, t = remoe_loss(ce, lp, ref, idx, doc, w, 0.5)
-    expected = 2.5 + 0.7 * t["trust"] + 0.5 * (0.3 * t["reuse"] + 0.2 * t["smooth"] + 0.1 * t["lag"] + 0.05 * t["ws"])
+    expected = (2.5 + 0.7 * t["trust"] + 2.0 * t["spread"]
+                + 0.5 * (0.3 * t["reuse"] + 0.2 * t["smooth"] + 0.1 * t["lag"] + 0.05 * t["ws"]))
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
     total0, t0 = remoe_loss(ce, lp, ref, idx, doc, w.ce_only(), 1.0)
     assert total0.item() == 2.5 and set(t0) == {"ce", "total"}
@@ -198,3 +201,33 @@ def test_short_sequences_do_not_produce_nan():
     idx = lp.topk(2, -1).indices
     total, terms = remoe_loss(torch.tensor(1.0), lp, lp, idx, doc, LossWeights(window=2), 1.0)
     assert torch.isfinite(total) and all(torch.isfinite(v) for v in terms.values())
+
+
+def test_spread_is_zero_while_the_load_is_at_least_as_spread_as_the_reference():
+    doc = torch.zeros(1, 8, dtype=torch.long)
+    uniform = torch.full((1, 1, 8, 4), math.log(0.25))
+    peaked = router_log_probs(torch.tensor([10.0, 0.0, 0.0, 0.0]).expand(1, 1, 8, 4))
+    assert load_entropy(uniform, doc).item() == pytest.approx(math.log(4))
+    assert spread_loss(uniform, peaked, doc).item() == 0.0  # more spread than the original: no cost
+    collapsed = spread_loss(peaked, uniform, doc).item()  # all load on expert 0, the original spread it evenly
+    assert collapsed == pytest.approx((math.log(4) - load_entropy(peaked, doc).item()) / math.log(4))
+    assert 0.9 < collapsed <= 1.0
+
+
+def test_spread_counts_batch_load_not_per_token_sharpness():
+    """Every token may pick its experts sharply (locality); only the batch's load over experts is guarded."""
+    doc = torch.zeros(1, 8, dtype=torch.long)
+    one_hot = torch.full((1, 1, 8, 4), -30.0)
+    for t in range(8):
+        one_hot[0, 0, t, t % 4] = 0.0  # each token sure of one expert, the four used equally often
+    uniform = torch.full((1, 1, 8, 4), math.log(0.25))
+    assert spread_loss(router_log_probs(one_hot), uniform, doc).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_spread_gradient_raises_entropy_and_skips_the_reference():
+    z = torch.tensor([3.0, 0.0, 0.0, 0.0]).expand(1, 1, 8, 4).clone().requires_grad_(True)
+    ref = torch.zeros(1, 1, 8, 4, requires_grad=True)
+    doc = torch.zeros(1, 8, dtype=torch.long)
+    spread_loss(router_log_probs(z), router_log_probs(ref), doc).backward()
+    assert ref.grad is None
+    assert (z.grad[..., 0] > 0).all() and (z.grad[..., 1:] < 0).all()  # descent lowers the dominant expert's logit

@@ -111,6 +111,7 @@ def finetune(
     lambda_smooth: Optional[float] = typer.Option(None, "--lambda-smooth", help="λ_Smooth [0.1]."),
     lambda_lag: Optional[float] = typer.Option(None, "--lambda-lag", help="λ_Lag [0.1]."),
     lambda_ws: Optional[float] = typer.Option(None, "--lambda-ws", help="λ_WS [0.25]."),
+    lambda_spread: Optional[float] = typer.Option(None, "--lambda-spread", help="λ_Spread, the load-entropy floor that keeps routing spread [0]."),
     window: Optional[int] = typer.Option(None, help="W, tokens per L_WS window [16]."),
     t_warm: Optional[int] = typer.Option(None, "--t-warm", help="T_warm, steps of the locality warm-up α_s = min(1, s/T_warm) [10]."),
     lags: Optional[str] = typer.Option(None, help="Comma-separated lags of L_Lag [1,2,4,8,16]."),
@@ -145,7 +146,8 @@ def finetune(
         lag_values = tuple(int(x) for x in lags.split(",")) if lags else None
     except ValueError as e:
         raise TierwiseError(f"--lags must be comma-separated integers, got {lags!r}") from e
-    given = dict(kl=lambda_kl, reuse=lambda_reuse, smooth=lambda_smooth, lag=lambda_lag, ws=lambda_ws, window=window,
+    given = dict(kl=lambda_kl, reuse=lambda_reuse, smooth=lambda_smooth, lag=lambda_lag, ws=lambda_ws, spread=lambda_spread,
+                 window=window,
                  warmup_steps=t_warm, lags=lag_values)
     off = dict(kl=no_trust, reuse=no_reuse, smooth=no_smooth, lag=no_lag, ws=no_ws)
     loss = replace(cfg.loss, **{k: v for k, v in given.items() if v is not None})

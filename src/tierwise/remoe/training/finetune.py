@@ -88,7 +88,7 @@ class FinetuneConfig:
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
             raise TierwiseError("lr must be > 0 and min_lr_ratio within [0, 1]")
         w = self.loss
-        if min(w.kl, w.reuse, w.smooth, w.lag, w.ws) < 0 or w.window < 1 or w.warmup_steps < 0 or not w.lags:
+        if min(w.kl, w.spread, w.reuse, w.smooth, w.lag, w.ws) < 0 or w.window < 1 or w.warmup_steps < 0 or not w.lags:
             raise TierwiseError("loss weights must be >= 0, window >= 1, warm-up >= 0, and at least one lag")
         if any(d < 1 for d in w.lags):
             raise TierwiseError(f"lags must be positive, got {w.lags}")
@@ -168,7 +168,7 @@ class RouterFinetuner:
         for i in self.adapter.moe_layers:
             self.adapter.router(i).float()  # fp32 master gates, also under bf16
             self.adapter.router_weight(i).requires_grad_(True)
-        self.refs = frozen_reference_routers(self.adapter) if weights.kl > 0 else []
+        self.refs = frozen_reference_routers(self.adapter) if weights.kl > 0 or weights.spread > 0 else []
         self.capture = RouterCapture(self.adapter)
 
     def gate_parameters(self) -> list[nn.Parameter]:

@@ -1,6 +1,6 @@
 """The ReMoE router fine-tuning objective (design doc remoe.md §2.3), as pure tensor functions.
 
-    L     = L_CE + λ_KL·L_Trust + α_s·(λ_Reuse·L_Reuse + λ_Smooth·L_Smooth + λ_Lag·L_Lag + λ_WS·L_WS)
+    L     = L_CE + λ_KL·L_Trust + λ_Spread·L_Spread + α_s·(λ_Reuse·L_Reuse + λ_Smooth·L_Smooth + λ_Lag·L_Lag + λ_WS·L_WS)
     α_s   = min(1, s / T_warm)
 
 Per MoE layer, with P_t the router distribution at position t and P_t^ref the frozen original gate's
@@ -11,6 +11,14 @@ distribution on the *same* router input h_t:
     L_Lag    = mean_{d ∈ D} mean_t SymKL(P_t, P_{t−d})        D = {1, 2, 4, 8, 16}
     L_WS     = mean_b H(P̄_b),  P̄_b = mean of P_t over tumbling window b of W tokens
     L_Trust  = mean_t KL(P_t ‖ sg(P_t^ref))                    (reverse, mode-seeking KL)
+
+A guard against collapse (project addition, not in the paper; docs/results-remoe.md shows its ablation):
+
+    L_Spread = max(0, H(P̄^ref) − H(P̄)) / ln E,   P̄ = mean of P_t over the micro-batch's tokens, per layer
+
+It costs nothing while the batch's expert load is at least as spread as the original router's on the same tokens,
+and pushes back as soon as the fine-tuned router concentrates the load: locality must come from *when* experts are
+used, not from using fewer of them. It is not warmed up (like L_Trust, it guards from the first step).
 
 Shapes: every function takes log-probabilities `logp` of shape (L, B, T, E) — MoE layers, sequences,
 positions, experts — in float32, and `doc_ids` of shape (B, T) (int, -1 = padding). A pair (t, t−d)
@@ -161,6 +169,23 @@ def window_entropy_loss(logp: torch.Tensor, doc_ids: torch.Tensor, window: int, 
     return _cell_mean(per_cell, n)
 
 
+
+def load_entropy(logp: torch.Tensor, doc_ids: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
+    """(L,) entropy H(P̄) of each layer's mean router distribution over the real tokens of the batch."""
+    valid = (doc_ids >= 0).to(logp.dtype)[None, :, :, None]
+    p_bar = (_probs(logp, probs) * valid).sum((1, 2)) / valid.sum().clamp(min=1)
+    return -(p_bar * torch.log(p_bar + EPS)).sum(-1)
+
+
+def spread_loss(logp: torch.Tensor, logp_ref: torch.Tensor, doc_ids: torch.Tensor,
+                probs: torch.Tensor | None = None) -> torch.Tensor:
+    """L_Spread = mean over layers of max(0, H(P̄^ref) − H(P̄)) / ln E: the batch's expert load may not concentrate
+    more than the original router's on the same tokens (`logp_ref` is detached)."""
+    floor = load_entropy(logp_ref.detach(), doc_ids)
+    drop = (floor - load_entropy(logp, doc_ids, probs)).clamp(min=0)
+    return (drop / torch.log(torch.tensor(float(logp.shape[-1])))).mean()
+
+
 @dataclass
 class LossWeights:
     """The λ's of the objective (defaults chosen by the sweep in docs/results-remoe.md)."""
@@ -170,6 +195,7 @@ class LossWeights:
     smooth: float = 0.1  # λ_Smooth
     lag: float = 0.1  # λ_Lag
     ws: float = 0.25  # λ_WS
+    spread: float = 0.0  # λ_Spread, the load-entropy floor (project guard, not in the paper)
     window: int = 16  # W, tokens per L_WS window
     warmup_steps: int = 10  # T_warm, optimizer steps of the locality warm-up α_s
     lags: tuple[int, ...] = DEFAULT_LAGS
@@ -180,14 +206,14 @@ class LossWeights:
 
     def ce_only(self) -> "LossWeights":
         """The paper's control: the router trained with L_CE alone."""
-        return LossWeights(kl=0.0, reuse=0.0, smooth=0.0, lag=0.0, ws=0.0, window=self.window,
+        return LossWeights(kl=0.0, reuse=0.0, smooth=0.0, lag=0.0, ws=0.0, spread=0.0, window=self.window,
                            warmup_steps=self.warmup_steps, lags=self.lags)
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-TERMS = ("trust", "reuse", "smooth", "lag", "ws")
+TERMS = ("trust", "spread", "reuse", "smooth", "lag", "ws")
 
 
 def remoe_loss(
@@ -203,12 +229,14 @@ def remoe_loss(
 
     ce: scalar L_CE; logp, logp_ref: (L, B, T, E) float32; topk_idx: (L, B, T, K); doc_ids: (B, T).
     """
-    lam = {"trust": weights.kl, "reuse": weights.reuse, "smooth": weights.smooth, "lag": weights.lag, "ws": weights.ws}
+    lam = {"trust": weights.kl, "spread": weights.spread, "reuse": weights.reuse, "smooth": weights.smooth,
+           "lag": weights.lag, "ws": weights.ws}
     p = logp.exp()  # shared by every term
     needed_lags = (tuple(weights.lags) if lam["lag"] else ()) + ((1,) if lam["smooth"] else ())
     lagged = lagged_sym_kl(logp, doc_ids, needed_lags, p) if needed_lags else {}  # L_Smooth reuses L_Lag's d = 1
     fns = {
         "trust": lambda: trust_loss(logp, logp_ref, doc_ids, p),
+        "spread": lambda: spread_loss(logp, logp_ref, doc_ids, p),
         "reuse": lambda: reuse_loss(logp, topk_idx, doc_ids, p),
         "smooth": lambda: _smooth(lagged),
         "lag": lambda: _lag(lagged, weights.lags),
@@ -220,7 +248,7 @@ def remoe_loss(
         if lam[name] == 0.0:
             continue
         value = fns[name]()
-        scale = lam[name] if name == "trust" else alpha * lam[name]
+        scale = lam[name] if name in ("trust", "spread") else alpha * lam[name]  # the guards are not warmed up
         total = total + scale * value
         terms[name] = value.detach()
     terms["total"] = total.detach()
