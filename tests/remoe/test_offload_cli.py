@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -66,3 +67,31 @@ def test_offload_errors_are_clean(checkpoint):
     r = runner.invoke(app, ["remoe", "offload", str(ckpt), "--cache-experts", "99", "--prompts", str(prompts),
                             "--store", str(root / "store")])
     assert r.exit_code != 0 and "between K=" in str(r.exception)
+
+
+def test_offload_compare_shows_routing_concentration(checkpoint):
+    ckpt, delta, prompts, root = checkpoint
+    model, _ = load_model(ckpt)
+    with torch.no_grad():
+        for layer in adapter_for(model).moe_layers:
+            adapter_for(model).router_weight(layer).zero_()  # every token scores every expert alike: the same K experts
+    collapse = save_router_delta(model, root / "collapse.safetensors")
+    args = [ckpt, "--prompts", prompts, "--max-new-tokens", 6, "--compare", "--store", root / "store"]
+    out = CliRunner().invoke(app, ["remoe", "offload", *map(str, args), "--router", str(collapse),
+                                   "--out", str(root / "collapse.json")], terminal_width=80)
+    assert out.exit_code == 0, out.output
+    for column in ("EOR (decode)", "entropy", "eff. experts", "busiest share", "warning: routing entropy fell"):
+        assert column in out.stdout
+    result = json.loads((root / "collapse.json").read_text())
+    orig, tuned = result["runs"]["original"]["routing"], result["runs"]["fine-tuned"]["routing"]
+    k, e = result["config"]["top_k"], result["config"]["num_experts"]
+    assert tuned["eor_decode"] == 1.0 and tuned["effective_experts"] == pytest.approx(k)
+    assert tuned["entropy_norm"] == pytest.approx(math.log(k) / math.log(e))
+    assert orig["entropy_norm"] > tuned["entropy_norm"] and 1 / k >= tuned["max_load_share"] > orig["max_load_share"]
+    assert result["concentration_warning"].startswith("warning: routing entropy fell")
+    # the original against itself: same routing, no warning
+    same = save_router_delta(load_model(ckpt)[0], root / "same.safetensors")
+    _run(*args, "--router", same, "--out", root / "same.json")
+    result = json.loads((root / "same.json").read_text())
+    assert result["runs"]["original"]["routing"] == result["runs"]["fine-tuned"]["routing"]
+    assert result["concentration_warning"] is None

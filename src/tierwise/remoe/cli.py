@@ -60,7 +60,7 @@ def offload(
 
     from tierwise.common.report import print_table, stdout, to_jsonable, write_json
     from tierwise.remoe.models.adapters import adapter_for, load_model
-    from tierwise.remoe.offload.compare import offload_compare, resolve_prompts, summary_rows
+    from tierwise.remoe.offload.compare import offload_compare, resolve_prompts, routing_rows, summary_rows
     from tierwise.remoe.offload.runtime import OffloadConfig
 
     torch.set_num_threads(threads)
@@ -80,10 +80,13 @@ def offload(
     print_table(summary_rows(result), title=(
         f"offload {model}: C={c['cache_experts']} of E={c['num_experts']} (K={c['top_k']}), {c['policy']}, "
         f"{c['storage']} x {c['target']} ({c['modelled_ms_per_miss']:.3f} ms/miss), store I/O {c['store_io']}"))
+    print_table(routing_rows(result), title="decode routing: EOR and load concentration (mean over MoE layers)")
     if compare:
         s = result["tpot_speedup"]
         stdout.print(f"decode TPOT speedup (mean), fine-tuned vs original router: [bold]{s['total']:.2f}x[/] total "
                      f"(measured only: {s['measured']:.2f}x)")
+        if result["concentration_warning"]:
+            stdout.print(result["concentration_warning"], style="bold yellow", markup=False)
 
 
 # -- ReMoE router fine-tuning: finetune / eval / apply-router -------------------------------------------------------
@@ -180,8 +183,8 @@ def eval_cmd(
     import torch
 
     from tierwise.common.errors import TierwiseError
-    from tierwise.common.report import print_table, to_jsonable, write_json
-    from tierwise.remoe.analysis.evaluate import EvalConfig, evaluate_cli, summary_rows
+    from tierwise.common.report import print_table, stdout, to_jsonable, write_json
+    from tierwise.remoe.analysis.evaluate import VS_ORIGINAL_LEGEND, EvalConfig, evaluate_cli, summary_rows
 
     if threads:
         torch.set_num_threads(threads)
@@ -197,6 +200,10 @@ def eval_cmd(
         typer.echo(json.dumps(to_jsonable(results), indent=2))
     else:
         print_table(summary_rows(results), title=f"{model} on {data}")
+        if "vs_original" in results:
+            stdout.print(VS_ORIGINAL_LEGEND, markup=False)
+        if results.get("concentration_warning"):
+            stdout.print(results["concentration_warning"], style="bold yellow", markup=False)
 
 
 @app.command("apply-router")

@@ -5,6 +5,11 @@ gives both the perplexity and the routing trace. Each packed piece of a document
 every position a decode-like step (EOR_tf of remoe.md §5.1); the trace then goes through the analysis metrics
 (`tierwise.remoe.analysis.metrics`: EOR, load CV, entropy, effective experts, largest share) and the per-layer LRU cache
 simulator (`tierwise.remoe.analysis.cachesim`: uHR@C, unique misses; cold cache per request).
+
+With a router delta, both routers run batch by batch on the same rows (`paired_pass`: swap in the original gates,
+forward, swap in the fine-tuned ones, forward, compare), so quality beyond perplexity costs no second model and
+memory stays bounded by one batch: next-token top-1 agreement with the original, KL(original ‖ fine-tuned) of the
+next-token distributions, and the trust term KL(P_new ‖ P_ref) of the routers (training/objective.py).
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from tierwise.remoe.analysis import cachesim, metrics
+from tierwise.remoe.analysis.metrics import CONCENTRATION, concentration_warning
 from tierwise.remoe.models.corpus import PackedCorpus, load_corpus
 from tierwise.remoe.models.adapters import adapter_for, load_model
 from tierwise.remoe.models.routing import DECODE, RouterRecorder, RoutingTrace, trace_meta
+from tierwise.remoe.training.objective import router_log_probs, trust_loss
 
 
 @dataclass
@@ -35,33 +42,129 @@ class EvalConfig:
     doc_separator: str | None = None
 
 
+def _batches(model: nn.Module, corpus: PackedCorpus, batch_size: int):
+    """The corpus's rows, `batch_size` at a time, on the model's device."""
+    device = next(model.parameters()).device
+    for lo in range(0, len(corpus), batch_size):
+        yield {k: v.to(device) for k, v in corpus.batch(range(lo, min(lo + batch_size, len(corpus)))).items()}
+
+
+def _logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                 position_ids=batch["position_ids"], use_cache=False).logits
+
+
+class TeacherForced:
+    """One router setting's summed next-token CE, predicted-token count and routing trace, added batch by batch."""
+
+    def __init__(self):
+        self.ce_sum, self.n_pred, self.n_tokens = 0.0, 0, 0
+        self.experts: list[np.ndarray] = []
+        self.starts: list[np.ndarray] = []
+
+    def add(self, batch: dict[str, torch.Tensor], logits: torch.Tensor, call_experts: np.ndarray) -> None:
+        """One batch: its logits and the experts of its forward call, [B·T, layers, K]."""
+        targets = batch["labels"][:, 1:]
+        self.ce_sum += float(F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(),
+                                             ignore_index=-100, reduction="sum"))
+        self.n_pred += int((targets != -100).sum())
+        doc = batch["doc_ids"].cpu()
+        new_request = torch.ones_like(doc, dtype=torch.bool)  # every row start, every document start
+        new_request[:, 1:] = doc[:, 1:] != doc[:, :-1]
+        valid = (doc >= 0).flatten().numpy()
+        self.experts.append(call_experts[valid])
+        self.starts.append(np.flatnonzero(new_request.flatten().numpy()[valid]) + self.n_tokens)
+        self.n_tokens += int(valid.sum())
+
+    def trace(self, adapter, model_name: str) -> RoutingTrace:
+        return RoutingTrace(np.concatenate(self.experts), np.concatenate(self.starts),
+                            np.full(self.n_tokens, DECODE, np.uint8), trace_meta(adapter, model_name, teacher_forced=True))
+
+
 def teacher_forced_pass(model: nn.Module, corpus: PackedCorpus, *, batch_size: int = 8,
                         model_name: str = "model") -> tuple[float, int, RoutingTrace]:
     """(summed next-token CE in nats, number of predicted tokens, routing trace) over every row of `corpus`."""
     adapter = adapter_for(model)
-    ce_sum, n_pred = 0.0, 0
-    experts, starts = [], []
-    n_tokens = 0
+    run = TeacherForced()
     with RouterRecorder(adapter) as rec, torch.no_grad():
-        for lo in range(0, len(corpus), batch_size):
-            batch = corpus.batch(range(lo, min(lo + batch_size, len(corpus))))
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                        position_ids=batch["position_ids"], use_cache=False)
-            targets = batch["labels"][:, 1:]
-            ce_sum += float(F.cross_entropy(out.logits[:, :-1].float().flatten(0, 1), targets.flatten(),
-                                            ignore_index=-100, reduction="sum"))
-            n_pred += int((targets != -100).sum())
-            call_experts, _ = rec.pop()  # [B·T, layers, K]
-            doc = batch["doc_ids"]
-            new_request = torch.ones_like(doc, dtype=torch.bool)  # every row start, every document start
-            new_request[:, 1:] = doc[:, 1:] != doc[:, :-1]
-            valid = (doc >= 0).flatten().numpy()
-            experts.append(call_experts[valid])
-            starts.append(np.flatnonzero(new_request.flatten().numpy()[valid]) + n_tokens)
-            n_tokens += int(valid.sum())
-    trace = RoutingTrace(np.concatenate(experts), np.concatenate(starts), np.full(n_tokens, DECODE, np.uint8),
-                         trace_meta(adapter, model_name, teacher_forced=True))
-    return ce_sum, n_pred, trace
+        for batch in _batches(model, corpus, batch_size):
+            run.add(batch, _logits(model, batch), rec.pop()[0])
+    return run.ce_sum, run.n_pred, run.trace(adapter, model_name)
+
+
+VS_ORIGINAL_LEGEND = (
+    "top1_agreement: share of predicted positions whose next-token argmax equals the original model's; "
+    "output_kl_orig_ft: mean KL(original || fine-tuned) of the next-token distributions (nats/token); "
+    "router_kl_ft_orig: training's trust term, mean KL(P_fine-tuned || P_original) of the routers on the same "
+    "router inputs (nats)")
+
+
+class Agreement:
+    """The fine-tuned model against the original on the same rows, batch by batch (remoe.md §5.6: quality)."""
+
+    def __init__(self):
+        self.same_top1, self.n_pred, self.output_kl_sum = 0, 0, 0.0
+        self.trust_sum, self.trust_rows = 0.0, 0
+
+    def add(self, batch: dict[str, torch.Tensor], logits_ref: torch.Tensor, logits: torch.Tensor,
+            router_logp: torch.Tensor, router_logp_ref: torch.Tensor) -> None:
+        """One batch: both models' output logits, and the routers' log P (L, B, T, E) of the fine-tuned run with the
+        original routers' log P_ref on the same router inputs."""
+        predicted = batch["labels"][:, 1:] != -100  # the positions perplexity scores
+        ref = logits_ref[:, :-1][predicted].float().log_softmax(-1)
+        new = logits[:, :-1][predicted].float().log_softmax(-1)
+        self.same_top1 += int((ref.argmax(-1) == new.argmax(-1)).sum())
+        self.n_pred += int(predicted.sum())
+        self.output_kl_sum += float(F.kl_div(new, ref, log_target=True, reduction="sum"))  # Σ KL(ref ‖ new)
+        doc_ids = batch["doc_ids"]
+        rows = int((doc_ids >= 0).any(1).sum())  # trust_loss averages over (layer, row) cells holding tokens
+        self.trust_sum += float(trust_loss(router_logp, router_logp_ref, doc_ids)) * rows
+        self.trust_rows += rows
+
+    def result(self) -> dict[str, float]:
+        n = max(1, self.n_pred)
+        return {"top1_agreement": self.same_top1 / n, "output_kl_orig_ft": self.output_kl_sum / n,
+                "router_kl_ft_orig": self.trust_sum / max(1, self.trust_rows)}
+
+
+def paired_pass(model: nn.Module, corpus: PackedCorpus, delta, *, batch_size: int = 8,
+                model_name: str = "model") -> tuple[tuple[float, int, RoutingTrace], tuple[float, int, RoutingTrace],
+                                                    dict[str, float]]:
+    """`teacher_forced_pass` of the original and of `delta` (a RouterDelta), and their `Agreement`, in one pass.
+
+    Per batch the original gates run, then the delta's, on the same rows: only one batch of logits of each is ever
+    held. The model is left with the delta applied. P_ref is the original router applied to the fine-tuned run's
+    own router inputs h, as in training's trust term.
+    """
+    from tierwise.remoe.export.delta import RouterDelta, apply_router_delta, delta_meta, router_state
+    from tierwise.remoe.training.finetune import RouterCapture, frozen_reference_routers
+
+    adapter = adapter_for(model)
+    original = RouterDelta(router_state(model), delta_meta(model))
+    refs = frozen_reference_routers(adapter)
+    before, after, agreement = TeacherForced(), TeacherForced(), Agreement()
+    capture = RouterCapture(adapter)
+    try:
+        with RouterRecorder(adapter) as rec, torch.no_grad():
+            for batch in _batches(model, corpus, batch_size):
+                apply_router_delta(model, original)
+                logits_ref = _logits(model, batch)
+                before.add(batch, logits_ref, rec.pop()[0])
+                capture.clear()
+                apply_router_delta(model, delta)
+                logits = _logits(model, batch)
+                after.add(batch, logits, rec.pop()[0])
+                b, t = batch["doc_ids"].shape
+                logp = torch.stack([router_log_probs(z.view(b, t, -1), adapter.scoring) for z in capture.logits])
+                logp_ref = torch.stack([router_log_probs(ref(h.float())[0].view(b, t, -1), adapter.scoring)
+                                        for ref, h in zip(refs, capture.inputs)])
+                agreement.add(batch, logits_ref, logits, logp, logp_ref)
+                capture.clear()
+    finally:
+        capture.remove()
+    name = f"{model_name}+delta"
+    return ((before.ce_sum, before.n_pred, before.trace(adapter, model_name)),
+            (after.ce_sum, after.n_pred, after.trace(adapter, name)), agreement.result())
 
 
 def reuse_metrics(trace: RoutingTrace, cache_sizes: tuple[int, ...] = ()) -> dict[str, Any]:
@@ -70,7 +173,7 @@ def reuse_metrics(trace: RoutingTrace, cache_sizes: tuple[int, ...] = ()) -> dic
     result: dict[str, Any] = {
         "eor": metrics.eor(trace),
         "eor_per_layer": metrics.eor_per_layer(trace).tolist(),
-        **{k: float(np.nanmean(v)) for k, v in stats.items()},
+        **{k: float(np.nanmean(stats[k])) for k in (*CONCENTRATION, "load_cv")},  # concentration beside EOR
         "distinct_experts_per_request": metrics.distinct_experts_per_request(trace),
         "fetch_bound": trace.top_k * (1 - metrics.eor(trace)),
     }
@@ -82,12 +185,30 @@ def reuse_metrics(trace: RoutingTrace, cache_sizes: tuple[int, ...] = ()) -> dic
     return result
 
 
+def _figures(passed: tuple[float, int, RoutingTrace], cfg: EvalConfig) -> dict[str, Any]:
+    """Perplexity plus `reuse_metrics` from a teacher-forced pass's (CE sum, predicted tokens, trace)."""
+    ce_sum, n_pred, trace = passed
+    ce = ce_sum / max(1, n_pred)
+    return {"ce": ce, "ppl": math.exp(ce), "tokens": trace.num_tokens, **reuse_metrics(trace, cfg.cache_sizes)}
+
+
 def evaluate_model(model: nn.Module, corpus: PackedCorpus, cfg: EvalConfig, *, model_name: str = "model") -> dict[str, Any]:
     """Perplexity plus `reuse_metrics` of one model on one packed corpus."""
     model.eval()
-    ce_sum, n_pred, trace = teacher_forced_pass(model, corpus, batch_size=cfg.batch_size, model_name=model_name)
-    ce = ce_sum / max(1, n_pred)
-    return {"ce": ce, "ppl": math.exp(ce), "tokens": trace.num_tokens, **reuse_metrics(trace, cfg.cache_sizes)}
+    return _figures(teacher_forced_pass(model, corpus, batch_size=cfg.batch_size, model_name=model_name), cfg)
+
+
+def evaluate_pair(model: nn.Module, corpus: PackedCorpus, delta, cfg: EvalConfig, *,
+                  model_name: str = "model") -> dict[str, Any]:
+    """The original model (`before`) and with the RouterDelta `delta` (`after`) on the same rows, their relative
+    `change`, the fine-tuned model against the original (`vs_original`: `Agreement`), and the
+    `concentration_warning` (None unless routing entropy fell > 2 %). Leaves the delta applied."""
+    model.eval()
+    passed_before, passed_after, vs_original = paired_pass(model, corpus, delta, batch_size=cfg.batch_size,
+                                                           model_name=model_name)
+    before, after = _figures(passed_before, cfg), _figures(passed_after, cfg)
+    return {"before": before, "after": after, "change": relative_change(before, after), "vs_original": vs_original,
+            "concentration_warning": concentration_warning(before, after)}
 
 
 def relative_change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
@@ -102,23 +223,23 @@ def relative_change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, 
 
 def evaluate_cli(model_name: str, router: Path | None, cfg: EvalConfig) -> dict[str, Any]:
     """What `tierwise remoe eval` prints: the model's figures, and with a router delta, after and the change."""
-    from tierwise.remoe.export.delta import apply_router_delta, load_router_delta
+    from tierwise.remoe.export.delta import load_router_delta
 
     delta = load_router_delta(router) if router is not None else None  # a bad delta fails before the model loads
     model, tokenizer = load_model(model_name)
     corpus = load_corpus(cfg.data, tokenizer, cfg.seq_len, doc_separator=cfg.doc_separator, max_rows=cfg.max_rows)
-    results: dict[str, Any] = {"model": model_name, "data": cfg.data, "rows": len(corpus), "seq_len": cfg.seq_len,
-                               "before": evaluate_model(model, corpus, cfg, model_name=model_name)}
-    if delta is not None:
-        apply_router_delta(model, delta)
+    results: dict[str, Any] = {"model": model_name, "data": cfg.data, "rows": len(corpus), "seq_len": cfg.seq_len}
+    if delta is None:
+        results["before"] = evaluate_model(model, corpus, cfg, model_name=model_name)
+    else:
         results["router"] = str(router)
-        results["after"] = evaluate_model(model, corpus, cfg, model_name=f"{model_name}+{router}")
-        results["change"] = relative_change(results["before"], results["after"])
+        results.update(evaluate_pair(model, corpus, delta, cfg, model_name=model_name))
     return results
 
 
 def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One table row per scalar metric: before, and with a delta, after and relative change."""
+    """One table row per scalar metric: before, and with a delta, after and relative change; then the fine-tuned
+    model against the original (`vs_original`, in the after column)."""
     rows = []
     for k, v in results["before"].items():
         if isinstance(v, (list, dict)):
@@ -129,4 +250,6 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             change = results["change"].get(k)
             row["change"] = f"{100 * change:+.2f}%" if change is not None else "-"
         rows.append(row)
+    for k, v in results.get("vs_original", {}).items():
+        rows.append({"metric": k, "before": None, "after": v, "change": "-"})
     return rows

@@ -143,8 +143,12 @@ def expert_load(trace: RoutingTrace, phase: int | None = None) -> np.ndarray:
 
 def load_stats(trace: RoutingTrace, phase: int | None = None) -> dict[str, np.ndarray]:
     """Per layer: CV (population std / mean), normalised entropy, effective experts exp(H), largest load share."""
-    u = expert_load(trace, phase)
-    E = trace.num_experts
+    return share_stats(expert_load(trace, phase))
+
+
+def share_stats(u: np.ndarray) -> dict[str, np.ndarray]:
+    """`load_stats` of per-layer load shares u [layers, E] (each row sums to one, or is NaN for an unused layer)."""
+    E = u.shape[1]
     with np.errstate(invalid="ignore", divide="ignore"):
         cv = u.std(axis=1) / u.mean(axis=1)
         entropy = -np.where(u > 0, u * np.log(np.where(u > 0, u, 1.0)), 0.0).sum(axis=1)
@@ -152,8 +156,30 @@ def load_stats(trace: RoutingTrace, phase: int | None = None) -> dict[str, np.nd
         "load_cv": cv,
         "entropy_norm": entropy / np.log(E),
         "effective_experts": np.exp(entropy),
-        "max_load_share": u.max(axis=1) if u.size else np.full(trace.num_layers, np.nan),
+        "max_load_share": u.max(axis=1) if u.size else np.full(u.shape[0], np.nan),
     }
+
+
+# -- routing collapse -----------------------------------------------------------------------------------------------
+# Router fine-tuning can raise EOR by sending most tokens to a few experts (remoe.md §5.4: the paper's router keeps
+# "locality without global routing collapse", −0.27 % entropy). These figures go beside every EOR a command shows.
+CONCENTRATION = {"entropy_norm": "entropy", "effective_experts": "eff. experts", "max_load_share": "busiest share"}
+ENTROPY_DROP_WARNING = 0.02  # a larger relative fall of the normalised routing entropy is reported as a collapse
+
+
+def concentration_warning(before: dict, after: dict) -> str | None:
+    """A warning when `after`'s mean normalised routing entropy is more than 2 % (relative) below `before`'s, else None.
+
+    `before` / `after`: metric dicts holding `entropy_norm` (the mean over layers), e.g. evaluate_model's results.
+    """
+    h0, h1 = float(before["entropy_norm"]), float(after["entropy_norm"])
+    if not (np.isfinite(h0) and np.isfinite(h1)) or h0 <= 0:
+        return None
+    drop = (h0 - h1) / h0
+    if drop <= ENTROPY_DROP_WARNING:
+        return None
+    return (f"warning: routing entropy fell {100 * drop:.1f} % ({h0:.3f} -> {h1:.3f}): the router concentrates load "
+            f"on fewer experts; EOR gains partly come from that collapse")
 
 
 # -- Liang et al. segment metrics ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tierwise.common.errors import TierwiseError
 from tierwise.common.progress import progress_task
+from tierwise.remoe.analysis.metrics import CONCENTRATION, concentration_warning
 from tierwise.remoe.offload.generate import greedy_generate, run_metrics
 from tierwise.remoe.offload.runtime import OffloadConfig, OffloadRuntime
 
@@ -76,6 +77,8 @@ def offload_compare(model, tokenizer, prompts: list[str], max_new_tokens: int, c
             kind: runs["original"]["tpot_ms"][kind]["mean"] / runs["fine-tuned"]["tpot_ms"][kind]["mean"]
             for kind in ("measured", "total")
         }
+        result["concentration_warning"] = concentration_warning(runs["original"]["routing"],
+                                                                runs["fine-tuned"]["routing"])
     return result
 
 
@@ -99,3 +102,9 @@ def summary_rows(result: dict) -> list[dict]:
             "MB read": m["bytes_read"] / 1e6,
         })
     return rows
+
+
+def routing_rows(result: dict) -> list[dict]:
+    """One row per run: decode EOR with the load concentration beside it (a collapse onto few experts shows here)."""
+    return [{"router": label, "EOR (decode)": m["routing"]["eor_decode"],
+             **{name: m["routing"][k] for k, name in CONCENTRATION.items()}} for label, m in result["runs"].items()]

@@ -16,6 +16,8 @@ import torch
 from transformers import DynamicCache
 
 from tierwise.common.errors import TierwiseError
+from tierwise.remoe.analysis import metrics as routing_metrics
+from tierwise.remoe.models.routing import DECODE, RoutingTrace, trace_meta
 from tierwise.remoe.offload.runtime import OffloadRuntime, StepCounters
 
 
@@ -130,4 +132,22 @@ def run_metrics(gens: list[Generation], runtime: OffloadRuntime | None = None) -
             misses = sum(g.layer_misses[layer] for g in gens)
             metrics["per_layer"].append({"layer": layer, "hits": hits, "misses": misses,
                                          "hit_rate": hits / max(1, hits + misses)})
+        metrics["routing"] = decode_routing(gens, runtime)
     return metrics
+
+
+def decode_routing(gens: list[Generation], runtime: OffloadRuntime) -> dict[str, float]:
+    """EOR_dec (remoe.md §5.1) and the load concentration (§5.4) of the decode steps, from the experts the runtime
+    saw each layer select: a higher EOR bought by sending most tokens to a few experts shows here."""
+    layers = list(runtime.layers)
+    decoding = [g for g in gens if len(g.steps) > 1]
+    if not decoding:
+        return {"eor_decode": float("nan"), **{k: float("nan") for k in routing_metrics.CONCENTRATION}}
+    # one [1, layers, K] call per decode token; each request's decode steps are one segment of the trace
+    calls = [np.stack([s.selected[layer].numpy() for layer in layers], axis=1) for g in decoding for s in g.steps[1:]]
+    starts = np.cumsum([0] + [len(g.steps) - 1 for g in decoding])[:-1]
+    experts = np.concatenate(calls)
+    trace = RoutingTrace(experts, starts, np.full(len(experts), DECODE, np.uint8), trace_meta(runtime.adapter, "offload"))
+    stats = routing_metrics.load_stats(trace, DECODE)
+    return {"eor_decode": routing_metrics.eor(trace, DECODE),
+            **{k: float(np.nanmean(stats[k])) for k in routing_metrics.CONCENTRATION}}

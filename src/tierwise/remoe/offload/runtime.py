@@ -18,7 +18,7 @@ that exist only for that call.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -54,6 +54,8 @@ class StepCounters:
     misses: int = 0
     io_seconds: float = 0.0  # measured: time inside store reads
     modelled_seconds: float = 0.0  # storage profile's charge for the misses
+    # the experts each MoE layer selected, int16 [tokens, K] by layer: the routing (EOR, load) of the run
+    selected: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def add(self, other: "StepCounters") -> None:
         self.hits += other.hits
@@ -108,6 +110,7 @@ class LayerOffload:
         self.hits += len(step.hits)
         self.misses += len(step.misses)
         counters = self.runtime.step
+        counters.selected[self.layer] = top_k_index.to("cpu", torch.int16)
         counters.hits += len(step.hits)
         counters.misses += len(step.misses)
         counters.modelled_seconds += len(step.misses) * self.runtime.miss_seconds
