@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
+from tierwise.remoe import demo
 from tierwise.remoe.demo import DemoConfig, run
-from tierwise.remoe.models.adapters import save_tiny
+from tierwise.remoe.export.delta import save_router_delta
+from tierwise.remoe.models.adapters import adapter_for, load_model, save_tiny
+from tierwise.remoe.training.finetune import FinetuneResult
 
 
 def test_demo_writes_report(tmp_path):
@@ -30,3 +34,27 @@ def test_demo_writes_report(tmp_path):
     assert results["offload"]["tpot_speedup"]["total"] == pytest.approx(
         runs["original"]["tpot_ms"]["total"]["mean"] / runs["fine-tuned"]["tpot_ms"]["total"]["mean"])
     assert len(results["analysis"]["original"]["reuse_at_horizon"]) == 16
+    for row in ("| routing entropy (held-out) |", "| routing eff. experts (held-out) |",
+                "| routing busiest share (held-out) |"):
+        assert row in summary
+    assert set(results["eval"]["vs_original"]) == {"top1_agreement", "output_kl_orig_ft", "router_kl_ft_orig"}
+
+
+def test_demo_warns_when_the_router_collapses(tmp_path, monkeypatch):
+    """A fine-tune that leaves all-zero gates (every token to the same K experts) is flagged in the summary."""
+    ckpt = save_tiny("deepseek_v2", tmp_path / "ckpt")
+    model, _ = load_model(ckpt)
+    with torch.no_grad():
+        for layer in adapter_for(model).moe_layers:
+            adapter_for(model).router_weight(layer).zero_()
+    collapse = save_router_delta(model, tmp_path / "collapse.safetensors")
+    monkeypatch.setattr(demo, "finetune", lambda cfg: FinetuneResult(tmp_path, collapse, 1, True, [], 0.0))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("In the beginning\nA hacker is\n")
+    out = tmp_path / "report"
+    run(out, DemoConfig(model=str(ckpt), prompts=str(prompts), trace_prompts=2, trace_tokens=4, eval_rows=2,
+                        eval_seq_len=32, offload_prompts=1, offload_tokens=3, store_dir=str(tmp_path / "store")))
+    results = json.loads((out / "results.json").read_text())
+    warning = results["eval"]["concentration_warning"]
+    assert warning.startswith("warning: routing entropy fell") and warning in (out / "summary.md").read_text()
+    assert results["eval"]["fine-tuned"]["eor"] == 1.0

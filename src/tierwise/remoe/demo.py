@@ -17,9 +17,10 @@ from tierwise.common.plots import bar_plot, line_plot
 from tierwise.common.progress import console, progress_task
 from tierwise.common.report import markdown_table, print_table, write_json
 from tierwise.remoe.analysis import cachesim, metrics
+from tierwise.remoe.analysis.metrics import CONCENTRATION
 from tierwise.remoe.models.corpus import load_corpus
-from tierwise.remoe.export.delta import apply_router_delta, load_router_delta
-from tierwise.remoe.analysis.evaluate import EvalConfig, evaluate_model
+from tierwise.remoe.export.delta import load_router_delta
+from tierwise.remoe.analysis.evaluate import EvalConfig, evaluate_pair
 from tierwise.remoe.models.adapters import adapter_for, load_model
 from tierwise.remoe.offload.compare import offload_compare, resolve_prompts
 from tierwise.remoe.offload.runtime import OffloadConfig
@@ -98,15 +99,14 @@ def run(out_dir: str | Path, config: DemoConfig | None = None) -> str:
     delta = load_router_delta(result.delta_path)
     t = lap("fine-tune", t)
 
-    # 4. held-out eval before/after (perplexity, EOR_tf, uHR) and the fine-tuned router's decode trace
+    # 4. held-out eval before/after (perplexity, EOR_tf, concentration, uHR, agreement with the original; leaves the
+    # fine-tuned router applied) and the fine-tuned router's decode trace
     corpus = load_corpus("embedded:heldout", tokenizer, cfg.eval_seq_len, max_rows=cfg.eval_rows)
     eval_cfg = EvalConfig(seq_len=cfg.eval_seq_len, max_rows=cfg.eval_rows)
-    with progress_task("held-out eval", 2) as (progress, task):
-        eval_before = evaluate_model(model, corpus, eval_cfg, model_name="original")
+    with progress_task("held-out eval", 1) as (progress, task):
+        paired = evaluate_pair(model, corpus, delta, eval_cfg, model_name="original")
         progress.update(task, advance=1)
-        apply_router_delta(model, delta)
-        eval_after = evaluate_model(model, corpus, eval_cfg, model_name="fine-tuned")
-        progress.update(task, advance=1)
+    eval_before, eval_after = paired["before"], paired["after"]
     trace_after = _trace(model, prompts_ids, cfg, "fine-tuned")
     trace_after.save(out / "trace_finetuned.npz")
     after = _analyze(trace_after, cfg, capacities)
@@ -138,6 +138,8 @@ def run(out_dir: str | Path, config: DemoConfig | None = None) -> str:
     rows = [
         {"metric": "held-out perplexity", "original": eval_before["ppl"], "fine-tuned": eval_after["ppl"]},
         {"metric": "EOR (teacher-forced, held-out)", "original": eval_before["eor"], "fine-tuned": eval_after["eor"]},
+        *({"metric": f"routing {name} (held-out)", "original": eval_before[k], "fine-tuned": eval_after[k]}
+          for k, name in CONCENTRATION.items()),
         {"metric": "EOR (generated decode)", "original": before["eor_decode"], "fine-tuned": after["eor_decode"]},
         {"metric": f"uHR@{K} (LRU, decode)", "original": before["uhr"][K], "fine-tuned": after["uhr"][K]},
         {"metric": f"misses/token/layer @C={K}", "original": before["misses_per_token_layer"][K],
@@ -154,7 +156,12 @@ def run(out_dir: str | Path, config: DemoConfig | None = None) -> str:
     speedup = offload["tpot_speedup"]["total"]
     total = time.perf_counter() - t0
     print_table(rows, title=f"ReMoE demo ({cfg.model}, E={E}, K={K}): decode TPOT speedup {speedup:.2f}x")
-    write_json({"config": asdict(cfg), "timings_s": timings, "eval": {"original": eval_before, "fine-tuned": eval_after},
+    warning = paired["concentration_warning"]
+    if warning:
+        console.print(warning, style="bold yellow", markup=False)
+    write_json({"config": asdict(cfg), "timings_s": timings,
+                "eval": {"original": eval_before, "fine-tuned": eval_after, "vs_original": paired["vs_original"],
+                         "concentration_warning": warning},
                 "analysis": {"original": before, "fine-tuned": after}, "offload": offload,
                 "finetune": {"steps": result.steps_done, "seconds": result.seconds, "delta": result.delta_path}},
                out / "results.json")
@@ -167,6 +174,7 @@ def run(out_dir: str | Path, config: DemoConfig | None = None) -> str:
         markdown_table(rows, columns=["metric", "original", "fine-tuned", "ratio"]),
         f"**Decode TPOT speedup (fine-tuned vs original router): {speedup:.2f}x** "
         f"(measured wall time alone: {offload['tpot_speedup']['measured']:.2f}x).\n",
+        *([f"**{warning}**\n"] if warning else []),
         "![reuse vs horizon](reuse_vs_horizon.png) ![hit rate vs cache size](hit_rate_vs_cache.png) "
         "![TPOT before/after](tpot_before_after.png)\n",
         "Stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; total {total:.0f} s.\n",
