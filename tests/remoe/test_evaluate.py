@@ -170,3 +170,36 @@ def test_eval_command_shows_quality_and_warning(tmp_path):
     res = json.loads(result.stdout[result.stdout.index("{"):])
     assert set(res["vs_original"]) == {"top1_agreement", "output_kl_orig_ft", "router_kl_ft_orig"}
     assert res["concentration_warning"].startswith("warning: routing entropy fell")
+
+
+def _finetune_args(tmp_path):
+    base = save_tiny("olmoe", tmp_path / "base")
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"text": f"training document {i}: some words to route."}) + "\n" for i in range(8)))
+    return ["remoe", "finetune", str(base), "--data", str(data), "--out", str(tmp_path / "run"), "--steps", "2",
+            "--seq-len", "32", "--batch-size", "2", "--check-rows", "3"]
+
+
+def test_finetune_prints_eor_beside_concentration(tmp_path):
+    result = CliRunner().invoke(app, _finetune_args(tmp_path), terminal_width=80)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    for name in ("EOR", "entropy", "eff. experts", "busiest share", "original", "fine-tuned", "top-1 agreement"):
+        assert name in out
+    assert "eor_running" not in out  # no EOR without its concentration beside it
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_finetune_warns_when_the_router_collapses(tmp_path, monkeypatch):
+    from tierwise.remoe.training import finetune as finetune_module
+
+    model = tiny_model("olmoe")
+    collapse = save_router_delta(apply_router_delta(model, _delta(model, lambda n, w: torch.zeros_like(w))),
+                                 tmp_path / "collapse.safetensors")
+    monkeypatch.setattr(finetune_module, "finetune",
+                        lambda cfg: finetune_module.FinetuneResult(tmp_path, collapse, 2, True, [], 0.0))
+    result = CliRunner().invoke(app, _finetune_args(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "warning: routing entropy fell" in result.stdout
+    skipped = CliRunner().invoke(app, [*_finetune_args(tmp_path), "--check-rows", "0"])
+    assert skipped.exit_code == 0 and "warning" not in skipped.stdout and "entropy" not in skipped.stdout

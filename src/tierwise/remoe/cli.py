@@ -130,15 +130,18 @@ def finetune(
     doc_separator: Optional[str] = typer.Option(None, help="Split plain-text data into documents at this string."),
     max_docs: Optional[int] = typer.Option(None, help="Use at most this many documents (spread evenly over the data)."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads per process (default: torch's choice; 1 is fastest on a busy machine)."),
+    check_rows: int = typer.Option(8, help="After the run, compare the original and new routers on N rows of --data: EOR beside routing entropy, effective experts and busiest share (0: skip)."),
 ) -> None:
     """Fine-tune only the router (gate) weights with the ReMoE locality objective; writes a router-only delta."""
     from dataclasses import replace
 
     import torch
+    from accelerate import PartialState
 
     from tierwise.common.errors import TierwiseError
-    from tierwise.common.report import print_table
-    from tierwise.remoe.training.finetune import config_with_preset, finetune as run_finetune
+    from tierwise.common.report import print_table, stdout
+    from tierwise.remoe.analysis.evaluate import EvalConfig, concentration_rows, evaluate_cli
+    from tierwise.remoe.training.finetune import CHECKPOINT_DIR, DELTA_NAME, config_with_preset, finetune as run_finetune
 
     cfg = config_with_preset(preset, model=model, data=data, out=str(out), steps=steps, seq_len=seq_len,
                              batch_size=batch_size, grad_accum=grad_accum, lr=lr, lr_warmup=lr_warmup,
@@ -158,10 +161,22 @@ def finetune(
     if threads:
         torch.set_num_threads(threads)
     result = run_finetune(cfg)
+    delta = result.delta_path or out / CHECKPOINT_DIR / DELTA_NAME
     if result.history:
         last = result.history[-1]
-        print_table([{k: last[k] for k in last if k not in ("lr", "grad_norm")}],
-                    title=f"step {result.steps_done}/{cfg.steps} -> {result.delta_path or out / 'checkpoint'}")
+        # the running EOR is left to train_log.jsonl: an EOR is shown only beside its load concentration (below)
+        print_table([{k: last[k] for k in last if k not in ("lr", "grad_norm", "eor_running")}],
+                    title=f"step {result.steps_done}/{cfg.steps} -> {delta}")
+    if check_rows > 0 and PartialState().is_main_process and delta.is_file():
+        check = evaluate_cli(cfg.model, delta, EvalConfig(data=cfg.data, seq_len=cfg.seq_len, max_rows=check_rows,
+                                                          doc_separator=cfg.doc_separator, max_docs=cfg.max_docs))
+        print_table(concentration_rows(check), title=f"routing on {check['rows']} rows of the training data "
+                    "(mean over MoE layers)")
+        vs = check["vs_original"]
+        stdout.print(f"fine-tuned vs original on these rows: top-1 agreement {vs['top1_agreement']:.4f}, "
+                     f"KL(original || fine-tuned) {vs['output_kl_orig_ft']:.3g} nats/token", markup=False)
+        if check["concentration_warning"]:
+            stdout.print(check["concentration_warning"], style="bold yellow", markup=False)
 
 
 @app.command("eval")

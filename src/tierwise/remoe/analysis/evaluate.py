@@ -40,6 +40,7 @@ class EvalConfig:
     max_rows: int | None = None  # evaluate N packed rows spread evenly over the data
     cache_sizes: tuple[int, ...] = ()  # uHR@C capacities; empty = (K, 2K)
     doc_separator: str | None = None
+    max_docs: int | None = None  # read at most N documents (spread evenly), e.g. of a large training set
 
 
 def _batches(model: nn.Module, corpus: PackedCorpus, batch_size: int):
@@ -123,8 +124,9 @@ class Agreement:
 
     def result(self) -> dict[str, float]:
         n = max(1, self.n_pred)
-        return {"top1_agreement": self.same_top1 / n, "output_kl_orig_ft": self.output_kl_sum / n,
-                "router_kl_ft_orig": self.trust_sum / max(1, self.trust_rows)}
+        # a KL is >= 0; float32 rounding leaves about -1e-8 where the distributions are the same
+        return {"top1_agreement": self.same_top1 / n, "output_kl_orig_ft": max(0.0, self.output_kl_sum / n),
+                "router_kl_ft_orig": max(0.0, self.trust_sum / max(1, self.trust_rows))}
 
 
 def paired_pass(model: nn.Module, corpus: PackedCorpus, delta, *, batch_size: int = 8,
@@ -227,7 +229,8 @@ def evaluate_cli(model_name: str, router: Path | None, cfg: EvalConfig) -> dict[
 
     delta = load_router_delta(router) if router is not None else None  # a bad delta fails before the model loads
     model, tokenizer = load_model(model_name)
-    corpus = load_corpus(cfg.data, tokenizer, cfg.seq_len, doc_separator=cfg.doc_separator, max_rows=cfg.max_rows)
+    corpus = load_corpus(cfg.data, tokenizer, cfg.seq_len, doc_separator=cfg.doc_separator, max_docs=cfg.max_docs,
+                         max_rows=cfg.max_rows)
     results: dict[str, Any] = {"model": model_name, "data": cfg.data, "rows": len(corpus), "seq_len": cfg.seq_len}
     if delta is None:
         results["before"] = evaluate_model(model, corpus, cfg, model_name=model_name)
@@ -253,3 +256,10 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     for k, v in results.get("vs_original", {}).items():
         rows.append({"metric": k, "before": None, "after": v, "change": "-"})
     return rows
+
+
+def concentration_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per router of `evaluate_cli`'s results: EOR with the load concentration beside it, and perplexity."""
+    runs = {"original": results["before"], **({"fine-tuned": results["after"]} if "after" in results else {})}
+    return [{"router": label, "EOR": r["eor"], **{name: r[k] for k, name in CONCENTRATION.items()}, "ppl": r["ppl"]}
+            for label, r in runs.items()]
