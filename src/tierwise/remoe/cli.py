@@ -221,6 +221,33 @@ def eval_cmd(
             stdout.print(results["concentration_warning"], style="bold yellow", markup=False)
 
 
+@app.command("lm-eval")
+def lm_eval_cmd(
+    model: str = typer.Argument(..., help="MoE checkpoint: local HF folder, hub id (online), or 'embedded'."),
+    tasks: str = typer.Option(..., "--tasks", help="Comma-separated lm_eval task names, e.g. gsm8k,mmlu,humaneval."),
+    router: Optional[Path] = typer.Option(None, "--router", help="Router delta to apply first (default: the original routers)."),
+    limit: Optional[float] = typer.Option(None, help="Items per task (a value below 1: that fraction of each task)."),
+    num_fewshot: Optional[int] = typer.Option(None, help="Few-shot examples per item (default: each task's own)."),
+    batch_size: int = typer.Option(1, help="Requests per forward pass."),
+    include_path: Optional[Path] = typer.Option(None, "--include-path", help="Folder of extra task YAML files (e.g. a local task on local data)."),
+    apply_chat_template: bool = typer.Option(False, "--apply-chat-template", help="Wrap each prompt in the tokenizer's chat template (chat models)."),
+    confirm_run_unsafe_code: bool = typer.Option(False, "--confirm-run-unsafe-code", help="Let code tasks (humaneval) execute the generated programs."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the scores (lm_eval's results, versions, n-shot) as JSON to PATH."),
+) -> None:
+    """Downstream quality with lm-evaluation-harness: MODEL (with --router applied) through lm_eval's HF model class."""
+    from tierwise.common.report import print_table, write_json
+    from tierwise.remoe.analysis.lmeval import run_lm_eval, score_rows
+
+    if limit is not None and limit >= 1:
+        limit = int(limit)  # a count of items (lm_eval reads a value below 1 as a fraction)
+    result = run_lm_eval(model, router, [t.strip() for t in tasks.split(",") if t.strip()], limit=limit,
+                         num_fewshot=num_fewshot, batch_size=batch_size, include_path=include_path,
+                         apply_chat_template=apply_chat_template, confirm_run_unsafe_code=confirm_run_unsafe_code)
+    if json_path is not None:
+        write_json(result, json_path)
+    print_table(score_rows(result), title=f"{model}" + (f" + {router.name}" if router else "") + " (lm_eval)")
+
+
 @app.command("apply-router")
 def apply_router(
     base: str = typer.Argument(..., help="Base MoE checkpoint (folder, hub id, or 'embedded')."),
