@@ -1,4 +1,5 @@
-"""Router-only deltas: round trip, apply, checks against the target model, corrupt files, apply-router."""
+"""Router-only deltas: round trip, apply, checks against the target model, corrupt files, apply-router (stored
+dtypes and renamed checkpoint keys kept)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typer.testing import CliRunner
 
 from tierwise.cli import app
 from tierwise.common.errors import TierwiseError
-from tierwise.remoe.export.delta import apply_router_delta, load_router_delta, router_state, save_router_delta
-from tierwise.remoe.models.adapters import adapter_for, load_model, save_tiny, tiny_model
+from tierwise.remoe.export.delta import (apply_router_delta, load_router_delta, router_state, save_router_delta,
+                                         write_patched_checkpoint)
+from tierwise.remoe.models.adapters import adapter_for, checkpoint_dir, load_model, save_tiny, tiny_model
 
 
 def _perturb_gates(model, seed=1):
@@ -87,3 +89,37 @@ def test_apply_router_command_writes_a_full_checkpoint(tmp_path):
         assert torch.allclose(patched(x).logits, tuned(x).logits, atol=1e-5)
     again = CliRunner().invoke(app, ["remoe", "apply-router", str(base), str(delta), str(tmp_path / "out")])
     assert again.exit_code != 0
+
+
+def _stored(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_slice(k).get_dtype() for k in f.keys()}
+
+
+def test_apply_router_keeps_every_stored_dtype_and_the_base_size(tmp_path):
+    """The embedded checkpoint stores bf16 weights beside fp32 routers: the patched one must too (not all fp32)."""
+    model, _ = load_model("embedded")
+    delta = save_router_delta(_perturb_gates(model), tmp_path / "d.safetensors")
+    out = write_patched_checkpoint("embedded", delta, tmp_path / "out")
+    base = checkpoint_dir("embedded") / "model.safetensors"
+    stored = _stored(out / "model.safetensors")
+    assert stored == _stored(base) and {"BF16", "F32"} <= set(stored.values())
+    assert abs((out / "model.safetensors").stat().st_size - base.stat().st_size) < 4096
+    patched, tokenizer = load_model(out)
+    assert tokenizer is not None
+    assert all(torch.equal(router_state(patched)[n], t) for n, t in load_router_delta(delta).tensors.items())
+
+
+def test_apply_router_finds_routers_stored_under_their_original_names(tmp_path):
+    """An original Mixtral file stores `block_sparse_moe.gate`, which transformers loads as `mlp.gate`."""
+    from safetensors import safe_open
+
+    base = save_tiny("mixtral", tmp_path / "base")
+    with safe_open(str(base / "model.safetensors"), framework="pt") as f:
+        assert any("block_sparse_moe.gate.weight" in k for k in f.keys())
+    tuned = _perturb_gates(tiny_model("mixtral"))
+    out = write_patched_checkpoint(str(base), save_router_delta(tuned, tmp_path / "d.safetensors"), tmp_path / "out")
+    patched, _ = load_model(out)
+    assert all(torch.equal(router_state(patched)[n], t) for n, t in router_state(tuned).items())

@@ -312,10 +312,12 @@ def load_skeleton(name_or_path: str | Path, **hf_kwargs) -> nn.Module:
         return AutoModelForCausalLM.from_config(config)
 
 
-def load_model(name_or_path: str | Path, *, dtype: torch.dtype = torch.float32, **hf_kwargs):
+def load_model(name_or_path: str | Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+               **hf_kwargs):
     """Load a supported MoE causal LM and its tokenizer (None when the checkpoint has none), in eval mode.
 
     `name_or_path`: a local checkpoint folder, a Hugging Face hub id (when online), or `embedded`.
+    `device`: where the model goes once loaded (None: stays on the CPU, where it is loaded).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -329,4 +331,19 @@ def load_model(name_or_path: str | Path, *, dtype: torch.dtype = torch.float32, 
         tokenizer = AutoTokenizer.from_pretrained(source, **hf_kwargs)
     except (OSError, ValueError, TypeError):
         tokenizer = None  # a weights-only checkpoint; callers that need text say so
+    if device is not None:
+        model.to(device)
     return model.eval(), tokenizer
+
+
+def checkpoint_dir(name_or_path: str | Path) -> Path:
+    """The folder holding a checkpoint's files: a local folder, the embedded model's, or a hub snapshot (online)."""
+    source = _resolve(str(name_or_path))
+    if Path(source).is_dir():
+        return Path(source)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source))
+    except Exception as e:  # hub errors have no common base class beyond Exception (offline, unknown repo, auth)
+        raise TierwiseError(f"cannot fetch the checkpoint files of {name_or_path!r}: {e}") from e
