@@ -78,7 +78,8 @@ def main() -> None:
             continue
         spec = dict(RUNS[name])
         preset = spec.pop("preset", "default")
-        cfg = config_with_preset(preset, model=args.model, out=str(out / name.replace(" ", "_")), checkpoint_every=0)
+        cfg = config_with_preset(preset, model=args.model, out=str(out / name.replace(" ", "_")), checkpoint_every=0,
+                                 overwrite=True)  # a run not in runs.jsonl is redone from the start
         cfg = replace(cfg, **spec)
         if args.steps is not None and preset == "default":
             cfg = replace(cfg, steps=args.steps)

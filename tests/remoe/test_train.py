@@ -1,4 +1,5 @@
-"""Router fine-tuning: only gates train, the reference gate, schedule, data order, exact resume, CE-only control."""
+"""Router fine-tuning: only gates train, the reference gate (and its device), schedule, data order, exact resume,
+CE-only control, gradient checkpointing, no silent loss of earlier outputs."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from tierwise.remoe.models.corpus import pack
 from tierwise.remoe.export.delta import load_router_delta
 from tierwise.remoe.models.adapters import adapter_for, tiny_model
 from tierwise.remoe.training.objective import LossWeights
-from tierwise.remoe.training.finetune import FinetuneConfig, RouterFinetuner, config_with_preset, finetune, lr_at, step_rows
+from tierwise.remoe.training.finetune import (FinetuneConfig, RouterFinetuner, config_with_preset,
+                                               enable_gradient_checkpointing, finetune, lr_at, step_rows)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,82 @@ def test_trust_reference_is_the_original_gate_on_the_current_input(corpus):
             p.add_(0.5 * torch.randn_like(p))
     _, terms, _ = tuner.loss(model, batch, step=1)
     assert terms["trust"] > 1e-4
-    assert all(not p.requires_grad for r in tuner.refs for p in r.parameters())
+    assert not any(p.requires_grad for p in tuner.refs.parameters())
+
+
+def test_reference_routers_stay_fp32_and_follow_the_router_input_to_its_device():
+    """A model placed after the fine-tuner was built (accelerate's prepare moves it to the GPU) must not leave W_g⁰
+    behind; without CUDA here, the meta device stands in for the other device."""
+    model = tiny_model("olmoe")
+    tuner = RouterFinetuner(model, LossWeights())
+    model.to(torch.bfloat16)
+    assert tuner.refs.device.type == "cpu" and all(p.dtype == torch.float32 for p in tuner.refs.parameters())
+    layers, hidden = len(adapter_for(model).moe_layers), adapter_for(model).hidden_size
+    h = [torch.empty(2 * 8, hidden, dtype=torch.bfloat16, device="meta") for _ in range(layers)]
+    logp_ref = tuner.refs.log_probs(h, 2, 8, "softmax")
+    assert tuner.refs.device.type == "meta"
+    assert logp_ref.device.type == "meta" and logp_ref.dtype == torch.float32
+    assert logp_ref.shape == (layers, 2, 8, adapter_for(model).num_experts)
+
+
+def test_reference_routers_are_made_where_the_routers_are():
+    with torch.device("meta"):
+        model = tiny_model("deepseek_v2")
+    tuner = RouterFinetuner(model, LossWeights())
+    assert tuner.refs.device.type == "meta" and all(p.dtype == torch.float32 for p in tuner.refs.parameters())
+    h = [torch.zeros(8, adapter_for(model).hidden_size) for _ in adapter_for(model).moe_layers]
+    with pytest.raises(TierwiseError, match="meta device"):  # no weights to move: a clear error, not garbage
+        tuner.refs.log_probs(h, 1, 8, "softmax")
+
+
+def _gate_grads(corpus, checkpointing: bool) -> tuple[list[torch.Tensor], int]:
+    model = tiny_model("deepseek_v2")
+    if checkpointing:
+        enable_gradient_checkpointing(model)
+    tuner = RouterFinetuner(model, LossWeights(warmup_steps=0, window=8))
+    with torch.no_grad():
+        for p in tuner.gate_parameters():  # away from W_g⁰, so that L_Trust has a gradient too
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    calls = []
+    first = adapter_for(model).router(adapter_for(model).moe_layers[0])
+    handle = first.register_forward_hook(lambda *args: calls.append(1))
+    loss, _, _ = tuner.loss(model, corpus.batch([0, 1, 2]), step=1)
+    loss.backward()
+    handle.remove()
+    assert tuner.capture.logits == [] and tuner.capture.inputs == []  # the recompute's router calls were not kept
+    return [p.grad.clone() for p in tuner.gate_parameters()], len(calls)
+
+
+def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_gate_gradients(corpus):
+    plain, plain_calls = _gate_grads(corpus, checkpointing=False)
+    ckpt, ckpt_calls = _gate_grads(corpus, checkpointing=True)
+    assert (plain_calls, ckpt_calls) == (1, 2)  # the backward pass ran the router's layer again
+    assert all(g.abs().sum() > 0 for g in ckpt)
+    for a, b in zip(plain, ckpt):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_finetune_with_gradient_checkpointing_matches(tmp_path, corpus):
+    plain = finetune(_cfg(tmp_path / "a", steps=2), model=tiny_model("olmoe"), corpus=corpus)
+    ckpt = finetune(_cfg(tmp_path / "b", steps=2, gradient_checkpointing=True), model=tiny_model("olmoe"), corpus=corpus)
+    a, b = load_router_delta(plain.delta_path).tensors, load_router_delta(ckpt.delta_path).tensors
+    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a)
+
+
+def test_a_non_empty_out_is_refused_unless_resume_or_overwrite(tmp_path, corpus):
+    run = tmp_path / "run"
+    finetune(_cfg(tmp_path, steps=4, stop_after=1, checkpoint_every=1), model=tiny_model("olmoe"), corpus=corpus)
+    (run / "notes.txt").write_text("not the fine-tuner's")
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    with pytest.raises(TierwiseError, match="--resume.*--overwrite") as refused:
+        finetune(_cfg(tmp_path, steps=2), model=tiny_model("olmoe"), corpus=corpus)
+    assert str(run) in str(refused.value)
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # nothing touched
+    done = finetune(_cfg(tmp_path, steps=2, overwrite=True), model=tiny_model("olmoe"), corpus=corpus)
+    assert done.finished and not (run / "checkpoint").exists()  # the old run's checkpoint is gone
+    assert [json.loads(x)["step"] for x in (run / "train_log.jsonl").read_text().splitlines()] == [1, 2]
+    assert json.loads((run / "config.json").read_text())["steps"] == 2
+    assert (run / "notes.txt").read_text() == "not the fine-tuner's"
 
 
 def test_aux_loss_is_off_for_models_that_have_one(corpus):
@@ -130,9 +207,33 @@ def test_resume_refuses_changed_settings_and_missing_checkpoint(tmp_path, corpus
         finetune(_cfg(tmp_path, steps=4, lr=0.5, resume=True), model=tiny_model("olmoe"), corpus=corpus)
 
 
-def test_bf16_precision_keeps_fp32_gates(tmp_path, corpus):
+def test_finetune_command_flags(tmp_path):
+    from typer.testing import CliRunner
+
+    from tierwise.cli import app
+    from tierwise.remoe.models.adapters import save_tiny
+
+    base = save_tiny("olmoe", tmp_path / "base")
+    (tmp_path / "train.txt").write_text("routing text for a tiny model, " * 40)
+    run = tmp_path / "run"
+    args = ["remoe", "finetune", str(base), "--data", str(tmp_path / "train.txt"), "--out", str(run), "--steps", "1",
+            "--seq-len", "32", "--batch-size", "2", "--check-rows", "0", "--device", "cpu"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(app, args)
+    assert isinstance(again.exception, TierwiseError) and "--overwrite" in str(again.exception)
+    fp16 = CliRunner().invoke(app, [*args, "--overwrite", "--dtype", "fp16"])
+    assert isinstance(fp16.exception, TierwiseError) and "bf16" in str(fp16.exception)
+    bf16 = CliRunner().invoke(app, [*args, "--overwrite", "--dtype", "bf16", "--gradient-checkpointing"])
+    assert bf16.exit_code == 0, bf16.output
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["dtype"], saved["device"], saved["gradient_checkpointing"]) == ("bf16", "cpu", True)
+    assert load_router_delta(run / "router_delta.safetensors").meta["config"]["dtype"] == "bf16"
+
+
+def test_bf16_keeps_fp32_gates(tmp_path, corpus):
     model = tiny_model("olmoe").to(torch.bfloat16)
-    result = finetune(_cfg(tmp_path, steps=2, precision="bf16"), model=model, corpus=corpus)
+    result = finetune(_cfg(tmp_path, steps=2, dtype="bf16"), model=model, corpus=corpus)
     assert all(adapter_for(model).router_weight(i).dtype == torch.float32 for i in adapter_for(model).moe_layers)
     assert all(torch.isfinite(torch.tensor(r["total"])) for r in result.history)
 
@@ -140,8 +241,13 @@ def test_bf16_precision_keeps_fp32_gates(tmp_path, corpus):
 def test_config_validation_and_presets():
     with pytest.raises(TierwiseError):
         config_with_preset("nope")
-    with pytest.raises(TierwiseError):
-        FinetuneConfig(precision="fp8").validate()
+    with pytest.raises(TierwiseError, match="fp32 or bf16"):
+        FinetuneConfig(dtype="fp8").validate()
+    with pytest.raises(TierwiseError, match="loss scaling"):
+        FinetuneConfig(dtype="fp16").validate()
+    with pytest.raises(TierwiseError, match="only one"):
+        FinetuneConfig(resume=True, overwrite=True).validate()
+    assert FinetuneConfig.from_dict({"precision": "bf16"}).dtype == "bf16"  # config.json of earlier versions
     with pytest.raises(TierwiseError):
         FinetuneConfig(loss=LossWeights(kl=-1)).validate()
     demo = config_with_preset("demo", steps=7)

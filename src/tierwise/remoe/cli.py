@@ -52,6 +52,8 @@ def offload(
     json_out: bool = typer.Option(False, "--json", help="Print the full metrics as JSON instead of tables."),
     out: Optional[Path] = typer.Option(None, help="Also write the full metrics JSON here."),
     threads: int = typer.Option(1, help="torch CPU threads (B = 1 decode of small models is fastest on one)."),
+    device: str = typer.Option("cpu", "--device", help="Where the model runs: cpu, cuda, cuda:N, mps, or auto (cuda when available). The expert cache lives there; misses are read from the store through host memory."),
+    dtype: str = typer.Option("fp32", "--dtype", help="Weights and compute dtype: fp32, bf16 or fp16. The expert store holds experts in this dtype."),
 ) -> None:
     """Greedy decoding with routed experts offloaded to an on-disk store and at most C per layer in memory."""
     import json
@@ -61,12 +63,14 @@ def offload(
     from tierwise.common.report import print_table, stdout, to_jsonable, write_json
     from tierwise.remoe.models.adapters import adapter_for, load_model
     from tierwise.remoe.offload.compare import offload_compare, resolve_prompts, routing_rows, summary_rows
+    from tierwise.remoe.models.placement import resolve_device, resolve_dtype
     from tierwise.remoe.offload.runtime import OffloadConfig
 
     torch.set_num_threads(threads)
-    hf_model, tokenizer = load_model(model)
+    place = resolve_device(device)
+    hf_model, tokenizer = load_model(model, dtype=resolve_dtype(dtype))  # on the CPU: the runtime places it
     config = OffloadConfig(cache_experts=cache_experts or adapter_for(hf_model).top_k, policy=policy, storage=storage,
-                           target=target, store_dir=store)
+                           target=target, store_dir=store, device=place)
     result = offload_compare(hf_model, tokenizer, resolve_prompts(model, prompts, tokenizer, limit), max_new_tokens,
                              config, router=router, compare=compare)
     if out is not None:
@@ -107,7 +111,9 @@ def finetune(
     min_lr_ratio: Optional[float] = typer.Option(None, help="Cosine floor as a fraction of --lr [0.1]."),
     weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay [0]."),
     grad_clip: Optional[float] = typer.Option(None, help="Gradient-norm clip [1.0]."),
-    precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (bf16 model weights, fp32 gates and loss) [fp32]."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 or bf16: storage of the frozen weights and the autocast compute; gates, reference gates and every loss term stay fp32 [fp32]."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto (cuda when available), cpu, cuda, cuda:N or mps; under accelerate launch each process takes its own device of that kind [auto]."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute each decoder layer in the backward pass: keeps one layer's activations instead of all, for about a third more compute."),
     seed: Optional[int] = typer.Option(None, help="Seed of the data order [0]."),
     lambda_kl: Optional[float] = typer.Option(None, "--lambda-kl", help="λ_KL, trust region KL(P‖P_ref) [1.0]."),
     lambda_reuse: Optional[float] = typer.Option(None, "--lambda-reuse", help="λ_Reuse [0.5]."),
@@ -126,6 +132,7 @@ def finetune(
     ce_only: bool = typer.Option(False, "--ce-only", help="The paper's control: train the router with L_CE alone."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints; 0 = none [50]."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint (same settings required)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Remove the outputs of an earlier run in --out first (a non-empty --out is refused otherwise)."),
     stop_after: Optional[int] = typer.Option(None, help="End this session after this step, leaving a resumable checkpoint."),
     doc_separator: Optional[str] = typer.Option(None, help="Split plain-text data into documents at this string."),
     max_docs: Optional[int] = typer.Option(None, help="Use at most this many documents (spread evenly over the data)."),
@@ -141,12 +148,14 @@ def finetune(
     from tierwise.common.errors import TierwiseError
     from tierwise.common.report import print_table, stdout
     from tierwise.remoe.analysis.evaluate import EvalConfig, concentration_rows, evaluate_cli
+    from tierwise.remoe.models.placement import resolve_device, resolve_dtype
     from tierwise.remoe.training.finetune import CHECKPOINT_DIR, DELTA_NAME, config_with_preset, finetune as run_finetune
 
     cfg = config_with_preset(preset, model=model, data=data, out=str(out), steps=steps, seq_len=seq_len,
                              batch_size=batch_size, grad_accum=grad_accum, lr=lr, lr_warmup=lr_warmup,
                              min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, grad_clip=grad_clip,
-                             precision=precision, seed=seed, checkpoint_every=checkpoint_every, resume=resume,
+                             dtype=dtype, device=device, gradient_checkpointing=gradient_checkpointing, seed=seed,
+                             checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite,
                              stop_after=stop_after, doc_separator=doc_separator, max_docs=max_docs, ce_only=ce_only)
     try:
         lag_values = tuple(int(x) for x in lags.split(",")) if lags else None
@@ -169,7 +178,8 @@ def finetune(
                     title=f"step {result.steps_done}/{cfg.steps} -> {delta}")
     if check_rows > 0 and PartialState().is_main_process and delta.is_file():
         check = evaluate_cli(cfg.model, delta, EvalConfig(data=cfg.data, seq_len=cfg.seq_len, max_rows=check_rows,
-                                                          doc_separator=cfg.doc_separator, max_docs=cfg.max_docs))
+                                                          doc_separator=cfg.doc_separator, max_docs=cfg.max_docs),
+                             device=resolve_device(cfg.device), dtype=resolve_dtype(cfg.dtype))
         print_table(concentration_rows(check), title=f"routing on {check['rows']} rows of the training data "
                     "(mean over MoE layers)")
         vs = check["vs_original"]
@@ -191,6 +201,8 @@ def eval_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON results to this file."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+    device: str = typer.Option("cpu", "--device", help="Where the model runs: cpu, cuda, cuda:N, mps, or auto (cuda when available)."),
+    dtype: str = typer.Option("fp32", "--dtype", help="Weights and compute dtype: fp32, bf16 or fp16."),
 ) -> None:
     """Held-out perplexity and expert-reuse metrics (EOR, uHR@C, misses/token, load CV, entropy), before/after a router delta."""
     import json
@@ -200,6 +212,7 @@ def eval_cmd(
     from tierwise.common.errors import TierwiseError
     from tierwise.common.report import print_table, stdout, to_jsonable, write_json
     from tierwise.remoe.analysis.evaluate import VS_ORIGINAL_LEGEND, EvalConfig, evaluate_cli, summary_rows
+    from tierwise.remoe.models.placement import resolve_device, resolve_dtype
 
     if threads:
         torch.set_num_threads(threads)
@@ -208,7 +221,8 @@ def eval_cmd(
     except ValueError as e:
         raise TierwiseError(f"--cache-sizes must be comma-separated integers, got {cache_sizes!r}") from e
     results = evaluate_cli(model, router, EvalConfig(data=data, seq_len=seq_len, batch_size=batch_size,
-                                                     max_rows=max_rows, cache_sizes=sizes))
+                                                     max_rows=max_rows, cache_sizes=sizes),
+                           device=resolve_device(device), dtype=resolve_dtype(dtype))
     if out is not None:
         write_json(results, out)
     if json_out:
@@ -286,6 +300,8 @@ def trace(
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Greedy tokens generated per prompt."),
     stop_at_eos: bool = typer.Option(True, "--stop-at-eos/--ignore-eos", help="Stop a request at the EOS token."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N prompts."),
+    device: str = typer.Option("cpu", "--device", help="Where the model runs: cpu, cuda, cuda:N, mps, or auto (cuda when available)."),
+    dtype: str = typer.Option("fp32", "--dtype", help="Weights and compute dtype: fp32, bf16 or fp16."),
 ) -> None:
     """Record the experts every token selects in every MoE layer: each prompt is one request (prefill, then greedy decode)."""
     from tierwise.common.errors import TierwiseError
@@ -294,11 +310,12 @@ def trace(
     from tierwise.remoe.analysis import metrics
     from tierwise.remoe.models.prompts import encode_prompt, read_prompts
     from tierwise.remoe.models.adapters import load_model
+    from tierwise.remoe.models.placement import resolve_device, resolve_dtype
     from tierwise.remoe.models.routing import capture_generation
 
     if max_new_tokens < 1:
         raise TierwiseError("--max-new-tokens must be >= 1")
-    hf_model, tokenizer = load_model(model)
+    hf_model, tokenizer = load_model(model, dtype=resolve_dtype(dtype), device=resolve_device(device))
     if tokenizer is None:
         raise TierwiseError(f"{model} has no tokenizer; tracing text prompts needs one")
     if prompts is None:

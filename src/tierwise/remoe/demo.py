@@ -94,7 +94,8 @@ def run(out_dir: str | Path, config: DemoConfig | None = None) -> str:
     t = lap("trace + analyze", t)
 
     # 3. short router fine-tune (the fine-tuner's demo preset)
-    ft_cfg = config_with_preset(cfg.finetune_preset, model=cfg.model, out=str(out / "finetune"), **cfg.finetune_overrides)
+    ft_cfg = config_with_preset(cfg.finetune_preset, model=cfg.model, out=str(out / "finetune"), overwrite=True,
+                                **cfg.finetune_overrides)
     result = finetune(ft_cfg)
     delta = load_router_delta(result.delta_path)
     t = lap("fine-tune", t)

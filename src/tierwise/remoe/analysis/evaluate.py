@@ -223,12 +223,15 @@ def relative_change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, 
     return out
 
 
-def evaluate_cli(model_name: str, router: Path | None, cfg: EvalConfig) -> dict[str, Any]:
-    """What `tierwise remoe eval` prints: the model's figures, and with a router delta, after and the change."""
+def evaluate_cli(model_name: str, router: Path | None, cfg: EvalConfig, *, device: torch.device | str | None = None,
+                 dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """What `tierwise remoe eval` prints: the model's figures, and with a router delta, after and the change.
+
+    The model is loaded in `dtype` and placed on `device` (None: the CPU); batches follow it there."""
     from tierwise.remoe.export.delta import load_router_delta
 
     delta = load_router_delta(router) if router is not None else None  # a bad delta fails before the model loads
-    model, tokenizer = load_model(model_name)
+    model, tokenizer = load_model(model_name, dtype=dtype, device=device)
     corpus = load_corpus(cfg.data, tokenizer, cfg.seq_len, doc_separator=cfg.doc_separator, max_docs=cfg.max_docs,
                          max_rows=cfg.max_rows)
     results: dict[str, Any] = {"model": model_name, "data": cfg.data, "rows": len(corpus), "seq_len": cfg.seq_len}

@@ -342,7 +342,7 @@ def capture_generation(
             if len(ids) == 0:
                 raise TierwiseError(f"prompt {n} is empty after tokenisation")
             builder.start_request()
-            out = model(torch.tensor([list(ids)]), use_cache=True)
+            out = model(torch.tensor([list(ids)], device=model.device), use_cache=True)
             builder.add_call(*rec.pop(), PREFILL)
             for _ in range(max_new_tokens - 1):
                 next_id = out.logits[:, -1].argmax(-1, keepdim=True)
@@ -370,7 +370,7 @@ def capture_teacher_forced(model, sequences_ids: Iterable[Sequence[int]], *, mod
     with RouterRecorder(adapter) as rec, torch.no_grad():
         for n, ids in enumerate(sequences_ids, 1):
             builder.start_request()
-            model(torch.tensor([list(ids)]))
+            model(torch.tensor([list(ids)], device=model.device))
             experts, mass = rec.pop()
             builder.add_call(experts, mass, DECODE)
             if progress is not None:

@@ -49,7 +49,7 @@ def greedy_generate(model, prompt_ids: list[int], max_new_tokens: int, *, runtim
         runtime.take_step()
         layers_before, bytes_before = runtime.counters()
     past = DynamicCache(config=model.config)
-    input_ids = torch.tensor([prompt_ids], dtype=torch.long)
+    input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=model.device)
     for _ in range(max_new_tokens):
         t0 = time.perf_counter()
         logits = model(input_ids=input_ids, cache=past, use_cache=True, logits_to_keep=1).logits[0, -1]
@@ -59,7 +59,7 @@ def greedy_generate(model, prompt_ids: list[int], max_new_tokens: int, *, runtim
         gen.tokens.append(token)
         if keep_logits:
             gen.logits.append(logits.float().clone())
-        input_ids = torch.tensor([[token]], dtype=torch.long)
+        input_ids = torch.tensor([[token]], dtype=torch.long, device=model.device)
     if runtime is not None:
         layers_after, bytes_after = runtime.counters()
         for layer, (h, m) in layers_after.items():

@@ -44,6 +44,7 @@ class OffloadConfig:
     store_dir: Path | None = None  # default: ~/.cache/tierwise/expert-stores/<fingerprint>
     io: str = "auto"  # O_DIRECT, or fadvise(DONTNEED) where O_DIRECT is unsupported
     verify: bool = True  # crc32c-check every expert read
+    device: torch.device | str = "cpu"  # where the offloaded model runs: its expert cache and every resident weight
 
 
 @dataclass
@@ -71,20 +72,25 @@ class LayerOffload:
         self.layer = layer
         self.runtime = runtime
         self.inner = inner
+        self.experts = experts
         self.num_experts = int(experts.num_experts)
         capacity = runtime.config.cache_experts
         self.cache = ExpertCache(self.num_experts, capacity, runtime.config.policy)
         params = expert_params(experts)
         # Replace each E-row parameter by a C-row slot tensor: the routed experts leave memory here.
-        self.slots: dict[str, torch.Tensor] = {}
+        self.names = list(params)
         for name, p in params.items():
-            slot = torch.zeros((capacity, *p.shape[1:]), dtype=p.dtype)
+            slot = torch.zeros((capacity, *p.shape[1:]), dtype=p.dtype, device=p.device)
             setattr(experts, name, nn.Parameter(slot, requires_grad=False))
-            self.slots[name] = getattr(experts, name).data
         experts.num_experts = capacity  # the kernels size their groups by the number of weight rows
         self.hits = 0
         self.misses = 0
         self.prefill = True  # the next call is a request's prefill
+
+    @property
+    def slots(self) -> dict[str, torch.Tensor]:
+        """The C-row slot tensors, read from the module each time: they follow the model to its device."""
+        return {name: getattr(self.experts, name).data for name in self.names}
 
     def reset(self) -> None:
         self.cache.reset()
@@ -115,7 +121,8 @@ class LayerOffload:
         counters.misses += len(step.misses)
         counters.modelled_seconds += len(step.misses) * self.runtime.miss_seconds
         if extra is None:
-            return self.inner(experts, hidden_states, self.cache.row_of[top_k_index], top_k_weights)
+            rows = self.cache.row_of.to(top_k_index.device)[top_k_index]
+            return self.inner(experts, hidden_states, rows, top_k_weights)
         return self._forward_staged(experts, hidden_states, top_k_index, top_k_weights, staged, extra)
 
     def _read(self, expert: int, out: dict[str, torch.Tensor]) -> None:
@@ -126,7 +133,8 @@ class LayerOffload:
 
     def _stage(self, staged: dict[int, int | None]) -> dict[str, torch.Tensor]:
         """Transient rows for `staged` experts: a copy of their slot row (evicted hits) or a store read (misses)."""
-        extra = {name: torch.empty((len(staged), *slot.shape[1:]), dtype=slot.dtype) for name, slot in self.slots.items()}
+        extra = {name: torch.empty((len(staged), *slot.shape[1:]), dtype=slot.dtype, device=slot.device)
+                 for name, slot in self.slots.items()}
         for i, (e, row) in enumerate(staged.items()):
             if row is None:
                 self._read(e, {name: t[i] for name, t in extra.items()})
@@ -140,7 +148,8 @@ class LayerOffload:
         capacity = self.cache.capacity
         row_of = self.cache.row_of.clone()
         row_of[list(staged)] = torch.arange(capacity, capacity + len(staged))
-        params = {name: getattr(experts, name) for name in self.slots}
+        row_of = row_of.to(top_k_index.device)
+        params = {name: getattr(experts, name) for name in self.names}
         try:
             for name, slot in self.slots.items():
                 setattr(experts, name, nn.Parameter(torch.cat([slot, extra[name]]), requires_grad=False))
@@ -154,6 +163,7 @@ class LayerOffload:
 
 def _by_router_mass(top_k_index: torch.Tensor, top_k_weights: torch.Tensor, num_experts: int) -> list[int]:
     """Distinct experts of a multi-token call, highest summed router weight first, ties by id (cachesim's order)."""
+    top_k_index, top_k_weights = top_k_index.cpu(), top_k_weights.cpu()  # once per request: the order is host logic
     mass = torch.zeros(num_experts, dtype=torch.float64).index_add_(
         0, top_k_index.reshape(-1), top_k_weights.reshape(-1).double())
     ids = torch.unique(top_k_index)
@@ -208,6 +218,7 @@ class OffloadRuntime:
             self.layers[layer] = LayerOffload(layer, experts, self, inner)
             experts._tierwise_offload = self.layers[layer]
         model.set_experts_implementation(IMPLEMENTATION)
+        model.to(config.device)  # only now: the routed experts have left, the slots and resident weights go
 
     def reset(self) -> None:
         """Cold caches (the paper's request isolation); call before each request."""
@@ -245,6 +256,7 @@ class OffloadRuntime:
             "modelled_ms_per_miss": 1e3 * self.miss_seconds,
             "store": str(self.store.directory),
             "store_io": self.store.io_mode,
+            "device": str(self.config.device),
             "expert_bytes": self.store.expert_bytes,
         }
 

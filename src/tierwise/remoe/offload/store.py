@@ -66,7 +66,7 @@ def model_fingerprint(config_json: str, experts_by_layer: dict[int, torch.nn.Mod
     for layer, experts in experts_by_layer.items():
         for name, p in expert_params(experts).items():
             h.update(f"{layer}.{name}".encode())
-            h.update(p.detach().contiguous().view(torch.uint8).numpy().tobytes())
+            h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -137,7 +137,7 @@ class ExpertStore:
                 for e in range(first.num_experts):
                     record[:] = bytes(stride)
                     for fld in fields:
-                        chunk = layer_params[fld.name][e].detach().contiguous().view(torch.uint8).numpy().tobytes()
+                        chunk = layer_params[fld.name][e].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
                         record[fld.offset:fld.offset + fld.nbytes] = chunk
                     crcs.append(crc32c.crc32c(bytes(record[:record_bytes])))
                     f.write(record)

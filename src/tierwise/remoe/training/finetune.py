@@ -5,12 +5,14 @@
              (captured by a forward hook) to give P_t^ref for the trust term
     loss   : objective.remoe_loss (L_CE + λ_KL·L_Trust + α_s·L_Loc)
     optim  : AdamW on the gates, linear LR warm-up then cosine to `min_lr_ratio`·lr, grad clipping,
-             gradient accumulation, fp32 or bf16 autocast, fixed seed
+             gradient accumulation, fp32 or bf16 autocast, optional gradient checkpointing, fixed seed
 
-The loop is the same under `accelerate launch` (data parallel): each process takes its own slice of
-every global batch, gradients are averaged by DDP, only the main process writes files. The model runs in
-eval mode (no dropout), and the rows of each step are a pure function of (seed, step), so a run resumed
-from a checkpoint ends with exactly the router weights of an uninterrupted run.
+The loop is the same under `accelerate launch`: each process takes its own slice of every global batch,
+gradients are averaged by DDP (or reduce-scattered by FSDP2, which also shards the frozen weights), only the
+main process writes files. Gates and optimizer state are gathered by parameter name for checkpoints, so the
+same files serve one process, DDP and FSDP. The model runs in eval mode (no dropout), and the rows of each
+step are a pure function of (seed, step), so a run resumed from a checkpoint ends with exactly the router
+weights of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -30,12 +32,16 @@ from torch import nn
 
 from tierwise.common.errors import TierwiseError
 from tierwise.remoe.models.corpus import PackedCorpus, load_corpus
-from tierwise.remoe.export.delta import apply_router_delta, load_router_delta, save_router_delta
-from tierwise.remoe.models.adapters import MoEAdapter, adapter_for, load_model
+from tierwise.remoe.export.delta import RouterDelta, apply_router_delta, delta_meta, load_router_delta, write_router_delta
+from tierwise.remoe.models.adapters import MoEAdapter, adapter_for, decoder_layers, load_model
+from tierwise.remoe.models.placement import resolve_device, resolve_dtype
 from tierwise.remoe.training.objective import LossWeights, TERMS, pair_mask, remoe_loss, router_log_probs
 
 DELTA_NAME = "router_delta.safetensors"
 CHECKPOINT_DIR = "checkpoint"
+LOG_NAME = "train_log.jsonl"
+CONFIG_NAME = "config.json"
+CHECKPOINT_FORMAT = 2  # 2: gates and optimizer state gathered by parameter name (one process, DDP and FSDP alike)
 
 
 @dataclass
@@ -56,10 +62,13 @@ class FinetuneConfig:
     min_lr_ratio: float = 0.1  # cosine decays to this fraction of lr
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    precision: str = "fp32"  # 'fp32' | 'bf16' (model weights bf16, gates and objective fp32)
+    dtype: str = "fp32"  # storage of the frozen weights and autocast compute: 'fp32' | 'bf16' (gates, W_g⁰, loss: fp32)
+    device: str = "auto"  # 'auto' (cuda when available) | 'cpu' | 'cuda' | 'cuda:N' | 'mps'; per process under a launcher
+    gradient_checkpointing: bool = False  # recompute each decoder layer in the backward pass (activation memory)
     seed: int = 0
     checkpoint_every: int = 50  # optimizer steps between checkpoints (0: only at the end)
     resume: bool = False
+    overwrite: bool = False  # replace the outputs of an earlier run in `out` (without it, a non-empty `out` is refused)
     stop_after: int | None = None  # end this session after this step (the run stays resumable)
     doc_separator: str | None = None  # split plain text into documents at this string
     max_docs: int | None = None
@@ -74,14 +83,22 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FinetuneConfig":
+        d = dict(d)
+        if "precision" in d:  # config.json written before --precision became --dtype
+            d["dtype"] = d.pop("precision")
         loss = dict(d.get("loss", {}))
         if "lags" in loss:
             loss["lags"] = tuple(loss["lags"])
         return cls(**{**d, "loss": LossWeights(**loss)})
 
     def validate(self) -> None:
-        if self.precision not in ("fp32", "bf16"):
-            raise TierwiseError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.dtype == "fp16":
+            raise TierwiseError("fine-tuning in fp16 is not supported: gradients through the frozen fp16 model underflow "
+                                "without loss scaling, which the fine-tuner does not do; use --dtype bf16 (or fp32)")
+        if self.dtype not in ("fp32", "bf16"):
+            raise TierwiseError(f"dtype must be fp32 or bf16, got {self.dtype!r}")
+        if self.resume and self.overwrite:
+            raise TierwiseError("--resume continues the run in --out and --overwrite replaces it; pass only one")
         for name in ("steps", "seq_len", "batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise TierwiseError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -113,16 +130,23 @@ def lr_at(step: int, cfg: FinetuneConfig) -> float:
 
 
 class RouterCapture:
-    """Forward hooks on every router: its input h (detached), logits (with grad) and selected experts, per layer."""
+    """Forward hooks on every router: its input h (detached), logits (with grad) and selected experts, per layer.
+
+    Calls made while `paused` are ignored: with gradient checkpointing the backward pass runs every layer's forward
+    again, and those repeated router calls must not pile up.
+    """
 
     def __init__(self, adapter: MoEAdapter):
         self.layers = adapter.moe_layers
         self.inputs: list[torch.Tensor] = []
         self.logits: list[torch.Tensor] = []
         self.topk: list[torch.Tensor] = []
+        self.paused = False
         self._handles = [adapter.router(i).register_forward_hook(self._hook) for i in self.layers]
 
     def _hook(self, module: nn.Module, args: tuple, output: tuple) -> None:
+        if self.paused:
+            return
         h = args[0]
         self.inputs.append(h.detach().reshape(-1, h.shape[-1]))
         self.logits.append(output[0])
@@ -136,13 +160,37 @@ class RouterCapture:
             handle.remove()
 
 
-def frozen_reference_routers(adapter: MoEAdapter) -> list[nn.Module]:
-    """Float32, gradient-free copies of the original routers (W_g⁰), one per MoE layer."""
-    refs = []
-    for i in adapter.moe_layers:
-        ref = copy.deepcopy(adapter.router(i)).float()
-        ref.requires_grad_(False)
-        refs.append(ref)
+class ReferenceRouters(nn.ModuleList):
+    """W_g⁰: one frozen float32 router per MoE layer (`frozen_reference_routers`).
+
+    Not part of the model, so the model's state dict, DDP buffers and FSDP shards stay its own. It follows the
+    router input instead: `log_probs` moves it to h's device on first use, so a model placed or wrapped after
+    the fine-tuner was built (accelerate's prepare, FSDP) needs nothing more. Whatever the model's dtype, it
+    stays float32, as the objective's reference is (remoe.md §2.1).
+    """
+
+    @property
+    def device(self) -> torch.device:
+        return self[0].weight.device
+
+    def log_probs(self, inputs: list[torch.Tensor], b: int, t: int, scoring: str) -> torch.Tensor:
+        """log P^ref (L, B, T, E) from each MoE layer's router input h (B·T, H); float32 when autocast is off."""
+        device = inputs[0].device
+        if self.device != device:
+            if self.device.type == "meta":
+                raise TierwiseError("the reference routers W_g⁰ were copied from a model on the meta device and hold no "
+                                    "weights; build the fine-tuner on the loaded model (under accelerate FSDP: "
+                                    "fsdp_cpu_ram_efficient_loading: false)")
+            self.to(device)
+        with torch.no_grad():
+            return torch.stack([router_log_probs(ref(h.float())[0].view(b, t, -1), scoring)
+                                for ref, h in zip(self, inputs)])
+
+
+def frozen_reference_routers(adapter: MoEAdapter) -> ReferenceRouters:
+    """Float32, gradient-free copies of the original routers (W_g⁰), made on the device the routers are on."""
+    refs = ReferenceRouters(copy.deepcopy(adapter.router(i)).float() for i in adapter.moe_layers)
+    refs.requires_grad_(False)
     return refs
 
 
@@ -168,7 +216,9 @@ class RouterFinetuner:
         for i in self.adapter.moe_layers:
             self.adapter.router(i).float()  # fp32 master gates, also under bf16
             self.adapter.router_weight(i).requires_grad_(True)
-        self.refs = frozen_reference_routers(self.adapter) if weights.kl > 0 or weights.spread > 0 else []
+        self.names = self.adapter.router_param_names()
+        self.meta = delta_meta(model)  # read now: the facts of a model sharded later are not readable on one process
+        self.refs = frozen_reference_routers(self.adapter) if weights.kl > 0 or weights.spread > 0 else None
         self.capture = RouterCapture(self.adapter)
 
     def gate_parameters(self) -> list[nn.Parameter]:
@@ -179,21 +229,35 @@ class RouterFinetuner:
         doc_ids = batch["doc_ids"]
         b, t = doc_ids.shape
         self.capture.clear()
+        self.capture.paused = False
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     position_ids=batch["position_ids"], labels=batch["labels"], use_cache=False)
+        self.capture.paused = True  # the backward pass may run the routers again (gradient checkpointing)
         scoring = self.adapter.scoring
         logp = torch.stack([router_log_probs(z.view(b, t, -1), scoring) for z in self.capture.logits])
         topk = torch.stack([i.view(b, t, -1) for i in self.capture.topk])
-        if self.refs:
-            with torch.no_grad(), torch.autocast(doc_ids.device.type, enabled=False):
-                logp_ref = torch.stack([router_log_probs(ref(h.float())[0].view(b, t, -1), scoring)
-                                        for ref, h in zip(self.refs, self.capture.inputs)])
+        if self.refs is not None:
+            with torch.autocast(doc_ids.device.type, enabled=False):  # P^ref in float32, also under bf16 autocast
+                logp_ref = self.refs.log_probs(self.capture.inputs, b, t, scoring)
         else:
             logp_ref = logp.detach()
         loss, terms = remoe_loss(out.loss.float(), logp, logp_ref, topk, doc_ids, self.weights, self.weights.alpha(step))
         overlap = selection_overlap(topk.detach(), doc_ids)
         self.capture.clear()
         return loss, {k: float(v) for k, v in terms.items()}, overlap
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Keep only each decoder layer's input in the forward pass and recompute the layer in the backward pass.
+
+    Non-reentrant: a reentrant checkpoint runs the forward under no_grad, so the router logits the hooks capture
+    would carry no graph and the gates, the only trainable weights, would get no gradient. transformers checkpoints
+    a layer only while `layer.training` is set; only that flag is set, so the modules inside stay in eval mode (no
+    dropout, no router jitter) and the run stays deterministic.
+    """
+    model.activation_checkpointing_enable({"use_reentrant": False})
+    for layer in decoder_layers(model):
+        layer.training = True
 
 
 def step_rows(step: int, micro: int, rank: int, cfg: FinetuneConfig, world: int, n_rows: int) -> torch.Tensor:
@@ -208,33 +272,103 @@ def step_rows(step: int, micro: int, rank: int, cfg: FinetuneConfig, world: int,
     return torch.tensor(rows)
 
 
-def _save_checkpoint(out: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: FinetuneConfig) -> None:
+def gate_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The full gate matrices by name on the main process (empty elsewhere), gathered from DDP replicas or FSDP
+    shards alike; only trainable weights move. Every process must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                                                ignore_frozen_params=True))
+
+
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The full AdamW state keyed by parameter name on the main process (empty elsewhere). Every process calls it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a full `optimizer_state` on every process; under FSDP each keeps its own shard of it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def _save_checkpoint(out: Path, step: int, tuner: RouterFinetuner, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     cfg: FinetuneConfig, main: bool) -> None:
+    """Every process joins the gathers; the main process writes."""
+    gates, state = gate_state(model), optimizer_state(model, optimizer)
+    if not main:
+        return
     tmp = out / (CHECKPOINT_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_router_delta(model, tmp / DELTA_NAME, base_model=cfg.model, step=step)
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "config": cfg.to_dict()}, tmp / "state.pt")
+    write_router_delta(gates, {**tuner.meta, "base_model": cfg.model, "step": step}, tmp / DELTA_NAME)
+    torch.save({"format": CHECKPOINT_FORMAT, "step": step, "optimizer": state, "config": cfg.to_dict()}, tmp / "state.pt")
     final = out / CHECKPOINT_DIR
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)  # a kill mid-save leaves the previous checkpoint or none, never a torn one
 
 
 # Settings that may differ between a run and its resumption without changing the result.
-_RESUME_FREE = {"resume", "stop_after", "checkpoint_every", "out"}
+_RESUME_FREE = {"resume", "stop_after", "checkpoint_every", "out", "device", "gradient_checkpointing", "overwrite"}
 
 
-def _load_checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: FinetuneConfig) -> int:
+def _read_checkpoint(out: Path, cfg: FinetuneConfig) -> tuple[int, RouterDelta, dict[str, Any]]:
+    """(step, gates, optimizer state) of the checkpoint in `out`, after checking it belongs to this run."""
     ckpt = out / CHECKPOINT_DIR
     if not (ckpt / "state.pt").is_file():
         raise TierwiseError(f"--resume: no checkpoint in {ckpt}")
     state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
-    saved, now = state["config"], cfg.to_dict()
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise TierwiseError(f"--resume: {ckpt} was written by an older tierwise (checkpoint format "
+                            f"{state.get('format', 1)}, this one reads {CHECKPOINT_FORMAT}); start again with --overwrite")
+    saved, now = FinetuneConfig.from_dict(state["config"]).to_dict(), cfg.to_dict()
     changed = sorted(k for k in now if k not in _RESUME_FREE and saved.get(k) != now[k])
     if changed:
         raise TierwiseError(f"--resume: settings differ from the checkpointed run: {changed}")
-    apply_router_delta(model, load_router_delta(ckpt / DELTA_NAME))
-    optimizer.load_state_dict(state["optimizer"])
-    return int(state["step"])
+    return int(state["step"]), load_router_delta(ckpt / DELTA_NAME), state["optimizer"]
+
+
+def _check_out(out: Path, cfg: FinetuneConfig) -> None:
+    """No silent loss: the outputs of an earlier run are continued (--resume) or replaced (--overwrite), never mixed."""
+    if cfg.resume or cfg.overwrite or not out.exists() or not any(out.iterdir()):
+        return
+    raise TierwiseError(f"--out {out} is not empty; pass --resume to continue the run in it, or --overwrite to "
+                        "replace its outputs")
+
+
+def _clear_outputs(out: Path) -> None:
+    """--overwrite: remove what an earlier run wrote to `out` (other files stay)."""
+    for name in (DELTA_NAME, CONFIG_NAME, LOG_NAME, CHECKPOINT_DIR, CHECKPOINT_DIR + ".tmp"):
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _accelerator(device_name: str):
+    """An Accelerator on the requested kind of device; under a launcher each process takes its own device of it."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    device = resolve_device(device_name)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # one process on GPU N: accelerate puts tensors on the current CUDA device
+    # cpu=True also makes a multi-process launch (accelerate launch --multi_gpu / torchrun) use gloo on the CPU.
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    if accelerator.device.type != device.type:
+        raise TierwiseError(f"--device {device_name}: accelerate chose {accelerator.device} for this process")
+    if device.index is not None and accelerator.num_processes > 1:
+        raise TierwiseError(f"--device {device_name} names one device, but {accelerator.num_processes} processes were "
+                            f"launched (each takes its own): pass --device {device.type}")
+    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
+        raise TierwiseError("FSDP1 is not supported: it flattens each wrapped layer into one tensor of one dtype (no fp32 "
+                            "gates beside bf16 weights) and cannot clip the gates alone; set fsdp_version: 2 (see "
+                            "configs/accelerate/)")
+    return accelerator
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -256,42 +390,57 @@ class FinetuneResult:
 
 
 def finetune(cfg: FinetuneConfig, *, model: nn.Module | None = None, corpus: PackedCorpus | None = None,
-             on_step: Callable[[int, dict[str, float]], None] | None = None) -> FinetuneResult:
-    """Run (or resume) router fine-tuning. `model`/`corpus` may be passed in (tests, benchmarks) instead of loaded."""
-    from accelerate import Accelerator
+             on_step: Callable[[int, dict[str, float]], None] | None = None,
+             prepare: Callable[[Any, nn.Module, torch.optim.Optimizer], tuple[nn.Module, Any]] | None = None,
+             ) -> FinetuneResult:
+    """Run (or resume) router fine-tuning. `model`/`corpus` may be passed in (tests, benchmarks) instead of loaded.
 
+    `prepare(accelerator, model, optimizer)` places and wraps the model and its optimizer for the processes;
+    default `accelerator.prepare` (DDP, or FSDP2 under an accelerate FSDP config). The FSDP test passes torch's
+    own sharding here, because accelerate turns FSDP on only for GPUs (docs/finetune.md).
+    """
     from tierwise.common.progress import make_progress
     from rich.progress import TextColumn
 
     cfg.validate()
-    # cpu=True without CUDA makes a multi-process launch (accelerate launch --multi_gpu / torchrun) use gloo on CPU.
+    out = Path(cfg.out)
+    _check_out(out, cfg)  # before the accelerator, whose start waits for every process: none sees another's new files
     # bf16 is our own autocast below: AcceleratorState's precision is fixed once per process.
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = _accelerator(cfg.device)
+    main = accelerator.is_main_process
     torch.manual_seed(cfg.seed)
     if model is None or corpus is None:
-        dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
-        loaded, tokenizer = load_model(cfg.model, dtype=dtype)
+        loaded, tokenizer = load_model(cfg.model, dtype=resolve_dtype(cfg.dtype))
         model = model if model is not None else loaded
         corpus = corpus if corpus is not None else load_corpus(cfg.data, tokenizer, cfg.seq_len,
                                                                doc_separator=cfg.doc_separator, max_docs=cfg.max_docs)
     model.eval()
-    out = Path(cfg.out)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     tuner = RouterFinetuner(model, cfg.effective_weights())
-    optimizer = torch.optim.AdamW(tuner.gate_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = _load_checkpoint(out, model, optimizer, cfg) if cfg.resume else 0
-    log_path = out / "train_log.jsonl"
-    if accelerator.is_main_process:
+    adamw = torch.optim.AdamW(tuner.gate_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, resumed_state = 0, None
+    if cfg.resume:
+        start, gates, resumed_state = _read_checkpoint(out, cfg)
+        apply_router_delta(model, gates)  # every process, before any sharding
+    log_path = out / LOG_NAME
+    if main:
+        if cfg.overwrite:
+            _clear_outputs(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        (out / CONFIG_NAME).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         _truncate_log(log_path, start)
-    ddp_model, optimizer = accelerator.prepare(model, optimizer)
+    wrap = prepare or (lambda acc, m, opt: acc.prepare(m, opt))
+    ddp_model, optimizer = wrap(accelerator, model, adamw)
+    if resumed_state is not None:
+        load_optimizer_state(ddp_model, adamw, resumed_state)  # after wrapping: FSDP shards the state like the gates
     world, rank = accelerator.num_processes, accelerator.process_index
     last = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
     history: list[dict[str, float]] = []
     overlap_sum, overlap_n = 0.0, 0
     t0 = time.perf_counter()
     progress = make_progress(TextColumn("{task.fields[info]}"))
-    if not accelerator.is_main_process:
+    if not main:
         progress.disable = True
     try:
         with progress:
@@ -304,7 +453,7 @@ def finetune(cfg: FinetuneConfig, *, model: nn.Module | None = None, corpus: Pac
                     rows = step_rows(step, micro, rank, cfg, world, len(corpus))
                     batch = {k: v.to(accelerator.device) for k, v in corpus.batch(rows).items()}
                     sync = accelerator.no_sync(ddp_model) if micro < cfg.grad_accum - 1 else nullcontext()
-                    with sync, torch.autocast(accelerator.device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
+                    with sync, torch.autocast(accelerator.device.type, torch.bfloat16, enabled=cfg.dtype == "bf16"):
                         loss, terms, (ov, n) = tuner.loss(ddp_model, batch, step)
                         accelerator.backward(loss / cfg.grad_accum)
                     for k, v in terms.items():
@@ -316,7 +465,7 @@ def finetune(cfg: FinetuneConfig, *, model: nn.Module | None = None, corpus: Pac
                 record = {"step": step, "lr": lr_at(step, cfg), **sums, "grad_norm": float(grad_norm),
                           "eor_running": overlap_sum / max(1, overlap_n)}
                 history.append(record)
-                if accelerator.is_main_process:
+                if main:
                     with log_path.open("a") as f:
                         f.write(json.dumps(record) + "\n")
                     info = " ".join(f"{k} {sums[k]:.3f}" for k in ("ce", *TERMS) if k in sums)
@@ -324,22 +473,19 @@ def finetune(cfg: FinetuneConfig, *, model: nn.Module | None = None, corpus: Pac
                 if on_step is not None:
                     on_step(step, record)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                    accelerator.wait_for_everyone()
-                    if accelerator.is_main_process:
-                        _save_checkpoint(out, step, accelerator.unwrap_model(ddp_model), optimizer, cfg)
+                    _save_checkpoint(out, step, tuner, ddp_model, adamw, cfg, main)
     finally:
         tuner.capture.remove()
-    accelerator.wait_for_everyone()
     finished = last == cfg.steps
     delta_path = None
-    full_state = accelerator.get_state_dict(ddp_model) if finished else None  # every rank joins the FSDP gather
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(ddp_model)
-        if finished:
-            delta_path = save_router_delta(unwrapped, out / DELTA_NAME, state_dict=full_state, base_model=cfg.model,
-                                           step=last, config=cfg.to_dict())
-        elif last > start:
-            _save_checkpoint(out, last, unwrapped, optimizer, cfg)
+    if finished:
+        gates = gate_state(ddp_model)  # every process joins the gather
+        if main:
+            delta_path = write_router_delta(gates, {**tuner.meta, "base_model": cfg.model, "step": last,
+                                                    "config": cfg.to_dict()}, out / DELTA_NAME)
+    elif last > start:
+        _save_checkpoint(out, last, tuner, ddp_model, adamw, cfg, main)
+    accelerator.wait_for_everyone()
     return FinetuneResult(out, delta_path, last, finished, history, time.perf_counter() - t0)
 
 
