@@ -91,7 +91,7 @@ def test_router_delta_reaches_lm_eval(setup):
 def test_lm_eval_command(setup):
     ckpt, delta, tasks, root = setup
     args = ["remoe", "lm-eval", str(ckpt), "--router", str(delta), "--tasks", TASK, "--include-path", str(tasks),
-            "--limit", "2", "--json", str(root / "scores.json")]
+            "--limit", "2", "--dtype", "bf16", "--json", str(root / "scores.json")]
     result = CliRunner().invoke(app, args, terminal_width=80)
     assert result.exit_code == 0, result.output
     assert TASK in result.stdout and "acc" in result.stdout

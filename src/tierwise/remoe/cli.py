@@ -247,16 +247,20 @@ def lm_eval_cmd(
     apply_chat_template: bool = typer.Option(False, "--apply-chat-template", help="Wrap each prompt in the tokenizer's chat template (chat models)."),
     confirm_run_unsafe_code: bool = typer.Option(False, "--confirm-run-unsafe-code", help="Let code tasks (humaneval) execute the generated programs."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the scores (lm_eval's results, versions, n-shot) as JSON to PATH."),
+    device: str = typer.Option("cpu", "--device", help="Where the model runs: cpu, cuda, cuda:N, mps, or auto (cuda when available)."),
+    dtype: str = typer.Option("fp32", "--dtype", help="Weights and compute dtype: fp32, bf16 or fp16."),
 ) -> None:
     """Downstream quality with lm-evaluation-harness: MODEL (with --router applied) through lm_eval's HF model class."""
     from tierwise.common.report import print_table, write_json
     from tierwise.remoe.analysis.lmeval import run_lm_eval, score_rows
+    from tierwise.remoe.models.placement import resolve_device, resolve_dtype
 
     if limit is not None and limit >= 1:
         limit = int(limit)  # a count of items (lm_eval reads a value below 1 as a fraction)
     result = run_lm_eval(model, router, [t.strip() for t in tasks.split(",") if t.strip()], limit=limit,
                          num_fewshot=num_fewshot, batch_size=batch_size, include_path=include_path,
-                         apply_chat_template=apply_chat_template, confirm_run_unsafe_code=confirm_run_unsafe_code)
+                         apply_chat_template=apply_chat_template, confirm_run_unsafe_code=confirm_run_unsafe_code,
+                         device=resolve_device(device), dtype=resolve_dtype(dtype))
     if json_path is not None:
         write_json(result, json_path)
     print_table(score_rows(result), title=f"{model}" + (f" + {router.name}" if router else "") + " (lm_eval)")

@@ -72,11 +72,9 @@ def run_lm_eval(model_name: str, router: str | Path | None, tasks: list[str], *,
         raise TierwiseError("--tasks needs at least one lm_eval task name, e.g. gsm8k or mmlu")
     manager = task_manager(tasks, include_path)
     delta = load_router_delta(router) if router is not None else None  # a bad delta fails before the model loads
-    model, tokenizer = load_model(model_name, dtype=dtype)
+    model, tokenizer = load_model(model_name, dtype=dtype, device=device)  # HFLM runs a model object where it lies
     if tokenizer is None:
         raise TierwiseError(f"{model_name} has no tokenizer; lm_eval tasks are text")
-    if device is not None:
-        model.to(device)
     if delta is not None:
         apply_router_delta(model, delta)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
