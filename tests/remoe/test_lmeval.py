@@ -2,12 +2,12 @@
 
 The task is a YAML written into a temporary folder over a JSONL of multiple-choice items cut from the embedded
 held-out corpus (the true continuation of a document against another document's); the model is a tiny checkpoint.
+Nothing is fetched: tests/conftest.py sets HF_HUB_OFFLINE=1, which `datasets` also reads as HF_DATASETS_OFFLINE.
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -34,7 +34,6 @@ def _items(n: int = 8) -> list[dict]:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("lmeval")
-    os.environ["HF_DATASETS_OFFLINE"] = "1"  # the task's data is a local file: nothing may be fetched
     ckpt = save_tiny("olmoe", root / "ckpt", initializer_range=0.2)  # routing moves the outputs well above rounding
     model, _ = load_model(ckpt)
     g = torch.Generator().manual_seed(0)
