@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -364,6 +365,10 @@ def _accelerator(device_name: str):
     if device.index is not None and accelerator.num_processes > 1:
         raise TierwiseError(f"--device {device_name} names one device, but {accelerator.num_processes} processes were "
                             f"launched (each takes its own): pass --device {device.type}")
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and accelerator.distributed_type != DistributedType.FSDP:
+        raise TierwiseError(f"an FSDP launch config was given, but accelerate runs FSDP only on GPUs (and other "
+                            f"accelerators): on {accelerator.device} it would quietly run {accelerator.distributed_type} "
+                            "with a full model copy per process; launch without the FSDP config")
     if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
         raise TierwiseError("FSDP1 is not supported: it flattens each wrapped layer into one tensor of one dtype (no fp32 "
                             "gates beside bf16 weights) and cannot clip the gates alone; set fsdp_version: 2 (see "
