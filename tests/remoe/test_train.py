@@ -7,11 +7,13 @@ import json
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from tierwise.cli import app
 from tierwise.common.errors import TierwiseError
 from tierwise.remoe.models.corpus import pack
 from tierwise.remoe.export.delta import load_router_delta
-from tierwise.remoe.models.adapters import adapter_for, tiny_model
+from tierwise.remoe.models.adapters import adapter_for, save_tiny, tiny_model
 from tierwise.remoe.training.objective import LossWeights
 from tierwise.remoe.training.finetune import (FinetuneConfig, RouterFinetuner, config_with_preset,
                                                enable_gradient_checkpointing, finetune, lr_at, step_rows)
@@ -208,11 +210,6 @@ def test_resume_refuses_changed_settings_and_missing_checkpoint(tmp_path, corpus
 
 
 def test_finetune_command_flags(tmp_path):
-    from typer.testing import CliRunner
-
-    from tierwise.cli import app
-    from tierwise.remoe.models.adapters import save_tiny
-
     base = save_tiny("olmoe", tmp_path / "base")
     (tmp_path / "train.txt").write_text("routing text for a tiny model, " * 40)
     run = tmp_path / "run"
