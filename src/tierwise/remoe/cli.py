@@ -189,6 +189,36 @@ def finetune(
             stdout.print(check["concentration_warning"], style="bold yellow", markup=False)
 
 
+@app.command()
+def sweep(
+    model: str = typer.Argument("embedded", help="MoE checkpoint: local HF folder, hub id (online), or 'embedded'."),
+    out: Path = typer.Option(Path("reports/remoe-sweep"), "--out", help="Folder for runs.jsonl (resumable), summary.md and each run's delta."),
+    steps: int = typer.Option(150, help="Optimizer steps of every run of the grid."),
+    eval_rows: int = typer.Option(192, help="Held-out rows of 256 tokens, the same for every run."),
+    jobs: int = typer.Option(2, help="Runs trained side by side (one torch thread each)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write every run's figures and the chosen default as JSON to PATH."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write pareto.png (EOR gain vs entropy and perplexity change) to DIR."),
+) -> None:
+    """Pick the fine-tuning defaults by the protocol of remoe.md §4 (one λ family at a time, W and T_warm included),
+    then run the CE-only control, the ablations and the presets; prints the chosen default."""
+    from tierwise.common.report import markdown_table, print_table, stdout, write_json
+    from tierwise.remoe.training.sweep import SweepConfig, pareto_plot, run_sweep, summary_rows
+
+    result = run_sweep(SweepConfig(model=model, out=str(out), steps=steps, eval_rows=eval_rows, jobs=jobs))
+    rows = summary_rows(result)
+    (out / "summary.md").write_text(markdown_table(rows))
+    print_table([{k: r[k] for k in ("run", "EOR gain", "entropy", "PPL")} for r in rows],
+                title=f"{len(rows)} runs; all columns in {out / 'summary.md'}")
+    w = result["default"]
+    stdout.print(f"default: --lambda-kl {w.kl:g} --lambda-reuse {w.reuse:g} --lambda-smooth {w.smooth:g} "
+                 f"--lambda-lag {w.lag:g} --lambda-ws {w.ws:g} --lambda-spread {w.spread:g} --window {w.window} "
+                 f"--t-warm {w.warmup_steps}" + (" (the spread guard was needed)" if result["guard"] else ""))
+    if json_path is not None:
+        write_json(result, json_path)
+    if plot is not None:
+        pareto_plot(result, plot / "pareto.png")
+
+
 @app.command("eval")
 def eval_cmd(
     model: str = typer.Argument("embedded", help="MoE checkpoint: local HF folder, hub id (online), or 'embedded'."),

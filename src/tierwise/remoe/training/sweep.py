@@ -1,0 +1,307 @@
+"""The λ sweep that picks the fine-tuning defaults (protocol of remoe.md §4), its controls and its Pareto view.
+
+Protocol: start from the grid midpoints; vary one family at a time over its grid (λ_Reuse, then λ_KL, then the
+three consistency λ's jointly, then W, then T_warm), each time keeping the best run so far; "best" = the highest
+held-out EOR among the runs that keep the routing spread (normalised entropy within `max_entropy_drop` of the
+original, effective experts ≥ `min_effective_experts` of the original) at perplexity ≤ +`max_ppl_increase`.
+If no run of the objective alone gains `min_eor_gain` within those limits, the guard λ_Spread (a batch load-entropy
+floor, training/objective.py) gets its own family, started from the run with the most EOR inside the perplexity
+limit, and λ_Reuse is swept once more under the chosen guard. Then the controls: CE only, the ablations of the
+chosen point (each term off, guard off), and the named presets.
+
+Every run starts from the original gates, trains on the same rows, and is evaluated on the same held-out rows.
+Runs are appended to OUT/runs.jsonl as they end and skipped when re-run with the same settings, so an interrupted
+sweep resumes. T_warm's grid {0, 200, 500} is in the paper's 2000 steps; here it scales to the run's length.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tierwise.common.errors import TierwiseError
+from tierwise.remoe.training.objective import LossWeights
+
+# remoe.md §4, in the order the protocol varies them; the consistency family moves its three λ's together.
+GRID: dict[str, tuple] = {
+    "reuse": (0.01, 0.03, 0.1, 0.3),
+    "kl": (0.1, 0.3, 1.0, 3.0),
+    "consistency": ((0.0, 0.0, 0.0), (0.003, 0.003, 0.01), (0.01, 0.01, 0.03), (0.03, 0.03, 0.1)),  # smooth, lag, ws
+    "window": (8, 16, 32, 64),
+    "t_warm": (0.0, 0.1, 0.25),  # fraction of the run's steps: 0, 200 and 500 of the paper's 2000
+}
+GUARD_GRID = (1.0, 3.0, 10.0)  # λ_Spread
+MIDPOINT = dict(reuse=0.1, kl=1.0, consistency=(0.01, 0.01, 0.03), window=16, t_warm=0.1)
+
+
+@dataclass
+class SweepConfig:
+    model: str = "embedded"
+    out: str = "reports/remoe-sweep"
+    steps: int = 150
+    eval_rows: int = 192  # held-out rows of 256 tokens, spread evenly
+    jobs: int = 2  # runs trained side by side, one torch thread each
+    max_ppl_increase: float = 0.005  # the issue's limits on the default
+    max_entropy_drop: float = 0.01
+    min_effective_experts: float = 0.95
+    min_eor_gain: float = 0.26  # the paper's +26 %
+
+
+def weights_at(point: dict[str, Any], steps: int, spread: float = 0.0) -> LossWeights:
+    """LossWeights of a point of the grid (its family values as in MIDPOINT)."""
+    smooth, lag, ws = point["consistency"]
+    return LossWeights(kl=point["kl"], reuse=point["reuse"], smooth=smooth, lag=lag, ws=ws, spread=spread,
+                       window=point["window"], warmup_steps=round(point["t_warm"] * steps))
+
+
+def run_name(w: LossWeights) -> str:
+    """A short, unique label of a weight setting (also its folder name)."""
+    return (f"kl{w.kl:g}-r{w.reuse:g}-s{w.smooth:g}-l{w.lag:g}-ws{w.ws:g}-W{w.window}-tw{w.warmup_steps}"
+            + (f"-sp{w.spread:g}" if w.spread else ""))
+
+
+# --- one run (in a worker process) -----------------------------------------------------------------------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(model_name: str, eval_rows: int) -> None:
+    import torch
+
+    from tierwise.remoe.export.delta import RouterDelta, delta_meta, router_state
+    from tierwise.remoe.models.adapters import load_model
+    from tierwise.remoe.models.corpus import load_corpus
+
+    torch.set_num_threads(1)
+    model, tokenizer = load_model(model_name)
+    _WORKER.update(model=model, tokenizer=tokenizer, original=RouterDelta(router_state(model), delta_meta(model)),
+                   heldout=load_corpus("embedded:heldout", tokenizer, 256, max_rows=eval_rows), corpora={})
+
+
+def _corpus(cfg) -> Any:
+    from tierwise.remoe.models.corpus import load_corpus
+
+    key = (cfg.data, cfg.seq_len, cfg.max_docs)
+    if key not in _WORKER["corpora"]:
+        _WORKER["corpora"][key] = load_corpus(cfg.data, _WORKER["tokenizer"], cfg.seq_len, max_docs=cfg.max_docs)
+    return _WORKER["corpora"][key]
+
+
+def _run(name: str, cfg_dict: dict[str, Any] | None) -> dict[str, Any]:
+    """Fine-tune from the original gates with `cfg_dict` (None: evaluate the original) and evaluate held out."""
+    from tierwise.remoe.analysis.evaluate import EvalConfig, evaluate_model
+    from tierwise.remoe.export.delta import apply_router_delta
+    from tierwise.remoe.training.finetune import FinetuneConfig, finetune
+
+    model = _WORKER["model"]
+    apply_router_delta(model, _WORKER["original"])
+    row: dict[str, Any] = {"run": name}
+    if cfg_dict is not None:
+        cfg = FinetuneConfig.from_dict(cfg_dict)
+        result = finetune(cfg, model=model, corpus=_corpus(cfg))
+        row.update(train_s=result.seconds, steps=cfg.steps, config=cfg.to_dict())
+    return {**row, **evaluate_model(model, _WORKER["heldout"], EvalConfig(), model_name=name)}
+
+
+# --- the protocol ----------------------------------------------------------------------------------------------------
+
+class Sweep:
+    """Runs (or reads back) the sweep's runs and applies the selection rule."""
+
+    def __init__(self, cfg: SweepConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log = self.out / "runs.jsonl"
+        self.rows: dict[str, dict[str, Any]] = {}
+        if self.log.is_file():
+            for line in self.log.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    self.rows[row["run"]] = row
+        # one job: runs in this process (tests replace _run); more: worker processes, each with the model loaded once
+        self.pool = (ProcessPoolExecutor(cfg.jobs, initializer=_init_worker, initargs=(cfg.model, cfg.eval_rows))
+                     if cfg.jobs > 1 else None)
+        self.loaded = False
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def _results(self, todo: dict[str, dict[str, Any] | None]):
+        if self.pool is not None:
+            futures = {n: self.pool.submit(_run, n, c) for n, c in todo.items()}
+            return ((n, f.result()) for n, f in futures.items())
+        if todo and not self.loaded:
+            _init_worker(self.cfg.model, self.cfg.eval_rows)
+            self.loaded = True
+        return ((n, _run(n, c)) for n, c in todo.items())
+
+    def finetune_config(self, name: str, **fields: Any) -> dict[str, Any]:
+        from tierwise.remoe.training.finetune import config_with_preset
+
+        preset = fields.pop("preset", "default")
+        cfg = config_with_preset(preset, model=self.cfg.model, out=str(self.out / "runs" / name), checkpoint_every=0,
+                                 overwrite=True)
+        if preset == "default":
+            cfg = replace(cfg, steps=self.cfg.steps)
+        return replace(cfg, **fields).to_dict()
+
+    def run(self, jobs: dict[str, dict[str, Any] | None], stage: str) -> list[dict[str, Any]]:
+        """Run the jobs not done yet (name → finetune config dict, None = the original), in parallel; tag them."""
+        todo = {n: c for n, c in jobs.items() if n not in self.rows}
+        for name, result in self._results(todo):
+            row = {**result, "stage": stage}
+            self.rows[name] = row
+            with self.log.open("a") as f:
+                f.write(json.dumps(_jsonable(row)) + "\n")
+            print(f"[{stage}] {name}: EOR {row['eor']:.4f}, entropy {row['entropy_norm']:.4f}, ppl {row['ppl']:.2f}",
+                  flush=True)
+        return [self.rows[n] for n in jobs]
+
+    def change(self, row: dict[str, Any], key: str) -> float:
+        return row[key] / self.rows["baseline"][key] - 1
+
+    def keeps_spread(self, row: dict[str, Any]) -> bool:
+        return (self.change(row, "entropy_norm") >= -self.cfg.max_entropy_drop
+                and self.change(row, "effective_experts") >= self.cfg.min_effective_experts - 1)
+
+    def within_ppl(self, row: dict[str, Any]) -> bool:
+        return self.change(row, "ppl") <= self.cfg.max_ppl_increase
+
+    def best(self, rows: list[dict[str, Any]], *, need_spread: bool = True) -> dict[str, Any] | None:
+        ok = [r for r in rows if self.within_ppl(r) and (self.keeps_spread(r) or not need_spread)]
+        return max(ok, key=lambda r: r["eor"]) if ok else None
+
+    def family(self, point: dict[str, Any], name: str, values: tuple, spread: float, stage: str,
+               need_spread: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Vary one family over its grid around `point`; returns (chosen point, its row)."""
+        points = [{**point, name: v} for v in values]
+        jobs = {}
+        for p in points:
+            w = weights_at(p, self.cfg.steps, spread)
+            jobs[run_name(w)] = self.finetune_config(run_name(w), loss=w)
+        rows = self.run(jobs, stage)
+        chosen = self.best(rows, need_spread=need_spread)
+        if chosen is None:  # nothing inside the limits: stay at the family's current value
+            current = run_name(weights_at(point, self.cfg.steps, spread))
+            return point, self.rows.get(current, rows[0])
+        return points[rows.index(chosen)], chosen
+
+
+def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
+    """The whole protocol; returns {'rows': all runs, 'default': the chosen weights, 'guard': bool, ...}."""
+    if cfg.jobs < 1 or cfg.steps < 1 or cfg.eval_rows < 1:
+        raise TierwiseError("sweep needs jobs, steps and eval rows ≥ 1")
+    sweep = Sweep(cfg)
+    try:
+        sweep.run({"baseline": None}, "baseline")
+        point, spread = dict(MIDPOINT), 0.0
+        for name in GRID:
+            point, row = sweep.family(point, name, GRID[name], spread, f"objective: {name}")
+        guard = not (sweep.keeps_spread(row) and sweep.within_ppl(row) and sweep.change(row, "eor") >= cfg.min_eor_gain)
+        if guard:  # the objective alone cannot hold the spread: find the floor's weight, then λ_Reuse under it
+            base_point, _ = sweep.family(point, "reuse", GRID["reuse"], 0.0, "guard: base", need_spread=False)
+            for value in GUARD_GRID:
+                w = weights_at(base_point, cfg.steps, value)
+                sweep.run({run_name(w): sweep.finetune_config(run_name(w), loss=w)}, "guard: spread")
+            rows = [sweep.rows[run_name(weights_at(base_point, cfg.steps, v))] for v in GUARD_GRID]
+            chosen = sweep.best(rows) or max(rows, key=lambda r: sweep.change(r, "entropy_norm"))
+            spread = GUARD_GRID[rows.index(chosen)]
+            point, row = sweep.family(base_point, "reuse", GRID["reuse"] + (1.0,), spread, "guard: reuse")
+        default = weights_at(point, cfg.steps, spread)
+        controls(sweep, default)
+        return {"rows": sweep.rows, "default": default, "default_run": run_name(default), "guard": guard,
+                "config": asdict(cfg)}
+    finally:
+        sweep.close()
+
+
+def controls(sweep: Sweep, default: LossWeights) -> None:
+    """The paper's CE-only control, the ablations of the chosen default, and the named presets."""
+    from tierwise.remoe.training.finetune import PRESETS
+
+    ablations = {"no-trust": dict(kl=0.0), "no-reuse": dict(reuse=0.0),
+                 "no-consistency": dict(smooth=0.0, lag=0.0, ws=0.0)}
+    if default.spread:
+        ablations["no-spread"] = dict(spread=0.0)
+    jobs = {"ce-only": sweep.finetune_config("ce-only", loss=default, ce_only=True)}
+    for name, off in ablations.items():
+        jobs[name] = sweep.finetune_config(name, loss=replace(default, **off))
+    for preset in PRESETS:
+        if preset != "default":
+            jobs[f"preset {preset}"] = sweep.finetune_config(f"preset-{preset}", preset=preset)
+    sweep.run(jobs, "controls")
+
+
+def _jsonable(obj: Any) -> Any:
+    from tierwise.common.report import to_jsonable
+
+    return to_jsonable(obj)
+
+
+# --- report ----------------------------------------------------------------------------------------------------------
+
+def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per run: its settings and its changes against the original router (relative, %)."""
+    rows = result["rows"]
+    base = rows["baseline"]
+
+    def pct(row: dict[str, Any], key: str) -> str:
+        return f"{100 * (row[key] / base[key] - 1):+.1f}%"
+
+    out = []
+    for name, r in rows.items():
+        loss = (r.get("config") or {}).get("loss", {})
+        ce_only = (r.get("config") or {}).get("ce_only", False)
+        out.append({
+            "run": name + (" ◀ default" if name == result["default_run"] else ""),
+            "stage": r["stage"],
+            "λ KL/R/S/L/WS/Sp": "CE only" if ce_only else ("—" if not loss else "/".join(
+                f"{loss[k]:g}" for k in ("kl", "reuse", "smooth", "lag", "ws", "spread"))),
+            "W, T_warm": f"{loss['window']}, {loss['warmup_steps']}" if loss and not ce_only else "—",
+            "EOR": f"{r['eor']:.4f}", "EOR gain": pct(r, "eor"),
+            "entropy": pct(r, "entropy_norm"), "eff. experts": pct(r, "effective_experts"),
+            "busiest share": f"{r['max_load_share']:.3f}", "PPL": pct(r, "ppl"),
+            "uHR@4": f"{r.get('uhr@4', float('nan')):.4f}",
+        })
+    return out
+
+
+def pareto_plot(result: dict[str, Any], path: Path) -> Path:
+    """EOR gain against routing-entropy change and against perplexity change, one point per run, the default
+    starred, the limits dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, base, cfg = result["rows"], result["rows"]["baseline"], result["config"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), dpi=120, sharey=True)
+    for ax, key, limit, label in ((axes[0], "entropy_norm", -cfg["max_entropy_drop"], "routing entropy change (%)"),
+                                  (axes[1], "ppl", cfg["max_ppl_increase"], "held-out perplexity change (%)")):
+        for name, r in rows.items():
+            x, y = 100 * (r[key] / base[key] - 1), 100 * (r["eor"] / base["eor"] - 1)
+            stage = r["stage"]
+            color = ("black" if name == "baseline" else "#cc6677" if stage == "controls"
+                     else "#228833" if stage.startswith("guard") else "#4477aa")
+            marker = "*" if name == result["default_run"] else "o"
+            ax.scatter(x, y, color=color, marker=marker, s=160 if marker == "*" else 16, zorder=3)
+            if stage == "controls" or marker == "*":
+                ax.annotate(name if marker == "o" else "default", (x, y), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+        ax.axvline(100 * limit, color="gray", linestyle="--", linewidth=0.8)
+        ax.axhline(100 * cfg["min_eor_gain"], color="gray", linestyle=":", linewidth=0.8)
+        ax.set_xlabel(label)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("EOR gain (%)")
+    fig.suptitle("Router fine-tuning sweep (blue: objective grid, green: with the spread guard, red: controls)",
+                 fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
