@@ -101,7 +101,7 @@ def finetune(
     model: str = typer.Argument("embedded", help="MoE checkpoint: local HF folder, hub id (online), or 'embedded'."),
     data: str = typer.Option("embedded:train", "--data", help="Training text: .txt, .jsonl/.json (text, prompt/completion, messages, conversations), embedded:train, or hf:NAME[:SPLIT]."),
     out: Path = typer.Option(Path("runs/remoe"), "--out", help="Output folder: router_delta.safetensors, config.json, train_log.jsonl, checkpoint/."),
-    preset: str = typer.Option("default", help="Named settings to start from: 'default' (the swept defaults) or 'demo' (a ~2 min CPU run)."),
+    preset: str = typer.Option("default", help="Named settings to start from: 'default' (the swept defaults), 'demo' (a ~1 min CPU run) or 'aggressive' (more EOR by collapsing the routing onto fewer experts)."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps [default 150]."),
     seq_len: Optional[int] = typer.Option(None, help="Tokens per packed sequence [256]."),
     batch_size: Optional[int] = typer.Option(None, help="Sequences per micro-batch per process [4]."),
