@@ -69,9 +69,11 @@ def test_eval_command_before_after_json(tmp_path):
     delta = save_router_delta(tuned, tmp_path / "d.safetensors")
     data = tmp_path / "held.jsonl"
     data.write_text("".join(json.dumps({"text": f"held-out document number {i}, some text."}) + "\n" for i in range(6)))
-    result = CliRunner().invoke(app, ["remoe", "eval", str(base), "--router", str(delta), "--data", str(data),
-                                      "--seq-len", "32", "--json", "--out", str(tmp_path / "r.json")])
+    args = ["remoe", "eval", str(base), "--router", str(delta), "--data", str(data), "--seq-len", "32"]
+    result = CliRunner().invoke(app, [*args, "--json", "-"])
     assert result.exit_code == 0, result.output
+    written = CliRunner().invoke(app, [*args, "--json", str(tmp_path / "r.json")])
+    assert written.exit_code == 0 and "ppl" in written.output  # a file for the JSON, the table on the terminal
     res = json.loads(result.stdout[result.stdout.index("{"):])
     assert set(res) >= {"before", "after", "change"} and res["before"]["tokens"] == res["after"]["tokens"]
     assert res["before"]["eor"] != res["after"]["eor"]
@@ -166,7 +168,7 @@ def test_eval_command_shows_quality_and_warning(tmp_path):
                  "router_kl_ft_orig", "warning: routing entropy fell"):
         assert name in table.output
     assert max(len(line) for line in table.stdout.splitlines()) <= 80
-    result = CliRunner().invoke(app, [*args, "--json"])
+    result = CliRunner().invoke(app, [*args, "--json", "-"])
     res = json.loads(result.stdout[result.stdout.index("{"):])
     assert set(res["vs_original"]) == {"top1_agreement", "output_kl_orig_ft", "router_kl_ft_orig"}
     assert res["concentration_warning"].startswith("warning: routing entropy fell")

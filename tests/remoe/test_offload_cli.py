@@ -38,7 +38,7 @@ def _run(*args):
 def test_offload_json(checkpoint):
     ckpt, _, prompts, root = checkpoint
     out = _run(ckpt, "--cache-experts", 6, "--storage", "nvme", "--prompts", prompts, "--max-new-tokens", 5,
-               "--store", root / "store", "--json")
+               "--store", root / "store", "--json", "-")
     result = json.loads(out)
     run = result["runs"]["original"]
     assert result["config"]["cache_experts"] == 6 and result["config"]["storage"] == "nvme"
@@ -50,7 +50,7 @@ def test_offload_json(checkpoint):
 def test_offload_compare_prints_both_and_ratio(checkpoint):
     ckpt, delta, prompts, root = checkpoint
     out = _run(ckpt, "--prompts", prompts, "--max-new-tokens", 4, "--router", delta, "--compare",
-               "--store", root / "store", "--out", root / "cmp.json")
+               "--store", root / "store", "--json", root / "cmp.json")
     assert "original" in out and "fine-tuned" in out and "speedup" in out
     result = json.loads((root / "cmp.json").read_text())
     assert set(result["runs"]) == {"original", "fine-tuned"}
@@ -78,7 +78,7 @@ def test_offload_compare_shows_routing_concentration(checkpoint):
     collapse = save_router_delta(model, root / "collapse.safetensors")
     args = [ckpt, "--prompts", prompts, "--max-new-tokens", 6, "--compare", "--store", root / "store"]
     out = CliRunner().invoke(app, ["remoe", "offload", *map(str, args), "--router", str(collapse),
-                                   "--out", str(root / "collapse.json")], terminal_width=80)
+                                   "--json", str(root / "collapse.json")], terminal_width=80)
     assert out.exit_code == 0, out.output
     for column in ("EOR (decode)", "entropy", "eff. experts", "busiest share", "warning: routing entropy fell"):
         assert column in out.stdout
@@ -91,7 +91,7 @@ def test_offload_compare_shows_routing_concentration(checkpoint):
     assert result["concentration_warning"].startswith("warning: routing entropy fell")
     # the original against itself: same routing, no warning
     same = save_router_delta(load_model(ckpt)[0], root / "same.safetensors")
-    _run(*args, "--router", same, "--out", root / "same.json")
+    _run(*args, "--router", same, "--json", root / "same.json")
     result = json.loads((root / "same.json").read_text())
     assert result["runs"]["original"]["routing"] == result["runs"]["fine-tuned"]["routing"]
     assert result["concentration_warning"] is None

@@ -61,7 +61,7 @@ def test_trace_in_bf16(tiny):
 def test_eval_in_bf16(tiny):
     path, root = tiny
     res = runner.invoke(app, ["remoe", "eval", str(path), "--data", str(root / "held.jsonl"), "--seq-len", "32",
-                              "--json", "--dtype", "bf16"])
+                              "--json", "-", "--dtype", "bf16"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout[res.stdout.index("{"):])["before"]["ppl"] > 1
 
@@ -69,7 +69,7 @@ def test_eval_in_bf16(tiny):
 def test_offload_in_bf16_stores_bf16_experts(tiny):
     path, root = tiny
     res = runner.invoke(app, ["remoe", "offload", str(path), "--prompts", str(root / "prompts.txt"), "--max-new-tokens",
-                              "3", "--store", str(root / "store"), "--json", "--dtype", "bf16", "--device", "cpu"])
+                              "3", "--store", str(root / "store"), "--json", "-", "--dtype", "bf16", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert json.loads((root / "store" / "index.json").read_text())["dtype"] == "bfloat16"
     bf16_bytes = adapter_for(load_model(path, dtype=torch.bfloat16)[0]).expert_bytes

@@ -41,6 +41,14 @@ def write_json(data: Any, path: str | Path) -> Path:
     return path
 
 
+def emit_json(data: Any, dest: str | Path) -> None:
+    """The `--json PATH` convention: write JSON to PATH, or to standard output when PATH is '-'."""
+    if str(dest) == "-":
+        print(json.dumps(to_jsonable(data), indent=2))
+    else:
+        write_json(data, dest)
+
+
 def fmt(value: Any, digits: int = 4) -> str:
     """Compact human formatting for table cells."""
     if value is None:

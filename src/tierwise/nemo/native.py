@@ -542,3 +542,9 @@ class Pinned:
         self.bundle = bundle
         self.arena = np.zeros(_size(bundle), np.uint8)
         _pin(bundle, self.arena)
+
+
+def compiled_only(name: str) -> TypeError:
+    """The error of a dispatcher that numba resolves through an @overload (by the state type of its first argument)
+    when it is called from Python, where there is nothing to dispatch on."""
+    return TypeError(f"{name} dispatches inside compiled code only; from Python use the engine's methods")

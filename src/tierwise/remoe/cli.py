@@ -49,18 +49,15 @@ def offload(
     router: Optional[Path] = typer.Option(None, help="Fine-tuned router delta (.safetensors) to run instead of the original."),
     compare: bool = typer.Option(False, "--compare", help="Run the original and the --router delta back to back; print the ratio."),
     store: Optional[Path] = typer.Option(None, help="Expert store folder (default ~/.cache/tierwise/expert-stores/<fingerprint>)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the full metrics as JSON instead of tables."),
-    out: Optional[Path] = typer.Option(None, help="Also write the full metrics JSON here."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the full metrics as JSON to PATH ('-': to stdout, instead of the tables)."),
     threads: int = typer.Option(1, help="torch CPU threads (B = 1 decode of small models is fastest on one)."),
     device: str = typer.Option("cpu", "--device", help="Where the model runs: cpu, cuda, cuda:N, mps, or auto (cuda when available). The expert cache lives there; misses are read from the store through host memory."),
     dtype: str = typer.Option("fp32", "--dtype", help="Weights and compute dtype: fp32, bf16 or fp16. The expert store holds experts in this dtype."),
 ) -> None:
     """Greedy decoding with routed experts offloaded to an on-disk store and at most C per layer in memory."""
-    import json
-
     import torch
 
-    from tierwise.common.report import print_table, stdout, to_jsonable, write_json
+    from tierwise.common.report import emit_json, print_table, stdout
     from tierwise.remoe.models.adapters import adapter_for, load_model
     from tierwise.remoe.offload.compare import offload_compare, resolve_prompts, routing_rows, summary_rows
     from tierwise.remoe.models.placement import resolve_device, resolve_dtype
@@ -73,11 +70,10 @@ def offload(
                            target=target, store_dir=store, device=place)
     result = offload_compare(hf_model, tokenizer, resolve_prompts(model, prompts, tokenizer, limit), max_new_tokens,
                              config, router=router, compare=compare)
-    if out is not None:
-        write_json(result, out)
-    if json_out:
-        typer.echo(json.dumps(to_jsonable(result), indent=2))
-        return
+    if json_path is not None:
+        emit_json(result, json_path)
+        if json_path == "-":
+            return
     c = result["config"]
     stdout.print("TPOT = mean decode-step time (measured wall time + modelled storage time; 'measured' and 'modelled' "
                  "are its two parts; median/p90 over requests); TTFT: median over requests")
@@ -228,19 +224,16 @@ def eval_cmd(
     batch_size: int = typer.Option(8, help="Sequences per forward pass."),
     max_rows: Optional[int] = typer.Option(None, help="Evaluate N packed sequences spread evenly over the data (default: all)."),
     cache_sizes: str = typer.Option("", help="Comma-separated expert-cache capacities C for uHR@C (default K and 2K)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON results to this file."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the results as JSON to PATH ('-': to stdout, instead of the table)."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
     device: str = typer.Option("cpu", "--device", help="Where the model runs: cpu, cuda, cuda:N, mps, or auto (cuda when available)."),
     dtype: str = typer.Option("fp32", "--dtype", help="Weights and compute dtype: fp32, bf16 or fp16."),
 ) -> None:
     """Held-out perplexity and expert-reuse metrics (EOR, uHR@C, misses/token, load CV, entropy), before/after a router delta."""
-    import json
-
     import torch
 
     from tierwise.common.errors import TierwiseError
-    from tierwise.common.report import print_table, stdout, to_jsonable, write_json
+    from tierwise.common.report import emit_json, print_table, stdout
     from tierwise.remoe.analysis.evaluate import VS_ORIGINAL_LEGEND, EvalConfig, evaluate_cli, summary_rows
     from tierwise.remoe.models.placement import resolve_device, resolve_dtype
 
@@ -253,11 +246,9 @@ def eval_cmd(
     results = evaluate_cli(model, router, EvalConfig(data=data, seq_len=seq_len, batch_size=batch_size,
                                                      max_rows=max_rows, cache_sizes=sizes),
                            device=resolve_device(device), dtype=resolve_dtype(dtype))
-    if out is not None:
-        write_json(results, out)
-    if json_out:
-        typer.echo(json.dumps(to_jsonable(results), indent=2))
-    else:
+    if json_path is not None:
+        emit_json(results, json_path)
+    if json_path != "-":
         print_table(summary_rows(results), title=f"{model} on {data}")
         if "vs_original" in results:
             stdout.print(VS_ORIGINAL_LEGEND, markup=False)

@@ -18,6 +18,7 @@ entry point each (`api_*`) with a `Handle` holding the ref, so a call costs abou
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -30,7 +31,7 @@ from tierwise.common.errors import TierwiseError
 from tierwise.nemo import layout
 from tierwise.nemo.device.flash import DeviceFault
 from tierwise.nemo.metrics import Metrics
-from tierwise.nemo.native import Pinned, copy_bytes, ref_of
+from tierwise.nemo.native import Pinned, compiled_only, copy_bytes, ref_of
 
 
 @dataclass(frozen=True)
@@ -57,21 +58,23 @@ def _impl(P) -> CompiledEngine:
     return _COMPILED[cls]
 
 
+# Dispatchers for compiled code: numba resolves each call through the @overload below to the engine registered for
+# P's state type.
 def engine_get(P, key):
-    """(hit, buffer, start, length) of `key` in the engine whose state ref is P (compiled code only)."""
-    raise NotImplementedError
+    """(hit, buffer, start, length) of `key` in the engine whose state ref is P."""
+    raise compiled_only("engine_get")
 
 
 def engine_set(P, key, value):
-    raise NotImplementedError
+    raise compiled_only("engine_set")
 
 
 def engine_delete(P, key):
-    raise NotImplementedError
+    raise compiled_only("engine_delete")
 
 
 def engine_flush(P):
-    raise NotImplementedError
+    raise compiled_only("engine_flush")
 
 
 @overload(engine_get)
@@ -159,7 +162,7 @@ def _bad_key(key) -> TierwiseError:
     return TierwiseError(f"key length {len(key)} outside 1..{layout.MAX_KEY} bytes")
 
 
-class Engine:
+class Engine(ABC):
     """A key-value flash cache: `get` returns exactly the bytes last `set` (or None), `delete` makes a key miss.
 
     A design's class builds its state bundle and calls `_ready(state)`; everything on the request path is then the
@@ -261,13 +264,13 @@ class Engine:
         except (DeviceFault, TierwiseError) as e:
             self._fault(e)
 
+    @abstractmethod
     def dram_bytes(self) -> dict[str, int]:
         """Measured DRAM of the engine's structures (nbytes of what it allocated); keys 'buffer*' = data buffers."""
-        raise NotImplementedError
 
+    @abstractmethod
     def object_count(self) -> int:
         """Objects currently cached (in buffers and on flash), for bits/object."""
-        raise NotImplementedError
 
     def config(self) -> Mapping[str, Any]:
         """The engine's effective parameters, for reports."""

@@ -33,7 +33,7 @@ from tierwise.nemo import metrics as mt
 from tierwise.nemo.device import flash as fl
 from tierwise.nemo.hashing import DEFAULT_SEED
 from tierwise.nemo.layout import FLAG_WRITEBACK, OBJ_HEADER, PAGE_HEADER, PAGE_SIZE, PAYLOAD
-from tierwise.nemo.native import copy_bytes, internal, lazy_zeros, xxh3_128
+from tierwise.nemo.native import compiled_only, copy_bytes, internal, lazy_zeros, xxh3_128
 
 MAX_OBJECTS_PER_PAGE = PAYLOAD // (OBJ_HEADER + 1)  # 1-byte keys, empty values
 POS_BITS = 12  # an index entry locates the object itself: page id << 12 | byte position in the page
@@ -360,7 +360,7 @@ def register_log_owner(state_type: type, on_evict: Callable) -> None:
 
 
 def on_log_evict(P, n):
-    raise NotImplementedError
+    raise compiled_only("on_log_evict")
 
 
 @overload(on_log_evict)

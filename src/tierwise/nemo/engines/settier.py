@@ -40,7 +40,7 @@ from tierwise.nemo.engines.paged import (GET, MAX_OBJECTS_PER_PAGE, PageIO, read
                                          write_page_at, write_pages)
 from tierwise.nemo.index.bloom import FilterParams
 from tierwise.nemo.layout import OBJ_HEADER, PAGE_HEADER, PAGE_SIZE, PAYLOAD
-from tierwise.nemo.native import copy_bytes, internal
+from tierwise.nemo.native import compiled_only, copy_bytes, internal
 
 RRIP_SHIFT = 5
 RRIP_MAX = 7
@@ -149,7 +149,7 @@ def no_merge(P, j, page):
 
 
 def on_set_gc(P, j, page):
-    raise NotImplementedError
+    raise compiled_only("on_set_gc")
 
 
 @overload(on_set_gc)
