@@ -82,6 +82,7 @@ def test_offload_compare_shows_routing_concentration(checkpoint):
     assert out.exit_code == 0, out.output
     for column in ("EOR (decode)", "entropy", "eff. experts", "busiest share", "warning: routing entropy fell"):
         assert column in out.stdout
+    assert "…" not in out.stdout and "TPOT ms (p90)" in out.stdout  # every table whole at 80 columns
     result = json.loads((root / "collapse.json").read_text())
     orig, tuned = result["runs"]["original"]["routing"], result["runs"]["fine-tuned"]["routing"]
     k, e = result["config"]["top_k"], result["config"]["num_experts"]
