@@ -224,6 +224,8 @@ def eval_cmd(
     batch_size: int = typer.Option(8, help="Sequences per forward pass."),
     max_rows: Optional[int] = typer.Option(None, help="Evaluate N packed sequences spread evenly over the data (default: all)."),
     cache_sizes: str = typer.Option("", help="Comma-separated expert-cache capacities C for uHR@C (default K and 2K)."),
+    generate: int = typer.Option(0, "--generate", metavar="N", min=0, help="Also decode each prompt greedily for N tokens: distinct 4-grams, prompts stuck in a loop, and with --router the tokens both routers generate alike."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt file for --generate (.jsonl prompts/chats or plain lines; default: the embedded prompts)."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the results as JSON to PATH ('-': to stdout, instead of the table)."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
     device: str = typer.Option("cpu", "--device", help="Where the model runs: cpu, cuda, cuda:N, mps, or auto (cuda when available)."),
@@ -234,7 +236,8 @@ def eval_cmd(
 
     from tierwise.common.errors import TierwiseError
     from tierwise.common.report import emit_json, print_table, stdout
-    from tierwise.remoe.analysis.evaluate import VS_ORIGINAL_LEGEND, EvalConfig, evaluate_cli, summary_rows
+    from tierwise.remoe.analysis.evaluate import (GENERATION_LEGEND, VS_ORIGINAL_LEGEND, EvalConfig, evaluate_cli,
+                                                  summary_rows)
     from tierwise.remoe.models.placement import resolve_device, resolve_dtype
 
     if threads:
@@ -244,7 +247,8 @@ def eval_cmd(
     except ValueError as e:
         raise TierwiseError(f"--cache-sizes must be comma-separated integers, got {cache_sizes!r}") from e
     results = evaluate_cli(model, router, EvalConfig(data=data, seq_len=seq_len, batch_size=batch_size,
-                                                     max_rows=max_rows, cache_sizes=sizes),
+                                                     max_rows=max_rows, cache_sizes=sizes, generate_tokens=generate,
+                                                     prompts=str(prompts) if prompts else None),
                            device=resolve_device(device), dtype=resolve_dtype(dtype))
     if json_path is not None:
         emit_json(results, json_path)
@@ -252,6 +256,8 @@ def eval_cmd(
         print_table(summary_rows(results), title=f"{model} on {data}")
         if "vs_original" in results:
             stdout.print(VS_ORIGINAL_LEGEND, markup=False)
+        if "generation" in results:
+            stdout.print(GENERATION_LEGEND.format(n=generate), markup=False)
         if results.get("concentration_warning"):
             stdout.print(results["concentration_warning"], style="bold yellow", markup=False)
 

@@ -41,6 +41,8 @@ class EvalConfig:
     cache_sizes: tuple[int, ...] = ()  # uHR@C capacities; empty = (K, 2K)
     doc_separator: str | None = None
     max_docs: int | None = None  # read at most N documents (spread evenly), e.g. of a large training set
+    generate_tokens: int = 0  # > 0: also decode the prompts greedily this far (analysis/generation.py)
+    prompts: str | None = None  # prompt file for the generation check (default: the embedded prompts)
 
 
 def _batches(model: nn.Module, corpus: PackedCorpus, batch_size: int):
@@ -98,6 +100,11 @@ VS_ORIGINAL_LEGEND = (
     "output_kl_orig_ft: mean KL(original || fine-tuned) of the next-token distributions (nats/token); "
     "router_kl_ft_orig: training's trust term, mean KL(P_fine-tuned || P_original) of the routers on the same "
     "router inputs (nats)")
+
+GENERATION_LEGEND = (
+    "greedy_*: {n} tokens decoded greedily per prompt; distinct4: distinct 4-grams / 4-grams (mean over prompts); "
+    "looping_prompts: prompts whose last 24 tokens repeat with a period of at most 16 tokens; identical_prefix: "
+    "mean leading tokens the fine-tuned router generates exactly as the original")
 
 
 class Agreement:
@@ -228,18 +235,26 @@ def evaluate_cli(model_name: str, router: Path | None, cfg: EvalConfig, *, devic
     """What `tierwise remoe eval` prints: the model's figures, and with a router delta, after and the change.
 
     The model is loaded in `dtype` and placed on `device` (None: the CPU); batches follow it there."""
-    from tierwise.remoe.export.delta import load_router_delta
+    from tierwise.remoe.analysis.generation import generation_check
+    from tierwise.remoe.export.delta import RouterDelta, delta_meta, load_router_delta, router_state
+    from tierwise.remoe.models.embedded import default_prompts
+    from tierwise.remoe.models.prompts import encode_prompt, read_prompts
 
     delta = load_router_delta(router) if router is not None else None  # a bad delta fails before the model loads
     model, tokenizer = load_model(model_name, dtype=dtype, device=device)
     corpus = load_corpus(cfg.data, tokenizer, cfg.seq_len, doc_separator=cfg.doc_separator, max_docs=cfg.max_docs,
                          max_rows=cfg.max_rows)
     results: dict[str, Any] = {"model": model_name, "data": cfg.data, "rows": len(corpus), "seq_len": cfg.seq_len}
+    original = RouterDelta(router_state(model), delta_meta(model))
     if delta is None:
         results["before"] = evaluate_model(model, corpus, cfg, model_name=model_name)
     else:
         results["router"] = str(router)
         results.update(evaluate_pair(model, corpus, delta, cfg, model_name=model_name))
+    if cfg.generate_tokens > 0:
+        prompts = read_prompts(cfg.prompts) if cfg.prompts else default_prompts()
+        ids = [encode_prompt(p, tokenizer) for p in prompts]
+        results["generation"] = generation_check(model, ids, cfg.generate_tokens, original, delta)
     return results
 
 
@@ -258,6 +273,16 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(row)
     for k, v in results.get("vs_original", {}).items():
         rows.append({"metric": k, "before": None, "after": v, "change": "-"})
+    gen = results.get("generation")
+    if gen:
+        for k, label in (("distinct4_mean", "greedy_distinct4"), ("looping_prompts", "greedy_looping_prompts")):
+            row = {"metric": label, "before": gen["before"][k]}
+            if "after" in gen:
+                row.update(after=gen["after"][k], change="-")
+            rows.append(row)
+        if "after" in gen:
+            rows.append({"metric": "greedy_identical_prefix", "before": None, "after": gen["identical_prefix_mean"],
+                         "change": "-"})
     return rows
 
 
