@@ -1,4 +1,4 @@
-"""`tierwise remoe offload` end to end on a tiny checkpoint: JSON metrics, --compare with a router delta."""
+"""`tierwise remoe offload` end to end on a tiny checkpoint: workloads, --compare lists, the table, bad values."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from tierwise.cli import app
+from tierwise.common.errors import TierwiseError
 from tierwise.remoe.export.delta import save_router_delta
 from tierwise.remoe.models.adapters import adapter_for, load_model, save_tiny
 
@@ -26,73 +27,127 @@ def checkpoint(tmp_path_factory):
     delta = save_router_delta(model, root / "router.safetensors")
     prompts = root / "prompts.txt"
     prompts.write_text("the quick brown fox\nhello world, again\n")
-    return ckpt, delta, prompts, root
+    held = root / "held.jsonl"
+    held.write_text("".join(json.dumps({"text": f"Held-out document {i}: " + "some words to replay, " * (2 + i)}) + "\n"
+                            for i in range(5)))
+    return ckpt, delta, prompts, held, root
+
+
+def _invoke(*args):
+    return CliRunner().invoke(app, ["remoe", "offload", *map(str, args)], terminal_width=80)
 
 
 def _run(*args):
-    result = CliRunner().invoke(app, ["remoe", "offload", *map(str, args)])
+    result = _invoke(*args)
     assert result.exit_code == 0, result.output
     return result.stdout
 
 
-def test_offload_json(checkpoint):
-    ckpt, _, prompts, root = checkpoint
-    out = _run(ckpt, "--cache-experts", 6, "--storage", "nvme", "--prompts", prompts, "--max-new-tokens", 5,
-               "--store", root / "store", "--json", "-")
+def test_offload_json_replay_by_default(checkpoint):
+    ckpt, _, _, held, root = checkpoint
+    out = _run(ckpt, "--cache-experts", 6, "--storage", "nvme", "--data", held, "--prompt-tokens", 8,
+               "--max-new-tokens", 5, "--limit", 3, "--store", root / "store", "--json", "-")
     result = json.loads(out)
     run = result["runs"]["original"]
+    assert result["workload"]["kind"] == "replay" and result["workload"]["requests"] == 3
     assert result["config"]["cache_experts"] == 6 and result["config"]["storage"] == "nvme"
-    assert run["requests"] == 2 and run["output_tokens"] == 10
-    assert set(run["tpot_ms"]) == {"measured", "modelled", "total"}
+    assert result["config"]["platform"] == "jetson-orin-nx" and result["config"]["timing"]["target_moe_layers"] == 26
+    assert run["requests"] == 3 and run["output_tokens"] == 15 and run["quality"]["tokens"] == 15
+    assert {"measured", "modelled", "total"} <= set(run["tpot_ms"]) and run["tpot_ms"]["total"] == run["tpot_ms"]["modelled"]
     assert run["bytes_read"] > 0 and len(run["per_layer"]) == 3
 
 
-def test_offload_compare_prints_both_and_ratio(checkpoint):
-    ckpt, delta, prompts, root = checkpoint
-    out = _run(ckpt, "--prompts", prompts, "--max-new-tokens", 4, "--router", delta, "--compare",
+def test_offload_greedy_with_prompts(checkpoint):
+    ckpt, _, prompts, _, root = checkpoint
+    result = json.loads(_run(ckpt, "--prompts", prompts, "--max-new-tokens", 4, "--storage", "local",
+                             "--store", root / "store", "--json", "-"))
+    assert result["workload"]["kind"] == "greedy" and result["runs"]["original"]["requests"] == 2
+    assert result["config"]["timing"] is None and result["runs"]["original"]["quality"] is None
+    run = result["runs"]["original"]
+    assert run["tpot_ms"]["total"] == run["tpot_ms"]["measured"] and "modelled" not in run["tpot_ms"]
+
+
+def test_compare_prints_one_table_whole_at_80_columns(checkpoint):
+    ckpt, delta, _, held, root = checkpoint
+    out = _run(ckpt, "--data", held, "--prompt-tokens", 8, "--max-new-tokens", 5, "--router", delta,
+               "--compare", "original,remoe,prefetch,reroute,remoe+prefetch,remoe+reroute", "--prefetch", 2,
                "--store", root / "store", "--json", root / "cmp.json")
-    assert "original" in out and "fine-tuned" in out and "speedup" in out
+    assert "…" not in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    for header in ("orig", "remoe", "pf", "rr", "remoe+pf", "remoe+rr"):
+        assert f" {header} " in out or out.rstrip().endswith(header)
+    for row in ("misses/token", "fetches/token", "hit rate", "TPOT ms measured", "TPOT ms modelled",
+                "speedup modelled", "same steps", "ppl change", "pf precision", "pf recall", "pf wasted MB",
+                "rerouted", "replay workload", "EOR (decode)"):
+        assert row in out, row
     result = json.loads((root / "cmp.json").read_text())
-    assert set(result["runs"]) == {"original", "fine-tuned"}
-    orig, tuned = result["runs"]["original"], result["runs"]["fine-tuned"]
-    expected = orig["tpot_ms"]["total"]["mean"] / tuned["tpot_ms"]["total"]["mean"]
-    assert result["tpot_speedup"]["total"] == pytest.approx(expected)
+    assert list(result["runs"]) == ["original", "remoe", "prefetch", "reroute", "remoe+prefetch", "remoe+reroute"]
+    assert result["runs"]["prefetch"]["setting"]["prefetch"] == 2 and result["runs"]["reroute"]["setting"]["reroute"] == 0.5
+    orig, pf = result["runs"]["original"], result["runs"]["prefetch"]
+    vs = result["vs_original"]["prefetch"]
+    assert vs["tpot_speedup"]["modelled"] == pytest.approx(orig["tpot_ms"]["modelled"]["mean"] / pf["tpot_ms"]["modelled"]["mean"])
+    assert vs["identical_share"] == 1.0 and vs["ppl_change"] == pytest.approx(0.0, abs=1e-6)
+    assert result["runs"]["reroute"]["decode"]["rerouted_share"] > 0 and orig["prefetch"] is None
+    assert 0 <= pf["prefetch"]["precision"] <= 1 and pf["decode"]["fetches_per_token"] >= pf["decode"]["misses_per_token"]
 
 
-def test_offload_errors_are_clean(checkpoint):
-    ckpt, _, prompts, root = checkpoint
-    runner = CliRunner()
-    r = runner.invoke(app, ["remoe", "offload", str(ckpt), "--compare", "--prompts", str(prompts), "--store", str(root / "store")])
-    assert r.exit_code != 0 and "--router" in str(r.exception)
-    r = runner.invoke(app, ["remoe", "offload", str(ckpt), "--cache-experts", "99", "--prompts", str(prompts),
-                            "--store", str(root / "store")])
-    assert r.exit_code != 0 and "between K=" in str(r.exception)
-
-
-def test_offload_compare_shows_routing_concentration(checkpoint):
-    ckpt, delta, prompts, root = checkpoint
+def test_compare_shows_routing_concentration(checkpoint):
+    ckpt, _, prompts, _, root = checkpoint
     model, _ = load_model(ckpt)
     with torch.no_grad():
         for layer in adapter_for(model).moe_layers:
             adapter_for(model).router_weight(layer).zero_()  # every token scores every expert alike: the same K experts
     collapse = save_router_delta(model, root / "collapse.safetensors")
-    args = [ckpt, "--prompts", prompts, "--max-new-tokens", 6, "--compare", "--store", root / "store"]
-    out = CliRunner().invoke(app, ["remoe", "offload", *map(str, args), "--router", str(collapse),
-                                   "--json", str(root / "collapse.json")], terminal_width=80)
-    assert out.exit_code == 0, out.output
+    args = [ckpt, "--workload", "greedy", "--prompts", prompts, "--max-new-tokens", 6, "--compare", "original,remoe",
+            "--store", root / "store"]
+    out = _run(*args, "--router", collapse, "--json", root / "collapse.json")
     for column in ("EOR (decode)", "entropy", "eff. experts", "busiest share", "warning: routing entropy fell"):
-        assert column in out.stdout
-    assert "…" not in out.stdout and "TPOT ms (p90)" in out.stdout  # every table whole at 80 columns
+        assert column in out
+    assert "…" not in out and "greedy workload" in out
     result = json.loads((root / "collapse.json").read_text())
-    orig, tuned = result["runs"]["original"]["routing"], result["runs"]["fine-tuned"]["routing"]
+    orig, tuned = result["runs"]["original"]["routing"], result["runs"]["remoe"]["routing"]
     k, e = result["config"]["top_k"], result["config"]["num_experts"]
     assert tuned["eor_decode"] == 1.0 and tuned["effective_experts"] == pytest.approx(k)
     assert tuned["entropy_norm"] == pytest.approx(math.log(k) / math.log(e))
     assert orig["entropy_norm"] > tuned["entropy_norm"] and 1 / k >= tuned["max_load_share"] > orig["max_load_share"]
     assert result["concentration_warning"].startswith("warning: routing entropy fell")
-    # the original against itself: same routing, no warning
+    assert result["vs_original"]["remoe"]["concentration_warning"] == result["concentration_warning"]
+    # the original against itself: same routing, every step identical, no warning
     same = save_router_delta(load_model(ckpt)[0], root / "same.safetensors")
     _run(*args, "--router", same, "--json", root / "same.json")
     result = json.loads((root / "same.json").read_text())
-    assert result["runs"]["original"]["routing"] == result["runs"]["fine-tuned"]["routing"]
-    assert result["concentration_warning"] is None
+    assert result["runs"]["original"]["routing"] == result["runs"]["remoe"]["routing"]
+    assert result["concentration_warning"] is None and result["vs_original"]["remoe"]["identical_share"] == 1.0
+
+
+def test_verify_and_throttle_from_the_command_line(checkpoint):
+    ckpt, _, _, held, root = checkpoint
+    out = _run(ckpt, "--data", held, "--prompt-tokens", 8, "--max-new-tokens", 4, "--limit", 2,
+               "--compare", "original,prefetch,reroute", "--verify", "--throttle", "--storage", "pcie3-host",
+               "--target", "4KB", "--store", root / "store")
+    assert "--verify: original, prefetch equal to the resident model" in out.replace("\n", " ")
+    assert "not checked" in out and "throttled storage" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-C", "0"], "--cache-experts must be at least 1"),
+    (["-C", "99"], "between K=4 and E=16"),
+    (["--limit", "0"], "--limit must be at least 1"),
+    (["--prefetch", "-1"], "--prefetch must be at least 0"),
+    (["--prefetch", "17"], "--prefetch must be between 0 and C=4"),
+    (["--reroute", "-0.5"], "--reroute must be at least 0"),
+    (["--compare", "original,turbo"], "unknown configuration 'turbo'"),
+    (["--compare", "original,remoe"], "needs --router"),
+    (["--compare", "prefetch", "--prefetch", "0"], "needs --prefetch N >= 1"),
+    (["--workload", "replay", "--prompts", "x.txt"], "--prompts is for --workload greedy|sample"),
+    (["--workload", "tea"], "unknown workload"),
+    (["--throttle", "--storage", "local"], "--throttle needs a storage profile"),
+    (["--platform", "abacus"], "unknown platform"),
+    (["--max-new-tokens", "1"], "at least 2"),
+])
+def test_bad_values_are_clear_errors(checkpoint, args, message):
+    ckpt, _, _, held, root = checkpoint
+    data = [] if "--prompts" in args else ["--data", str(held), "--prompt-tokens", "8"]
+    r = _invoke(ckpt, *data, "--max-new-tokens", 3, *args, "--store", root / "store")
+    assert r.exit_code != 0 and isinstance(r.exception, TierwiseError), r.output
+    assert message in str(r.exception)

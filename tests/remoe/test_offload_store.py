@@ -9,7 +9,8 @@ import torch
 
 from tierwise.common.errors import TierwiseError
 from tierwise.remoe.models.adapters import adapter_for, tiny_model
-from tierwise.remoe.offload.storage import TARGET_EXPERTS, storage_profile, target_expert_bytes
+from tierwise.remoe.offload.storage import TARGET_EXPERTS, storage_profile
+from tierwise.remoe.offload.targets import parse_size
 from tierwise.remoe.offload.store import BLOCK, DATA_NAME, INDEX_NAME, ExpertStore, model_fingerprint
 
 
@@ -112,9 +113,8 @@ def test_storage_profiles_charge_latency_plus_transfer():
 
 
 def test_target_sizes():
-    assert target_expert_bytes("own", 1234) == 1234
-    assert target_expert_bytes("dsv2-lite-q4", 1) < target_expert_bytes("dsv2-lite-bf16", 1)
-    assert target_expert_bytes("17.3MB", 1) == 17_300_000
-    assert target_expert_bytes("2 MiB", 1) == 2 * 1024 * 1024
-    with pytest.raises(TierwiseError, match="target expert size"):
-        target_expert_bytes("huge", 1)
+    assert TARGET_EXPERTS["dsv2-lite-q4"] < TARGET_EXPERTS["dsv2-lite-bf16"]
+    assert parse_size("17.3MB") == 17_300_000
+    assert parse_size("2 MiB") == 2 * 1024 * 1024
+    assert parse_size("4096") == 4096
+    assert parse_size("huge") is None

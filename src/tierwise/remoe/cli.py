@@ -40,53 +40,112 @@ def pretrain(
 def offload(
     model: str = typer.Argument(..., help="Checkpoint folder, hub id, or 'embedded'."),
     cache_experts: Optional[int] = typer.Option(None, "--cache-experts", "-C", help="Experts kept in memory per MoE layer (K..E; default K)."),
-    storage: str = typer.Option("ufs4", help="Storage profile charged per miss: local|ufs4|nvme|emmc|pcie3-host."),
-    target: str = typer.Option("dsv2-lite-bf16", help="Expert size charged per miss: a named target, 'own', or e.g. 17.3MB."),
+    storage: str = typer.Option("ufs4", help="Storage profile of one expert fetch: local|ufs4|nvme|emmc|pcie3-host|pcie4-host."),
+    target: str = typer.Option("dsv2-lite-bf16", help="Model the timing model stands for: a named target, 'own', or an expert size such as 17.3MB."),
+    platform: Optional[str] = typer.Option(None, help="Compute device of the timing model: jetson-orin-nx|jetson-agx-orin|rtx3090|rtx4090 (default: the storage profile's)."),
+    throttle: bool = typer.Option(False, "--throttle", help="Make every store read take the profile's fetch time of real time, on one I/O thread: measured time then includes the storage."),
     policy: str = typer.Option("lru", help="Expert cache policy: lru|lfu|fifo|lfru."),
-    prompts: Optional[Path] = typer.Option(None, help="Prompt file (.txt one per line, or .jsonl); default: embedded prompts."),
-    limit: Optional[int] = typer.Option(None, help="Use only the first N prompts."),
-    max_new_tokens: int = typer.Option(32, help="Tokens decoded per prompt (greedy, no early stop)."),
-    router: Optional[Path] = typer.Option(None, help="Fine-tuned router delta (.safetensors) to run instead of the original."),
-    compare: bool = typer.Option(False, "--compare", help="Run the original and the --router delta back to back; print the ratio."),
+    workload: Optional[str] = typer.Option(None, help="replay (held-out text, teacher-forced; the default) | sample | greedy (the default when --prompts is given)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Replay documents: .txt/.jsonl/.json, embedded:heldout (default for the embedded model) or hf:NAME[:SPLIT]."),
+    prompt_tokens: int = typer.Option(32, help="Replay: prompt tokens taken from each document."),
+    prompts: Optional[Path] = typer.Option(None, help="Prompts for greedy/sample (.txt one per line, or .jsonl); default: embedded prompts."),
+    limit: Optional[int] = typer.Option(None, help="Requests: the first N prompts, or N replay documents (default 16)."),
+    max_new_tokens: int = typer.Option(32, help="Tokens per request (decoded, or replayed), no early stop."),
+    temperature: float = typer.Option(0.8, help="Sample: softmax temperature."),
+    top_p: float = typer.Option(0.95, "--top-p", help="Sample: nucleus probability mass."),
+    seed: int = typer.Option(0, help="Sample: seed of the per-(request, step) random numbers."),
+    router: Optional[Path] = typer.Option(None, help="ReMoE router delta (.safetensors): run it instead of the original ('remoe' in --compare)."),
+    prefetch: Optional[int] = typer.Option(None, help="Next-layer prefetch of N experts per layer (0: off; 'prefetch' in --compare uses N, default K)."),
+    reroute: Optional[float] = typer.Option(None, help="Cache-aware rerouting strength LAMBDA (0: off; 'reroute' in --compare uses it, default 0.5)."),
+    protect: int = typer.Option(2, help="Rerouting: the original top-J experts are never displaced."),
+    compare: Optional[str] = typer.Option(None, "--compare", help="Comma list of configurations run side by side, e.g. original,remoe,prefetch,reroute,remoe+prefetch,remoe+reroute."),
+    verify: bool = typer.Option(False, "--verify", help="Check every token and the logits of each configuration that keeps the routing against the resident model; fail on a mismatch."),
     store: Optional[Path] = typer.Option(None, help="Expert store folder (default ~/.cache/tierwise/expert-stores/<fingerprint>)."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the full metrics as JSON to PATH ('-': to stdout, instead of the tables)."),
     threads: int = typer.Option(1, help="torch CPU threads (B = 1 decode of small models is fastest on one)."),
     device: str = typer.Option("cpu", "--device", help="Where the model runs: cpu, cuda, cuda:N, mps, or auto (cuda when available). The expert cache lives there; misses are read from the store through host memory."),
     dtype: str = typer.Option("fp32", "--dtype", help="Weights and compute dtype: fp32, bf16 or fp16. The expert store holds experts in this dtype."),
 ) -> None:
-    """Greedy decoding with routed experts offloaded to an on-disk store and at most C per layer in memory."""
+    """Decode with routed experts offloaded to an on-disk store and at most C per layer in memory; compare routers
+    and runtime techniques (prefetch, rerouting) on the same requests."""
     import torch
+    from rich import box
 
-    from tierwise.common.report import emit_json, print_table, stdout
+    from tierwise.common.errors import TierwiseError
+    from tierwise.common.report import emit_json, print_table, stdout, table
     from tierwise.remoe.models.adapters import adapter_for, load_model
-    from tierwise.remoe.offload.compare import offload_compare, resolve_prompts, routing_rows, summary_rows
     from tierwise.remoe.models.placement import resolve_device, resolve_dtype
+    from tierwise.remoe.offload import compare as cmp
     from tierwise.remoe.offload.runtime import OffloadConfig
+    from tierwise.remoe.offload.workload import DEFAULT_REPLAY_REQUESTS, Workload, prompt_requests, replay_requests
 
+    for name, value, low in (("--cache-experts", cache_experts, 1), ("--limit", limit, 1), ("--prefetch", prefetch, 0),
+                             ("--reroute", reroute, 0), ("--protect", protect, 0), ("--threads", threads, 1)):
+        if value is not None and value < low:
+            raise TierwiseError(f"{name} must be at least {low}, got {value}")
+    kind = workload or ("greedy" if prompts is not None else "replay")
+    work = Workload(kind, temperature, top_p, seed)
+    if kind == "replay" and prompts is not None:
+        raise TierwiseError("the replay workload reads documents from --data; --prompts is for --workload greedy|sample")
+    if kind != "replay" and data is not None:
+        raise TierwiseError(f"--data is for the replay workload, not {kind}")
     torch.set_num_threads(threads)
     place = resolve_device(device)
     hf_model, tokenizer = load_model(model, dtype=resolve_dtype(dtype))  # on the CPU: the runtime places it
-    config = OffloadConfig(cache_experts=cache_experts or adapter_for(hf_model).top_k, policy=policy, storage=storage,
-                           target=target, store_dir=store, device=place)
-    result = offload_compare(hf_model, tokenizer, resolve_prompts(model, prompts, tokenizer, limit), max_new_tokens,
-                             config, router=router, compare=compare)
+    adapter = adapter_for(hf_model)
+    if kind == "replay":
+        if data is None and model != "embedded":
+            raise TierwiseError("the replay workload needs --data (held-out documents) for models other than the "
+                                "embedded one, or --workload greedy|sample with --prompts")
+        requests = replay_requests(data or "embedded:heldout", tokenizer, prompt_tokens, max_new_tokens,
+                                   limit or DEFAULT_REPLAY_REQUESTS)
+    else:
+        if tokenizer is None:
+            raise TierwiseError("this checkpoint has no tokenizer; offload runs need one to encode the prompts")
+        texts = cmp.resolve_prompts(model, prompts, tokenizer, limit)
+        requests = prompt_requests([tokenizer(p)["input_ids"] for p in texts])
+    if compare is not None:
+        settings = cmp.parse_settings(compare, prefetch=prefetch, reroute=reroute, top_k=adapter.top_k,
+                                      have_router=router is not None)
+    else:
+        settings = [cmp.single_setting(router=router is not None, prefetch=prefetch, reroute=reroute)]
+    config = OffloadConfig(cache_experts=cache_experts if cache_experts is not None else adapter.top_k, policy=policy,
+                           storage=storage, target=target, platform=platform, throttle=throttle, store_dir=store,
+                           device=place)
+    result = cmp.run_offload(hf_model, requests, max_new_tokens, config, settings, workload=work, router=router,
+                             protect=protect, verify=verify)
     if json_path is not None:
         emit_json(result, json_path)
         if json_path == "-":
             return
-    c = result["config"]
-    stdout.print("TPOT = mean decode-step time (measured wall time + modelled storage time; 'measured' and 'modelled' "
-                 "are its two parts; median/p90 over requests); TTFT: median over requests")
-    print_table(summary_rows(result), title=(
-        f"offload {model}: C={c['cache_experts']} of E={c['num_experts']} (K={c['top_k']}), {c['policy']}, "
-        f"{c['storage']} x {c['target']} ({c['modelled_ms_per_miss']:.3f} ms/miss), store I/O {c['store_io']}"))
-    print_table(routing_rows(result), title="decode routing: EOR and load concentration (mean over MoE layers)")
-    if compare:
-        s = result["tpot_speedup"]
-        stdout.print(f"decode TPOT speedup (mean), fine-tuned vs original router: [bold]{s['total']:.2f}x[/] total "
-                     f"(measured only: {s['measured']:.2f}x)")
-        if result["concentration_warning"]:
-            stdout.print(result["concentration_warning"], style="bold yellow", markup=False)
+    c, w = result["config"], result["workload"]
+    what = {"replay": f"replay of {w['requests']} held-out continuations ({data or 'embedded:heldout'}, "
+                      f"{prompt_tokens}-token prompts)",
+            "sample": f"sampling of {w['requests']} prompts (T={temperature:g}, top-p={top_p:g}, seed {seed})",
+            "greedy": f"greedy decoding of {w['requests']} prompts"}[kind]
+    stdout.print(f"offload {model}, workload: {what}, {max_new_tokens} tokens each. C={c['cache_experts']} of "
+                 f"E={c['num_experts']} (K={c['top_k']}), {c['policy']}, store I/O {c['store_io']}.")
+    if c["timing"] is not None:
+        t = c["timing"]
+        stdout.print(f"modelled: {c['target']} ({t['target_moe_layers']} MoE layers) on {c['platform']} with "
+                     f"{c['storage']}: {c['fetch_ms']:.3f} ms per expert fetch, overlapped with compute "
+                     f"(expert {t['expert_ms']:.3f} ms, layer {t['attention_ms']:.3f} ms)"
+                     + ("; measured includes the throttled storage" if c["throttle"] else ""))
+    summary = table(cmp.summary_rows(result), title=f"offload, {kind} workload")
+    summary.box = box.SIMPLE_HEAD
+    stdout.print(summary)
+    for line in cmp.legend(result):
+        stdout.print(line, markup=False)
+    print_table(cmp.routing_rows(result), title=f"decode routing, {kind} workload (mean over MoE layers)")
+    for label, vs in result.get("vs_original", {}).items():
+        if vs["concentration_warning"]:
+            stdout.print(f"{label}: {vs['concentration_warning']}", style="bold yellow", markup=False)
+    if verify:
+        v = result["verify"]
+        stdout.print(f"--verify: {', '.join(v['checked']) or 'none'} equal to the resident model (max |logit "
+                     f"difference| {max(v['checked'].values(), default=0.0):.2g}, tolerance {v['tolerance']:g})"
+                     + (f"; not checked (rerouting changes the routing): {', '.join(v['skipped'])}" if v['skipped'] else ""),
+                     markup=False)
 
 
 # -- ReMoE router fine-tuning: finetune / eval / apply-router -------------------------------------------------------
