@@ -46,6 +46,14 @@ def test_only_router_weights_change(tmp_path, corpus):
     assert {"ce", "trust", "reuse", "smooth", "lag", "ws", "eor_running"} <= set(log[0])
 
 
+def test_tied_embeddings_stay_out_of_the_delta(tmp_path, corpus):
+    # the embedded model ties lm_head to the input embedding; the gather must not write it as a "gate"
+    model = tiny_model("deepseek_v2", tie_word_embeddings=True)
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    result = finetune(_cfg(tmp_path, steps=2), model=model, corpus=corpus)
+    assert set(load_router_delta(result.delta_path).tensors) == set(adapter_for(model).router_param_names())
+
+
 def test_trust_reference_is_the_original_gate_on_the_current_input(corpus):
     """Before any update P equals P_ref exactly, so L_Trust is 0; after moving the gate it is positive."""
     model = tiny_model("deepseek_v3")  # sigmoid-scored: exercises the normalised-score distribution

@@ -277,13 +277,15 @@ def step_rows(step: int, micro: int, rank: int, cfg: FinetuneConfig, world: int,
     return torch.tensor(rows)
 
 
-def gate_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The full gate matrices by name on the main process (empty elsewhere), gathered from DDP replicas or FSDP
+def gate_state(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """The full gate matrices `names` on the main process (empty elsewhere), gathered from DDP replicas or FSDP
     shards alike; only trainable weights move. Every process must call it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
-                                                                ignore_frozen_params=True))
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                                                 ignore_frozen_params=True))
+    # a tied output embedding (tie_word_embeddings) comes along under its second name although it is frozen
+    return {name: t for name, t in state.items() if name in names}
 
 
 def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -303,7 +305,7 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sta
 def _save_checkpoint(out: Path, step: int, tuner: RouterFinetuner, model: nn.Module, optimizer: torch.optim.Optimizer,
                      cfg: FinetuneConfig, main: bool) -> None:
     """Every process joins the gathers; the main process writes."""
-    gates, state = gate_state(model), optimizer_state(model, optimizer)
+    gates, state = gate_state(model, tuner.names), optimizer_state(model, optimizer)
     if not main:
         return
     tmp = out / (CHECKPOINT_DIR + ".tmp")
@@ -488,7 +490,7 @@ def finetune(cfg: FinetuneConfig, *, model: nn.Module | None = None, corpus: Pac
     finished = last == cfg.steps
     delta_path = None
     if finished:
-        gates = gate_state(ddp_model)  # every process joins the gather
+        gates = gate_state(ddp_model, tuner.names)  # every process joins the gather
         if main:
             delta_path = write_router_delta(gates, {**tuner.meta, "base_model": cfg.model, "step": last,
                                                     "config": cfg.to_dict()}, out / DELTA_NAME)
