@@ -21,7 +21,8 @@ def test_demo_writes_report(tmp_path):
     out = tmp_path / "report" / "remoe"
     section = run(out, DemoConfig(model=str(ckpt), prompts=str(prompts), trace_prompts=3, trace_tokens=6,
                                   finetune_overrides=dict(steps=2, max_docs=20), eval_rows=2, eval_seq_len=64,
-                                  offload_prompts=2, offload_tokens=5, store_dir=str(tmp_path / "store")))
+                                  offload_requests=2, offload_prompt_tokens=8, offload_tokens=5,
+                                  store_dir=str(tmp_path / "store")))
     for png in ("reuse_vs_horizon.png", "hit_rate_vs_cache.png", "tpot_before_after.png"):
         assert (out / png).stat().st_size > 1000
         assert f"(remoe/{png})" in section  # links resolve from the combined report one folder up
@@ -33,6 +34,18 @@ def test_demo_writes_report(tmp_path):
     assert set(runs) == {"original", "fine-tuned"} and results["offload"]["config"]["cache_experts"] == 4
     assert results["offload"]["tpot_speedup"]["total"] == pytest.approx(
         runs["original"]["tpot_ms"]["total"]["mean"] / runs["fine-tuned"]["tpot_ms"]["total"]["mean"])
+    # the offload step replays held-out text by default, as `remoe offload` does, and quotes the modelled TPOT
+    offload = results["offload"]
+    assert offload["workload"]["kind"] == "replay" and offload["workload"]["requests"] == 2
+    assert offload["workload"]["prompt_tokens"] == [8, 8] and runs["original"]["quality"]["tokens"] == 10
+    assert runs["fine-tuned"]["tpot_ms"]["total"] == runs["fine-tuned"]["tpot_ms"]["modelled"]
+    assert "| offload: replay perplexity |" in summary
+    assert "| offload: TPOT ms modelled (dsv2-lite-bf16 on jetson-orin-nx, ufs4) |" in summary
+    assert "| offload: TPOT ms measured on this machine |" in summary
+    assert "replay of 2 held-out continuations" in summary
+    flat = " ".join(summary.split())
+    assert "modelled for `dsv2-lite-bf16` (26 MoE layers) on `jetson-orin-nx`" in flat and "overlapping" in flat
+    assert "measured + modelled" not in flat and "+ modelled" not in flat
     assert len(results["analysis"]["original"]["reuse_at_horizon"]) == 16
     for row in ("| routing entropy (held-out) |", "| routing eff. experts (held-out) |",
                 "| routing busiest share (held-out) |"):
@@ -53,8 +66,34 @@ def test_demo_warns_when_the_router_collapses(tmp_path, monkeypatch):
     prompts.write_text("In the beginning\nA hacker is\n")
     out = tmp_path / "report"
     run(out, DemoConfig(model=str(ckpt), prompts=str(prompts), trace_prompts=2, trace_tokens=4, eval_rows=2,
-                        eval_seq_len=32, offload_prompts=1, offload_tokens=3, store_dir=str(tmp_path / "store")))
+                        eval_seq_len=32, offload_requests=1, offload_prompt_tokens=8, offload_tokens=3,
+                        store_dir=str(tmp_path / "store")))
     results = json.loads((out / "results.json").read_text())
     warning = results["eval"]["concentration_warning"]
     assert warning.startswith("warning: routing entropy fell") and warning in (out / "summary.md").read_text()
     assert results["eval"]["fine-tuned"]["eor"] == 1.0
+
+
+def test_demo_offload_with_local_storage_and_greedy_prompts(tmp_path, monkeypatch):
+    """`local` storage has no timing model: the quoted TPOT is the measured one, and the text says so; the greedy
+    workload decodes the prompt file."""
+    ckpt = save_tiny("deepseek_v2", tmp_path / "ckpt")
+    model, _ = load_model(ckpt)
+    same = save_router_delta(model, tmp_path / "same.safetensors")
+    monkeypatch.setattr(demo, "finetune", lambda cfg: FinetuneResult(tmp_path, same, 1, True, [], 0.0))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("In the beginning\nA hacker is\n")
+    out = tmp_path / "report"
+    run(out, DemoConfig(model=str(ckpt), prompts=str(prompts), trace_prompts=2, trace_tokens=4, eval_rows=2,
+                        eval_seq_len=32, offload_workload="greedy", offload_requests=2, offload_tokens=3,
+                        storage="local", store_dir=str(tmp_path / "store")))
+    results = json.loads((out / "results.json").read_text())
+    offload = results["offload"]
+    assert offload["workload"]["kind"] == "greedy" and offload["workload"]["requests"] == 2
+    assert offload["config"]["timing"] is None
+    run_ = offload["runs"]["fine-tuned"]
+    assert run_["tpot_ms"]["total"] == run_["tpot_ms"]["measured"] and "modelled" not in run_["tpot_ms"]
+    flat = " ".join((out / "summary.md").read_text().split())
+    assert "| offload: TPOT ms measured (local store reads) |" in flat
+    assert "measured on this machine, store reads included (`local`)" in flat
+    assert "modelled" not in flat and "replay perplexity" not in flat

@@ -139,6 +139,10 @@ def test_verify_and_throttle_from_the_command_line(checkpoint):
     (["--compare", "original,turbo"], "unknown configuration 'turbo'"),
     (["--compare", "original,remoe"], "needs --router"),
     (["--compare", "prefetch", "--prefetch", "0"], "needs --prefetch N >= 1"),
+    (["--compare", "original", "--prefetch", "2"],
+     "--prefetch 2 is given but --compare original has no configuration that uses it"),
+    (["--compare", "original,prefetch", "--reroute", "0.5"],
+     "--reroute 0.5 is given but --compare original,prefetch has no configuration that uses it"),
     (["--workload", "replay", "--prompts", "x.txt"], "--prompts is for --workload greedy|sample"),
     (["--workload", "tea"], "unknown workload"),
     (["--throttle", "--storage", "local"], "--throttle needs a storage profile"),
@@ -151,3 +155,17 @@ def test_bad_values_are_clear_errors(checkpoint, args, message):
     r = _invoke(ckpt, *data, "--max-new-tokens", 3, *args, "--store", root / "store")
     assert r.exit_code != 0 and isinstance(r.exception, TierwiseError), r.output
     assert message in str(r.exception)
+
+
+def test_prefetch_and_reroute_unused_by_the_compare_list_are_errors():
+    """A --prefetch/--reroute value no configuration of the list uses would be silently ignored: refused instead."""
+    from tierwise.remoe.offload.compare import parse_settings
+
+    with pytest.raises(TierwiseError, match=r"--prefetch 3 is given but --compare original,remoe,reroute .*drop"):
+        parse_settings("original,remoe,reroute", prefetch=3, reroute=None, top_k=4, have_router=True)
+    with pytest.raises(TierwiseError, match=r"--reroute 0.25 is given but --compare original,remoe\+prefetch"):
+        parse_settings("original,remoe+prefetch", prefetch=None, reroute=0.25, top_k=4, have_router=True)
+    # used by one configuration of the list, alone or in a '+' combination: accepted
+    settings = parse_settings("original,remoe+prefetch,reroute", prefetch=3, reroute=0.25, top_k=4, have_router=True)
+    assert [(s.label, s.prefetch, s.reroute) for s in settings] == [
+        ("original", 0, 0.0), ("remoe+prefetch", 3, 0.0), ("reroute", 0, 0.25)]

@@ -49,7 +49,8 @@ class Setting:
 def parse_settings(spec: str, *, prefetch: int | None, reroute: float | None, top_k: int,
                    have_router: bool) -> list[Setting]:
     """`original,remoe,prefetch,reroute,remoe+prefetch,...` -> settings; `original` is always run, first.
-    `prefetch` loads --prefetch N experts (default K), `reroute` uses --reroute λ (default 0.5)."""
+    `prefetch` loads --prefetch N experts (default K), `reroute` uses --reroute λ (default 0.5). A --prefetch or
+    --reroute value (not None) that no configuration of the list uses is an error, not silently dropped."""
     n = top_k if prefetch is None else prefetch
     lam = DEFAULT_REROUTE if reroute is None else reroute
     settings: dict[str, Setting] = {}
@@ -72,6 +73,10 @@ def parse_settings(spec: str, *, prefetch: int | None, reroute: float | None, to
                                   lam if "reroute" in parts else 0.0)
     if not settings:
         raise TierwiseError("--compare needs at least one configuration, e.g. original,remoe")
+    for flag, value, technique in (("--prefetch", prefetch, "prefetch"), ("--reroute", reroute, "reroute")):
+        if value is not None and not any(technique in label.split("+") for label in settings):
+            raise TierwiseError(f"{flag} {value:g} is given but --compare {spec} has no configuration that uses it; "
+                                f"add {technique} (or e.g. remoe+{technique}) to the list, or drop {flag}")
     original = settings.pop("original", Setting("original"))
     return [original, *settings.values()]
 
