@@ -248,7 +248,7 @@ def finetune(
 def sweep(
     model: str = typer.Argument("embedded", help="MoE checkpoint: local HF folder, hub id (online), or 'embedded'."),
     out: Path = typer.Option(Path("reports/remoe-sweep"), "--out", help="Folder for runs.jsonl (resumable), summary.md and each run's delta."),
-    steps: int = typer.Option(150, help="Optimizer steps of every run of the grid."),
+    steps: int = typer.Option(150, help="Optimizer steps of every run of the λ grid; the training-length family then tries 1x, 2x and 4x this."),
     eval_rows: int = typer.Option(192, help="Held-out rows of 256 tokens, the same for every run."),
     jobs: int = typer.Option(2, help="Runs trained side by side (one torch thread each)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every run's figures and the chosen default as JSON to PATH."),
@@ -267,7 +267,8 @@ def sweep(
     w = result["default"]
     stdout.print(f"default: --lambda-kl {w.kl:g} --lambda-reuse {w.reuse:g} --lambda-smooth {w.smooth:g} "
                  f"--lambda-lag {w.lag:g} --lambda-ws {w.ws:g} --lambda-spread {w.spread:g} --window {w.window} "
-                 f"--t-warm {w.warmup_steps}" + (" (the spread guard was needed)" if result["guard"] else ""))
+                 f"--t-warm {w.warmup_steps} --steps {result['steps']}"
+                 + (" (the spread guard was needed)" if result["guard"] else ""))
     if json_path is not None:
         write_json(result, json_path)
     if plot is not None:

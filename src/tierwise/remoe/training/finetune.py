@@ -120,8 +120,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                  loss=LossWeights(warmup_steps=4)),
     # The defaults before the sweep of docs/results-remoe.md: the most EOR, bought by concentrating the routing on a
     # third of the experts (entropy −30 %, effective experts −63 % on the embedded model). Kept for comparison.
-    "aggressive": dict(loss=LossWeights(kl=1.0, reuse=0.5, smooth=0.1, lag=0.1, ws=0.25, spread=0.0, window=16,
-                                        warmup_steps=10)),
+    "aggressive": dict(steps=150, loss=LossWeights(kl=1.0, reuse=0.5, smooth=0.1, lag=0.1, ws=0.25, spread=0.0,
+                                                   window=16, warmup_steps=10)),
 }
 
 

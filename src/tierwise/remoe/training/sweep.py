@@ -4,10 +4,14 @@ Protocol: start from the grid midpoints; vary one family at a time over its grid
 three consistency λ's jointly, then W, then T_warm), each time keeping the best run so far; "best" = the highest
 held-out EOR among the runs that keep the routing spread (normalised entropy within `max_entropy_drop` of the
 original, effective experts ≥ `min_effective_experts` of the original) at perplexity ≤ +`max_ppl_increase`.
-If no run of the objective alone gains `min_eor_gain` within those limits, the guard λ_Spread (a batch load-entropy
-floor, training/objective.py) gets its own family, started from the run with the most EOR inside the perplexity
-limit, and λ_Reuse is swept once more under the chosen guard. Then the controls: CE only, the ablations of the
-chosen point (each term off, guard off), and the named presets.
+These families run `steps` steps each (cheap). Then the training length: the chosen point at `STEPS_GRID` × `steps`
+(the paper trains 2000 steps; a longer run spends less perplexity per unit of EOR), and at the chosen length
+λ_Reuse and λ_KL, the two strongest levers, once more.
+If the spread limits, not perplexity, are what stops the objective short of `min_eor_gain` (some run gains that
+much within the perplexity limit but breaks the spread), the guard λ_Spread (a batch load-entropy floor,
+training/objective.py) gets its own family, started from that run, and λ_Reuse is swept once more under the chosen
+guard. Then the controls at the chosen length: CE only, the ablations of the chosen point (each term off, guard
+off), and the named presets.
 
 Every run starts from the original gates, trains on the same rows, and is evaluated on the same held-out rows.
 Runs are appended to OUT/runs.jsonl as they end and skipped when re-run with the same settings, so an interrupted
@@ -35,6 +39,7 @@ GRID: dict[str, tuple] = {
 }
 GUARD_GRID = (1.0, 3.0, 10.0)  # λ_Spread
 MIDPOINT = dict(reuse=0.1, kl=1.0, consistency=(0.01, 0.01, 0.03), window=16, t_warm=0.1)
+STEPS_GRID = (1, 2, 4)  # training length, in multiples of SweepConfig.steps
 
 
 @dataclass
@@ -51,16 +56,17 @@ class SweepConfig:
 
 
 def weights_at(point: dict[str, Any], steps: int, spread: float = 0.0) -> LossWeights:
-    """LossWeights of a point of the grid (its family values as in MIDPOINT)."""
+    """LossWeights of a point of the grid (its family values as in MIDPOINT) for a run of `steps` steps."""
     smooth, lag, ws = point["consistency"]
     return LossWeights(kl=point["kl"], reuse=point["reuse"], smooth=smooth, lag=lag, ws=ws, spread=spread,
                        window=point["window"], warmup_steps=round(point["t_warm"] * steps))
 
 
-def run_name(w: LossWeights) -> str:
-    """A short, unique label of a weight setting (also its folder name)."""
+def run_name(w: LossWeights, steps: int | None = None) -> str:
+    """A short, unique label of a weight setting and, when not the sweep's base length, its steps (also its folder
+    name)."""
     return (f"kl{w.kl:g}-r{w.reuse:g}-s{w.smooth:g}-l{w.lag:g}-ws{w.ws:g}-W{w.window}-tw{w.warmup_steps}"
-            + (f"-sp{w.spread:g}" if w.spread else ""))
+            + (f"-sp{w.spread:g}" if w.spread else "") + (f"-n{steps}" if steps else ""))
 
 
 # --- one run (in a worker process) -----------------------------------------------------------------------------------
@@ -152,7 +158,8 @@ class Sweep:
 
     def run(self, jobs: dict[str, dict[str, Any] | None], stage: str) -> list[dict[str, Any]]:
         """Run the jobs not done yet (name → finetune config dict, None = the original), in parallel; tag them."""
-        todo = {n: c for n, c in jobs.items() if n not in self.rows}
+        todo = {n: c for n, c in jobs.items()
+                if n not in self.rows or (c is not None and self.rows[n].get("config") != _jsonable(c))}
         for name, result in self._results(todo):
             row = {**result, "stage": stage}
             self.rows[name] = row
@@ -176,24 +183,29 @@ class Sweep:
         ok = [r for r in rows if self.within_ppl(r) and (self.keeps_spread(r) or not need_spread)]
         return max(ok, key=lambda r: r["eor"]) if ok else None
 
+    def job(self, point: dict[str, Any], spread: float) -> tuple[str, dict[str, Any], LossWeights]:
+        """The run of a grid point (`point["steps"]` long, the sweep's base length if absent): name, config, λ's."""
+        steps = point.get("steps", self.cfg.steps)
+        w = weights_at(point, steps, spread)
+        name = run_name(w, steps if steps != self.cfg.steps else None)
+        return name, self.finetune_config(name, loss=w, steps=steps), w
+
     def family(self, point: dict[str, Any], name: str, values: tuple, spread: float, stage: str,
                need_spread: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
         """Vary one family over its grid around `point`; returns (chosen point, its row)."""
         points = [{**point, name: v} for v in values]
-        jobs = {}
-        for p in points:
-            w = weights_at(p, self.cfg.steps, spread)
-            jobs[run_name(w)] = self.finetune_config(run_name(w), loss=w)
+        jobs = dict(self.job(p, spread)[:2] for p in points)
         rows = self.run(jobs, stage)
         chosen = self.best(rows, need_spread=need_spread)
         if chosen is None:  # nothing inside the limits: stay at the family's current value
-            current = run_name(weights_at(point, self.cfg.steps, spread))
+            current = self.job(point, spread)[0]
             return point, self.rows.get(current, rows[0])
         return points[rows.index(chosen)], chosen
 
 
 def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
-    """The whole protocol; returns {'rows': all runs, 'default': the chosen weights, 'guard': bool, ...}."""
+    """The whole protocol; returns {'rows': all runs, 'default': the chosen weights, 'steps': the chosen length,
+    'guard': bool, ...}."""
     if cfg.jobs < 1 or cfg.steps < 1 or cfg.eval_rows < 1:
         raise TierwiseError("sweep needs jobs, steps and eval rows ≥ 1")
     sweep = Sweep(cfg)
@@ -202,35 +214,42 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         point, spread = dict(MIDPOINT), 0.0
         for name in GRID:
             point, row = sweep.family(point, name, GRID[name], spread, f"objective: {name}")
-        guard = not (sweep.keeps_spread(row) and sweep.within_ppl(row) and sweep.change(row, "eor") >= cfg.min_eor_gain)
-        if guard:  # the objective alone cannot hold the spread: find the floor's weight, then λ_Reuse under it
+        point, row = sweep.family(point, "steps", tuple(m * cfg.steps for m in STEPS_GRID), spread, "objective: steps")
+        if point["steps"] != cfg.steps:  # at the chosen length, the strongest levers once more
+            point, row = sweep.family(point, "reuse", GRID["reuse"] + (1.0,), spread, "objective: reuse at length")
+            point, row = sweep.family(point, "kl", GRID["kl"], spread, "objective: kl at length")
+        gained = sweep.change(row, "eor") >= cfg.min_eor_gain and sweep.keeps_spread(row) and sweep.within_ppl(row)
+        objective = [r for r in sweep.rows.values() if r["stage"].startswith("objective")]
+        held_by_spread = sweep.best(objective, need_spread=False)  # the most EOR within the perplexity limit
+        guard = (not gained and held_by_spread is not None
+                 and sweep.change(held_by_spread, "eor") >= cfg.min_eor_gain)
+        if guard:  # the spread limits stop the objective: a load-entropy floor, then λ_Reuse under it
             base_point, _ = sweep.family(point, "reuse", GRID["reuse"], 0.0, "guard: base", need_spread=False)
-            for value in GUARD_GRID:
-                w = weights_at(base_point, cfg.steps, value)
-                sweep.run({run_name(w): sweep.finetune_config(run_name(w), loss=w)}, "guard: spread")
-            rows = [sweep.rows[run_name(weights_at(base_point, cfg.steps, v))] for v in GUARD_GRID]
+            rows = sweep.run(dict(sweep.job(base_point, v)[:2] for v in GUARD_GRID), "guard: spread")
             chosen = sweep.best(rows) or max(rows, key=lambda r: sweep.change(r, "entropy_norm"))
             spread = GUARD_GRID[rows.index(chosen)]
             point, row = sweep.family(base_point, "reuse", GRID["reuse"] + (1.0,), spread, "guard: reuse")
-        default = weights_at(point, cfg.steps, spread)
-        controls(sweep, default)
-        return {"rows": sweep.rows, "default": default, "default_run": run_name(default), "guard": guard,
+        name, _, default = sweep.job(point, spread)
+        steps = point.get("steps", cfg.steps)
+        controls(sweep, default, steps)
+        return {"rows": sweep.rows, "default": default, "default_run": name, "steps": steps, "guard": guard,
                 "config": asdict(cfg)}
     finally:
         sweep.close()
 
 
-def controls(sweep: Sweep, default: LossWeights) -> None:
-    """The paper's CE-only control, the ablations of the chosen default, and the named presets."""
+def controls(sweep: Sweep, default: LossWeights, steps: int) -> None:
+    """The paper's CE-only control, the ablations of the chosen default (all `steps` long), and the named presets
+    (at their own settings)."""
     from tierwise.remoe.training.finetune import PRESETS
 
     ablations = {"no-trust": dict(kl=0.0), "no-reuse": dict(reuse=0.0),
                  "no-consistency": dict(smooth=0.0, lag=0.0, ws=0.0)}
     if default.spread:
         ablations["no-spread"] = dict(spread=0.0)
-    jobs = {"ce-only": sweep.finetune_config("ce-only", loss=default, ce_only=True)}
+    jobs = {"ce-only": sweep.finetune_config("ce-only", loss=default, ce_only=True, steps=steps)}
     for name, off in ablations.items():
-        jobs[name] = sweep.finetune_config(name, loss=replace(default, **off))
+        jobs[name] = sweep.finetune_config(name, loss=replace(default, **off), steps=steps)
     for preset in PRESETS:
         if preset != "default":
             jobs[f"preset {preset}"] = sweep.finetune_config(f"preset-{preset}", preset=preset)
@@ -263,6 +282,7 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             "λ KL/R/S/L/WS/Sp": "CE only" if ce_only else ("—" if not loss else "/".join(
                 f"{loss[k]:g}" for k in ("kl", "reuse", "smooth", "lag", "ws", "spread"))),
             "W, T_warm": f"{loss['window']}, {loss['warmup_steps']}" if loss and not ce_only else "—",
+            "steps": (r.get("config") or {}).get("steps", "—"),
             "EOR": f"{r['eor']:.4f}", "EOR gain": pct(r, "eor"),
             "entropy": pct(r, "entropy_norm"), "eff. experts": pct(r, "effective_experts"),
             "busiest share": f"{r['max_load_share']:.3f}", "PPL": pct(r, "ppl"),
