@@ -191,13 +191,13 @@ class LossWeights:
     """The λ's of the objective (defaults chosen by the sweep in docs/results-remoe.md)."""
 
     kl: float = 1.0  # λ_KL, trust region to the original router
-    reuse: float = 0.5  # λ_Reuse
-    smooth: float = 0.1  # λ_Smooth
-    lag: float = 0.1  # λ_Lag
-    ws: float = 0.25  # λ_WS
-    spread: float = 0.0  # λ_Spread, the load-entropy floor (project guard, not in the paper)
+    reuse: float = 0.3  # λ_Reuse
+    smooth: float = 0.03  # λ_Smooth
+    lag: float = 0.03  # λ_Lag
+    ws: float = 0.1  # λ_WS
+    spread: float = 0.0  # λ_Spread, the load-entropy floor (project guard, not in the paper; the sweep did not need it)
     window: int = 16  # W, tokens per L_WS window
-    warmup_steps: int = 10  # T_warm, optimizer steps of the locality warm-up α_s
+    warmup_steps: int = 0  # T_warm, optimizer steps of the locality warm-up α_s (0: none)
     lags: tuple[int, ...] = DEFAULT_LAGS
 
     def alpha(self, step: int) -> float:

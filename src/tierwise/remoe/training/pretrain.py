@@ -73,7 +73,7 @@ class MoEModelConfig:
 
 @dataclass
 class PretrainConfig:
-    steps: int = 2000
+    steps: int = 2500
     batch_size: int = 16
     seq_len: int = 256
     lr: float = 3e-3
