@@ -134,6 +134,7 @@ def test_oracle_truncated_record(tmp_path):
     recs = np.zeros(3, dtype=ORACLE_DTYPE)
     recs["obj_id"] = [1, 2, 1]
     recs["obj_size"] = [10, 100, 10]
+    recs["next_access_vtime"] = [3, -1, -1]  # valid records: only the torn tail is bad
     p = tmp_path / "x.oracleGeneral.bin"
     p.write_bytes(recs.tobytes() + b"\x00" * 5)
     with pytest.raises(TierwiseError, match="byte 72: .*truncated"):
@@ -201,11 +202,12 @@ def test_request_file_bad_records(tmp_path):
     write_trace(p, [good])
     with open(p, "ab") as f:
         f.write(b"\x01\x02")  # a torn record
-    with pytest.raises(TierwiseError, match=r"x.req:byte .*truncated"):
-        list(open_trace(p))
+    with pytest.raises(TierwiseError, match=r"x.req:byte 31: record 1: invalid op code 7"):
+        list(open_trace(p))  # the first bad record in file order, then the torn tail
     r = open_trace(p, skip_bad=True)
     a = np.concatenate(list(r))
-    assert a["key"].tolist() == [1, 3] and r.bad_lines == 2 and "invalid op code 7" in r.bad_examples[1]
+    assert a["key"].tolist() == [1, 3] and r.bad_lines == 2 and "invalid op code 7" in r.bad_examples[0]
+    assert "byte 77: " in r.bad_examples[1] and "truncated" in r.bad_examples[1]
 
 
 def test_reader_is_also_an_iterator():

@@ -8,6 +8,9 @@ from tierwise.nemo.defaults import DEFAULT_PROFILE, DEFAULT_RATE
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 
+FORMAT_HELP = "Trace file format: twitter | metakv | oracle | requests (default: detected from the content)."
+SKIP_BAD_HELP = "Count and skip malformed lines or records instead of stopping."
+
 # ---- traces and devices (owner: device/traces) -----------------------------------------------------------------
 trace_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                         help="Key-value traces: synthetic generator, statistics.")
@@ -40,15 +43,15 @@ def trace_synth(
 @trace_app.command("stats")
 def trace_stats_cmd(
     trace: str = typer.Argument(..., help="Trace file or synth:PROFILE[:REQUESTS[:SEED]]."),
-    format: str = typer.Option(None, "--format", help="twitter | metakv | oracle | requests (default: detect)."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Count and skip malformed lines instead of stopping."),
+    format: str = typer.Option(None, "--format", help=FORMAT_HELP),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_BAD_HELP),
     json_out: str = typer.Option(None, "--json", help="Also write the statistics as JSON."),
 ) -> None:
     """Requests, objects, key/value/object size percentiles, op mix and estimated Zipf alpha of a trace."""
     from tierwise.common.report import print_table, write_json
     from tierwise.nemo.traces import open_trace, trace_stats
 
-    reader = open_trace(trace, format=format, skip_bad=skip_bad)
+    reader = open_trace(trace, format=format, skip_bad=skip_bad, skip_hint="--skip-bad")
     s = trace_stats(reader)
     s["bad_lines_skipped"] = reader.bad_lines
     print_table([{k: v for k, v in s.items() if not isinstance(v, dict)}], title=str(trace))
@@ -104,7 +107,8 @@ def replay_cmd(
                                  "trace's timestamps)."),
     profile: str = typer.Option(DEFAULT_PROFILE, "--profile", help="Simulated device timing (`tierwise nemo device "
                                 "profiles` lists them)."),
-    format: str = typer.Option(None, "--format", help="Trace format when not detected."),
+    format: str = typer.Option(None, "--format", help=FORMAT_HELP),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_BAD_HELP),
     json_out: str = typer.Option(None, "--json", help="Write the summary, config and time series as JSON."),
 ) -> None:
     """Replay a trace against an engine (lookaside: GET miss -> SET) and print ALWA, DRAM bits/object, miss
@@ -116,7 +120,7 @@ def replay_cmd(
 
     eng = open_engine(engine, flash_mb=flash_mb, zone_kb=zone_kb, dram_mb=dram_mb, device=device,
                       **parse_engine_options(opt))
-    reader = open_trace(trace, format=format)
+    reader = open_trace(trace, format=format, skip_bad=skip_bad, skip_hint="--skip-bad")
     limit = parse_count(requests) if requests else None
     result = replay(eng, reader, ReplayOptions(sample_every=sample_every, warmup=warmup, limit=limit, rate=rate,
                                                arrivals=arrivals, profile=profile),
@@ -138,6 +142,8 @@ def replay_cmd(
             "-" if lat[q] is None else f"{lat[q]:,.0f}" for q in ("p50_us", "p99_us", "p99.9_us", "p99.99_us"))
     print_table([{"figure": k, "value": v} for k, v in figures.items()], title=f"replay {trace}")
     print_table([{"cause": k, "alwa_share": v} for k, v in s["alwa_breakdown"].items()], title="ALWA by cause")
+    for msg in reader.bad_examples:
+        typer.echo(f"skipped: {msg}", err=True)
     if result.counters["wrong_values"]:
         typer.echo(f"WRONG VALUES: {result.counters['wrong_values']}", err=True)
     if json_out:
@@ -174,6 +180,7 @@ def serve_cmd(
 @app.command("bench")
 def bench_cmd(
     trace: str = typer.Option("synth:twitter-merged:1M", "--trace", help="Trace file or synth:PROFILE[:REQUESTS[:SEED]]."),
+    format: str = typer.Option(None, "--format", help=FORMAT_HELP),
     engines: str = typer.Option("nemo,log,set,kangaroo,fairywren", "--engines",
                                 help="Comma-separated engines; NAME@ssd runs one in place on the conventional-SSD model."),
     flash_mb: float = typer.Option(4.0, "--flash-mb", help="Flash (device) size in MiB, the same for every engine."),
@@ -203,7 +210,13 @@ def bench_cmd(
     from tierwise.common.report import print_table, write_json
     from tierwise.nemo.bench import BenchSettings, bench, rows_for_terminal
     from tierwise.nemo.replay import parse_engine_options
+    from tierwise.nemo.traces import open_trace
     from tierwise.nemo.traces.synth import parse_count
+
+    if format or not trace.startswith("synth:"):
+        open_trace(trace, format=format)  # refuse a missing, unknown or unrecognised trace before any run starts
+        if format:
+            trace = f"{format}:{trace}"  # each run opens the trace from its spec
 
     options: dict[str, dict] = {}
     for pair in opt:

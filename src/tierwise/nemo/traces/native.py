@@ -40,7 +40,8 @@ class RequestFileReader(BinaryTraceReader):
     def _convert(self, recs: np.ndarray, first: int) -> np.ndarray:
         invalid = np.flatnonzero(recs["op"] > 2)
         for i in invalid.tolist():
-            self.bad(f"record {first + i}", f"invalid op code {int(recs['op'][i])}")
+            self.bad(f"byte {len(self.magic) + (first + i) * self.record.itemsize}",
+                     f"record {first + i}: invalid op code {int(recs['op'][i])}")
         if len(invalid):
             recs = recs[recs["op"] <= 2]
         out = np.zeros(len(recs), dtype=REQUEST_DTYPE)

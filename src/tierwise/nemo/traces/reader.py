@@ -36,6 +36,7 @@ class TraceReader(ABC):
     """
 
     format: str = ""
+    skip_hint: str = "skip_bad=True"  # how the caller asks to skip bad lines; a CLI with --skip-bad says so
 
     def __init__(self, path: str | Path, *, chunk_size: int = DEFAULT_CHUNK, skip_bad: bool = False):
         if chunk_size <= 0:
@@ -82,7 +83,7 @@ class TraceReader(ABC):
         """A malformed line or record: raise, or count and skip with `skip_bad`."""
         text = f"{self.path}:{where}: {message}"
         if not self.skip_bad:
-            raise TierwiseError(f"{text} (pass skip_bad / --skip-bad to skip malformed lines)")
+            raise TierwiseError(f"{text} ({self.skip_hint} counts and skips malformed lines or records)")
         self.bad_lines += 1
         if len(self.bad_examples) < _BAD_EXAMPLES:
             self.bad_examples.append(text)
@@ -106,32 +107,55 @@ class BinaryTraceReader(TraceReader):
             raise TierwiseError(f"cannot open trace {self.path}: {e.strerror}") from None
         with f:
             if self.magic and f.read(len(self.magic)) != self.magic:
-                raise TierwiseError(f"{self.path}: not a {self.format} trace (bad magic)")
+                raise TierwiseError(f"{self.path}:byte 0: not a {self.format} trace (bad magic, expected "
+                                    f"{self.magic!r})")
             body = size - len(self.magic)
             whole = body // self.record.itemsize
-            if body % self.record.itemsize:
+            torn = body % self.record.itemsize
+
+            def report_torn() -> None:
                 self.bad(f"byte {len(self.magic) + whole * self.record.itemsize}",
                          f"file size is not a whole number of {self.record.itemsize}-byte records: "
                          "truncated last record")
+
+            if torn and not whole:
+                report_torn()
             done = 0
             while done < whole:
                 recs = np.fromfile(f, dtype=self.record, count=min(self.chunk_size, whole - done))
-                yield self._convert(recs, done)
+                block = self._convert(recs, done)  # a bad record in the first chunk is reported first...
+                if torn and not done:
+                    report_torn()  # ...then a torn tail, before any request is replayed
+                yield block
                 done += len(recs)
 
 
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def compression(path: Path) -> str:
+    """'zst', 'gz' or '' for a file, from its first bytes (the name is not trusted)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise TierwiseError(f"cannot open trace {path}: {e.strerror}") from None
+    return "zst" if head == ZSTD_MAGIC else "gz" if head[:2] == GZIP_MAGIC else ""
+
+
 def open_text(path: Path) -> io.TextIOBase:
-    """Open a plain, zstd (`.zst`) or gzip (`.gz`) text trace for streaming."""
+    """Open a plain, zstd or gzip text trace for streaming (compression told by the content, not the name)."""
+    kind = compression(path)
     try:
         raw = open(path, "rb")
     except OSError as e:
         raise TierwiseError(f"cannot open trace {path}: {e.strerror}") from None
-    if path.suffix == ".zst":
-        raw = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
-    elif path.suffix == ".gz":
+    if kind == "zst":
+        raw = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+    elif kind == "gz":
         raw = gzip.GzipFile(fileobj=raw)
-    return io.TextIOWrapper(io.BufferedReader(raw) if path.suffix == ".zst" else raw, encoding="utf-8",
-                            errors="surrogateescape", newline="")
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
 
 
 class CsvTraceReader(TraceReader):
