@@ -143,6 +143,8 @@ def test_verify_and_throttle_from_the_command_line(checkpoint):
      "--prefetch 2 is given but --compare original has no configuration that uses it"),
     (["--compare", "original,prefetch", "--reroute", "0.5"],
      "--reroute 0.5 is given but --compare original,prefetch has no configuration that uses it"),
+    (["--compare", "original,prefetch", "--protect", "1"], "--protect 1 is given but no configuration reroutes"),
+    (["--protect", "3"], "--protect 3 is given but no configuration reroutes"),
     (["--workload", "replay", "--prompts", "x.txt"], "--prompts is for --workload greedy|sample"),
     (["--workload", "tea"], "unknown workload"),
     (["--throttle", "--storage", "local"], "--throttle needs a storage profile"),

@@ -57,7 +57,7 @@ def offload(
     router: Optional[Path] = typer.Option(None, help="ReMoE router delta (.safetensors): run it instead of the original ('remoe' in --compare)."),
     prefetch: Optional[int] = typer.Option(None, help="Next-layer prefetch of N experts per layer (0: off; 'prefetch' in --compare uses N, default K; with --compare, the list must use it)."),
     reroute: Optional[float] = typer.Option(None, help="Cache-aware rerouting strength LAMBDA (0: off; 'reroute' in --compare uses it, default 0.5; with --compare, the list must use it)."),
-    protect: int = typer.Option(2, help="Rerouting: the original top-J experts are never displaced."),
+    protect: Optional[int] = typer.Option(None, help="Rerouting: the original top-J experts are never displaced [2]; only with a configuration that reroutes."),
     compare: Optional[str] = typer.Option(None, "--compare", help="Comma list of configurations run side by side, e.g. original,remoe,prefetch,reroute,remoe+prefetch,remoe+reroute."),
     verify: bool = typer.Option(False, "--verify", help="Check every token and the logits of each configuration that keeps the routing against the resident model; fail on a mismatch."),
     store: Optional[Path] = typer.Option(None, help="Expert store folder (default ~/.cache/tierwise/expert-stores/<fingerprint>)."),
@@ -109,11 +109,14 @@ def offload(
                                       have_router=router is not None)
     else:
         settings = [cmp.single_setting(router=router is not None, prefetch=prefetch, reroute=reroute)]
+    if protect is not None and not any(s.reroute for s in settings):
+        raise TierwiseError(f"--protect {protect} is given but no configuration reroutes; add reroute to --compare "
+                            f"(or give --reroute LAMBDA), or drop --protect")
     config = OffloadConfig(cache_experts=cache_experts if cache_experts is not None else adapter.top_k, policy=policy,
                            storage=storage, target=target, platform=platform, throttle=throttle, store_dir=store,
                            device=place)
     result = cmp.run_offload(hf_model, requests, max_new_tokens, config, settings, workload=work, router=router,
-                             protect=protect, verify=verify)
+                             protect=cmp.DEFAULT_PROTECT if protect is None else protect, verify=verify)
     if json_path is not None:
         emit_json(result, json_path)
         if json_path == "-":

@@ -28,6 +28,7 @@ from tierwise.remoe.offload.workload import Request, Workload, prompt_requests
 WARMUP_TOKENS = 4
 TECHNIQUES = ("remoe", "prefetch", "reroute")
 DEFAULT_REROUTE = 0.5
+DEFAULT_PROTECT = 2  # J: the original top-J experts rerouting never displaces (fine-grained MoEs, remoe.md §8)
 VERIFY_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
@@ -105,7 +106,7 @@ def resolve_prompts(model_name: str, prompts_file: str | Path | None, tokenizer,
 
 
 def run_offload(model, requests: list[Request], max_new_tokens: int, config: OffloadConfig, settings: list[Setting],
-                *, workload: Workload = GREEDY, router: str | Path | None = None, protect: int = 2,
+                *, workload: Workload = GREEDY, router: str | Path | None = None, protect: int = DEFAULT_PROTECT,
                 verify: bool = False) -> dict:
     """Offload `model` in place and run every request under every setting (interleaved); see the module doc."""
     from tierwise.remoe.export.delta import RouterDelta, apply_router_delta, delta_meta, load_router_delta, router_state
