@@ -56,12 +56,18 @@ def test_metakv_named_otherwise_is_metakv(tmp_path, name):
     assert detect_format(p) == "metakv" and len(read_all(open_trace(p))) == 20
 
 
-def test_request_file_named_csv_is_requests(tmp_path):
-    src = read_all(open_trace("synth:twitter-merged:500:1"))
-    real = tmp_path / "t.req"
+def _misnamed_copy(tmp_path, requests: int, seed: int, written_as: str, copied_as: str):
+    """A synthetic trace written under a name that says its format, and a copy of the bytes under `copied_as`."""
+    src = read_all(open_trace(f"synth:twitter-merged:{requests}:{seed}"))
+    real = tmp_path / written_as
     write_trace(real, [src])
-    p = tmp_path / "t.csv"
-    p.write_bytes(real.read_bytes())
+    copy = tmp_path / copied_as
+    copy.write_bytes(real.read_bytes())
+    return src, real, copy
+
+
+def test_request_file_named_csv_is_requests(tmp_path):
+    src, _, p = _misnamed_copy(tmp_path, 500, 1, "t.req", "t.csv")
     assert detect_format(p) == "requests" and np.array_equal(read_all(open_trace(p)), src)
 
 
@@ -74,11 +80,7 @@ def test_compressed_text_told_by_magic_not_suffix(tmp_path, kind):
 
 
 def test_written_oracle_detected_whatever_the_name(tmp_path):
-    src = read_all(open_trace("synth:twitter-merged:3000:2"))
-    p = tmp_path / "t.oracleGeneral.bin"
-    write_trace(p, [src])
-    q = tmp_path / "plain"
-    q.write_bytes(p.read_bytes())
+    src, p, q = _misnamed_copy(tmp_path, 3000, 2, "t.oracleGeneral.bin", "plain")
     assert detect_format(p) == detect_format(q) == "oracle"
     assert read_all(open_trace(q))["key"].tolist() == src["key"].tolist()
 

@@ -53,6 +53,17 @@ def test_demo_writes_report(tmp_path):
     assert set(results["eval"]["vs_original"]) == {"top1_agreement", "output_kl_orig_ft", "router_kl_ft_orig"}
 
 
+def _demo_with_router(tmp_path, monkeypatch, ckpt, delta, **config):
+    """The demo on a tiny checkpoint with its fine-tune replaced by `delta`; returns (report folder, results)."""
+    monkeypatch.setattr(demo, "finetune", lambda cfg: FinetuneResult(tmp_path, delta, 1, True, [], 0.0))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("In the beginning\nA hacker is\n")
+    out = tmp_path / "report"
+    run(out, DemoConfig(model=str(ckpt), prompts=str(prompts), trace_prompts=2, trace_tokens=4, eval_rows=2,
+                        eval_seq_len=32, offload_tokens=3, store_dir=str(tmp_path / "store"), **config))
+    return out, json.loads((out / "results.json").read_text())
+
+
 def test_demo_warns_when_the_router_collapses(tmp_path, monkeypatch):
     """A fine-tune that leaves all-zero gates (every token to the same K experts) is flagged in the summary."""
     ckpt = save_tiny("deepseek_v2", tmp_path / "ckpt")
@@ -61,14 +72,8 @@ def test_demo_warns_when_the_router_collapses(tmp_path, monkeypatch):
         for layer in adapter_for(model).moe_layers:
             adapter_for(model).router_weight(layer).zero_()
     collapse = save_router_delta(model, tmp_path / "collapse.safetensors")
-    monkeypatch.setattr(demo, "finetune", lambda cfg: FinetuneResult(tmp_path, collapse, 1, True, [], 0.0))
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("In the beginning\nA hacker is\n")
-    out = tmp_path / "report"
-    run(out, DemoConfig(model=str(ckpt), prompts=str(prompts), trace_prompts=2, trace_tokens=4, eval_rows=2,
-                        eval_seq_len=32, offload_requests=1, offload_prompt_tokens=8, offload_tokens=3,
-                        store_dir=str(tmp_path / "store")))
-    results = json.loads((out / "results.json").read_text())
+    out, results = _demo_with_router(tmp_path, monkeypatch, ckpt, collapse, offload_requests=1,
+                                     offload_prompt_tokens=8)
     warning = results["eval"]["concentration_warning"]
     assert warning.startswith("warning: routing entropy fell") and warning in (out / "summary.md").read_text()
     assert results["eval"]["fine-tuned"]["eor"] == 1.0
@@ -80,14 +85,8 @@ def test_demo_offload_with_local_storage_and_greedy_prompts(tmp_path, monkeypatc
     ckpt = save_tiny("deepseek_v2", tmp_path / "ckpt")
     model, _ = load_model(ckpt)
     same = save_router_delta(model, tmp_path / "same.safetensors")
-    monkeypatch.setattr(demo, "finetune", lambda cfg: FinetuneResult(tmp_path, same, 1, True, [], 0.0))
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("In the beginning\nA hacker is\n")
-    out = tmp_path / "report"
-    run(out, DemoConfig(model=str(ckpt), prompts=str(prompts), trace_prompts=2, trace_tokens=4, eval_rows=2,
-                        eval_seq_len=32, offload_workload="greedy", offload_requests=2, offload_tokens=3,
-                        storage="local", store_dir=str(tmp_path / "store")))
-    results = json.loads((out / "results.json").read_text())
+    out, results = _demo_with_router(tmp_path, monkeypatch, ckpt, same, offload_workload="greedy", offload_requests=2,
+                                     storage="local")
     offload = results["offload"]
     assert offload["workload"]["kind"] == "greedy" and offload["workload"]["requests"] == 2
     assert offload["config"]["timing"] is None
