@@ -20,6 +20,9 @@ def test_synth_then_stats(tmp_path):
     assert r.exit_code == 0, r.output
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["requests"] == 20000 and abs(s["object_size"]["mean"] - 246) < 15
+    table = runner.invoke(app, ["nemo", "trace", "stats", str(out)], terminal_width=80)
+    assert table.exit_code == 0 and "one_hit_object_share" in table.output and "bad_lines_skipped" in table.output
+    assert "…" not in table.output and max(len(line) for line in table.output.splitlines()) <= 80
 
 
 def test_stats_bad_line_and_skip(tmp_path):

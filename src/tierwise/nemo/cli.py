@@ -54,7 +54,8 @@ def trace_stats_cmd(
     reader = open_trace(trace, format=format, skip_bad=skip_bad, skip_hint="--skip-bad")
     s = trace_stats(reader)
     s["bad_lines_skipped"] = reader.bad_lines
-    print_table([{k: v for k, v in s.items() if not isinstance(v, dict)}], title=str(trace))
+    # one row per statistic: a row of them does not fit 80 columns
+    print_table([{"statistic": k, "value": v} for k, v in s.items() if not isinstance(v, dict)], title=str(trace))
     print_table([{"size": k, **s[k]} for k in ("key_size", "value_size", "object_size", "object_size_per_object")],
                 title="sizes (B): per request, and per object")
     print_table([s["op_mix"]], title="op mix")
