@@ -17,6 +17,7 @@ weights of an uninterrupted run.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import json
 import math
@@ -378,6 +379,9 @@ def _accelerator(device_name: str):
         raise TierwiseError("FSDP1 is not supported: it flattens each wrapped layer into one tensor of one dtype (no fp32 "
                             "gates beside bf16 weights) and cannot clip the gates alone; set fsdp_version: 2 (see "
                             "configs/accelerate/)")
+    if accelerator.num_processes > 1:
+        # A gloo process group left alive at interpreter exit can abort the process (SIGABRT from its worker threads).
+        atexit.register(accelerator.state.destroy_process_group)
     return accelerator
 
 
