@@ -7,7 +7,7 @@ import pytest
 
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo.traces import Op, open_trace, trace_stats, write_trace, zipf_alpha
-from tierwise.nemo.traces.synth import PROFILES, SyntheticTrace, parse_count, parse_synth_spec
+from tierwise.nemo.traces.synth import PROFILES, SyntheticTrace, parse_synth_spec
 
 N = 200_000
 
@@ -114,7 +114,3 @@ def test_spec_parsing(spec, expect):
 def test_bad_specs(spec):
     with pytest.raises(TierwiseError):
         open_trace(spec)
-
-
-def test_parse_count():
-    assert parse_count("10M") == 10_000_000 and parse_count("1e6") == 1_000_000 and parse_count("250k") == 250_000

@@ -10,7 +10,6 @@ import torch
 from tierwise.common.errors import TierwiseError
 from tierwise.remoe.models.adapters import adapter_for, tiny_model
 from tierwise.remoe.offload.storage import TARGET_EXPERTS, storage_profile
-from tierwise.remoe.offload.targets import parse_size
 from tierwise.remoe.offload.store import BLOCK, DATA_NAME, INDEX_NAME, ExpertStore, model_fingerprint
 
 
@@ -114,7 +113,3 @@ def test_storage_profiles_charge_latency_plus_transfer():
 
 def test_target_sizes():
     assert TARGET_EXPERTS["dsv2-lite-q4"] < TARGET_EXPERTS["dsv2-lite-bf16"]
-    assert parse_size("17.3MB") == 17_300_000
-    assert parse_size("2 MiB") == 2 * 1024 * 1024
-    assert parse_size("4096") == 4096
-    assert parse_size("huge") is None

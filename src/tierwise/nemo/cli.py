@@ -30,7 +30,7 @@ def trace_synth(
     """Generate a synthetic trace calibrated to the paper's Twitter clusters and write it to a file."""
     from tierwise.common.report import print_table
     from tierwise.nemo.traces import SyntheticTrace, write_trace
-    from tierwise.nemo.traces.synth import parse_count
+    from tierwise.common.units import parse_count
 
     tr = SyntheticTrace(profile, parse_count(requests), seed)
     n = write_trace(out, tr)
@@ -117,7 +117,7 @@ def replay_cmd(
     from tierwise.common.report import print_table, write_json
     from tierwise.nemo.replay import ReplayOptions, open_engine, parse_engine_options, replay
     from tierwise.nemo.traces import open_trace
-    from tierwise.nemo.traces.synth import parse_count
+    from tierwise.common.units import parse_count
 
     eng = open_engine(engine, flash_mb=flash_mb, zone_kb=zone_kb, dram_mb=dram_mb, device=device,
                       **parse_engine_options(opt))
@@ -170,7 +170,8 @@ def serve_cmd(
                                 "device's folder; give one for zbd: devices so no stale value is served after a crash)."),
 ) -> None:
     """Serve a Nemo cache over the memcached text protocol until SIGTERM/SIGINT (then flush and sync)."""
-    from tierwise.nemo.server.serve import parse_size, serve
+    from tierwise.common.units import parse_size
+    from tierwise.nemo.server.serve import serve
 
     serve(device, host=host, port=port, flash_bytes=parse_size(flash_size) if flash_size else None,
           dram_bytes=int(dram_mb * 2**20) if dram_mb else None, max_conns=max_conns, max_value=max_value,
@@ -212,7 +213,7 @@ def bench_cmd(
     from tierwise.nemo.bench import BenchSettings, bench, rows_for_terminal
     from tierwise.nemo.replay import parse_engine_options
     from tierwise.nemo.traces import open_trace
-    from tierwise.nemo.traces.synth import parse_count
+    from tierwise.common.units import parse_count
 
     if format or not trace.startswith("synth:"):
         open_trace(trace, format=format)  # refuse a missing, unknown or unrecognised trace before any run starts

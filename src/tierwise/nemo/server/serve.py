@@ -9,27 +9,18 @@
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tierwise.common.errors import TierwiseError
+from tierwise.common.units import parse_size
 from tierwise.nemo.server import items
 from tierwise.nemo.server.commands import CommandHandler
 from tierwise.nemo.server.journal import DELETE, AckJournal
 from tierwise.nemo.server.protocol import Limits
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 ITEM_HEADER_MAX = items.header_size(1, 1)
-
-
-def parse_size(text: str) -> int:
-    """'4G', '512M', '64MiB', '1.5G', '4096' -> bytes."""
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
-    if not m:
-        raise TierwiseError(f"cannot read size {text!r}: use a number with an optional K/M/G/T suffix, e.g. 4G")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
 def zone_bytes_for(flash_bytes: int, dram_bytes: int) -> int:

@@ -20,13 +20,13 @@ columns are the same as before the column existed).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import numpy as np
 
 from tierwise.common.errors import TierwiseError
+from tierwise.common.units import parse_count
 from tierwise.nemo.traces.reader import TraceReader
 from tierwise.nemo.traces.request import REQUEST_DTYPE, Op
 
@@ -248,19 +248,6 @@ class SyntheticTrace(TraceReader):
         out["ttl"] = np.where(ops == Op.SET, cl.profile.ttl, 0)
         out["time"] = 0  # set per block (`_blocks`)
         return out
-
-
-def parse_count(text: str) -> int:
-    """'1000000', '10M', '250k', '1e6' -> int."""
-    t = text.strip().lower().replace("_", "")
-    mult = {"k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}.get(t[-1:], 1)
-    try:
-        value = float(t[:-1] if mult > 1 else t) * mult
-    except ValueError:
-        raise TierwiseError(f"bad request count {text!r} (examples: 1000000, 10M, 250k)") from None
-    if not math.isfinite(value) or value < 1 or value != int(value):
-        raise TierwiseError(f"bad request count {text!r}: must be a positive whole number")
-    return int(value)
 
 
 def parse_synth_spec(spec: str) -> tuple[str, int, int]:

@@ -12,10 +12,10 @@ Parameter counts are derived from each model's public config.json (the arithmeti
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 
 from tierwise.common.errors import TierwiseError
+from tierwise.common.units import parse_size
 
 GB = 1e9
 
@@ -150,26 +150,15 @@ def own_target(adapter, model) -> TargetModel:
                        layer_params, other, 8 * element, f"the measured {adapter.model_type} model itself")
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|kib|mib|gib)?\s*$", re.IGNORECASE)
-_UNITS = {None: 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
-
-
-def parse_size(text: str) -> int | None:
-    """Bytes of a size such as `17.3MB` or `2 MiB`; None when `text` is not a size."""
-    m = _SIZE.match(text)
-    if not m:
-        return None
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower() if m.group(2) else None])
-
-
 def resolve_target(spec: str, adapter, model) -> TargetModel:
     """A named target, `own`, or a size such as `17.3MB` (the measured model's shape with that expert size)."""
     if spec in TARGETS:
         return TARGETS[spec]
     if spec == "own":
         return own_target(adapter, model)
-    size = parse_size(spec)
-    if size is None:
-        raise TierwiseError(
-            f"unknown target expert size {spec!r}; use own, one of {', '.join(TARGETS)}, or a size such as 17.3MB")
+    try:
+        size = parse_size(spec)
+    except TierwiseError:
+        raise TierwiseError(f"unknown target expert size {spec!r}; use own, one of {', '.join(TARGETS)}, or a size "
+                            "such as 17.3MB") from None
     return replace(own_target(adapter, model), name=spec, expert_bytes_override=size)
