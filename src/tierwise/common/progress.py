@@ -1,7 +1,7 @@
 """Rich progress bars with one look across the project.
 
-Bars render on a terminal and fall back to nothing noisy in CI logs (rich handles non-TTY output).
-Set TIERWISE_NO_PROGRESS=1 to silence them entirely (tests do).
+Bars show only where someone watches: on a terminal (stderr), and not under `--json -` (the command calls
+`silence()`). Set TIERWISE_NO_PROGRESS=1 to silence them entirely (tests and worker processes do).
 """
 
 from __future__ import annotations
@@ -26,7 +26,12 @@ console = Console(stderr=True)
 
 
 def progress_enabled() -> bool:
-    return os.environ.get("TIERWISE_NO_PROGRESS", "") in ("", "0")
+    return os.environ.get("TIERWISE_NO_PROGRESS", "") in ("", "0") and console.is_terminal
+
+
+def silence() -> None:
+    """No progress from here on in this process and its children (`--json -`: stdout carries only the JSON)."""
+    os.environ["TIERWISE_NO_PROGRESS"] = "1"
 
 
 def make_progress(*extra_columns, enabled: bool = True) -> Progress:
