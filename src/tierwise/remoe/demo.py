@@ -145,11 +145,11 @@ def run(out_dir: str | Path, config: DemoConfig | None = None) -> str:
     horizons = list(range(1, cfg.max_horizon + 1))
     line_plot({"original": (horizons, before["reuse_at_horizon"]), "fine-tuned": (horizons, after["reuse_at_horizon"])},
               out / "reuse_vs_horizon.png", title="Expert reuse vs horizon (decode trace)",
-              xlabel="horizon h (previous tokens)", ylabel="share of experts reused")
+              xlabel="horizon h (previous tokens)", ylabel="share of experts reused (0-1)")
     line_plot({"original": (capacities, [before["uhr"][c] for c in capacities]),
                "fine-tuned": (capacities, [after["uhr"][c] for c in capacities])},
               out / "hit_rate_vs_cache.png", title="LRU expert-cache hit rate vs cache size (decode)",
-              xlabel="cache size C (experts per layer)", ylabel="unique hit rate uHR@C")
+              xlabel="cache size C (experts per layer)", ylabel="unique hit rate uHR@C (0-1)")
     runs, oc, ow = offload["runs"], offload["config"], offload["workload"]
     modelled = oc["timing"] is not None and not oc["throttle"]  # else `total` is the measured wall clock
     where = f"{oc['target']} on {oc['platform']}, {oc['storage']}" if modelled else f"{oc['storage']} store reads"

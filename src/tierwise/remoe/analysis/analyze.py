@@ -87,8 +87,8 @@ def write_plots(result: dict, out_dir: str | Path) -> list[Path]:
     horizon = result["reuse_at_horizon"]
     reuse = line_plot({"reuse": (list(horizon), list(horizon.values()))}, out_dir / "reuse_vs_horizon.png",
                       title="Expert reuse vs horizon", xlabel="h (previous tokens)",
-                      ylabel="share of a token's experts used in the last h tokens")
+                      ylabel="experts reused from the last h tokens (0-1)")
     series = {p: (list(by_c), [r["unique_hit_rate"] for r in by_c.values()]) for p, by_c in result["cache"].items()}
     hits = line_plot(series, out_dir / "hit_rate_vs_cache_size.png", title="Expert-cache hit rate vs capacity",
-                     xlabel="C (experts per layer)", ylabel="uHR@C")
+                     xlabel="C (experts per layer)", ylabel="unique hit rate uHR@C (0-1)")
     return [reuse, hits]
