@@ -14,8 +14,8 @@ from tierwise.remoe.analysis import metrics
 from tierwise.remoe.models.corpus import pack
 from tierwise.remoe.analysis.metrics import concentration_warning
 from tierwise.remoe.export.delta import RouterDelta, apply_router_delta, delta_meta, router_state, save_router_delta
-from tierwise.remoe.analysis.evaluate import (EvalConfig, evaluate_model, evaluate_pair, relative_change, summary_rows,
-                                              teacher_forced_pass)
+from tierwise.remoe.analysis.evaluate import (EvalConfig, EvalResult, evaluate_model, evaluate_pair, relative_change,
+                                              summary_rows, teacher_forced_pass)
 from tierwise.remoe.models.adapters import adapter_for, save_tiny, tiny_model
 
 
@@ -56,8 +56,8 @@ def test_reuse_figures_are_consistent():
 def test_relative_change_and_rows():
     change = relative_change({"eor": 0.2, "ppl": 10.0, "x": [1]}, {"eor": 0.3, "ppl": 10.1, "x": [2]})
     assert change == pytest.approx({"eor": 0.5, "ppl": 0.01})
-    rows = summary_rows({"before": {"eor": 0.2, "l": [1]}, "after": {"eor": 0.3}, "change": {"eor": 0.5}})
-    assert rows == [{"metric": "eor", "before": 0.2, "after": 0.3, "change": "+50.00%"}]
+    result = EvalResult("m", "d", 1, 8, before={"eor": 0.2, "l": [1]}, after={"eor": 0.3}, change={"eor": 0.5})
+    assert summary_rows(result) == [{"metric": "eor", "before": 0.2, "after": 0.3, "change (%)": 0.5}]
 
 
 def test_eval_command_before_after_json(tmp_path):

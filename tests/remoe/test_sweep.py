@@ -35,7 +35,7 @@ def _surface(collapse_per_reuse: float, guard_restores: bool, eor_per_reuse: flo
 def _sweep(tmp_path, monkeypatch, **surface):
     monkeypatch.setattr(sweep_mod, "_run", _surface(**surface))
     monkeypatch.setattr(sweep_mod, "_init_worker", lambda *a: None)
-    return run_sweep(SweepConfig(out=str(tmp_path / "sweep"), steps=20, jobs=1))
+    return run_sweep(SweepConfig(out=str(tmp_path / "sweep"), steps=20, workers=1))
 
 
 def test_without_collapse_the_objective_alone_is_chosen_within_the_perplexity_limit(tmp_path, monkeypatch):
@@ -87,7 +87,7 @@ def test_a_run_with_changed_settings_is_run_again(tmp_path, monkeypatch):
     ran = []
     fake = _surface(0.0, False)
     monkeypatch.setattr(sweep_mod, "_run", lambda name, cfg: ran.append(name) or fake(name, cfg))
-    run_sweep(SweepConfig(out=str(tmp_path / "sweep"), steps=20, jobs=1))
+    run_sweep(SweepConfig(out=str(tmp_path / "sweep"), steps=20, workers=1))
     assert ran == ["ce-only"]
 
 
@@ -97,7 +97,7 @@ def test_runs_are_resumed_from_the_log_not_repeated(tmp_path, monkeypatch):
     n = len(log.read_text().splitlines())
     assert n == len({json.loads(line)["run"] for line in log.read_text().splitlines()})  # no run twice
     monkeypatch.setattr(sweep_mod, "_run", lambda *a: pytest.fail("a finished run was run again"))
-    run_sweep(SweepConfig(out=str(tmp_path / "sweep"), steps=20, jobs=1))
+    run_sweep(SweepConfig(out=str(tmp_path / "sweep"), steps=20, workers=1))
     assert len(log.read_text().splitlines()) == n
 
 
@@ -112,7 +112,7 @@ def test_grid_points_scale_t_warm_to_the_run_and_name_every_setting():
 def test_one_real_run_trains_and_evaluates(tmp_path):
     """The worker path with the real model: a two-step fine-tune from the original gates, evaluated held out."""
     sweep_mod._init_worker("embedded", 4)
-    sweep = sweep_mod.Sweep(SweepConfig(out=str(tmp_path), steps=2, eval_rows=4, jobs=1))
+    sweep = sweep_mod.Sweep(SweepConfig(out=str(tmp_path), steps=2, eval_rows=4, workers=1))
     sweep.loaded = True
     try:
         w = weights_at(MIDPOINT, 2)

@@ -15,15 +15,19 @@ next-token distributions, and the trust term KL(P_new ‖ P_ref) of the routers 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tierwise.common.progress import progress_task
+from tierwise.common.report import to_jsonable
+from tierwise.common.results import Result
 from tierwise.remoe.analysis import cachesim, metrics
 from tierwise.remoe.analysis.metrics import CONCENTRATION, concentration_warning
 from tierwise.remoe.models.corpus import PackedCorpus, load_corpus
@@ -41,15 +45,18 @@ class EvalConfig:
     cache_sizes: tuple[int, ...] = ()  # uHR@C capacities; empty = (K, 2K)
     doc_separator: str | None = None
     max_docs: int | None = None  # read at most N documents (spread evenly), e.g. of a large training set
-    generate_tokens: int = 0  # > 0: also decode the prompts greedily this far (analysis/generation.py)
+    generate: int = 0  # > 0: also decode the prompts greedily this many tokens (analysis/generation.py)
     prompts: str | None = None  # prompt file for the generation check (default: the embedded prompts)
 
 
 def _batches(model: nn.Module, corpus: PackedCorpus, batch_size: int):
-    """The corpus's rows, `batch_size` at a time, on the model's device."""
+    """The corpus's rows, `batch_size` at a time, on the model's device, with a progress bar over the rows."""
     device = next(model.parameters()).device
-    for lo in range(0, len(corpus), batch_size):
-        yield {k: v.to(device) for k, v in corpus.batch(range(lo, min(lo + batch_size, len(corpus)))).items()}
+    with progress_task("held-out rows", total=len(corpus)) as (progress, task):
+        for lo in range(0, len(corpus), batch_size):
+            rows = range(lo, min(lo + batch_size, len(corpus)))
+            yield {k: v.to(device) for k, v in corpus.batch(rows).items()}
+            progress.update(task, advance=len(rows))
 
 
 def _logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -100,6 +107,8 @@ VS_ORIGINAL_LEGEND = (
     "output_kl_orig_ft: mean KL(original || fine-tuned) of the next-token distributions (nats/token); "
     "router_kl_ft_orig: training's trust term, mean KL(P_fine-tuned || P_original) of the routers on the same "
     "router inputs (nats)")
+
+CHANGE = "change (%)"  # (after − before) / before, a fraction the table shows in percent
 
 GENERATION_LEGEND = (
     "greedy_*: {n} tokens decoded greedily per prompt; distinct4: distinct 4-grams / 4-grams (mean over prompts); "
@@ -230,9 +239,49 @@ def relative_change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, 
     return out
 
 
-def evaluate_cli(model_name: str, router: Path | None, cfg: EvalConfig, *, device: torch.device | str | None = None,
-                 dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """What `tierwise remoe eval` prints: the model's figures, and with a router delta, after and the change.
+@dataclass
+class EvalResult(Result):
+    """What `tierwise remoe eval` reports (docs/finetune.md): the model's figures on the held-out rows (`before`), and
+    with a router delta the fine-tuned ones (`after`), their relative `change`, the fine-tuned model against the
+    original (`vs_original`) and the `concentration_warning`; with `--generate`, the greedy `generation` check.
+    `to_dataframe()`: one row per router with its scalar figures."""
+
+    model: str
+    data: str
+    num_rows: int  # packed rows evaluated
+    seq_len: int
+    before: dict[str, Any]
+    router: str | None = None
+    after: dict[str, Any] | None = None
+    change: dict[str, float] | None = None
+    vs_original: dict[str, float] | None = None
+    concentration_warning: str | None = None
+    generation: dict[str, Any] | None = None
+
+    def routers(self) -> dict[str, dict[str, Any]]:
+        """The figures of each router evaluated, by label: 'original', and with a delta 'fine-tuned'."""
+        return {"original": self.before, **({"fine-tuned": self.after} if self.after is not None else {})}
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"router": label, **{k: v for k, v in to_jsonable(figures).items() if not isinstance(v, (list, dict))}}
+                for label, figures in self.routers().items()]
+
+
+@contextmanager
+def _generation_progress(model: nn.Module, total: int) -> Iterator[None]:
+    """A bar over the greedy generation's forward passes: `generate` runs one per new token (KV cache, no early
+    stop), so `total` = prompts × tokens × routers."""
+    with progress_task("greedy generation", total=total) as (progress, task):
+        hook = model.register_forward_hook(lambda *_: progress.update(task, advance=1))
+        try:
+            yield
+        finally:
+            hook.remove()
+
+
+def evaluate_checkpoint(model_name: str, router: Path | None, cfg: EvalConfig, *,
+                        device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> EvalResult:
+    """`tierwise remoe eval`: the model's figures, and with a router delta, after and the change.
 
     The model is loaded in `dtype` and placed on `device` (None: the CPU); batches follow it there."""
     from tierwise.remoe.analysis.generation import generation_check
@@ -244,50 +293,44 @@ def evaluate_cli(model_name: str, router: Path | None, cfg: EvalConfig, *, devic
     model, tokenizer = load_model(model_name, dtype=dtype, device=device)
     corpus = load_corpus(cfg.data, tokenizer, cfg.seq_len, doc_separator=cfg.doc_separator, max_docs=cfg.max_docs,
                          max_rows=cfg.max_rows)
-    results: dict[str, Any] = {"model": model_name, "data": cfg.data, "rows": len(corpus), "seq_len": cfg.seq_len}
     original = RouterDelta(router_state(model), delta_meta(model))
     if delta is None:
-        results["before"] = evaluate_model(model, corpus, cfg, model_name=model_name)
+        figures = {"before": evaluate_model(model, corpus, cfg, model_name=model_name)}
     else:
-        results["router"] = str(router)
-        results.update(evaluate_pair(model, corpus, delta, cfg, model_name=model_name))
-    if cfg.generate_tokens > 0:
+        figures = {"router": str(router), **evaluate_pair(model, corpus, delta, cfg, model_name=model_name)}
+    result = EvalResult(model_name, cfg.data, len(corpus), cfg.seq_len, **figures)
+    if cfg.generate > 0:
         prompts = read_prompts(cfg.prompts) if cfg.prompts else default_prompts()
         ids = [encode_prompt(p, tokenizer) for p in prompts]
-        results["generation"] = generation_check(model, ids, cfg.generate_tokens, original, delta)
-    return results
+        with _generation_progress(model, len(ids) * cfg.generate * (1 if delta is None else 2)):
+            result.generation = generation_check(model, ids, cfg.generate, original, delta)
+    return result
 
 
-def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+def summary_rows(results: EvalResult) -> list[dict[str, Any]]:
     """One table row per scalar metric: before, and with a delta, after and relative change; then the fine-tuned
     model against the original (`vs_original`, in the after column)."""
+    paired = results.after is not None
     rows = []
-    for k, v in results["before"].items():
+    for k, v in results.before.items():
         if isinstance(v, (list, dict)):
             continue
-        row = {"metric": k, "before": v}
-        if "after" in results:
-            row["after"] = results["after"][k]
-            change = results["change"].get(k)
-            row["change"] = f"{100 * change:+.2f}%" if change is not None else "-"
-        rows.append(row)
-    for k, v in results.get("vs_original", {}).items():
-        rows.append({"metric": k, "before": None, "after": v, "change": "-"})
-    gen = results.get("generation")
+        rows.append({"metric": k, "before": v,
+                     **({"after": results.after[k], CHANGE: results.change.get(k)} if paired else {})})
+    for k, v in (results.vs_original or {}).items():
+        rows.append({"metric": k, "before": None, "after": v, CHANGE: None})
+    gen = results.generation
     if gen:
         for k, label in (("distinct4_mean", "greedy_distinct4"), ("looping_prompts", "greedy_looping_prompts")):
-            row = {"metric": label, "before": gen["before"][k]}
-            if "after" in gen:
-                row.update(after=gen["after"][k], change="-")
-            rows.append(row)
+            rows.append({"metric": label, "before": gen["before"][k],
+                         **({"after": gen["after"][k], CHANGE: None} if "after" in gen else {})})
         if "after" in gen:
             rows.append({"metric": "greedy_identical_prefix", "before": None, "after": gen["identical_prefix_mean"],
-                         "change": "-"})
+                         CHANGE: None})
     return rows
 
 
-def concentration_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per router of `evaluate_cli`'s results: EOR with the load concentration beside it, and perplexity."""
-    runs = {"original": results["before"], **({"fine-tuned": results["after"]} if "after" in results else {})}
+def concentration_rows(results: EvalResult) -> list[dict[str, Any]]:
+    """One row per router of an `EvalResult`: EOR with the load concentration beside it, and perplexity."""
     return [{"router": label, "EOR": r["eor"], **{name: r[k] for k, name in CONCENTRATION.items()}, "ppl": r["ppl"]}
-            for label, r in runs.items()]
+            for label, r in results.routers().items()]

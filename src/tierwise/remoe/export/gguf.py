@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from tierwise.common.errors import TierwiseError
+from tierwise.common.progress import track
 from tierwise.remoe.models.adapters import adapter_for, load_model
 
 
@@ -257,13 +258,22 @@ def export_gguf(model, tokenizer, out_path: str | Path, *, name: str = "tierwise
         w.add_uint32(PADDING_KEY, padding)
     _write_hparams(w, model, arch, gguf_mod, padding)
     _write_tokenizer(w, tokenizer, model.config.vocab_size, gguf_mod)
-    for tensor_name, array in tensors.items():
-        w.add_tensor(tensor_name, np.ascontiguousarray(array, dtype=np.float32))
+    _write_tensors(w, {tensor_name: (np.ascontiguousarray(array, dtype=np.float32), None)
+                       for tensor_name, array in tensors.items()}, "GGUF tensors")
+    return out_path
+
+
+def _write_tensors(w, tensors: dict[str, tuple[np.ndarray, object]], description: str) -> None:
+    """Finish the GGUF of writer `w` (keys already added) with `tensors` (name -> (data, raw GGML type or None)),
+    one tensor at a time under a progress bar: the header, keys and tensor table first, then each tensor's bytes."""
+    for name, (data, raw_dtype) in tensors.items():
+        w.add_tensor_info(name, data.shape, data.dtype, data.nbytes, raw_dtype=raw_dtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()
-    w.write_tensors_to_file()
+    w.write_ti_data_to_file()
+    for data, _ in track(list(tensors.values()), description):
+        w.write_tensor_data(data)
     w.close()
-    return out_path
 
 
 def export_checkpoint(name_or_path: str | Path, out_path: str | Path, *, router: str | Path | None = None) -> Path:
@@ -330,6 +340,7 @@ def patch_router(in_gguf: str | Path, delta, out_gguf: str | Path) -> Path:
         value = field.contents()
         sub_type = field.types[1] if field.types[0] == gguf_mod.GGUFValueType.ARRAY else None
         w.add_key_value(key, value, field.types[0], sub_type=sub_type)
+    tensors = {}
     for t in reader.tensors:
         data = np.asarray(t.data)
         if t.name in gates:
@@ -339,11 +350,8 @@ def patch_router(in_gguf: str | Path, delta, out_gguf: str | Path) -> Path:
             if new.shape != data.shape:
                 raise TierwiseError(f"{t.name}: delta shape {new.shape} differs from the file's {data.shape}")
             data = new
-        w.add_tensor(t.name, data, raw_dtype=t.tensor_type)  # quantized bytes keep their type and logical shape
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+        tensors[t.name] = (data, t.tensor_type)  # quantized bytes keep their type and logical shape
+    _write_tensors(w, tensors, "GGUF tensors")
     return Path(out_gguf)
 
 

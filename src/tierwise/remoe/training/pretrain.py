@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from tierwise.common.errors import TierwiseError
-from tierwise.common.progress import progress_task
+from tierwise.common.progress import progress_task, track
 from tierwise.remoe.models import embedded
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -170,7 +170,7 @@ def evaluate(model, stream: torch.Tensor, seq_len: int, windows: int) -> dict:
     builder = TraceBuilder(trace_meta(adapter, "pretrain", teacher_forced=True))
     nll = 0.0
     with RouterRecorder(adapter) as recorder:
-        for start in starts:
+        for start in track(starts, "held-out windows"):
             chunk = stream[start: start + seq_len + 1]
             logits = model(input_ids=chunk[None, :-1]).logits[0]
             nll += F.cross_entropy(logits.float(), chunk[1:], reduction="sum").item()

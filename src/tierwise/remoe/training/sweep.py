@@ -26,7 +26,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from rich.progress import TextColumn
+
 from tierwise.common.errors import TierwiseError
+from tierwise.common.progress import make_progress
 from tierwise.remoe.training.objective import LossWeights
 
 # remoe.md §4, in the order the protocol varies them; the consistency family moves its three λ's together.
@@ -40,6 +43,7 @@ GRID: dict[str, tuple] = {
 GUARD_GRID = (1.0, 3.0, 10.0)  # λ_Spread
 MIDPOINT = dict(reuse=0.1, kl=1.0, consistency=(0.01, 0.01, 0.03), window=16, t_warm=0.1)
 STEPS_GRID = (1, 2, 4)  # training length, in multiples of SweepConfig.steps
+ABLATIONS = {"no-trust": dict(kl=0.0), "no-reuse": dict(reuse=0.0), "no-consistency": dict(smooth=0.0, lag=0.0, ws=0.0)}
 
 
 @dataclass
@@ -48,7 +52,7 @@ class SweepConfig:
     out: str = "reports/remoe-sweep"
     steps: int = 150
     eval_rows: int = 192  # held-out rows of 256 tokens, spread evenly
-    jobs: int = 2  # runs trained side by side, one torch thread each
+    workers: int = 2  # runs trained side by side, each in its own process with one torch thread
     max_ppl_increase: float = 0.005  # the issue's limits on the default
     max_entropy_drop: float = 0.01
     min_effective_experts: float = 0.95
@@ -69,9 +73,26 @@ def run_name(w: LossWeights, steps: int | None = None) -> str:
             + (f"-sp{w.spread:g}" if w.spread else "") + (f"-n{steps}" if steps else ""))
 
 
+def planned_runs() -> int:
+    """Runs of the protocol's fixed stages: the original, each family's grid, the training lengths and the controls
+    (CE only, the ablations, the presets). The stages added when needed (levers at length, the guard) count theirs
+    when they start."""
+    from tierwise.remoe.training.finetune import PRESETS
+
+    return 1 + sum(map(len, GRID.values())) + len(STEPS_GRID) + 1 + len(ABLATIONS) + len(PRESETS) - 1
+
+
 # --- one run (in a worker process) -----------------------------------------------------------------------------------
 
 _WORKER: dict[str, Any] = {}
+
+
+def _init_pool_worker(model_name: str, eval_rows: int) -> None:
+    """A worker process: no progress bars of its own (the sweep's bar is in the parent), then the model."""
+    from tierwise.common.progress import silence
+
+    silence()
+    _init_worker(model_name, eval_rows)
 
 
 def _init_worker(model_name: str, eval_rows: int) -> None:
@@ -128,23 +149,33 @@ class Sweep:
                 if line.strip():
                     row = json.loads(line)
                     self.rows[row["run"]] = row
-        # one job: runs in this process (tests replace _run); more: worker processes, each with the model loaded once
-        self.pool = (ProcessPoolExecutor(cfg.jobs, initializer=_init_worker, initargs=(cfg.model, cfg.eval_rows))
-                     if cfg.jobs > 1 else None)
+        # one worker: runs in this process (tests replace _run); more: worker processes, each loads the model once
+        self.pool = (ProcessPoolExecutor(cfg.workers, initializer=_init_pool_worker,
+                                         initargs=(cfg.model, cfg.eval_rows))
+                     if cfg.workers > 1 else None)
         self.loaded = False
+        self.progress = make_progress(TextColumn("{task.fields[info]}"))
+        self.task = self.progress.add_task("sweep runs", total=planned_runs(), info="")
+        self.progress.start()
 
     def close(self) -> None:
+        self.progress.stop()
         if self.pool is not None:
             self.pool.shutdown()
 
-    def _results(self, todo: dict[str, dict[str, Any] | None]):
-        if self.pool is not None:
-            futures = {n: self.pool.submit(_run, n, c) for n, c in todo.items()}
-            return ((n, f.result()) for n, f in futures.items())
-        if todo and not self.loaded:
+    def expect(self, runs: int) -> None:
+        """Count `runs` more in the bar's total: a stage that `planned_runs` did not foresee."""
+        self.progress.update(self.task, total=self.progress.tasks[0].total + runs)
+
+    def _results(self, todo: dict[str, dict[str, Any] | None], stage: str):
+        """(name, row) of each job in `todo`, in order; the bar names the run waited for."""
+        futures = {n: self.pool.submit(_run, n, c) for n, c in todo.items()} if self.pool is not None else None
+        if todo and futures is None and not self.loaded:
             _init_worker(self.cfg.model, self.cfg.eval_rows)
             self.loaded = True
-        return ((n, _run(n, c)) for n, c in todo.items())
+        for name, config in todo.items():
+            self.progress.update(self.task, info=f"{stage}: {name}")
+            yield name, futures[name].result() if futures is not None else _run(name, config)
 
     def finetune_config(self, name: str, **fields: Any) -> dict[str, Any]:
         from tierwise.remoe.training.finetune import config_with_preset
@@ -157,16 +188,20 @@ class Sweep:
         return replace(cfg, **fields).to_dict()
 
     def run(self, jobs: dict[str, dict[str, Any] | None], stage: str) -> list[dict[str, Any]]:
-        """Run the jobs not done yet (name → finetune config dict, None = the original), in parallel; tag them."""
+        """Run the jobs not done yet (name → finetune config dict, None = the original), in parallel; tag them.
+        Each job is one step of the progress bar; one done before (runs.jsonl) counts at once."""
         todo = {n: c for n, c in jobs.items()
                 if n not in self.rows or (c is not None and self.rows[n].get("config") != _jsonable(c))}
-        for name, result in self._results(todo):
+        self.progress.update(self.task, advance=len(jobs) - len(todo))
+        for name, result in self._results(todo, stage):
             row = {**result, "stage": stage}
             self.rows[name] = row
             with self.log.open("a") as f:
                 f.write(json.dumps(_jsonable(row)) + "\n")
-            print(f"[{stage}] {name}: EOR {row['eor']:.4f}, entropy {row['entropy_norm']:.4f}, ppl {row['ppl']:.2f}",
-                  flush=True)
+            # a line per run on stderr: the record of a long sweep, and stdout stays free for `--json -`
+            self.progress.console.print(f"[{stage}] {name}: EOR {row['eor']:.4f}, entropy {row['entropy_norm']:.4f}, "
+                                        f"ppl {row['ppl']:.2f}", markup=False, highlight=False)
+            self.progress.update(self.task, advance=1)
         return [self.rows[n] for n in jobs]
 
     def change(self, row: dict[str, Any], key: str) -> float:
@@ -191,8 +226,11 @@ class Sweep:
         return name, self.finetune_config(name, loss=w, steps=steps), w
 
     def family(self, point: dict[str, Any], name: str, values: tuple, spread: float, stage: str,
-               need_spread: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Vary one family over its grid around `point`; returns (chosen point, its row)."""
+               need_spread: bool = True, planned: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Vary one family over its grid around `point`; returns (chosen point, its row). `planned=False`: a stage
+        `planned_runs` does not count."""
+        if not planned:
+            self.expect(len(values))
         points = [{**point, name: v} for v in values]
         jobs = dict(self.job(p, spread)[:2] for p in points)
         rows = self.run(jobs, stage)
@@ -206,8 +244,9 @@ class Sweep:
 def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     """The whole protocol; returns {'rows': all runs, 'default': the chosen weights, 'steps': the chosen length,
     'guard': bool, ...}."""
-    if cfg.jobs < 1 or cfg.steps < 1 or cfg.eval_rows < 1:
-        raise TierwiseError("sweep needs jobs, steps and eval rows ≥ 1")
+    for flag, value in (("--workers", cfg.workers), ("--steps", cfg.steps), ("--eval-rows", cfg.eval_rows)):
+        if value < 1:
+            raise TierwiseError(f"{flag} must be at least 1, got {value}")
     sweep = Sweep(cfg)
     try:
         sweep.run({"baseline": None}, "baseline")
@@ -216,19 +255,23 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             point, row = sweep.family(point, name, GRID[name], spread, f"objective: {name}")
         point, row = sweep.family(point, "steps", tuple(m * cfg.steps for m in STEPS_GRID), spread, "objective: steps")
         if point["steps"] != cfg.steps:  # at the chosen length, the strongest levers once more
-            point, row = sweep.family(point, "reuse", GRID["reuse"] + (1.0,), spread, "objective: reuse at length")
-            point, row = sweep.family(point, "kl", GRID["kl"], spread, "objective: kl at length")
+            point, row = sweep.family(point, "reuse", GRID["reuse"] + (1.0,), spread, "objective: reuse at length",
+                                      planned=False)
+            point, row = sweep.family(point, "kl", GRID["kl"], spread, "objective: kl at length", planned=False)
         gained = sweep.change(row, "eor") >= cfg.min_eor_gain and sweep.keeps_spread(row) and sweep.within_ppl(row)
         objective = [r for r in sweep.rows.values() if r["stage"].startswith("objective")]
         held_by_spread = sweep.best(objective, need_spread=False)  # the most EOR within the perplexity limit
         guard = (not gained and held_by_spread is not None
                  and sweep.change(held_by_spread, "eor") >= cfg.min_eor_gain)
         if guard:  # the spread limits stop the objective: a load-entropy floor, then λ_Reuse under it
-            base_point, _ = sweep.family(point, "reuse", GRID["reuse"], 0.0, "guard: base", need_spread=False)
+            base_point, _ = sweep.family(point, "reuse", GRID["reuse"], 0.0, "guard: base", need_spread=False,
+                                         planned=False)
+            sweep.expect(len(GUARD_GRID))
             rows = sweep.run(dict(sweep.job(base_point, v)[:2] for v in GUARD_GRID), "guard: spread")
             chosen = sweep.best(rows) or max(rows, key=lambda r: sweep.change(r, "entropy_norm"))
             spread = GUARD_GRID[rows.index(chosen)]
-            point, row = sweep.family(base_point, "reuse", GRID["reuse"] + (1.0,), spread, "guard: reuse")
+            point, row = sweep.family(base_point, "reuse", GRID["reuse"] + (1.0,), spread, "guard: reuse",
+                                      planned=False)
         name, _, default = sweep.job(point, spread)
         steps = point.get("steps", cfg.steps)
         controls(sweep, default, steps)
@@ -243,10 +286,10 @@ def controls(sweep: Sweep, default: LossWeights, steps: int) -> None:
     (at their own settings)."""
     from tierwise.remoe.training.finetune import PRESETS
 
-    ablations = {"no-trust": dict(kl=0.0), "no-reuse": dict(reuse=0.0),
-                 "no-consistency": dict(smooth=0.0, lag=0.0, ws=0.0)}
+    ablations = dict(ABLATIONS)
     if default.spread:
         ablations["no-spread"] = dict(spread=0.0)
+        sweep.expect(1)
     jobs = {"ce-only": sweep.finetune_config("ce-only", loss=default, ce_only=True, steps=steps)}
     for name, off in ablations.items():
         jobs[name] = sweep.finetune_config(name, loss=replace(default, **off), steps=steps)
@@ -262,15 +305,20 @@ def _jsonable(obj: Any) -> Any:
     return to_jsonable(obj)
 
 
-# --- report ----------------------------------------------------------------------------------------------------------
+# --- report -------------------------------------------------------------------------------------------------------
+
+# the summary's relative changes against the original router (fractions; the tables show them in percent)
+SUMMARY_CHANGES = {"eor": "EOR gain (%)", "entropy_norm": "entropy change (%)",
+                   "effective_experts": "eff. experts change (%)", "ppl": "ppl change (%)"}
+
 
 def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per run: its settings and its changes against the original router (relative, %)."""
+    """One row per run: its settings and its changes against the original router (relative, as fractions)."""
     rows = result["rows"]
     base = rows["baseline"]
 
-    def pct(row: dict[str, Any], key: str) -> str:
-        return f"{100 * (row[key] / base[key] - 1):+.1f}%"
+    def change(row: dict[str, Any], key: str) -> float:
+        return row[key] / base[key] - 1
 
     out = []
     for name, r in rows.items():
@@ -283,10 +331,11 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{loss[k]:g}" for k in ("kl", "reuse", "smooth", "lag", "ws", "spread"))),
             "W, T_warm": f"{loss['window']}, {loss['warmup_steps']}" if loss and not ce_only else "—",
             "steps": (r.get("config") or {}).get("steps", "—"),
-            "EOR": f"{r['eor']:.4f}", "EOR gain": pct(r, "eor"),
-            "entropy": pct(r, "entropy_norm"), "eff. experts": pct(r, "effective_experts"),
-            "busiest share": f"{r['max_load_share']:.3f}", "PPL": pct(r, "ppl"),
-            "uHR@4": f"{r.get('uhr@4', float('nan')):.4f}",
+            "EOR": r["eor"], SUMMARY_CHANGES["eor"]: change(r, "eor"),
+            SUMMARY_CHANGES["entropy_norm"]: change(r, "entropy_norm"),
+            SUMMARY_CHANGES["effective_experts"]: change(r, "effective_experts"),
+            "busiest share": r["max_load_share"], SUMMARY_CHANGES["ppl"]: change(r, "ppl"),
+            "uHR@4": r.get("uhr@4"),
         })
     return out
 
