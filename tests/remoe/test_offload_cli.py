@@ -76,8 +76,8 @@ def test_compare_prints_one_table_whole_at_80_columns(checkpoint):
     assert max(len(line) for line in out.splitlines()) <= 80
     for header in ("orig", "remoe", "pf", "rr", "remoe+pf", "remoe+rr"):
         assert f" {header} " in out or out.rstrip().endswith(header)
-    for row in ("misses/token", "fetches/token", "hit rate", "TPOT ms measured", "TPOT ms modelled",
-                "speedup modelled", "same steps", "ppl change", "pf precision", "pf recall", "pf wasted MB",
+    for row in ("misses/token", "fetches/token", "hit rate", "TPOT measured (ms)", "TPOT modelled (ms)",
+                "speedup modelled", "same steps", "ppl change", "pf precision", "pf recall", "pf wasted (MB)",
                 "rerouted", "replay workload", "EOR (decode)"):
         assert row in out, row
     result = json.loads((root / "cmp.json").read_text())

@@ -17,7 +17,6 @@ re-exports all but `offload`, whose name there is the subpackage's.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,26 +218,6 @@ def evaluate(model: str = "embedded", router: str | Path | None = None, *, data:
 # -- finetune -----------------------------------------------------------------------------------------------------
 
 
-@functools.cache
-def _finetune_result() -> type:
-    """training.finetune's FinetuneResult with Result mixed in and the routing check added; made on first use, so
-    that importing this module loads no torch."""
-    from tierwise.remoe.training import finetune as training
-
-    @dataclass
-    class FinetuneResult(training.FinetuneResult, Result):
-        """The run (`out`, `delta_path`, `steps_done`, `finished`, `history`: one record per step, `seconds`), its
-        `config` (FinetuneConfig as a dict) and `check`: the original and new routers on `check_rows` rows of the
-        training data (an EvalResult, or None). `to_dataframe()`: the history."""
-
-        config: dict[str, Any] = field(default_factory=dict)
-        check: Any = None
-        _rows = "history"
-
-    FinetuneResult.__module__, FinetuneResult.__qualname__ = __name__, "FinetuneResult"  # picklable as api's
-    return FinetuneResult
-
-
 def finetune(model: str = "embedded", *, data: str | None = None, out: str | Path | None = None,
              preset: str = "default", check_rows: int = 8, threads: int | None = None,
              **overrides: Any) -> "FinetuneResult":
@@ -259,7 +238,7 @@ def finetune(model: str = "embedded", *, data: str | None = None, out: str | Pat
     cfg = _finetune_config(model, data, out, preset, overrides)
     _set_threads(threads)
     run = training.finetune(cfg)
-    result = _finetune_result()(**vars(run), config=cfg.to_dict())
+    result = dataclasses.replace(run, config=cfg.to_dict())
     delta = run.delta_path or Path(cfg.out) / training.CHECKPOINT_DIR / training.DELTA_NAME
     if check_rows > 0 and PartialState().is_main_process and delta.is_file():
         check_cfg = EvalConfig(data=cfg.data, seq_len=cfg.seq_len, max_rows=check_rows,
@@ -483,5 +462,7 @@ def __getattr__(name: str):
 
         return EvalResult
     if name == "FinetuneResult":
-        return _finetune_result()
+        from tierwise.remoe.training.finetune import FinetuneResult
+
+        return FinetuneResult
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -74,7 +74,7 @@ def cache_rows(result: dict) -> list[dict]:
                 "policy": policy, "C": c, "hit rate": r["hit_rate"], "uHR@C": r["unique_hit_rate"],
                 "miss/tok/layer": r["misses_per_token_per_layer"],
                 "steady miss/tok/layer": r["steady_misses_per_token_per_layer"],
-                "#uMiss": r["unique_misses"], "MB fetched": r["bytes_fetched"] / 1e6,
+                "#uMiss": r["unique_misses"], "fetched (MB)": r["bytes_fetched"] / 1e6,
             })
     return rows
 

@@ -276,8 +276,8 @@ def summary_rows(result: dict) -> list[dict]:
         ("misses/token", lambda label, m: _cell(m["decode"]["misses_per_token"])),
         *([("fetches/token", lambda label, m: _cell(m["decode"]["fetches_per_token"]))] if any_prefetch else []),
         ("hit rate", lambda label, m: _cell(m["decode"]["hit_rate"])),
-        ("TPOT ms measured", lambda label, m: _cell(m["tpot_ms"]["measured"]["mean"])),
-        *([("TPOT ms modelled", lambda label, m: _cell(m["tpot_ms"]["modelled"]["mean"]))] if modelled else []),
+        ("TPOT measured (ms)", lambda label, m: _cell(m["tpot_ms"]["measured"]["mean"])),
+        *([("TPOT modelled (ms)", lambda label, m: _cell(m["tpot_ms"]["modelled"]["mean"]))] if modelled else []),
     ]
     if vs:
         metrics += [("speedup measured", lambda label, m: _cell(speedup(label, "measured")))]
@@ -292,7 +292,7 @@ def summary_rows(result: dict) -> list[dict]:
     if any_prefetch:
         pf = lambda key, scale=1.0: (lambda label, m: _cell(m["prefetch"][key] * scale) if m["prefetch"] else "-")  # noqa: E731
         metrics += [("pf precision", pf("precision")), ("pf recall", pf("recall")),
-                    ("pf wasted MB", pf("wasted_bytes", 1e-6))]
+                    ("pf wasted (MB)", pf("wasted_bytes", 1e-6))]
     if any_reroute:
         metrics += [("rerouted", lambda label, m: _pct(m["decode"]["rerouted_share"], "")
                      if m["setting"]["reroute"] > 0 else "-")]

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from tierwise.common.errors import TierwiseError
+from tierwise.common.results import Result
 from tierwise.remoe.models.corpus import PackedCorpus, load_corpus
 from tierwise.remoe.export.delta import RouterDelta, apply_router_delta, delta_meta, load_router_delta, write_router_delta
 from tierwise.remoe.models.adapters import MoEAdapter, adapter_for, decoder_layers, load_model
@@ -394,13 +395,20 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 @dataclass
-class FinetuneResult:
+class FinetuneResult(Result):
+    """The run (`out`, `delta_path`, `steps_done`, `finished`, `history`: one record per step, `seconds`); the API
+    adds its `config` (FinetuneConfig as a dict) and `check`: both routers on a few rows of the training data (an
+    EvalResult, or None). `to_dataframe()`: the history."""
+
     out: Path
     delta_path: Path | None
     steps_done: int
     finished: bool
     history: list[dict[str, float]]
     seconds: float
+    config: dict[str, Any] = field(default_factory=dict)
+    check: Any = None
+    _rows = "history"
 
 
 def finetune(cfg: FinetuneConfig, *, model: nn.Module | None = None, corpus: PackedCorpus | None = None,

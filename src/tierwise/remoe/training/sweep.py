@@ -343,13 +343,10 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 def pareto_plot(result: dict[str, Any], path: Path) -> Path:
     """EOR gain against routing-entropy change and against perplexity change, one point per run, the default
     starred, the limits dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from tierwise.common.plots import figure, readable_ticks, save
 
     rows, base, cfg = result["rows"], result["rows"]["baseline"], result["config"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), dpi=120, sharey=True)
+    fig, axes = figure(ncols=2, width=11, height=4.4, sharey=True)
     for ax, key, limit, label in ((axes[0], "entropy_norm", -cfg["max_entropy_drop"], "routing entropy change (%)"),
                                   (axes[1], "ppl", cfg["max_ppl_increase"], "held-out perplexity change (%)")):
         for name, r in rows.items():
@@ -365,12 +362,9 @@ def pareto_plot(result: dict[str, Any], path: Path) -> Path:
         ax.axvline(100 * limit, color="gray", linestyle="--", linewidth=0.8)
         ax.axhline(100 * cfg["min_eor_gain"], color="gray", linestyle=":", linewidth=0.8)
         ax.set_xlabel(label)
-        ax.grid(True, alpha=0.3)
+        readable_ticks(ax.xaxis)
     axes[0].set_ylabel("EOR gain (%)")
+    readable_ticks(axes[0].yaxis)  # shared: sets both panels
     fig.suptitle("Router fine-tuning sweep (blue: objective grid, green: with the spread guard, red: controls)",
                  fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
