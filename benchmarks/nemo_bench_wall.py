@@ -18,7 +18,7 @@ import libcachesim as lcs
 
 from tierwise.nemo.bench import BenchSettings, bench
 from tierwise.nemo.traces import SyntheticTrace, write_trace
-from tierwise.nemo.traces.synth import parse_count
+from tierwise.common.units import parse_count
 
 
 def main() -> None:

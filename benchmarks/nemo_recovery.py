@@ -18,7 +18,7 @@ import time
 
 from tierwise.nemo.device import FileZonedDevice
 from tierwise.nemo.engines.nemo import NemoEngine
-from tierwise.nemo.server.serve import parse_size
+from tierwise.common.units import parse_size
 
 
 def drop_page_cache() -> bool:

@@ -26,7 +26,7 @@ import numpy as np
 from tierwise.common.report import print_table, write_json
 from tierwise.nemo.replay import ReplayOptions, open_engine, parse_engine_options, replay
 from tierwise.nemo.traces import SyntheticTrace, write_trace
-from tierwise.nemo.traces.synth import parse_count
+from tierwise.common.units import parse_count
 
 
 def run_design(name: str, chunks, args, zone_kb: int, folder: str, options: dict) -> dict:

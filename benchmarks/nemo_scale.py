@@ -19,7 +19,7 @@ import libcachesim as lcs
 from tierwise.common.report import print_table, write_json
 from tierwise.nemo.replay import ReplayOptions, open_engine, replay
 from tierwise.nemo.traces import SyntheticTrace, write_trace
-from tierwise.nemo.traces.synth import parse_count
+from tierwise.common.units import parse_count
 
 
 def main() -> None:

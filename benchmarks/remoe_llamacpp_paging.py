@@ -53,26 +53,27 @@ TOY_BYTES = 1 << 30  # below this GGUF size the run is a plumbing check, not a s
 
 
 def parse_size(text: str, reference: int | None = None) -> int | None:
-    """'24MiB', '24M' (binary), '24MB' (decimal), '0.4' or '40%' (of `reference` bytes), 'none' -> None."""
+    """A size as every tierwise command reads it ('24M', '24MiB', '24MB'), or '0.4' / '40%' of `reference` bytes
+    (the GGUF size), or 'none'."""
+    from tierwise.common.errors import TierwiseError
+    from tierwise.common.units import parse_size as size
+
     s = text.strip().lower().replace(" ", "")
     if s in ("none", "off", "0"):
         return None
-    m = re.fullmatch(r"([0-9]*\.?[0-9]+)(%|[kmgt]i?b?|b)?", s)
-    if not m:
-        raise SystemExit(f"--mem-cap: cannot read {text!r}; use e.g. 48MiB, 50MB, 0.4 or 40% (of the GGUF size)")
-    value, unit = float(m.group(1)), m.group(2) or ""
-    if unit in ("", "%"):
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+)(%?)", s)
+    if m:  # a fraction of the GGUF
         if reference is None:
             raise SystemExit("--mem-cap: a fraction needs the GGUF size")
-        frac = value / 100 if unit == "%" else value
-        if not 0 < frac <= 1 or (unit == "" and value > 1):
+        value = float(m.group(1))
+        frac = value / 100 if m.group(2) else value
+        if not 0 < frac <= 1:
             raise SystemExit(f"--mem-cap: a fraction of the GGUF size must be in (0, 1], got {text!r}")
         return int(frac * reference)
-    if unit == "b":
-        return int(value)
-    power = "kmgt".index(unit[0]) + 1
-    base = 1000 if unit.endswith("b") and not unit.endswith("ib") else 1024
-    return int(value * base**power)
+    try:
+        return size(text, "--mem-cap")
+    except TierwiseError as e:
+        raise SystemExit(f"{e}; or a fraction such as 0.4 or 40% (of the GGUF size)") from None
 
 
 def say(text: str) -> None:

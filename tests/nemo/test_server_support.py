@@ -9,6 +9,7 @@ class DictEngine:
     """Protocol-only engine double: a dict behind the Engine get/set/delete API, with the stats hooks."""
 
     name = "dict"
+    failed = None  # never fails
 
     def __init__(self):
         from tierwise.nemo.device import MemoryZonedDevice

@@ -7,7 +7,13 @@ cache with no system call (the zone rules keep reads below the write pointer, i.
 survive a restart or a crash with no separate state to keep in step, and a reopened device sees what a real ZNS
 SSD shows after a power cycle: empty zones EMPTY, full ones FULL, the rest CLOSED.
 
-Layout: `PATH/zoned.json` (geometry) and `PATH/seq/<zone index>`. A zone file whose length is not a whole number of
+Layout: `PATH/zoned.json` (the device description: its geometry), `PATH/seq/<zone index>` and `PATH/lock`. A
+folder whose zone files lost their description is an error, never taken for a new device. The device holds an
+exclusive lock (`flock` on `PATH/lock`, which names the holder's pid) while it is open, so a second process (or a
+second open in this one) is refused instead of writing the same zones; the kernel drops the lock when the holder
+dies. `reserve=True` allocates every zone's blocks up front (`fallocate`, keeping each file's length), so writing
+the device never needs free space on a full filesystem; a new device that does not fit is an error, an existing
+one that cannot be reserved (a full disk at restart) opens with `unreserved` saying why (retry `reserve_space`). A zone file whose length is not a whole number of
 blocks (a write torn by a crash) is cut back to its last whole block on open, as a device only persists whole
 blocks. `direct=True` writes with O_DIRECT through a page-aligned staging buffer (what a real zoned device requires).
 All zone files stay open (the process's open-file limit is raised to fit them).
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import resource
@@ -34,6 +41,7 @@ from tierwise.nemo.device import flash as fl
 from tierwise.nemo.device.base import BLOCK_SIZE, SimulatedCrash, ZonedDevice, ZoneError
 
 _GEOMETRY_FILE = "zoned.json"
+_LOCK_FILE = "lock"
 _FORMAT = "tierwise-zoned-folder-v1"
 _TORN = {"drop": fl.TORN_DROP, "zeros": fl.TORN_ZEROS, "garbage": fl.TORN_GARBAGE}
 
@@ -41,6 +49,8 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 _LIBC.mmap.restype = ctypes.c_void_p
 _LIBC.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
 _LIBC.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_LIBC.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+_FALLOC_FL_KEEP_SIZE = 1
 _PROT_NONE, _PROT_READ = 0, 1
 _MAP_SHARED, _MAP_PRIVATE, _MAP_FIXED, _MAP_ANONYMOUS, _MAP_NORESERVE = 0x01, 0x02, 0x10, 0x20, 0x4000
 _MAP_FAILED = ctypes.c_void_p(-1).value
@@ -85,39 +95,100 @@ class FileZonedDevice(ZonedDevice):
 
     def __init__(self, path: str | os.PathLike, num_zones: int | None = None, zone_size: int | None = None,
                  zone_capacity: int | None = None, *, block_size: int = BLOCK_SIZE, max_open_zones: int = 0,
-                 max_active_zones: int = 0, direct: bool = False, faults: FaultPlan | None = None):
+                 max_active_zones: int = 0, direct: bool = False, faults: FaultPlan | None = None,
+                 reserve: bool = False):
         self.path = Path(path)
         geometry = dict(num_zones=num_zones, zone_size=zone_size,
                         zone_capacity=zone_size if zone_capacity is None else zone_capacity,
                         block_size=block_size, max_open_zones=max_open_zones, max_active_zones=max_active_zones)
-        meta = self.path / _GEOMETRY_FILE
-        if meta.exists():
-            geometry = self._load_geometry(meta, geometry)
-        elif num_zones is None or zone_size is None:
-            raise ZoneError(f"{self.path} is not a zoned-device folder (no {_GEOMETRY_FILE}); "
-                            "give num_zones and zone_size to create one")
-        super().__init__(**geometry)
-        if self.zone_capacity % mmap_page():
-            raise ZoneError(f"zone capacity {self.zone_capacity} B is not a multiple of the {mmap_page()} B memory "
-                            "page: a file-backed device maps its zones side by side")
-        if not meta.exists():
-            (self.path / "seq").mkdir(parents=True, exist_ok=True)
-            tmp = meta.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"format": _FORMAT, **geometry}, indent=1))
-            os.replace(tmp, meta)
         self.direct = direct
         self.faults = faults
         self._base = None
-        self._fds = np.full(self.num_zones, -1, np.int64)
+        self._lock_fd = -1
+        self._fds = np.full(0, -1, np.int64)
+        self.unreserved: str | None = None  # why the zones' space is not reserved (reserve=True on a full disk)
         try:
-            self._open_files()
-            self._build(self._map_zones(), fds=self._fds, direct=direct,
-                        fault=faults.as_array() if faults else None)
+            self._setup(geometry, reserve)
         except BaseException:
             self._release()
             raise
         self._synced = self._write_marks()
+
+    def _setup(self, geometry: dict, reserve: bool) -> None:
+        meta = self.path / _GEOMETRY_FILE
+        creating = not meta.exists()
+        if not creating:
+            self._lock()
+            geometry = self._load_geometry(meta, geometry)
+        elif geometry["num_zones"] is None or geometry["zone_size"] is None:
+            raise ZoneError(f"{self.path} is not a zoned-device folder (no {_GEOMETRY_FILE}); "
+                            "give num_zones and zone_size to create one")
+        else:
+            self._refuse_orphan_zones()
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock()
+        super().__init__(**geometry)
+        if self.zone_capacity % mmap_page():
+            raise ZoneError(f"zone capacity {self.zone_capacity} B is not a multiple of the {mmap_page()} B memory "
+                            "page: a file-backed device maps its zones side by side")
+        if creating:
+            (self.path / "seq").mkdir(exist_ok=True)
+            tmp = meta.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"format": _FORMAT, **geometry}, indent=1))
+            os.replace(tmp, meta)
+        self._fds = np.full(self.num_zones, -1, np.int64)
+        self._open_files()
+        if reserve:
+            try:
+                self.reserve_space()
+            except ZoneError as e:
+                if creating:
+                    raise
+                self.unreserved = str(e)
+        self._build(self._map_zones(), fds=self._fds, direct=self.direct,
+                    fault=self.faults.as_array() if self.faults else None)
         self._recover_zones()
+
+    # ---- ownership ----------------------------------------------------------------------------------------------
+    def _refuse_orphan_zones(self) -> None:
+        """Zone files without a description are a device that lost its zoned.json: creating a new, empty device
+        over them would silently drop the cache (and its lock), so it is an error."""
+        seq = self.path / "seq"
+        if seq.is_dir() and any(seq.iterdir()):
+            raise ZoneError(f"{self.path} holds zone files ({seq}) but no device description ({_GEOMETRY_FILE}): "
+                            "restore it, or delete the folder to start a new device")
+
+    def _lock(self) -> None:
+        """Take the device's exclusive lock, or say which process holds it."""
+        path = self.path / _LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise ZoneError(f"cannot open the device lock {path}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise ZoneError(f"device {self.path} is in use by process {holder} (it holds {path}): stop that "
+                            "process or give another device") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+        self._lock_fd = fd
+
+    def reserve_space(self) -> None:
+        """Allocate the blocks of every zone below its capacity (the file length, i.e. the write pointer, is kept).
+        A reset frees a zone's blocks and the SG flush that resets it appends to it straight away, so once reserved
+        the device's writes do not depend on the filesystem's free space. A filesystem that cannot reserve
+        (EOPNOTSUPP) is used as it is."""
+        for z in range(self.num_zones):
+            err = _reserve_zone(int(self._fds[z]), self.zone_capacity)
+            if err == errno.EOPNOTSUPP:
+                break
+            if err:
+                raise ZoneError(f"{self.path}: cannot reserve the {self.capacity_bytes} B of the device's zones on "
+                                f"its filesystem: {os.strerror(err)}; free space or use a smaller device")
+        self.unreserved = None
 
     # ---- metadata ---------------------------------------------------------------------------------------------
     def _load_geometry(self, meta: Path, given: dict) -> dict:
@@ -225,6 +296,9 @@ class FileZonedDevice(ZonedDevice):
         if self._base is not None:
             _LIBC.munmap(self._base, self.num_zones * self.zone_capacity)
             self._base = None
+        if self._lock_fd >= 0:  # last: the zones are released before another process may take them
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def _drop(self) -> None:
         """Give the device up as a killed process would: no sync, no further use."""
@@ -236,6 +310,11 @@ class FileZonedDevice(ZonedDevice):
     def crash(self) -> None:
         """Drop the device as a killed process would: close the files without syncing, refuse further use."""
         self._drop()
+
+
+def _reserve_zone(fd: int, length: int) -> int:
+    """Allocate the first `length` bytes of a zone file without changing its length; 0 or the errno."""
+    return 0 if _LIBC.fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, length) == 0 else ctypes.get_errno()
 
 
 def mmap_page() -> int:

@@ -3,6 +3,12 @@
 The engine stores opaque values, so every item carries its flags, exptime and cas in a small header (`items`).
 Read-modify-write commands (add, cas, append, incr, touch, ...) are a get followed by a set; that is atomic because
 the server runs every request of every connection on one engine thread, one after another.
+
+Faults: a write is applied only once the journal has room for its record (`AckJournal.reserve`); while it cannot
+get room (disk full, I/O error) writes are refused with `SERVER_ERROR out of space` and reads go on. A device fault
+inside the engine (an SG flush that fails) stops the engine; the next batch then reopens the cache from flash and
+the journal (`reopen`, set by `serve.open_cache`), as a restarted server would. Both are retried at most every
+`retry_seconds` and logged one line per kind per minute (`RateLimitedLog`), never once per request.
 """
 
 from __future__ import annotations
@@ -16,24 +22,57 @@ from tierwise import __version__
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo.server import items
 from tierwise.nemo.server.items import Item
-from tierwise.nemo.server.journal import DELETE, FLUSH, SET, AckJournal
+from tierwise.nemo.server.journal import DELETE, FLUSH, FLUSH_AT, SET, SET_RECORD, AckJournal
 from tierwise.nemo.server.protocol import MS_MODES, Limits, Request, stats_reply, value_reply
 
 TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
 NOT_STORED_BY_ENGINE = b"SERVER_ERROR out of memory storing object\r\n"
+OUT_OF_SPACE = b"SERVER_ERROR out of space\r\n"
+# commands that change the cache (mg does only with its T flag): they need journal room before they run
+_WRITES = frozenset((b"set", b"add", b"replace", b"append", b"prepend", b"cas", b"delete", b"incr", b"decr",
+                     b"touch", b"gat", b"gats", b"flush_all", b"ms", b"md"))
 _MAX_U64 = (1 << 64) - 1
 # counter names by lookup kind, indexed by "missed": no string formatting per request
 _HIT_MISS = {s: (f"{s}_hits", f"{s}_misses") for s in ("get", "delete", "incr", "decr", "touch")}
 
 
+class RateLimitedLog:
+    """At most one line per kind of trouble per `interval` seconds on stderr, saying how many were held back: a
+    fault that hits every request must not write a line (or a traceback) per request."""
+
+    def __init__(self, interval: float = 60.0):
+        self.interval = interval
+        self._last: dict[str, tuple[float, int]] = {}  # kind -> (when last written, lines held back since)
+
+    def __call__(self, kind: str, message: str) -> bool:
+        """Write `message` unless a line of this kind was written less than `interval` ago; True if written."""
+        now = time.monotonic()
+        last, held = self._last.get(kind, (-self.interval, 0))
+        if now - last < self.interval:
+            self._last[kind] = (last, held + 1)
+            return False
+        more = f" ({held} more like this since the last report)" if held else ""
+        print(f"nemo server: {message}{more}", file=sys.stderr, flush=True)
+        self._last[kind] = (now, 0)
+        return True
+
+
 class CommandHandler:
-    def __init__(self, engine, limits: Limits, journal: AckJournal | None = None):
+    def __init__(self, engine, limits: Limits, journal: AckJournal | None = None, *, retry_seconds: float = 1.0):
         self.engine = engine
         self.limits = limits
         self.journal = journal
         self.clock = items.CasClock(journal.flush_threshold + 1 if journal else 0)
         self.flush_threshold = journal.flush_threshold if journal else 0  # items with a lower cas were flushed
-        self.pending_flush_at = 0.0  # a delayed flush_all: when it takes effect
+        # a delayed flush_all: when it takes effect (unix seconds); journaled, so it survives a crash
+        self.pending_flush_at = journal.flush_at / 1e6 if journal else 0.0
+        self.retry_seconds = retry_seconds  # how often a full journal or a failed engine is tried again
+        self.reopen = None  # callable that replaces a failed engine (and journal) with a recovered one
+        # callable(bytes of journal records) that makes room for a write or raises TierwiseError (disk full)
+        self.room = journal.reserve if journal is not None else None
+        self.log = RateLimitedLog()
+        self._space_retry_at = 0.0  # monotonic time before which writes are refused without asking the journal
+        self._reopen_at = 0.0
         self.started = time.time()
         self.now = self.started
         self.counters = dict.fromkeys(
@@ -54,9 +93,44 @@ class CommandHandler:
 
     def begin_batch(self) -> None:
         self.now = time.time()
+        if self.engine.failed is not None and self.reopen is not None:
+            self._reopen()
         if self.pending_flush_at and self.now >= self.pending_flush_at:
             self.pending_flush_at = 0.0
+            if self.journal is not None:
+                self.journal.add(FLUSH_AT, b"", 0)
             self._invalidate_all()
+
+    def _reopen(self) -> None:
+        now = time.monotonic()
+        if now < self._reopen_at:
+            return
+        self._reopen_at = now + self.retry_seconds
+        try:
+            self.reopen()
+        except Exception as e:
+            self.log("reopen", f"cannot reopen the cache after a device fault, retrying every "
+                               f"{self.retry_seconds:g} s: {e}")
+            return
+        self.log("reopened", "cache reopened from flash and the journal after a device fault; serving again")
+
+    def _room_for(self, keys: list[bytes]) -> bool:
+        """Make room (journal records, one per key) before a write changes anything; False (the write is refused)
+        while there is none."""
+        if self.room is None:
+            return True
+        if self._space_retry_at and time.monotonic() < self._space_retry_at:
+            return False
+        try:
+            self.room(sum(map(len, keys)) + SET_RECORD * len(keys))
+        except TierwiseError as e:
+            self._space_retry_at = time.monotonic() + self.retry_seconds
+            self.log("space", f"writes refused (SERVER_ERROR out of space) until there is room: {e}")
+            return False
+        if self._space_retry_at:
+            self._space_retry_at = 0.0
+            self.log("space-back", "there is room again: writes accepted")
+        return True
 
     def run(self, req: Request) -> bytes:
         try:
@@ -64,6 +138,8 @@ class CommandHandler:
                 return self.run_get(req.keys[0])
             if req.error:
                 return req.error + b"\r\n"
+            if (req.cmd in _WRITES or req.cmd == b"mg" and ord("T") in req.meta) and not self._room_for(req.keys):
+                return b"" if req.noreply else OUT_OF_SPACE
             reply = self._dispatch[req.cmd](req)
         except Exception as e:
             return self._failed(e)
@@ -89,16 +165,22 @@ class CommandHandler:
         """`set` with valid fields (`protocol.single_set`), recognised by the server without building a Request."""
         try:
             self.counters["cmd_set"] += 1
+            if not self._room_for([key]):
+                return OUT_OF_SPACE
             return self._write(key, flags, exptime, data)
         except Exception as e:
             return self._failed(e)
 
     def _failed(self, e: Exception) -> bytes:
+        if self.engine.failed is not None:  # a device fault (disk full, I/O error): the next batch reopens the cache
+            self.log("device", f"device fault; requests refused until the cache is reopened: {self.engine.failed}")
+            return OUT_OF_SPACE
         if isinstance(e, TierwiseError):  # e.g. the device refused an I/O: report it, keep serving
             return b"SERVER_ERROR %s\r\n" % str(e).encode("utf-8", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
-        # A bug must not take the server down: log it, answer this request, keep serving.
+        # A bug must not take the server down: log it (its traceback once a minute), answer this request, go on.
         self.counters["internal_errors"] += 1
-        traceback.print_exception(e, file=sys.stderr)
+        if self.log(f"internal {type(e).__name__}", f"internal error: {type(e).__name__}: {e}"):
+            traceback.print_exception(e, file=sys.stderr)
         return b"SERVER_ERROR internal error (%s)\r\n" % type(e).__name__.encode()
 
     # ---- item access ---------------------------------------------------------------------------------------------
@@ -137,7 +219,7 @@ class CommandHandler:
             self.counters["engine_rejects"] += 1
             return False
         if self.journal is not None:
-            self.journal.add(SET, key, item.cas)
+            self.journal.add(SET, key, item.cas, item.exptime)
         self.counters["total_items"] += 1
         return True
 
@@ -236,6 +318,8 @@ class CommandHandler:
         self.counters["cmd_flush"] += 1
         if req.delta:
             self.pending_flush_at = self.now + req.delta
+            if self.journal is not None:
+                self.journal.add(FLUSH_AT, b"", int(self.pending_flush_at * 1e6))
         else:
             self._invalidate_all()
         return b"OK\r\n"

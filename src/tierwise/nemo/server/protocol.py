@@ -21,6 +21,7 @@ MD_FLAGS = frozenset(b"CkOq")
 MS_MODES = {b"S": b"set", b"E": b"add", b"A": b"append", b"P": b"prepend", b"R": b"replace"}
 
 BAD_FORMAT = b"CLIENT_ERROR bad command line format"
+BAD_EXPTIME = b"CLIENT_ERROR invalid exptime argument"
 
 
 @dataclass
@@ -70,7 +71,7 @@ def single_set(data: bytes, limits: Limits) -> tuple[bytes, int, int, bytes] | N
     if n is None or len(data) != nl + n + 4 or n > limits.max_value or not valid_key(key, limits.max_key):
         return None
     f = _uint(flags, 32)
-    e = _uint(exptime, 63)
+    e = _uint(exptime, 31)  # a negative one takes the general path
     if f is None or e is None:
         return None
     return key, f, e, data[nl + 2:-2]
@@ -83,10 +84,14 @@ def _uint(tok: bytes, bits: int) -> int | None:
     return v if v < (1 << bits) else None
 
 
-def _int(tok: bytes) -> int | None:
+def _exptime(tok: bytes) -> int | None:
+    """An exptime: a signed 32-bit number, as memcached parses it (anything else is a client error, never a value
+    the item header cannot hold)."""
     neg = tok.startswith(b"-")
-    v = _uint(tok[1:] if neg else tok, 63)
-    return None if v is None else (-v if neg else v)
+    v = _uint(tok[1:] if neg else tok, 32)
+    if v is None or v > (1 << 31) - (0 if neg else 1):
+        return None
+    return -v if neg else v
 
 
 def _error(msg: bytes) -> Request:
@@ -209,9 +214,9 @@ class Parser:
         if cmd == b"touch":
             if len(tokens) not in (3, 4) or (len(tokens) == 4 and tokens[3] != b"noreply"):
                 return _error(BAD_FORMAT)
-            exptime = _int(tokens[2])
+            exptime = _exptime(tokens[2])
             if exptime is None:
-                return _error(b"CLIENT_ERROR invalid exptime argument")
+                return _error(BAD_EXPTIME)
             return self._keyed(Request(cmd, [tokens[1]], exptime=exptime, noreply=len(tokens) == 4))
         if cmd in (b"flush_all", b"verbosity"):
             rest = tokens[1:]
@@ -244,9 +249,11 @@ class Parser:
         req = Request(cmd)
         keys = tokens[1:]
         if cmd in (b"gat", b"gats"):
-            exptime = _int(tokens[1]) if len(tokens) > 1 else None
-            if exptime is None:
+            if len(tokens) < 2:
                 return _error(BAD_FORMAT)
+            exptime = _exptime(tokens[1])
+            if exptime is None:
+                return _error(BAD_EXPTIME)
             req.exptime = exptime
             keys = tokens[2:]
         if not keys:
@@ -263,7 +270,7 @@ class Parser:
             return _error(BAD_FORMAT)
         noreply = len(tokens) == want + 1 and tokens[want] == b"noreply"
         flags = _uint(tokens[2], 32)
-        exptime = _int(tokens[3])
+        exptime = _exptime(tokens[3])
         cas = _uint(tokens[5], 64) if cmd == b"cas" else 0
         if flags is None or exptime is None or cas is None or (len(tokens) == want + 1 and not noreply):
             return self._reject(nbytes, BAD_FORMAT)
@@ -308,7 +315,7 @@ class Parser:
 def _meta_numbers(req: Request, meta: dict[int, bytes]) -> bytes:
     """Decode the numeric meta flags (T ttl, F flags, C cas, M mode) into the request; return an error or b""."""
     if ord("T") in meta:
-        t = _int(meta[ord("T")])
+        t = _exptime(meta[ord("T")])
         if t is None:
             return b"CLIENT_ERROR bad token in command line format"
         req.exptime = t

@@ -9,6 +9,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +20,7 @@ from tierwise.common.errors import TierwiseError
 from tierwise.common.units import parse_size
 from tierwise.nemo.server import items
 from tierwise.nemo.server.commands import CommandHandler
-from tierwise.nemo.server.journal import DELETE, AckJournal
+from tierwise.nemo.server.journal import DELETE, AckJournal, JournalFull
 from tierwise.nemo.server.protocol import Limits
 
 ITEM_HEADER_MAX = items.header_size(1, 1)
@@ -39,6 +42,7 @@ class Cache:
     journal: AckJournal | None
     recovery: object | None
     journal_replayed: dict
+    opener: "_Opener"
 
     def durable(self) -> int:
         """SGs flushed so far: a write acknowledged before this count reached n is on flash once it reaches n+M."""
@@ -48,16 +52,103 @@ class Cache:
     def lag(self) -> int:
         return self.engine.cfg.buffered_sgs
 
+    def room(self, journal_bytes: int) -> None:
+        """Make room for a write, or raise TierwiseError: the journal's records and, on a device whose space could
+        not be reserved when it opened (a full disk at restart), that reservation first."""
+        device = self.engine.device
+        if getattr(device, "unreserved", None):  # only a file-backed device reserves its space
+            device.reserve_space()
+        if self.journal is not None:
+            self.journal.reserve(journal_bytes)
+
+    def reopen(self) -> None:
+        """After a device fault (disk full, I/O error in an SG flush) the engine's state may be half-updated: drop it
+        as a crash would and recover the cache from flash and the journal, as a restarted server does. Writes that
+        were only buffered are lost; the journal turns each of their keys into a miss, never an older value."""
+        device = self.engine.device
+        getattr(device, "crash", device.close)()  # a file device drops without syncing (its sync may fail now)
+        if self.journal is not None:
+            self.journal.close()
+        engine = self.opener.engine(fresh=False)
+        try:
+            self.journal, self.journal_replayed = self.opener.journal(engine, fresh=False)
+        except BaseException:
+            engine.device.close()  # and its lock, so a retry can take it
+            raise
+        self.engine, self.recovery = engine, getattr(engine, "recovery", None)
+        handler = self.handler
+        handler.engine, handler.journal = engine, self.journal
+        if self.journal is not None:
+            handler.flush_threshold = max(handler.flush_threshold, self.journal.flush_threshold)
+
     def close(self) -> None:
         """Clean shutdown: write the buffered SGs, forget the journal (all of it is on flash now), sync the device."""
         engine = self.engine
         engine.flush()
         engine.device.sync()
         if self.journal is not None:
-            self.journal.clear()
+            try:
+                self.journal.clear(engine.next_seq)
+            except JournalFull as e:  # its segments stay: they still describe what is on flash
+                print(f"journal not emptied: {e}", file=sys.stderr, flush=True)
             self.journal.close()
         engine.close()
         engine.device.close()
+        self.opener.close()
+
+
+@dataclass
+class _Opener:
+    """How to open the device, the engine and the journal of one cache: at start, and again after a device fault."""
+
+    spec: str
+    folder: Path | None
+    geometry: dict
+    max_value: int
+    journal_dir: Path | None
+    block_lock: int = -1  # fd holding a block device with O_EXCL
+
+    def engine(self, *, fresh: bool):
+        from tierwise.nemo.device import open_device
+        from tierwise.nemo.engines import make_engine
+
+        existing = not self.geometry
+        options = {"reserve": True} if self.folder is not None else {}
+        dev = open_device(self.spec, **self.geometry, **options)
+        recover = (existing or self.spec.startswith("zbd:")) and not fresh
+        try:
+            return make_engine("nemo", dev, recover=recover, max_value_size=self.max_value + ITEM_HEADER_MAX)
+        except BaseException:
+            dev.close()  # and its lock, so a retry can take it
+            raise
+
+    def journal(self, engine, *, fresh: bool) -> tuple[AckJournal | None, dict]:
+        """Open the journal, replay it over the recovered engine, and check that flash still holds every SG the
+        journal saw written; anything it cannot vouch for is dropped (made invisible), never served."""
+        if self.journal_dir is None:
+            return None, {"keys": 0, "deleted": 0, "notes": []}
+        journal = AckJournal(self.journal_dir)
+        if fresh:
+            journal.clear(engine.next_seq)
+        replay = journal.load(engine.next_seq)
+        notes = [f"journal damaged: {d}" for d in replay.damage]
+        if replay.damage:
+            notes.append("every item written before the damage is dropped: a write lost in it may be newer")
+        if engine.next_seq < replay.seq:
+            journal.flush_threshold = max(journal.flush_threshold, time.time_ns() // 1000)
+            notes.append(f"flash ends at SG {engine.next_seq - 1} but SG {replay.seq - 1} had been written: the "
+                         "newest SGs are damaged or missing; every item from before this start is dropped")
+        replayed = replay_journal(engine, replay.last)
+        try:
+            journal.start(engine.next_seq)
+        except JournalFull as e:
+            notes.append(f"{e}: writes are refused until it has room")
+        return journal, {**replayed, "notes": notes}
+
+    def close(self) -> None:
+        if self.block_lock >= 0:
+            os.close(self.block_lock)
+            self.block_lock = -1
 
 
 def open_cache(device: str, *, flash_bytes: int | None = None, zone_bytes: int | None = None,
@@ -65,9 +156,6 @@ def open_cache(device: str, *, flash_bytes: int | None = None, zone_bytes: int |
                journal_dir: str | Path | None = None) -> Cache:
     """Open `device` (`file:FOLDER`, a folder path, `mem` or `zbd:/dev/...`) and the Nemo cache on it. The
     acknowledgement journal lives in `journal_dir`, by default inside a file-backed device's folder."""
-    from tierwise.nemo.device import open_device
-    from tierwise.nemo.engines import make_engine
-
     from tierwise.nemo.layout import OBJ_HEADER, PAYLOAD
 
     largest = PAYLOAD - OBJ_HEADER - 1 - ITEM_HEADER_MAX
@@ -85,30 +173,50 @@ def open_cache(device: str, *, flash_bytes: int | None = None, zone_bytes: int |
             raise TierwiseError(f"{device} is a new device: give its size (--flash-size, e.g. 4G)")
         zone = zone_bytes or zone_bytes_for(flash_bytes, dram_bytes or 3 * (64 << 20))
         geometry = dict(flash_bytes=flash_bytes, zone_size=zone)
-    dev = open_device(spec, **geometry)
+    jdir = Path(journal_dir) if journal_dir else folder / "server-journal" if folder is not None else None
+    opener = _Opener(spec, folder, geometry, max_value, jdir)
+    if spec.startswith("zbd:"):
+        opener.block_lock = lock_block_device(spec[4:])
+    try:
+        engine = opener.engine(fresh=fresh)
+    except BaseException:
+        opener.close()
+        raise
+    if folder is not None:
+        opener.geometry = {}  # the folder is a device now: a reopen recovers it
+    dev = engine.device
     if existing and flash_bytes is not None and abs(dev.capacity_bytes - flash_bytes) >= dev.zone_capacity:
-        dev.close()
+        _give_up(engine, opener)
         raise TierwiseError(f"{folder} holds a {dev.capacity_bytes / 2**30:.2f} GiB device, not {flash_bytes / 2**30:.2f} "
                             "GiB: drop --flash-size to reuse it, or give a new folder")
-    recover = (existing or spec.startswith("zbd:")) and not fresh
-    engine = make_engine("nemo", dev, recover=recover, max_value_size=max_value + ITEM_HEADER_MAX)
     if dram_bytes is not None:
         need = sum(engine.dram_bytes().values())
         if need > dram_bytes:
-            dev.close()
+            _give_up(engine, opener)
             raise TierwiseError(f"Nemo needs {need / 2**20:.1f} MiB of DRAM on this device, over the "
                                 f"{dram_bytes / 2**20:.1f} MiB budget: raise --dram-mb or use a smaller zone size")
-    ack = None
-    replayed = {"keys": 0, "deleted": 0}
-    jdir = Path(journal_dir) if journal_dir else folder / "server-journal" if folder is not None else None
-    if jdir is not None:
-        ack = AckJournal(jdir)
-        if fresh:
-            ack.clear()
-        replayed = replay_journal(engine, ack.load(engine.next_seq))
+    ack, replayed = opener.journal(engine, fresh=fresh)
     handler = CommandHandler(engine, Limits(max_value=max_value), ack)
+    cache = Cache(engine, handler, ack, getattr(engine, "recovery", None), replayed, opener)
+    handler.reopen, handler.room = cache.reopen, cache.room
     warm_up_engine_code()
-    return Cache(engine, handler, ack, getattr(engine, "recovery", None), replayed)
+    return cache
+
+
+def _give_up(engine, opener: _Opener) -> None:
+    engine.device.close()
+    opener.close()
+
+
+def lock_block_device(path: str) -> int:
+    """Open a zoned block device with O_EXCL and return the fd: while it is held, a second server (or a mount) on
+    the same device is refused by the kernel (EBUSY)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            raise TierwiseError(f"device {path} is in use (another server holds it, or it is mounted)") from None
+        raise TierwiseError(f"cannot open device {path}: {e.strerror}") from None
 
 
 def warm_up_engine_code() -> dict:
@@ -139,15 +247,17 @@ def warm_up_engine_code() -> dict:
     return summary
 
 
-def replay_journal(engine, last: dict[bytes, tuple[int, int]]) -> dict:
-    """Delete every journaled key whose recovered value is not its last acknowledged version (or was deleted)."""
+def replay_journal(engine, last: dict[bytes, tuple[int, int, int]]) -> dict:
+    """Delete every journaled key whose recovered item is not its last acknowledged version (same cas and same
+    exptime: a touch keeps the cas), or was deleted."""
     deleted = 0
-    for key, (kind, cas) in last.items():
+    for key, (kind, cas, exptime) in last.items():
         blob = engine.get(key)
         if blob is None:
             continue
         try:
-            stale = kind == DELETE or items.unpack(blob).cas != cas
+            _, stored_exptime, stored_cas, _ = items.header(blob)
+            stale = kind == DELETE or (stored_cas, stored_exptime) != (cas, exptime)
         except TierwiseError:
             stale = True
         if stale:
@@ -172,8 +282,11 @@ def describe(cache: Cache) -> str:
         for d in rec.damaged_slots[:10]:
             lines.append(f"  damaged: {d}")
     if cache.journal is not None:
-        lines.append(f"journal: {cache.journal_replayed['keys']} keys replayed, {cache.journal_replayed['deleted']} "
-                     "stale or deleted keys dropped")
+        replayed = cache.journal_replayed
+        lines.append(f"journal: {replayed['keys']} keys replayed, {replayed['deleted']} stale or deleted keys dropped")
+        lines += [f"  WARNING {note}" for note in replayed["notes"][:10]]
+    if getattr(engine.device, "unreserved", None):
+        lines.append(f"  WARNING {engine.device.unreserved}: writes are refused until it can be reserved")
     else:
         lines.append("no acknowledgement journal (give --journal DIR): after a crash, a key whose last write was "
                      "still buffered may read back an older value")

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tierwise.nemo.server.commands import CommandHandler
+from tierwise.nemo.server.journal import JournalFull
 from tierwise.nemo.server.protocol import Limits, Parser, Request, single_set, valid_key
 
 
@@ -209,10 +210,17 @@ class MemcacheServer:
 
     def _commit_journal(self) -> None:
         """Write the journal records of the requests just run: before their replies leave."""
-        journal = self.handler.journal
+        handler = self.handler
+        journal = handler.journal
         if journal is not None and journal.pending:
             durable = self.durable()
-            journal.commit(durable)
+            try:
+                journal.commit(durable)
+            except JournalFull as e:
+                # Writes reserved their room before they ran, so only records a batch adds on its own are left
+                # (a delayed flush_all firing, the SG count): they stay pending for the next commit.
+                handler.log("space", f"journal commit deferred: {e}")
+                return
             journal.retire(durable, self.lag)
 
     def submit(self, conn: Connection, reqs: list[Request]) -> None:
