@@ -11,8 +11,9 @@ from tierwise.common.errors import TierwiseError
 from tierwise.nemo import layout
 from tierwise.nemo.device import FtlSSD, MemoryZonedDevice
 from tierwise.nemo.engines import make_engine
-from tierwise.nemo.engines.paged import key_tag, log_lookup
-from tierwise.nemo.engines.settier import set_lookup, set_of
+from tierwise.nemo.engines.paged import key_tag, log_lookup, new_page_io
+from tierwise.nemo.engines.settier import RRIP_NEW, RRIP_SHIFT, new_set_tier, set_lookup, set_of, set_put
+from tierwise.nemo.metrics import C_REJECTED, Metrics
 from tierwise.nemo.native import ref_of
 
 from .baseline_helpers import check_against_dict, check_op_list, device_bytes_match, op_lists, random_ops
@@ -81,20 +82,86 @@ def test_dropped_log_object_never_exposes_an_older_set_copy():
     assert in_sets(engine, b"victim") == b"new" * 10 and engine.get(b"victim") == b"new" * 10
 
 
-@pytest.mark.parametrize("readmit", [True, False])
-def test_objects_hit_in_the_log_are_readmitted_instead_of_dropped(readmit):
+@pytest.mark.parametrize("readmit, hits, readmitted", [(1, 1, False), (1, 2, True), (0, 5, False), (2, 3, True)])
+def test_log_objects_are_readmitted_only_with_more_than_readmit_hits(readmit, hits, readmitted):
     engine = small_kangaroo(threshold=64, readmit=readmit)  # nothing reaches the threshold: only readmission saves
     engine.set(b"hot", b"h" * 100)
     engine.set(b"cold", b"c" * 100)
-    assert engine.get(b"hot") == b"h" * 100
+    for _ in range(hits):
+        assert engine.get(b"hot") == b"h" * 100
     for i in range(130):  # ~10 log pages of 13 objects: the first log zone (4 pages) is evicted, the second not yet
         engine.set(b"filler%03d" % i, b"x" * 290)
     c = engine.metrics.counters
     assert engine.get(b"cold") is None and c["threshold_drops"] > 0
-    assert (engine.get(b"hot") == b"h" * 100) is readmit and c.get("readmissions", 0) == int(readmit)
+    assert (engine.get(b"hot") == b"h" * 100) is readmitted and c.get("readmissions", 0) == int(readmitted)
     engine.flush()
     # the readmitted copy is written again as a copy (amplification), not as new user bytes
-    assert engine.metrics.writes.get("writeback", 0) == (layout.object_size(3, 100) if readmit else 0)
+    assert engine.metrics.writes.get("writeback", 0) == (layout.object_size(3, 100) if readmitted else 0)
+    assert device_bytes_match(engine)
+
+
+def test_readmit_is_a_hit_count():
+    with pytest.raises(TierwiseError, match="readmit"):
+        small_kangaroo(readmit=True)
+
+
+@njit
+def _put(S, key, value, hits):
+    return set_put(S, S.page, key, value, hits)
+
+
+def _set_tier(rrip_insert):
+    dev = MemoryZonedDevice(8, 4 * 4096)
+    return new_set_tier(new_page_io(dev, Metrics()), list(range(8)), op=0.5, rrip=True, rrip_insert=rrip_insert)
+
+
+def _keys(S):
+    return [o.key for o in layout.iter_objects(S.page)]
+
+
+def test_authors_rriparoo_refuses_a_newcomer_that_would_evict_nearer_objects():
+    S = _set_tier("authors")
+    value = np.zeros(1300, np.uint8)
+    for k in (b"a", b"b", b"c"):  # hit often in the log: they enter at RRIP 0
+        assert _put(S, np.frombuffer(k, np.uint8), value, 6) > 0
+    assert {o.flags >> RRIP_SHIFT for o in layout.iter_objects(S.page)} == {0}
+    assert _put(S, np.frombuffer(b"new", np.uint8), value, 0) == 0  # would enter at RRIP_MAX - 1: refused
+    assert _keys(S) == [b"a", b"b", b"c"] and S.io.m.counters[C_REJECTED] == 1
+    assert _put(S, np.frombuffer(b"new", np.uint8), value, RRIP_NEW) > 0  # as near as they are: admitted
+    assert _keys(S) == [b"b", b"c", b"new"]  # the oldest of the nearest went
+
+
+def test_authors_rriparoo_inserts_at_max_minus_one_minus_hits():
+    S = _set_tier("authors")
+    for hits, k in ((0, b"a"), (2, b"b"), (9, b"c")):
+        _put(S, np.frombuffer(k, np.uint8), np.zeros(10, np.uint8), hits)
+    assert [o.flags >> RRIP_SHIFT for o in layout.iter_objects(S.page)] == [RRIP_NEW, RRIP_NEW - 2, 0]
+
+
+def test_long_rriparoo_admits_every_newcomer_at_long():
+    S = _set_tier("long")
+    value = np.zeros(1300, np.uint8)
+    for k in (b"a", b"b", b"c"):
+        _put(S, np.frombuffer(k, np.uint8), value, 6)
+    assert _put(S, np.frombuffer(b"new", np.uint8), value, 0) > 0
+    assert _keys(S) == [b"b", b"c", b"new"] and S.io.m.counters[C_REJECTED] == 0
+    assert list(layout.iter_objects(S.page))[-1].flags >> RRIP_SHIFT == RRIP_NEW
+
+
+def test_a_refused_update_still_retires_the_older_copy():
+    S = _set_tier("authors")
+    value = np.zeros(1300, np.uint8)
+    for k in (b"a", b"b", b"c"):
+        _put(S, np.frombuffer(k, np.uint8), value, 6)
+    assert _put(S, np.frombuffer(b"a", np.uint8), np.ones(2700, np.uint8), 0) == 0  # does not fit beside b, c
+    assert _keys(S) == [b"b", b"c"]  # the stale "a" is gone with it
+
+
+@pytest.mark.parametrize("rrip_insert", ["long", "authors"])
+def test_kangaroo_rrip_insertions_match_dict_model(rrip_insert):
+    engine = small_kangaroo(threshold=1, rrip_insert=rrip_insert)
+    check_against_dict(engine, random_ops(9, 12_000, 3_000, sizes=(100, 1500)))
+    assert (engine.metrics.counters.get("rejected", 0) > 0) is (rrip_insert == "authors")
     assert device_bytes_match(engine)
 
 

@@ -165,7 +165,7 @@ LogIndex = namedtuple("LogIndex", [
     "tags",  # uint64[pool]: key tag of each entry
     "locs",  # uint32 or int64[pool]: page id << POS_BITS | byte position of the object
     "nxt",  # int32[pool]: next entry in the chain (or in the free list)
-    "hits",  # uint8[pool] (or empty): hit since written (Kangaroo's readmission)
+    "hits",  # uint8[pool] (or empty): hits since written, saturating (Kangaroo's readmission, RRIParoo insertion)
     "st",  # int64[4]: FREE (first freed entry, -1 = none), LIVE entries, BUMP (entries ever used), CAP0
 ])
 FREE, LIVE, BUMP, CAP0 = range(4)
@@ -274,14 +274,15 @@ def ix_chain_length(ix, bucket):
 def ix_mark_hit(ix, bucket, tag):
     if ix.hits.shape[0]:
         e = ix_find(ix, bucket, tag)
-        if e >= 0:
-            ix.hits[e] = 1
+        if e >= 0 and ix.hits[e] < 255:
+            ix.hits[e] += 1
 
 
 @internal
-def ix_was_hit(ix, bucket, tag):
+def ix_hits(ix, bucket, tag):
+    """Hits of `tag` since it was written (0 when hits are not tracked)."""
     e = ix_find(ix, bucket, tag)
-    return e >= 0 and ix.hits.shape[0] > 0 and ix.hits[e] != 0
+    return np.int64(ix.hits[e]) if e >= 0 and ix.hits.shape[0] else np.int64(0)
 
 
 # ---- the log tier --------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def set_(P, key, value):
     S = P.sets
     j = set_of(S, key_tag(key))
     page = set_begin_update(S, j, C_READ_RMW, True)
-    added = set_put(S, page, key, value)
+    added = set_put(S, page, key, value, 0)
     set_write(P, S, j, page, added, key.shape[0] + value.shape[0], 1)
     return True
 

@@ -11,8 +11,12 @@ GC: its OP, its DLWA).
 
 DRAM per set: a Bloom filter rebuilt from the page on every write (BigHash), the set's location (out of place
 only), and with RRIParoo (Kangaroo) 16 hit bits. RRIParoo keeps a 3-bit re-reference prediction per object on
-flash, in the unused top bits of the object's flags byte: 0 = reused soon, RRIP_MAX = evict first; new objects
-enter at RRIP_MAX - 1; objects hit since their set was last written are promoted to 0 before it is rewritten.
+flash, in the unused top bits of the object's flags byte: 0 = reused soon, RRIP_MAX = evict first; objects hit
+since their set was last written are promoted to 0 before it is rewritten. Where a newcomer enters (`rrip_insert`):
+- "long": at RRIP_MAX - 1, always admitted (evicting the most distant objects);
+- "authors" (Kangaroo's simulator, `rrip_sets.cpp`, and FairyWREN's buckets): the set is aged once per rewrite,
+  a newcomer enters at RRIP_MAX - 1 - (its hits in the log), and it is refused when it could only enter by
+  evicting objects with a nearer predicted re-reference than its own (counted as `rejected`).
 
 The fill reported per set write is the share of the page that is newly added data (Eq. 3), in batches of
 FILL_BATCH writes (`metrics.record_fills`, each batch one group sample).
@@ -30,6 +34,7 @@ from collections import namedtuple
 from typing import Callable
 
 import numpy as np
+from numba import types
 from numba.extending import overload
 
 from tierwise.common.errors import TierwiseError
@@ -45,6 +50,8 @@ from tierwise.nemo.native import compiled_only, copy_bytes, internal
 RRIP_SHIFT = 5
 RRIP_MAX = 7
 RRIP_NEW = RRIP_MAX - 1
+RRIP_INSERT = ("long", "authors")
+LONG, AUTHORS = range(2)
 # DRAM hit bits per set: one per object slot for the first 16 objects, a uint16 per set (Kangaroo's RripBitVector
 # tracks 16 objects per bucket; a 4 KB set holds ~16 objects of the ~250 B twitter-merged size)
 HIT_SLOTS = 16
@@ -56,6 +63,7 @@ SetTier = namedtuple("SetTier", [
     "in_place",  # 1: sets at fixed pages of a conventional SSD (page base + j)
     "base",  # page id of the tier's first page
     "rrip",  # 1: RRIParoo eviction (hit bits in `hits`), 0: FIFO
+    "insert",  # RRIParoo insertion: LONG or AUTHORS (`RRIP_INSERT`)
     "fifo",  # GC victim: 1 = oldest closed zone, 0 = greedy (fewest valid sets)
     "m_bits", "k",  # Bloom filter bits per set, probes per key
     "loc",  # int32[num_sets]: page id of each set, -1 = not on flash
@@ -78,12 +86,16 @@ ZONE, WP, FREE_AT, FREE_N, CLOSED_AT, CLOSED_N, OBJECTS, NFILLS = range(8)
 
 
 def new_set_tier(io: PageIO, zones: list[int], *, op: float, rrip: bool = False, victim: str = "greedy",
-                 bloom_fp: float = 0.01, objects_per_set: float = 16.0, in_place: bool | None = None) -> SetTier:
+                 bloom_fp: float = 0.01, objects_per_set: float = 16.0, in_place: bool | None = None,
+                 rrip_insert: str = "long", max_sets: int | None = None) -> SetTier:
     """`zones` (a contiguous range) hold the sets; `op` is the over-provisioned share of their pages (0 in place).
     `in_place`: sets rewritten at fixed pages (a conventional SSD only; the default there) instead of out of place
-    with zone GC (the default on zoned devices, and a design's choice on a conventional SSD too)."""
+    with zone GC (the default on zoned devices, and a design's choice on a conventional SSD too). `max_sets` caps
+    the number of sets (a tier paired set by set with a smaller one; the pages left over add to its OP)."""
     if victim not in ("greedy", "fifo"):
         raise TierwiseError(f"unknown GC victim policy {victim!r}: use 'greedy' or 'fifo'")
+    if rrip_insert not in RRIP_INSERT:
+        raise TierwiseError(f"unknown RRIP insertion {rrip_insert!r}: use one of {', '.join(RRIP_INSERT)}")
     if not 0 <= op < 1:
         raise TierwiseError(f"set over-provisioning must be in [0, 1), got {op}")
     if not zones or list(zones) != list(range(zones[0], zones[0] + len(zones))):
@@ -97,6 +109,9 @@ def new_set_tier(io: PageIO, zones: list[int], *, op: float, rrip: bool = False,
     if in_place:
         op = 0.0
     num_sets = int(phys * (1 - op))
+    if max_sets is not None and max_sets < num_sets:
+        num_sets = max_sets
+        op = 1 - num_sets / phys
     if not in_place and (phys - num_sets < 2 * ppz or num_sets < 1):
         raise TierwiseError(
             f"set OP {op} leaves {phys - num_sets} spare pages over {len(zones)} zones of {ppz} pages; "
@@ -105,7 +120,8 @@ def new_set_tier(io: PageIO, zones: list[int], *, op: float, rrip: bool = False,
     n = len(zones)
     st = np.zeros(8, np.int64)
     st[ZONE], st[FREE_AT], st[FREE_N] = zones[0], 1 % n, n - 1  # the first zone opens at once
-    return SetTier(io, num_sets, phys, op, int(in_place), zones[0] * ppz, int(rrip), int(victim == "fifo"),
+    return SetTier(io, num_sets, phys, op, int(in_place), zones[0] * ppz, int(rrip), RRIP_INSERT.index(rrip_insert),
+                   int(victim == "fifo"),
                    params.m_bits, params.k, np.full(num_sets, -1, np.int32),
                    np.zeros(0 if in_place else phys, np.int32), np.zeros(io.dev.num_zones, np.int64), np.array(zones, np.int64), np.zeros(n, np.int64), st,
                    np.zeros((num_sets, params.nbytes), np.uint8), np.zeros(num_sets if rrip else 0, np.uint16),
@@ -137,25 +153,35 @@ _OWNERS: dict[type, Callable] = {}
 
 
 def register_set_owner(state_type: type, gc_merge: Callable) -> None:
-    """`gc_merge(P, j, page)` (P: the engine's state ref): zone GC is relocating set j, whose page (a writable copy)
-    it may add objects to; returns the bytes added, or -1 to have the page copied as is (`no_merge`)."""
+    """`gc_merge(P, S, j, page)` (P: the engine's state ref): zone GC of set tier S is relocating set j, whose page
+    (a writable copy) it may add objects to; returns the bytes added, or -1 to have the page copied as is
+    (`no_merge`)."""
     _OWNERS[state_type] = gc_merge
 
 
 @internal
-def no_merge(P, j, page):
+def no_merge(P, S, j, page):
     """The GC hook of a design whose sets GC copies unchanged."""
     return -1
 
 
-def on_set_gc(P, j, page):
+# Pass as P, as np.int64(NO_OWNER), to write a set tier whose GC must copy, whatever its owner's hook (FairyWREN's
+# hot halves): the hook is chosen at compile time, so this also keeps the owner's hook out of that path, where it
+# could call back into the function writing the tier (a recursion numba cannot cache). The np.int64 keeps numba
+# from specialising on the literal 0, which its cache does not link back either.
+NO_OWNER = 0
+
+
+def on_set_gc(P, S, j, page):
     raise compiled_only("on_set_gc")
 
 
 @overload(on_set_gc)
-def _ov_on_set_gc(P, j, page):
+def _ov_on_set_gc(P, S, j, page):
+    if isinstance(P, types.Integer):  # NO_OWNER
+        return lambda P, S, j, page: no_merge(P, S, j, page)
     fn = _OWNERS[P.dtype.instance_class]
-    return lambda P, j, page: fn(P, j, page)
+    return lambda P, S, j, page: fn(P, S, j, page)
 
 
 # ---- keys and filters ----------------------------------------------------------------------------------------------
@@ -194,7 +220,7 @@ def _probe(h, m_bits):
 
 
 @internal
-def _may_hold(S, j, key):
+def set_may_hold(S, j, key):
     """The set is on flash and its filter may hold `key`."""
     if S.loc[j] < 0:
         return False
@@ -265,7 +291,7 @@ def _rebuild(S, j, page):
 # ---- pages: insertion and eviction within a set ------------------------------------------------------------------------
 
 @internal
-def _rrip(page, pos):
+def obj_rrip(page, pos):
     return np.int64(page[pos + 1]) >> RRIP_SHIFT
 
 
@@ -275,25 +301,74 @@ def _set_rrip(page, pos, v):
 
 
 @internal
+def _top_rrip(page):
+    """The most distant RRIP value in the page (-1 when empty)."""
+    end = PAGE_HEADER + layout.page_used(page)
+    top = -1
+    p = PAGE_HEADER
+    while p < end:
+        top = max(top, obj_rrip(page, p))
+        p += layout.obj_size_at(page, p)
+    return top
+
+
+@internal
+def page_age(page):
+    """RRIP ageing: raise everyone's value until the most distant object is at RRIP_MAX (order is kept)."""
+    top = _top_rrip(page)
+    if 0 <= top < RRIP_MAX:
+        end = PAGE_HEADER + layout.page_used(page)
+        p = PAGE_HEADER
+        while p < end:
+            _set_rrip(page, p, obj_rrip(page, p) + RRIP_MAX - top)
+            p += layout.obj_size_at(page, p)
+
+
+@internal
+def page_most_distant(page):
+    """Position of the oldest object with the highest RRIP (the first in page order among equals)."""
+    top = _top_rrip(page)
+    p = PAGE_HEADER
+    while obj_rrip(page, p) != top:
+        p += layout.obj_size_at(page, p)
+    return p
+
+
+@internal
+def page_nearest(page):
+    """Position of the oldest object with the lowest RRIP (the nearest predicted re-reference)."""
+    end = PAGE_HEADER + layout.page_used(page)
+    best, at = RRIP_MAX + 1, PAGE_HEADER
+    p = PAGE_HEADER
+    while p < end:
+        v = obj_rrip(page, p)
+        if v < best:
+            best, at = v, p
+        p += layout.obj_size_at(page, p)
+    return at
+
+
+@internal
+def page_room_at(page, v):
+    """Bytes a newcomer at RRIP v may take: the free space plus every object predicted no nearer than v."""
+    room = layout.page_free(page)
+    end = PAGE_HEADER + layout.page_used(page)
+    p = PAGE_HEADER
+    while p < end:
+        size = layout.obj_size_at(page, p)
+        if obj_rrip(page, p) >= v:
+            room += size
+        p += size
+    return room
+
+
+@internal
 def _evict_one(page, rrip):
     """Remove one object: the oldest (FIFO), or the oldest with the highest RRIP after ageing (RRIParoo)."""
     pos = PAGE_HEADER
     if rrip:
-        end = PAGE_HEADER + layout.page_used(page)
-        top = -1
-        p = PAGE_HEADER
-        while p < end:
-            top = max(top, _rrip(page, p))
-            p += layout.obj_size_at(page, p)
-        p = PAGE_HEADER
-        found = False
-        while p < end:
-            if top < RRIP_MAX:  # age everyone until someone is at the distant end
-                _set_rrip(page, p, _rrip(page, p) + RRIP_MAX - top)
-            if not found and _rrip(page, p) == RRIP_MAX:
-                pos = p
-                found = True
-            p += layout.obj_size_at(page, p)
+        page_age(page)
+        pos = page_most_distant(page)
     layout.page_remove(page, pos)
 
 
@@ -327,11 +402,31 @@ def promote_hits(page, hits):
 
 
 @internal
-def set_put(S, page, key, value):
-    """Insert into a page from `set_begin_update`, evicting as the policy says (new objects enter at RRIP long);
-    returns the bytes added (object with header)."""
-    page_put(page, key, value, (RRIP_NEW << RRIP_SHIFT) if S.rrip else 0, S.rrip)
-    return OBJ_HEADER + key.shape[0] + value.shape[0]
+def insert_rrip(S, hits):
+    """Where a newcomer with `hits` log hits enters (module docstring: `rrip_insert`)."""
+    if S.insert == AUTHORS:
+        return max(RRIP_NEW - hits, 0)
+    return RRIP_NEW
+
+
+@internal
+def set_put(S, page, key, value, hits):
+    """Insert into a page from `set_begin_update`, evicting as the policy says; `hits` = the newcomer's hits in
+    the log. Returns the bytes added (object with header), 0 when RRIParoo refuses it ("authors" insertion)."""
+    size = OBJ_HEADER + key.shape[0] + value.shape[0]
+    if not S.rrip:
+        page_put(page, key, value, 0, False)
+        return size
+    v = insert_rrip(S, hits)
+    if S.insert == AUTHORS:
+        pos = layout.page_find(page, key)
+        if pos >= 0:  # an older copy goes whether or not the newcomer gets in: it must never be served again
+            layout.page_remove(page, pos)
+        if page_room_at(page, v) < size:
+            S.io.m.counters[mt.C_REJECTED] += 1
+            return 0
+    page_put(page, key, value, v << RRIP_SHIFT, True)
+    return size
 
 
 # ---- lookups -------------------------------------------------------------------------------------------------------
@@ -339,7 +434,7 @@ def set_put(S, page, key, value):
 @internal
 def set_lookup(S, j, key):
     """(hit, page, value start, value length) of `key` in set j (a lookup: the read is the request's)."""
-    if not _may_hold(S, j, key):
+    if not set_may_hold(S, j, key):
         return False, S.io.zero, 0, 0
     ppz = S.io.ppz
     pid = np.int64(S.loc[j])
@@ -358,7 +453,7 @@ def set_lookup(S, j, key):
 @internal
 def set_holds(S, j, key, cause):
     """Is `key` in set j on flash (a background read under `cause` when its filter may hold it)?"""
-    if not _may_hold(S, j, key):
+    if not set_may_hold(S, j, key):
         return False
     ppz = S.io.ppz
     pid = np.int64(S.loc[j])
@@ -380,13 +475,15 @@ def set_begin_update(S, j, cause, foreground):
         copy_bytes(page, 0, read_page_as(S.io, pid // ppz, pid % ppz, S.scratch, cause, foreground), 0, PAGE_SIZE)
     if S.rrip and S.hits[j]:
         promote_hits(page, S.hits[j])
+    if S.insert == AUTHORS:  # the authors age a set once per batch of newcomers, before admitting them
+        page_age(page)
     return page
 
 
 @internal
 def set_remove(P, S, j, key):
     """Delete a key from set j (a read-modify-write the request waits for, when the filter says it may be there)."""
-    if not _may_hold(S, j, key):
+    if not set_may_hold(S, j, key):
         return False
     page = set_begin_update(S, j, mt.C_READ_DELETE, True)
     pos = layout.page_find(page, key)
@@ -514,10 +611,10 @@ def _collect(P, S):
             page = S.gc[p]
             if S.rrip and S.hits[j]:
                 promote_hits(page, S.hits[j])
-            added = on_set_gc(P, j, page)
+            added = on_set_gc(P, S, j, page)
             _invalidate(S, j)
-            if added > 0 or (added == 0 or S.rrip) and layout.page_count(page) != S.counts[j]:
-                _rebuild(S, j, page)  # objects were merged in (or the page read back damaged: empty)
+            if added >= 0 or S.rrip and layout.page_count(page) != S.counts[j]:
+                _rebuild(S, j, page)  # the owner may have changed the keys (or the page read back damaged: empty)
             elif S.rrip:  # the same keys: the filter stands (a plain copy always keeps it)
                 S.hits[j] = 0
             if layout.page_count(page):
