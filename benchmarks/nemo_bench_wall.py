@@ -29,9 +29,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     n = parse_count(args.requests)
-    st = BenchSettings(trace=f"synth:twitter-merged:{n}", engines=args.engines, flash_mb=args.flash_mb, device="mem",
+    st = BenchSettings(trace=f"synth:twitter-merged:{n}", engines=args.engines, flash_size=int(args.flash_mb * 2**20), device="mem",
                        ablation=False, cache_sizes=())
-    bench(BenchSettings(trace="synth:twitter-merged:50000", engines=args.engines, flash_mb=args.flash_mb,
+    bench(BenchSettings(trace="synth:twitter-merged:50000", engines=args.engines, flash_size=int(args.flash_mb * 2**20),
                         device="mem", ablation=False, cache_sizes=()), workers=args.workers)  # compile / load
     t0 = time.perf_counter()
     report = bench(st, workers=args.workers)

@@ -24,14 +24,16 @@ import libcachesim as lcs
 import numpy as np
 
 from tierwise.common.report import print_table, write_json
-from tierwise.nemo.replay import ReplayOptions, open_engine, parse_engine_options, replay
+from tierwise.nemo.api import open_engine
+from tierwise.nemo.replay import ReplayOptions, parse_engine_options, replay
 from tierwise.nemo.traces import SyntheticTrace, write_trace
 from tierwise.common.units import parse_count
 
 
 def run_design(name: str, chunks, args, zone_kb: int, folder: str, options: dict) -> dict:
     device = "mem" if args.device == "mem" else f"file:{folder}/{name}"
-    engine = open_engine(name, flash_mb=args.flash_mb, zone_kb=zone_kb, device=device, **options)
+    engine = open_engine(name, flash_size=int(args.flash_mb * 2**20), zone_size=zone_kb * 1024, device=device,
+                         **options)
     n = sum(len(c) for c in chunks)
     result = replay(engine, chunks, ReplayOptions(sample_every=max(1, n // 20), progress=False))
     engine.close()

@@ -17,7 +17,8 @@ from pathlib import Path
 import libcachesim as lcs
 
 from tierwise.common.report import print_table, write_json
-from tierwise.nemo.replay import ReplayOptions, open_engine, replay
+from tierwise.nemo.api import open_engine
+from tierwise.nemo.replay import ReplayOptions, replay
 from tierwise.nemo.traces import SyntheticTrace, write_trace
 from tierwise.common.units import parse_count
 
@@ -31,7 +32,7 @@ def main() -> None:
     args = ap.parse_args()
     n = parse_count(args.requests)
     t0 = time.perf_counter()
-    engine = open_engine("nemo", flash_mb=args.flash_mb, zone_kb=args.zone_kb)
+    engine = open_engine("nemo", flash_size=int(args.flash_mb * 2**20), zone_size=args.zone_kb * 1024)
     result = replay(engine, SyntheticTrace("twitter-merged", n, 0), ReplayOptions(sample_every=max(1, n // 50)),
                     total=n)
     wall = time.perf_counter() - t0

@@ -1,7 +1,7 @@
 import pytest
 
 from tierwise.common.errors import TierwiseError
-from tierwise.common.units import format_bytes, parse_count, parse_size
+from tierwise.common.units import format_bytes, format_size, parse_count, parse_size
 
 
 @pytest.mark.parametrize("text,nbytes", [("8M", 8 << 20), ("1.5G", 3 << 29), ("64MiB", 64 << 20), ("512K", 512 << 10),
@@ -27,3 +27,9 @@ def test_counts():
 
 def test_format_bytes():
     assert format_bytes(24 << 20) == "24 MiB" and format_bytes(1536 << 20) == "1.5 GiB" and format_bytes(100) == "100 B"
+
+
+@pytest.mark.parametrize("nbytes", [8 << 20, 64 << 10, 1536 << 10, 100, 3 << 30])
+def test_format_size_reads_back(nbytes):
+    assert parse_size(format_size(nbytes)) == nbytes
+    assert format_size(8 << 20) == "8M" and format_size(1536 << 10) == "1536K"

@@ -102,7 +102,7 @@ def test_bad_input_keeps_connection_in_sync(served):
     # As in memcached, the bytes after a bad data chunk ("f") are read as the next command.
     assert reply.split(b"\r\n")[:7] == [b"ERROR", b"CLIENT_ERROR bad data chunk", b"ERROR",
                                         b"CLIENT_ERROR bad command line format",
-                                        b"CLIENT_ERROR bad command line format", b"ERROR", b"STORED"]
+                                        b"ERROR", b"ERROR", b"STORED"]  # memcached: `incr` alone is an ERROR
     assert reply.endswith(b"VALUE k 0 3\r\nabc\r\nEND\r\n")
 
 
@@ -211,14 +211,16 @@ def test_command_semantics(served):
     assert ask(b"set n 0 0 20\r\n18446744073709551615\r\n") == b"STORED\r\n"
     assert ask(b"incr n 2\r\n") == b"1\r\n"  # wraps at 2^64, as memcached does
     assert ask(b"append n 0 0 2048\r\n" + b"x" * 2048 + b"\r\n") == b"SERVER_ERROR object too large for cache\r\n"
-    assert ask(b"cas n 0 0 1 1 noreply\r\nz\r\nget n\r\n", b"END\r\n") == b"VALUE n 0 1\r\n1\r\nEND\r\n"  # bad cas
-    assert ask(b"gat 100 n\r\n", b"END\r\n") == b"VALUE n 0 1\r\n1\r\nEND\r\n"
-    assert ask(b"gats 0 n\r\n", b"END\r\n").startswith(b"VALUE n 0 1 ")
+    # bad cas; as memcached, the shorter number is stored space-padded to the old length
+    n_value = b"VALUE n 0 20\r\n1%s\r\nEND\r\n" % (b" " * 19)
+    assert ask(b"cas n 0 0 1 1 noreply\r\nz\r\nget n\r\n", b"END\r\n") == n_value
+    assert ask(b"gat 100 n\r\n", b"END\r\n") == n_value
+    assert ask(b"gats 0 n\r\n", b"END\r\n").startswith(b"VALUE n 0 20 ")
     assert ask(b"verbosity 1\r\n") == b"OK\r\n"
-    assert ask(b"stats settings\r\n", b"END\r\n").startswith(b"STAT item_size_max 2048\r\n")
+    assert b"STAT item_size_max 2048\r\n" in ask(b"stats settings\r\n", b"END\r\n")
     assert b"STAT config_engine " in ask(b"stats nemo\r\n", b"END\r\n")
-    assert ask(b"stats bogus\r\n").startswith(b"CLIENT_ERROR")
-    assert ask(b"flush_all 1\r\nget n\r\n", b"END\r\n") == b"OK\r\nVALUE n 0 1\r\n1\r\nEND\r\n"
+    assert ask(b"stats bogus\r\n") == b"ERROR\r\n"  # as memcached
+    assert ask(b"flush_all 1\r\nget n\r\n", b"END\r\n") == b"OK\r\n" + n_value
     time.sleep(1.1)  # the delayed flush_all takes effect at the next request after its time
     assert ask(b"get n\r\n", b"END\r\n") == b"END\r\n"
     assert ask(b"ms m 1 MR\r\nv\r\n") == b"NS\r\n" and ask(b"ms m 1 ME\r\nv\r\n") == b"HD\r\n"

@@ -42,3 +42,17 @@ def test_device_report(tmp_path):
     r = CliRunner().invoke(app, ["nemo", "device", "report", f"file:{tmp_path / 'd'}"])
     assert r.exit_code == 0, r.output
     assert "CLOSED" in r.output and "EMPTY" in r.output
+
+
+def test_stats_json_to_standard_output_alone(tmp_path):
+    r = CliRunner().invoke(app, ["nemo", "trace", "stats", "synth:twitter-merged:5000", "--json", "-"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)  # nothing but the JSON: no table
+    assert s["requests"] == 5000 and s["trace"].startswith("synth:twitter-merged:5000") and s["bad_lines_skipped"] == 0
+
+
+def test_synth_json_to_standard_output_alone(tmp_path):
+    r = CliRunner().invoke(app, ["nemo", "trace", "synth", "--requests", "5k", "--out", str(tmp_path / "t.req"),
+                                 "--json", "-"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["requests"] == 5000 and (tmp_path / "t.req").stat().st_size > 0

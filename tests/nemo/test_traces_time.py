@@ -172,10 +172,11 @@ def test_replay_options_arrivals():
 
 
 def test_replay_driven_by_trace_timestamps():
-    from tierwise.nemo.replay import ReplayOptions, open_engine, replay
+    from tierwise.nemo.api import open_engine
+    from tierwise.nemo.replay import ReplayOptions, replay
 
     def run(trace, **kw):
-        engine = open_engine("log", flash_mb=2, zone_kb=128)
+        engine = open_engine("log", flash_size="2M", zone_size="128K")
         return replay(engine, trace, ReplayOptions(sample_every=0, progress=False, **kw))
 
     trace = list(open_trace("synth:twitter-merged:100000:3"))

@@ -57,3 +57,11 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" or n == int(n) else f"{n:.3g} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def format_size(n: int) -> str:
+    """The shortest exact flag spelling of `n` bytes: `8M`, `64K`, `1536K`, `100` (parse_size reads it back)."""
+    for power, suffix in ((4, "T"), (3, "G"), (2, "M"), (1, "K")):
+        if n and n % 1024**power == 0:
+            return f"{n // 1024**power}{suffix}"
+    return str(n)

@@ -1,17 +1,107 @@
-"""`tierwise nemo ...` commands. Each command is a thin wrapper: parse flags, call the library, print/write results."""
+"""`tierwise nemo ...` commands: parse flags, call `tierwise.nemo.api` (or the library), print or emit the result.
+
+One convention for every command (docs/cli.md): sizes with units (`--flash-size 24M`; the old `--flash-mb`-style
+flags still read, hidden, with a note), `--json PATH` writes every number (`-`: standard output carries only the
+JSON, no table, no progress), `--plot DIR` where there are plots, the same name for the same thing (`--seed`,
+`--workers`, `--requests`). A flag left out takes its default from `tierwise.nemo.defaults` (`ReplayOptions`,
+`BenchSettings`) or the server's config, the one place each is kept.
+"""
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import typer
 
-from tierwise.nemo.defaults import DEFAULT_PROFILE, DEFAULT_RATE
+from tierwise.common.units import format_bytes
+from tierwise.nemo.defaults import (DEFAULT_DEVICE, DEFAULT_ENGINE, DEFAULT_EXECUTOR, RENAMED_SIZES, REPLAY_FLASH_SIZE,
+                                    SYNTH_PROFILE, SYNTH_REQUESTS, SYNTH_SEED, BenchSettings, MiB, ReplayOptions)
+from tierwise.nemo.server.protocol import Limits
+from tierwise.nemo.server.server import ServerConfig
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 
 FORMAT_HELP = "Trace file format: twitter | metakv | oracle | requests (default: detected from the content)."
 SKIP_BAD_HELP = "Count and skip malformed lines or records instead of stopping."
+# no word longer than the help column of an 80-column --help (tests/test_cli_output.py)
+TRACE_HELP = "Trace file, or synth:PROFILE:N:SEED (N requests and SEED optional), e.g. synth:twitter-merged:1M."
+ZONE_HELP = ("by default the largest power of two that leaves Nemo 16 zones, the others 64, within 16K..4M")
+ARRIVALS_HELP = "rate (request i at i / --rate seconds) or trace (the trace's timestamps)."
+PROFILE_HELP = "Simulated device timing (`tierwise nemo device profiles` lists them)."
+EXECUTOR_HELP = "process (local pool), serial, or ray."
+WORKERS_HELP = "Local worker processes (default: CPU count)."
 
-# ---- traces and devices (owner: device/traces) -----------------------------------------------------------------
+
+# ---- the convention: sizes, --json --------------------------------------------------------------------------------
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def size_option(name: str, help: str, default: int | None = None) -> Any:
+    shown = f"; default: {format_bytes(default)}" if default else ""
+    return typer.Option(None, _flag(name), metavar="SIZE", help=f"{help} (e.g. 512K, 24M, 1G{shown}).")
+
+
+def old_size_option(name: str) -> Any:
+    """The deprecated flag of size `name` (`defaults.RENAMED_SIZES`), hidden from --help."""
+    return typer.Option(None, _flag(RENAMED_SIZES[name][0]), hidden=True)
+
+
+def size_flag(name: str, value: str | None, old: float | None = None) -> int | None:
+    """Bytes of size flag `name` given as `value`, or by its deprecated flag as `old` (with a note on standard
+    error); None when neither was given. Both is an error."""
+    from tierwise.nemo.defaults import renamed_size
+
+    if old is not None and value is None:
+        old_name, _, unit = RENAMED_SIZES[name]
+        typer.echo(f"note: {_flag(old_name)} is deprecated; use {_flag(name)} {old:g}{unit}", err=True)
+    return renamed_size(name, value, old, _flag)
+
+
+def count_flag(flag: str, value: str | None) -> int | None:
+    from tierwise.common.units import parse_count
+
+    return None if value is None else parse_count(value, flag)
+
+
+def open_reader(trace: str, format: str | None, skip_bad: bool) -> Any:
+    """The trace a command reads; a malformed line's error points at --skip-bad."""
+    from tierwise.nemo.traces import open_trace
+
+    return open_trace(trace, format=format, skip_bad=skip_bad, skip_hint="--skip-bad")
+
+
+def given(**values: Any) -> dict[str, Any]:
+    """The flags given (not None), leaving the rest to the defaults."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def json_option(what: str) -> Any:
+    return typer.Option(None, "--json", metavar="PATH",
+                        help=f"Write {what} as JSON to PATH ('-': standard output, then without the tables).")
+
+
+def json_only(path: str | None) -> bool:
+    """`--json -`: standard output carries the JSON alone, so nothing draws progress (call before the work)."""
+    from tierwise.common.progress import silence
+
+    if path == "-":
+        silence()
+    return path == "-"
+
+
+def emit(data: Any, path: str | None) -> bool:
+    """Write `data` where --json asks; True when standard output carries it (print nothing else then)."""
+    from tierwise.common.report import emit_json
+
+    if path is not None:
+        emit_json(data, path)
+    return path == "-"
+
+
+# ---- traces and devices --------------------------------------------------------------------------------------
 trace_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                         help="Key-value traces: synthetic generator, statistics.")
 device_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
@@ -23,46 +113,50 @@ app.add_typer(device_app, name="device")
 @trace_app.command("synth")
 def trace_synth(
     out: str = typer.Option(..., "--out", help="Output file: .csv (CacheBench), .bin/.oracleGeneral (libCacheSim), .req (tierwise)."),
-    profile: str = typer.Option("twitter-merged", "--profile", help="Synthetic profile (twitter-merged, twitter-14/29/34/52)."),
-    requests: str = typer.Option("1M", "--requests", help="Number of requests (e.g. 1000000, 10M)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same trace."),
+    profile: str = typer.Option(SYNTH_PROFILE, "--profile", help="Synthetic profile (twitter-merged, twitter-14/29/34/52)."),
+    requests: str = typer.Option(str(SYNTH_REQUESTS), "--requests",
+                                 help="Number of requests (e.g. 1000000, 10M)."),
+    seed: int = typer.Option(SYNTH_SEED, "--seed", help="Random seed; the same seed gives the same trace."),
+    json_out: Optional[str] = json_option("the calibration (per-cluster sizes, key spaces, one-hit shares)"),
 ) -> None:
     """Generate a synthetic trace calibrated to the paper's Twitter clusters and write it to a file."""
     from tierwise.common.report import print_table
-    from tierwise.nemo.traces import SyntheticTrace, write_trace
-    from tierwise.common.units import parse_count
+    from tierwise.nemo.api import synth_trace
 
-    tr = SyntheticTrace(profile, parse_count(requests), seed)
-    n = write_trace(out, tr)
-    cal = tr.calibration
-    typer.echo(f"wrote {n} requests to {out} (global size factor {cal['global_size_factor']:.4f}, "
+    json_only(json_out)
+    trace = synth_trace(profile, count_flag("--requests", requests), seed, out=out)
+    cal = trace.calibration
+    if emit(cal, json_out):
+        return
+    typer.echo(f"wrote {trace.total} requests to {out} (global size factor {cal['global_size_factor']:.4f}, "
                f"expected mean object {cal['expected_mean_object']:.1f} B)")
     print_table(cal["clusters"], title=f"{cal['profile']} clusters")
 
 
 @trace_app.command("stats")
 def trace_stats_cmd(
-    trace: str = typer.Argument(..., help="Trace file or synth:PROFILE[:REQUESTS[:SEED]]."),
+    trace: str = typer.Argument(..., help=TRACE_HELP),
     format: str = typer.Option(None, "--format", help=FORMAT_HELP),
     skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_BAD_HELP),
-    json_out: str = typer.Option(None, "--json", help="Also write the statistics as JSON."),
+    json_out: Optional[str] = json_option("the statistics"),
 ) -> None:
     """Requests, objects, key/value/object size percentiles, op mix and estimated Zipf alpha of a trace."""
-    from tierwise.common.report import print_table, write_json
-    from tierwise.nemo.traces import open_trace, trace_stats
+    from tierwise.common.report import print_table
+    from tierwise.nemo.api import trace_stats
 
-    reader = open_trace(trace, format=format, skip_bad=skip_bad, skip_hint="--skip-bad")
-    s = trace_stats(reader)
-    s["bad_lines_skipped"] = reader.bad_lines
-    # one row per statistic: a row of them does not fit 80 columns
-    print_table([{"statistic": k, "value": v} for k, v in s.items() if not isinstance(v, dict)], title=str(trace))
-    print_table([{"size": k, **s[k]} for k in ("key_size", "value_size", "object_size", "object_size_per_object")],
-                title="sizes (B): per request, and per object")
-    print_table([s["op_mix"]], title="op mix")
-    for msg in reader.bad_examples:
+    json_only(json_out)
+    s = trace_stats(open_reader(trace, format, skip_bad))
+    for msg in s.bad_examples:
         typer.echo(f"skipped: {msg}", err=True)
-    if json_out:
-        write_json(s, json_out)
+    if emit(s.as_dict(), json_out):
+        return
+    # one row per statistic: a row of them does not fit 80 columns
+    figures = {k: v for k, v in s.as_dict().items() if not isinstance(v, (dict, list)) and k != "trace"}
+    print_table([{"statistic": k, "value": v} for k, v in figures.items()], title=trace)
+    print_table([{"size": k, **getattr(s, k)} for k in ("key_size", "value_size", "object_size",
+                                                         "object_size_per_object")],
+                title="sizes (B): per request, and per object")
+    print_table([s.op_mix], title="op mix")
 
 
 @device_app.command("report")
@@ -73,8 +167,8 @@ def device_report(spec: str = typer.Argument(..., help="file:FOLDER or zbd:/dev/
 
     with open_device(spec) as dev:
         typer.echo(f"{dev!r}  max_open_zones={dev.max_open_zones} max_active_zones={dev.max_active_zones}")
-        print_table([{"zone": z.index, "start": z.start, "condition": z.condition.name, "write_pointer": z.write_pointer,
-                      "capacity": z.capacity} for z in dev.report_zones()])
+        print_table([{"zone": z.index, "start": z.start, "condition": z.condition.name,
+                      "write pointer (B)": z.write_pointer, "capacity (B)": z.capacity} for z in dev.report_zones()])
 
 
 @device_app.command("profiles")
@@ -83,183 +177,233 @@ def device_profiles() -> None:
     from tierwise.common.report import print_table
     from tierwise.nemo.device.timing import PROFILES
 
-    print_table([{"profile": p.name, "dies": p.dies, "read us": p.read_us, "program us": p.program_us,
-                  "unit KiB": p.unit_kb, "erase ms": p.erase_ms} for p in PROFILES.values()],
+    print_table([{"profile": p.name, "dies": p.dies, "read (us)": p.read_us, "program (us)": p.program_us,
+                  "unit (KiB)": p.unit_kb, "erase (ms)": p.erase_ms} for p in PROFILES.values()],
                 title="device timing profiles (docs/nemo-devices-and-traces.md has their sources)")
     for p in PROFILES.values():
         typer.echo(f"{p.name}: {p.description}")
 
 
-# ---- replay (owner: Nemo engine) -------------------------------------------------------------------------------
+# ---- replay ------------------------------------------------------------------------------------------------------
 @app.command("replay")
 def replay_cmd(
-    trace: str = typer.Option(..., "--trace", help="Trace file or synth:PROFILE[:REQUESTS[:SEED]], e.g. synth:twitter-merged:1M."),
-    engine: str = typer.Option("nemo", "--engine", help="Engine name (see tierwise.nemo.engines)."),
-    flash_mb: float = typer.Option(256, "--flash-mb", help="Flash (device) size in MiB."),
-    dram_mb: float = typer.Option(None, "--dram-mb", help="DRAM budget in MiB: refuse an engine that needs more."),
-    zone_kb: int = typer.Option(4096, "--zone-kb", help="Zone size in KiB (Nemo: one SG per zone by default)."),
-    device: str = typer.Option("mem", "--device", help="Device spec: mem or file:FOLDER."),
+    trace: str = typer.Option(..., "--trace", help=TRACE_HELP),
+    engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help="Engine: nemo, log, set, kangaroo, fairywren."),
+    flash_size: Optional[str] = size_option("flash_size", "Flash (device) size", REPLAY_FLASH_SIZE),
+    dram_size: Optional[str] = size_option("dram_size", "DRAM budget: refuse an engine that needs more"),
+    zone_size: Optional[str] = size_option("zone_size", f"Zone size (Nemo: one SG per zone); {ZONE_HELP}"),
+    flash_mb: Optional[float] = old_size_option("flash_size"),
+    dram_mb: Optional[float] = old_size_option("dram_size"),
+    zone_kb: Optional[float] = old_size_option("zone_size"),
+    device: str = typer.Option(DEFAULT_DEVICE, "--device", help="Device spec: mem or file:FOLDER."),
     opt: list[str] = typer.Option([], "--opt", help="Engine option name=value (repeatable), e.g. --opt fp_rate=0.002."),
-    requests: str = typer.Option(None, "--requests", help="Stop after this many requests (e.g. 5M)."),
-    warmup: float = typer.Option(1.0, "--warmup", help="Device capacities written after the first zone reset before steady state."),
-    sample_every: int = typer.Option(100_000, "--sample-every", help="Time-series row every N requests."),
-    rate: float = typer.Option(DEFAULT_RATE, "--rate", help="Requests per second arriving (simulated time)."),
-    arrivals: str = typer.Option("rate", "--arrivals", help="rate (request i at i / --rate seconds) or trace (the "
-                                 "trace's timestamps)."),
-    profile: str = typer.Option(DEFAULT_PROFILE, "--profile", help="Simulated device timing (`tierwise nemo device "
-                                "profiles` lists them)."),
+    requests: Optional[str] = typer.Option(None, "--requests", help="Stop after this many requests (e.g. 5M)."),
+    warmup: float = typer.Option(ReplayOptions.warmup, "--warmup",
+                                 help="Device capacities written after the first zone reset before steady state."),
+    sample_every: int = typer.Option(ReplayOptions.sample_every, "--sample-every",
+                                     help="Time-series row every N requests."),
+    rate: float = typer.Option(ReplayOptions.rate, "--rate", help="Requests per second arriving (simulated time)."),
+    arrivals: str = typer.Option(ReplayOptions.arrivals, "--arrivals", help=ARRIVALS_HELP),
+    profile: str = typer.Option(ReplayOptions.profile, "--profile", help=PROFILE_HELP),
     format: str = typer.Option(None, "--format", help=FORMAT_HELP),
     skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_BAD_HELP),
-    json_out: str = typer.Option(None, "--json", help="Write the summary, config and time series as JSON."),
+    json_out: Optional[str] = json_option("the summary, config and time series"),
 ) -> None:
     """Replay a trace against an engine (lookaside: GET miss -> SET) and print ALWA, DRAM bits/object, miss
     ratio, read amplification, fill rates and simulated get/set latency over the steady-state window."""
-    from tierwise.common.report import print_table, write_json
-    from tierwise.nemo.replay import ReplayOptions, open_engine, parse_engine_options, replay
-    from tierwise.nemo.traces import open_trace
-    from tierwise.common.units import parse_count
+    from tierwise.common.report import print_table
+    from tierwise.nemo.api import replay
+    from tierwise.nemo.replay import parse_engine_options
 
-    eng = open_engine(engine, flash_mb=flash_mb, zone_kb=zone_kb, dram_mb=dram_mb, device=device,
-                      **parse_engine_options(opt))
-    reader = open_trace(trace, format=format, skip_bad=skip_bad, skip_hint="--skip-bad")
-    limit = parse_count(requests) if requests else None
-    result = replay(eng, reader, ReplayOptions(sample_every=sample_every, warmup=warmup, limit=limit, rate=rate,
-                                               arrivals=arrivals, profile=profile),
-                    total=getattr(reader, "total", None))
+    json_only(json_out)
+    result = replay(open_reader(trace, format, skip_bad), engine,
+                    flash_size=size_flag("flash_size", flash_size, flash_mb),
+                    zone_size=size_flag("zone_size", zone_size, zone_kb),
+                    dram_size=size_flag("dram_size", dram_size, dram_mb), device=device,
+                    options=parse_engine_options(opt), requests=count_flag("--requests", requests),
+                    sample_every=sample_every, warmup=warmup, rate=rate, arrivals=arrivals,
+                    profile=profile)
+    for msg in result.bad_examples:
+        typer.echo(f"skipped: {msg}", err=True)
+    if emit(result.as_dict(), json_out):
+        return
+    s = result.summary
+    print_table([{"figure": k, "value": v} for k, v in replay_figures(engine, result).items()],
+                title=f"replay {trace} (figures of the {s['window']} window)")
+    print_table([{"cause": k, "ALWA": v} for k, v in s["alwa_breakdown"].items()], title="ALWA by cause")
+
+
+def replay_figures(engine: str, result: Any) -> dict[str, Any]:
+    """The replay's main figures, labelled with their units."""
     s = result.summary
     dram = s.get("dram", {})
-    figures = {"engine": engine, "requests": result.requests, "requests/s": result.requests_per_second,
-               "window": s["window"], "warm at request": s["warm_at_request"], "ALWA": s["alwa"],
-               "ALWA (headers logical)": s["alwa_headers_logical"], "ALWA incl. dropped": s["alwa_with_dropped"],
-               "dropped inserts": s["dropped_fraction"], "miss ratio": s["miss_ratio"],
-               "mean SG fill": s["mean_sg_fill"], "index bits/object": dram.get("index_bits_per_object_mean",
-                                                                                dram.get("index_bits_per_object")),
-               "total bits/object": dram.get("total_bits_per_object"), "bytes read/get": s["bytes_read_per_get"],
-               "flash reads/get": s["flash_reads_per_get"], "index pages/get": s["index_reads_per_get"],
-               "wrong values": result.counters["wrong_values"]}
+    figures = {"engine": engine, "requests": result.requests, "speed (req/s)": result.requests_per_second,
+               "warm at request": s["warm_at_request"], "ALWA": s["alwa"],
+               "ALWA, headers logical": s["alwa_headers_logical"], "ALWA incl. dropped": s["alwa_with_dropped"],
+               "dropped inserts (%)": s["dropped_fraction"], "miss ratio (%)": s["miss_ratio"],
+               "mean SG fill (%)": s["mean_sg_fill"],
+               "index per object (bits)": dram.get("index_bits_per_object_mean", dram.get("index_bits_per_object")),
+               "DRAM per object (bits)": dram.get("total_bits_per_object"),
+               "read per get (B)": s["bytes_read_per_get"], "flash reads per get": s["flash_reads_per_get"],
+               "index pages per get": s["index_reads_per_get"], "wrong values": result.counters["wrong_values"]}
     for kind in ("get", "set"):
         lat = s["latency"][kind]
         figures[f"{kind} latency p50/p99/p99.9/p99.99 (us)"] = " / ".join(
             "-" if lat[q] is None else f"{lat[q]:,.0f}" for q in ("p50_us", "p99_us", "p99.9_us", "p99.99_us"))
-    print_table([{"figure": k, "value": v} for k, v in figures.items()], title=f"replay {trace}")
-    print_table([{"cause": k, "alwa_share": v} for k, v in s["alwa_breakdown"].items()], title="ALWA by cause")
-    for msg in reader.bad_examples:
-        typer.echo(f"skipped: {msg}", err=True)
-    if result.counters["wrong_values"]:
-        typer.echo(f"WRONG VALUES: {result.counters['wrong_values']}", err=True)
-    if json_out:
-        write_json(result.as_dict(), json_out)
-    eng.close()
+    return figures
 
 
-# ---- serve (owner: Nemo service) -------------------------------------------------------------------------------
+# ---- serve -------------------------------------------------------------------------------------------------------
 @app.command("serve")
 def serve_cmd(
     device: str = typer.Option(..., "--device", help="Device folder (file-backed zoned device; created if new), "
                                "or file:FOLDER / zbd:/dev/<zoned device>. An existing cache is recovered from flash."),
-    flash_size: str = typer.Option(None, "--flash-size", help="Flash size of a new device, e.g. 4G, 512M."),
-    dram_mb: float = typer.Option(None, "--dram-mb", help="DRAM budget in MiB (sizes zones = SGs; refuses more)."),
-    port: int = typer.Option(11211, "--port", help="TCP port (0 = any free port, printed at start)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-    max_conns: int = typer.Option(1024, "--max-conns", help="Connections served at once; more are refused."),
-    max_value: int = typer.Option(2048, "--max-value", help="Largest value in bytes (tiny-object limit)."),
-    engine_thread: bool = typer.Option(False, "--engine-thread/--inline", help="Run the engine on its own thread "
-                                       "(the event loop keeps reading while an SG flush runs) or inline (faster)."),
+    flash_size: Optional[str] = size_option("flash_size", "Flash size of a new device"),
+    dram_size: Optional[str] = size_option("dram_size", "DRAM budget (sizes zones = SGs; refuses more)"),
+    dram_mb: Optional[float] = old_size_option("dram_size"),
+    port: int = typer.Option(ServerConfig.port, "--port", help="TCP port (0 = any free port, printed at start)."),
+    host: str = typer.Option(ServerConfig.host, "--host", help="Address to listen on."),
+    max_conns: int = typer.Option(ServerConfig.max_conns, "--max-conns",
+                                  help="Connections served at once; more are refused."),
+    max_value: str = typer.Option(str(Limits.max_value), "--max-value", metavar="SIZE",
+                                  help="Largest value (tiny-object limit), e.g. 2K or 2048 (bytes)."),
+    engine_thread: bool = typer.Option(ServerConfig.engine_thread, "--engine-thread/--inline",
+                                       help="Run the engine on its own thread (the event loop keeps reading while an "
+                                       "SG flush runs) or inline (faster)."),
     fresh: bool = typer.Option(False, "--fresh", help="Discard what the device holds instead of recovering it."),
     journal: str = typer.Option(None, "--journal", help="Acknowledgement journal folder (default: inside a file "
                                 "device's folder; give one for zbd: devices so no stale value is served after a crash)."),
+    sync: str = typer.Option("never", "--sync", help="When the acknowledgement journal is fdatasync'ed: never (a "
+                             "process crash loses nothing, a power failure may), batch (before the reply, at most "
+                             "once per sync interval), always (before every reply)."),
+    sync_interval_ms: float = typer.Option(5.0, "--sync-interval-ms", help="--sync batch: least time between two "
+                                           "journal syncs; a batch waits for the next one."),
+    idle_timeout: float = typer.Option(ServerConfig.idle_timeout, "--idle-timeout", min=0.0,
+                                       help="Close a connection that completes no request for this many seconds "
+                                       "(memcached's -o idle_timeout); 0 = never."),
+    flush_threshold: int = typer.Option(1, "--flush-threshold", min=1,
+                                        help="Nemo's p_th: write the buffered SG at the N-th insert that finds its "
+                                        "set full. 1 never drops an acknowledged write while the cache has room; "
+                                        "larger fills SGs better (lower write amplification) but may drop "
+                                        "recent writes."),
 ) -> None:
     """Serve a Nemo cache over the memcached text protocol until SIGTERM/SIGINT (then flush and sync)."""
     from tierwise.common.units import parse_size
     from tierwise.nemo.server.serve import serve
 
-    serve(device, host=host, port=port, flash_bytes=parse_size(flash_size) if flash_size else None,
-          dram_bytes=int(dram_mb * 2**20) if dram_mb else None, max_conns=max_conns, max_value=max_value,
-          engine_thread=engine_thread, fresh=fresh, journal_dir=journal)
+    serve(device, host=host, port=port, flash_bytes=size_flag("flash_size", flash_size),
+          dram_bytes=size_flag("dram_size", dram_size, dram_mb), max_conns=max_conns,
+          max_value=parse_size(max_value, "--max-value"), engine_thread=engine_thread, fresh=fresh,
+          journal_dir=journal, sync=sync, sync_interval_ms=sync_interval_ms, idle_timeout=idle_timeout,
+          flush_threshold=flush_threshold)
 
 
-# ---- bench and sweep (owner: baselines) ------------------------------------------------------------------------
+# ---- bench and sweep ---------------------------------------------------------------------------------------------
 @app.command("bench")
 def bench_cmd(
-    trace: str = typer.Option("synth:twitter-merged:1M", "--trace", help="Trace file or synth:PROFILE[:REQUESTS[:SEED]]."),
+    trace: str = typer.Option(BenchSettings.trace, "--trace", help=TRACE_HELP),
     format: str = typer.Option(None, "--format", help=FORMAT_HELP),
-    engines: str = typer.Option("nemo,log,set,kangaroo,fairywren", "--engines",
-                                help="Comma-separated engines; NAME@ssd runs one in place on the conventional-SSD model."),
-    flash_mb: float = typer.Option(4.0, "--flash-mb", help="Flash (device) size in MiB, the same for every engine."),
-    dram_mb: float = typer.Option(None, "--dram-mb", help="DRAM budget in MiB: refuse an engine that needs more."),
-    device: str = typer.Option("mem", "--device", help="mem (in-memory zones), file (emulated zones in a temp folder), "
-                               "or ssd (the conventional-SSD model for every engine)."),
-    rate: float = typer.Option(DEFAULT_RATE, "--rate", help="Requests per second arriving (simulated time)."),
-    arrivals: str = typer.Option("rate", "--arrivals", help="rate (request i at i / --rate seconds) or trace (the "
-                                 "trace's timestamps)."),
-    profile: str = typer.Option(DEFAULT_PROFILE, "--profile", help="Simulated timing of the zoned devices "
-                                "(`tierwise nemo device profiles` lists them)."),
-    zone_kb: int = typer.Option(64, "--zone-kb", help="Zone size of the baselines (KiB)."),
-    nemo_zone_kb: int = typer.Option(256, "--nemo-zone-kb", help="Zone size for Nemo (KiB): one SetGroup per zone."),
-    requests: str = typer.Option(None, "--requests", help="Stop each run after this many requests."),
+    engines: str = typer.Option(BenchSettings.engines, "--engines", show_default=False,
+                                help="Comma-separated engines; NAME@ssd runs one in place on the conventional-SSD "
+                                f"model (default: {', '.join(BenchSettings.engines.split(','))})."),
+    flash_size: Optional[str] = size_option("flash_size", "Flash (device) size, the same for every engine",
+                                            BenchSettings.flash_size),
+    dram_size: Optional[str] = size_option("dram_size", "DRAM budget: refuse an engine that needs more"),
+    zone_size: Optional[str] = size_option("zone_size", f"Zone size of the baselines; {ZONE_HELP}"),
+    nemo_zone_size: Optional[str] = size_option("nemo_zone_size", f"Zone size for Nemo (one SetGroup per zone); "
+                                                f"{ZONE_HELP}"),
+    flash_mb: Optional[float] = old_size_option("flash_size"),
+    dram_mb: Optional[float] = old_size_option("dram_size"),
+    zone_kb: Optional[float] = old_size_option("zone_size"),
+    nemo_zone_kb: Optional[float] = old_size_option("nemo_zone_size"),
+    device: str = typer.Option(BenchSettings.device, "--device", help="mem (in-memory zones), file (emulated zones "
+                               "in a temp folder), or ssd (the conventional-SSD model for every engine)."),
+    rate: float = typer.Option(BenchSettings.rate, "--rate", help="Requests per second arriving (simulated time)."),
+    arrivals: str = typer.Option(BenchSettings.arrivals, "--arrivals", help=ARRIVALS_HELP),
+    profile: str = typer.Option(BenchSettings.profile, "--profile", help=PROFILE_HELP),
+    requests: Optional[str] = typer.Option(None, "--requests", help="Stop each run after this many requests (e.g. 5M)."),
     opt: list[str] = typer.Option([], "--opt", help="ENGINE.option=value (repeatable), e.g. --opt fairywren.set_op=0.5."),
-    ablation: bool = typer.Option(True, "--ablation/--no-ablation", help="Also run Nemo's fill-rate ablation."),
-    sizes: str = typer.Option("0.5,2", "--sizes", help="Extra cache sizes (x --flash-mb) for the miss-ratio curve; '' for none."),
-    executor: str = typer.Option("process", "--executor", help="process (local pool), serial, or ray."),
+    ablation: bool = typer.Option(BenchSettings.ablation, "--ablation/--no-ablation",
+                                  help="Also run Nemo's fill-rate ablation."),
+    sizes: str = typer.Option(",".join(f"{x:g}" for x in BenchSettings.cache_sizes), "--sizes",
+                              help="Extra cache sizes (x --flash-size) for the miss-ratio curve; '' for none."),
+    executor: str = typer.Option(DEFAULT_EXECUTOR, "--executor", help=EXECUTOR_HELP),
     address: str = typer.Option(None, "--address", help="Ray cluster address (with --executor ray), e.g. ray://head:10001."),
-    workers: int = typer.Option(None, "--workers", help="Local worker processes (default: CPU count)."),
-    json_out: str = typer.Option(None, "--json", help="Write the table, ablation, curves and time series as JSON."),
-    plot: str = typer.Option(None, "--plot", help="Folder for the plots (WA over time, fill ablation, miss ratio vs size)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
+    json_out: Optional[str] = json_option("the table, ablation, curves and time series"),
+    plot: Optional[str] = typer.Option(None, "--plot", metavar="DIR",
+                                       help="Folder for the plots (WA over time, fill ablation, miss ratio vs size)."),
 ) -> None:
     """Compare flash-cache designs on one trace: ALWA, DLWA, end-to-end WA, DRAM bits/object, miss ratio,
     read amplification and simulated get/set latency percentiles, beside the paper's WA."""
+    from tierwise.common.report import print_table
+    from tierwise.nemo.api import bench
+    from tierwise.nemo.bench import rows_for_terminal
+
+    json_only(json_out)
+    result = bench(trace, engines, format=format, executor=executor, workers=workers, address=address, plot=plot,
+                   device=device, options=bench_options(opt), ablation=ablation, cache_sizes=cache_factors(sizes),
+                   rate=rate, arrivals=arrivals, profile=profile,
+                   **given(flash_size=size_flag("flash_size", flash_size, flash_mb),
+                           dram_size=size_flag("dram_size", dram_size, dram_mb),
+                           zone_size=size_flag("zone_size", zone_size, zone_kb),
+                           nemo_zone_size=size_flag("nemo_zone_size", nemo_zone_size, nemo_zone_kb),
+                           requests=count_flag("--requests", requests)))
+    for row in result.errors:
+        typer.echo(f"run {row['run']} (flash {format_bytes(row['flash_size'])}) failed: {row['error']}", err=True)
+    if emit(result.as_dict(), json_out):
+        return
+    print_table(rows_for_terminal(result.table),
+                title=f"bench {result.settings['trace']}, {format_bytes(result.settings['flash_size'])} flash")
+    if result.ablation:
+        print_table([{"config": r["config"], "SG fill (%)": r["sg_fill_pct"] / 100,
+                      "paper SG fill (%)": r["paper_fill_pct"] / 100, "ALWA": r["alwa"], "miss (%)": r["miss_ratio"]}
+                     for r in result.ablation], title="Nemo fill-rate ablation (paper Fig. 17)")
+    if result.miss_ratio_curve:
+        print_table([{"engine": r["engine"], "flash (MiB)": r["flash_size"] / MiB, "miss (%)": r["miss_ratio"]}
+                     for r in result.miss_ratio_curve], title="miss ratio vs cache size")
+
+
+def bench_options(pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """`--opt ENGINE.option=value` flags as {engine: {option: value}}."""
     from tierwise.common.errors import TierwiseError
-    from tierwise.common.report import print_table, write_json
-    from tierwise.nemo.bench import BenchSettings, bench, rows_for_terminal
     from tierwise.nemo.replay import parse_engine_options
-    from tierwise.nemo.traces import open_trace
-    from tierwise.common.units import parse_count
 
-    if format or not trace.startswith("synth:"):
-        open_trace(trace, format=format)  # refuse a missing, unknown or unrecognised trace before any run starts
-        if format:
-            trace = f"{format}:{trace}"  # each run opens the trace from its spec
-
-    options: dict[str, dict] = {}
-    for pair in opt:
+    options: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
         eng, dot, rest = pair.partition(".")
         if not dot:
             raise TierwiseError(f"--opt {pair!r}: write ENGINE.option=value, e.g. nemo.flush_threshold=16")
         options.setdefault(eng, {}).update(parse_engine_options([rest]))
+    return options
+
+
+def cache_factors(text: str) -> tuple[float, ...]:
+    from tierwise.common.errors import TierwiseError
+
     try:
-        factors = tuple(float(x) for x in sizes.split(",") if x.strip())
+        return tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise TierwiseError(f"--sizes {sizes!r}: give factors like 0.5,2") from None
-    st = BenchSettings(trace=trace, engines=engines, flash_mb=flash_mb, dram_mb=dram_mb, device=device,
-                       zone_kb=zone_kb, nemo_zone_kb=nemo_zone_kb, requests=parse_count(requests) if requests else None,
-                       options=options, ablation=ablation, cache_sizes=factors, rate=rate, arrivals=arrivals,
-                       profile=profile)
-    report = bench(st, executor=executor, workers=workers, address=address, plot_dir=plot)
-    print_table(rows_for_terminal(report["table"]), title=f"bench {trace}, {flash_mb:g} MiB flash")
-    if report.get("ablation"):
-        print_table(report["ablation"], title="Nemo fill-rate ablation (paper Fig. 17)")
-    if report["miss_ratio_curve"]:
-        print_table(report["miss_ratio_curve"], title="miss ratio vs cache size")
-    for row in report["errors"]:
-        typer.echo(f"run {row['run']} (flash {row['flash_mb']:g} MiB) failed: {row['error']}", err=True)
-    if json_out:
-        write_json(report, json_out)
+        raise TierwiseError(f"--sizes {text!r}: give factors like 0.5,2") from None
 
 
 @app.command("sweep")
 def sweep_cmd(
-    config: str = typer.Argument(..., help="YAML: trace, engine, flash_mb (value or list), zone_kb, device, grid: {option: [values]}."),
-    executor: str = typer.Option("process", "--executor", help="process (local pool), serial, or ray."),
+    config: str = typer.Argument(..., help="YAML: trace, engine, flash_size (value or list), zone_size, device, "
+                                 "grid: {option: [values]}."),
+    executor: str = typer.Option(DEFAULT_EXECUTOR, "--executor", help=EXECUTOR_HELP),
     address: str = typer.Option(None, "--address", help="Ray cluster address (with --executor ray)."),
-    workers: int = typer.Option(None, "--workers", help="Local worker processes (default: CPU count)."),
-    json_out: str = typer.Option(None, "--json", help="Write every run's row as JSON."),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
+    json_out: Optional[str] = json_option("every run's row"),
 ) -> None:
     """Run an engine over the cartesian product of a parameter grid (cache size, p_th, cached-PBFG ratio, SG size,
     ...) in parallel and print one table."""
-    from tierwise.common.report import print_table, write_json
-    from tierwise.nemo.bench import load_sweep_config, rows_for_terminal, sweep
+    from tierwise.common.report import print_table
+    from tierwise.nemo.api import sweep
+    from tierwise.nemo.bench import rows_for_terminal
 
-    rows = sweep(load_sweep_config(config), executor=executor, workers=workers, address=address)
-    print_table(rows_for_terminal(rows), title=f"sweep {config}")
-    if json_out:
-        write_json(rows, json_out)
+    json_only(json_out)
+    result = sweep(config, executor=executor, workers=workers, address=address)
+    if emit(result.as_dict(), json_out):
+        return
+    print_table(rows_for_terminal(result.rows), title=f"sweep {config}")

@@ -11,14 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from tierwise.common.report import print_table, write_json
+from tierwise.common.units import format_size
 from tierwise.nemo.bench import COMPARISON_NEMO, BenchSettings, bench, markdown_report, rows_for_terminal
 
 DEMO = BenchSettings(
     trace="synth:twitter-merged:2M",
     engines="nemo,log,set,kangaroo,fairywren",
-    flash_mb=8.0,
-    zone_kb=64,
-    nemo_zone_kb=256,
+    flash_size="8M",
+    zone_size="64K",
+    nemo_zone_size="256K",
     sample_every=200_000,
     cache_sizes=(),  # no miss-ratio curve: it would double the run time
     options={"nemo": {**COMPARISON_NEMO, "flush_threshold": 32}},  # p_th = S/2 for S = 62 sets per SG
@@ -26,8 +27,8 @@ DEMO = BenchSettings(
 
 
 def command(st: BenchSettings) -> str:
-    return (f"tierwise nemo bench --trace {st.trace} --engines {st.engines} --flash-mb {st.flash_mb:g} "
-            f"--zone-kb {st.zone_kb} --nemo-zone-kb {st.nemo_zone_kb} "
+    return (f"tierwise nemo bench --trace {st.trace} --engines {st.engines} --flash-size {format_size(st.flash_size)} "
+            f"--zone-size {format_size(st.zone_size)} --nemo-zone-size {format_size(st.nemo_zone_size)} "
             f"--sizes '{','.join(f'{x:g}' for x in st.cache_sizes)}' --plot PLOTS"
             + "".join(f" --opt {e}.{k}={v}" for e, o in st.options.items() for k, v in o.items()))
 
@@ -37,9 +38,9 @@ def run(out_dir: str | Path, settings: BenchSettings = DEMO) -> str:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = bench(settings, plot_dir=out)
-    print_table(rows_for_terminal(report["table"]), title="Nemo vs baselines (demo scale)")
-    if report.get("ablation"):
-        print_table(report["ablation"], title="Nemo fill-rate ablation")
+    print_table(rows_for_terminal(report.table), title="Nemo vs baselines (demo scale)")
+    if report.ablation:
+        print_table(report.ablation, title="Nemo fill-rate ablation")
     write_json(report, out / "bench.json")
     title = "Nemo: flash-cache designs side by side (demo scale)"
     note = ("\nPaper (ZN540, 400 GB, Fig. 12a): WA Nemo 1.56, Log 1.08, FairyWREN 15.20, Set 16.31, Kangaroo 55.59; "

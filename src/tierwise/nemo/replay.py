@@ -21,16 +21,21 @@ wraps long before their sets are full are measured full too). `Metrics.mark_warm
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, ClassVar, Iterable, Iterator
 
 import numpy as np
 from numba import njit
+from rich.progress import MofNCompleteColumn, TextColumn
 
 from tierwise.common.errors import TierwiseError
 from tierwise.common.progress import progress_task
+from tierwise.common.report import to_jsonable
+from tierwise.common.results import Result
+from tierwise.common.units import format_bytes
 from tierwise.nemo import metrics as mt
-from tierwise.nemo.defaults import DEFAULT_PROFILE, DEFAULT_RATE
+from tierwise.nemo.defaults import ReplayOptions
 from tierwise.nemo.device import flash as fl
 from tierwise.nemo.device import ftl as ftl_model
 from tierwise.nemo.device import timing
@@ -41,8 +46,7 @@ from tierwise.nemo.lookaside import POOL, VersionTable, slot_of, spell_key, stor
 from tierwise.nemo.native import borrow, internal, load_u64, ref_of
 from tierwise.nemo.traces.arrivals import TraceClock, rate_arrivals
 
-__all__ = ["DEFAULT_PROFILE", "DEFAULT_RATE", "ReplayOptions", "ReplayResult", "open_engine", "parse_engine_options",
-           "replay", "value_bytes"]
+__all__ = ["ReplayOptions", "ReplayResult", "engine_on", "parse_engine_options", "replay", "value_bytes"]
 
 
 REPLAY_COUNTERS = ("gets", "sets", "deletes", "lookaside_sets", "wrong_values", "uncacheable", "hits", "hit_bytes")
@@ -54,26 +58,12 @@ _GET, _SET = 0, 1  # tierwise.nemo.traces.Op
 
 
 @dataclass
-class ReplayOptions:
-    sample_every: int = 100_000  # time-series row every this many requests
-    warmup: float = 1.0  # device capacities written after the first reclaim before steady state
-    warm_capacities: float = 1.0  # user bytes flashed (in device capacities) before steady state
-    limit: int | None = None  # stop after this many requests
-    strict: bool = True  # raise on a wrong/stale value
-    progress: bool = True
-    rate: float = DEFAULT_RATE  # arrivals per second (simulated time)
-    profile: str | None = DEFAULT_PROFILE  # device timing profile; None keeps the device's own setting
-    # "rate": request i arrives at i / rate seconds; "trace": at the trace's timestamps, the requests of one second
-    # spread evenly over it (tierwise.nemo.traces.arrivals; a trace without timestamps is refused)
-    arrivals: str = "rate"
+class ReplayResult(Result):
+    """What a replay measured: `summary` (the steady-state figures), `series` (a row every `sample_every` requests:
+    the table of `to_dataframe()`), the engine's configuration, the replay's own counters and the device profile."""
 
-    def __post_init__(self) -> None:
-        if self.arrivals not in ("rate", "trace"):
-            raise TierwiseError(f"arrivals must be 'rate' or 'trace', got {self.arrivals!r}")
+    _rows: ClassVar[str] = "series"
 
-
-@dataclass
-class ReplayResult:
     requests: int
     seconds: float
     summary: dict[str, Any]
@@ -81,6 +71,8 @@ class ReplayResult:
     engine_config: dict[str, Any]
     counters: dict[str, int] = field(default_factory=dict)
     profile: dict[str, Any] | None = None
+    bad_lines: int = 0  # malformed trace lines skipped (skip_bad)
+    bad_examples: list[str] = field(default_factory=list)
 
     @property
     def requests_per_second(self) -> float:
@@ -92,9 +84,11 @@ class ReplayResult:
         return self.counters["hit_bytes"] / self.counters["hits"] if self.counters.get("hits") else None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"requests": self.requests, "seconds": self.seconds, "requests_per_second": self.requests_per_second,
-                "engine": self.engine_config, "device_profile": self.profile, "replay": self.counters,
-                "summary": self.summary, "series": self.series}
+        """What `tierwise nemo replay --json` writes."""
+        return to_jsonable({
+            "requests": self.requests, "seconds": self.seconds, "requests_per_second": self.requests_per_second,
+            "engine": self.engine_config, "device_profile": self.profile, "replay": self.counters,
+            "bad_lines_skipped": self.bad_lines, "summary": self.summary, "series": self.series})
 
 
 @internal(inline=True)
@@ -242,6 +236,8 @@ class _Run:
 
 def replay(engine: Engine, trace: Iterable[np.ndarray], options: ReplayOptions | None = None,
            total: int | None = None) -> ReplayResult:
+    """Replay `trace` (REQUEST_DTYPE chunks, e.g. a reader of `tierwise.nemo.traces.open_trace`) on `engine`;
+    `total` (default: the trace's own, where it knows it) sizes the progress bar."""
     opt = options or ReplayOptions()
     if opt.rate <= 0:
         raise TierwiseError(f"arrival rate must be positive, got {opt.rate}")
@@ -251,9 +247,10 @@ def replay(engine: Engine, trace: Iterable[np.ndarray], options: ReplayOptions |
     run = _Run(engine, opt)
     done = 0
     next_sample = opt.sample_every
+    total = total or getattr(trace, "total", None)
     total = min(total, opt.limit) if total and opt.limit else (total or opt.limit)
     t0 = time.perf_counter()
-    with progress_task(f"replay {engine.name}", total, enabled=opt.progress) as (bar, task):
+    with _progress(f"replay {engine.name}", total, opt.progress) as (bar, task):
         for chunk in _slices(trace, opt.limit, opt.sample_every or _SLICE):
             run.run(chunk, done)
             done += len(chunk)
@@ -261,14 +258,32 @@ def replay(engine: Engine, trace: Iterable[np.ndarray], options: ReplayOptions |
             if opt.sample_every and done >= next_sample:
                 row = metrics.sample(done, engine.dram_bytes(), engine.object_count())
                 next_sample += opt.sample_every * ((done - next_sample) // opt.sample_every + 1)
-                alwa, miss = row["alwa"], row["miss_ratio"]
-                bar.update(task, info=f"ALWA {alwa:.3f} miss {miss:.3f}" if alwa and miss is not None else "")
+                bar.update(task, info=_interval_figures(row, opt.sample_every))
     seconds = time.perf_counter() - t0
     if opt.sample_every and (not metrics.series or metrics.series[-1]["requests"] != done):
         metrics.sample(done, engine.dram_bytes(), engine.object_count())
     summary = metrics.summary(engine.dram_bytes(), engine.object_count())
     profile = engine.device.profile.as_dict() if engine.device.profile else None
-    return ReplayResult(done, seconds, summary, metrics.series, dict(engine.config()), run.counters(), profile)
+    return ReplayResult(done, seconds, summary, metrics.series, dict(engine.config()), run.counters(), profile,
+                        getattr(trace, "bad_lines", 0), list(getattr(trace, "bad_examples", [])))
+
+
+@contextmanager
+def _progress(description: str, total: int | None, enabled: bool) -> Iterator[tuple[Any, Any]]:
+    """The project's bar; a trace of unknown length (a text file) counts its requests alone instead of 'n/?'."""
+    with progress_task(description, total, enabled=enabled) as (bar, task):
+        if total is None:
+            bar.columns = tuple(TextColumn("{task.completed:,.0f} requests") if isinstance(c, MofNCompleteColumn)
+                                else c for c in bar.columns)
+        yield bar, task
+
+
+def _interval_figures(row: dict[str, Any], every: int) -> str:
+    """The bar's figures of the last sample interval (the series is windowed), labelled as such."""
+    alwa, miss = row["alwa"], row["miss_ratio"]
+    if alwa is None or miss is None:
+        return ""
+    return f"last {every:,}: ALWA {alwa:.3f}, miss {100 * miss:.1f}%"
 
 
 def _slices(trace: Iterable[np.ndarray], limit: int | None, every: int, size: int = _SLICE) -> Iterable[np.ndarray]:
@@ -312,18 +327,13 @@ def parse_engine_options(pairs: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def open_engine(name: str, *, flash_mb: float, zone_kb: int = 4096, dram_mb: float | None = None,
-                device: str = "mem", **options: Any) -> Engine:
-    """An engine on a fresh device of `flash_mb` MiB in zones of `zone_kb` KiB; with `dram_mb`, refuse a
-    configuration whose measured DRAM exceeds the budget."""
-    from tierwise.nemo.device import open_device
-
-    zone = zone_kb * 1024
-    dev = open_device(device, flash_bytes=int(flash_mb * 2**20), zone_size=zone)
-    engine = make_engine(name, dev, **options)
-    if dram_mb is not None:
-        used = sum(engine.dram_bytes().values())
-        if used > dram_mb * 2**20:
-            raise TierwiseError(f"engine {name} with these options needs {used / 2**20:.1f} MiB of DRAM, more than "
-                                f"--dram-mb {dram_mb}; raise the budget or shrink the engine's buffers/cache")
+def engine_on(device: Any, name: str, *, dram_size: int | None = None, **options: Any) -> Engine:
+    """Engine `name` with `options` on `device`; with `dram_size` (bytes), refuse one whose measured DRAM exceeds
+    that budget."""
+    engine = make_engine(name, device, **options)
+    used = sum(engine.dram_bytes().values())
+    if dram_size is not None and used > dram_size:
+        raise TierwiseError(f"engine {name} with these options needs {format_bytes(used)} of DRAM, more than the "
+                            f"budget (--dram-size) of {format_bytes(dram_size)}; raise the budget or shrink the "
+                            "engine's buffers/cache")
     return engine

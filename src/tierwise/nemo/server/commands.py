@@ -14,6 +14,7 @@ the journal (`reopen`, set by `serve.open_cache`), as a restarted server would. 
 from __future__ import annotations
 
 import os
+import resource
 import sys
 import time
 import traceback
@@ -23,15 +24,18 @@ from tierwise.common.errors import TierwiseError
 from tierwise.nemo.server import items
 from tierwise.nemo.server.items import Item
 from tierwise.nemo.server.journal import DELETE, FLUSH, FLUSH_AT, SET, SET_RECORD, AckJournal
-from tierwise.nemo.server.protocol import MS_MODES, Limits, Request, stats_reply, value_reply
+from tierwise.nemo.server.protocol import MA_MODES, MS_MODES, Limits, Request, c_strtoull, stats_reply, value_reply
 
 TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
 NOT_STORED_BY_ENGINE = b"SERVER_ERROR out of memory storing object\r\n"
 OUT_OF_SPACE = b"SERVER_ERROR out of space\r\n"
+NON_NUMERIC = b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
 # commands that change the cache (mg does only with its T flag): they need journal room before they run
 _WRITES = frozenset((b"set", b"add", b"replace", b"append", b"prepend", b"cas", b"delete", b"incr", b"decr",
-                     b"touch", b"gat", b"gats", b"flush_all", b"ms", b"md"))
+                     b"touch", b"gat", b"gats", b"flush_all", b"ms", b"md", b"ma"))
 _MAX_U64 = (1 << 64) - 1
+# meta codes that q hides (memcached's "noreply semantics for return codes")
+_QUIET = {b"mg": (b"EN",), b"ms": (b"HD",), b"md": (b"HD",), b"ma": (b"HD", b"VA")}
 # counter names by lookup kind, indexed by "missed": no string formatting per request
 _HIT_MISS = {s: (f"{s}_hits", f"{s}_misses") for s in ("get", "delete", "incr", "decr", "touch")}
 
@@ -81,14 +85,23 @@ class CommandHandler:
              "cas_hits", "cas_misses", "cas_badval", "touch_hits", "touch_misses", "total_items",
              "engine_rejects", "internal_errors"), 0)
         self.connection_stats: dict[str, int] = {}  # filled by the server (curr/total/rejected connections)
+        self.server_settings: list[tuple[str, object]] = []  # `stats settings` lines the server knows (port, ...)
+        self.conns_report = list  # callable -> `stats conns` lines, set by the server
+        self.verbosity = 0
         self._dispatch = {
             b"get": self._get, b"gets": self._get, b"gat": self._get, b"gats": self._get,
             b"set": self._store, b"add": self._store, b"replace": self._store, b"append": self._store,
             b"prepend": self._store, b"cas": self._store,
             b"delete": self._delete, b"incr": self._arith, b"decr": self._arith, b"touch": self._touch,
             b"flush_all": self._flush_all, b"stats": self._stats, b"version": self._version,
-            b"verbosity": self._ok, b"quit": self._quit, b"mn": self._mn,
-            b"mg": self._mg, b"ms": self._ms, b"md": self._md,
+            b"verbosity": self._verbosity, b"quit": self._quit, b"mn": self._mn,
+            b"mg": self._mg, b"ms": self._ms, b"md": self._md, b"ma": self._ma,
+        }
+        self._stats_groups = {
+            b"": self.general_stats, b"settings": self._settings_stats, b"items": self._items_stats,
+            b"slabs": self._slabs_stats, b"sizes": lambda: [("sizes_status", "disabled")],
+            b"conns": lambda: self.conns_report(), b"cachedump": list,  # the index cannot list keys: empty
+            b"nemo": lambda: self.engine_stats(detail=True),
         }
 
     def begin_batch(self) -> None:
@@ -137,7 +150,7 @@ class CommandHandler:
             if req.cmd == b"get" and len(req.keys) == 1:  # the hot path: one plain get
                 return self.run_get(req.keys[0])
             if req.error:
-                return req.error + b"\r\n"
+                return b"" if req.noreply else req.error + b"\r\n"
             if (req.cmd in _WRITES or req.cmd == b"mg" and ord("T") in req.meta) and not self._room_for(req.keys):
                 return b"" if req.noreply else OUT_OF_SPACE
             reply = self._dispatch[req.cmd](req)
@@ -215,11 +228,12 @@ class CommandHandler:
         return item
 
     def _put(self, key: bytes, item: Item) -> bool:
-        if not self.engine.set(key, items.pack(item)):
+        blob = items.pack(item)
+        if not self.engine.set(key, blob):
             self.counters["engine_rejects"] += 1
             return False
-        if self.journal is not None:
-            self.journal.add(SET, key, item.cas, item.exptime)
+        if self.journal is not None:  # with its bytes: a restart restores what only the DRAM buffers held
+            self.journal.add(SET, key, item.cas, item.exptime, blob)
         self.counters["total_items"] += 1
         return True
 
@@ -293,16 +307,21 @@ class CommandHandler:
         item = self._find(key, req.cmd.decode())
         if item is None:
             return b"NOT_FOUND\r\n"
-        text = item.data.rstrip(b" ")  # memcached may space-pad a number that got shorter
-        if not text.isdigit() or len(text) > 20 or int(text) > _MAX_U64:
-            return b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
-        value = int(text)
-        value = (value + req.delta) & _MAX_U64 if req.cmd == b"incr" else max(0, value - req.delta)
-        item.data = b"%d" % value
+        number, error = self._add_delta(key, item, req.cmd == b"incr", req.delta)
+        return error or number + b"\r\n"
+
+    def _add_delta(self, key: bytes, item: Item, incr: bool, delta: int) -> tuple[bytes, bytes]:
+        """incr (wrapping at 2^64) or decr (floored at 0) the item's number and store it: (the new number, b"") or
+        (b"", the error reply). As memcached, a number that got no longer is stored space-padded to the old length
+        (a client reading the value sees `9  ` after 100 - 91)."""
+        value = c_strtoull(item.data)
+        if value is None:
+            return b"", NON_NUMERIC
+        value = (value + delta) & _MAX_U64 if incr else max(0, value - delta)
+        number = b"%d" % value
+        item.data = number.ljust(len(item.data)) if len(number) <= len(item.data) else number
         item.cas = self.clock.next()
-        if not self._put(key, item):
-            return NOT_STORED_BY_ENGINE
-        return item.data + b"\r\n"
+        return (number, b"") if self._put(key, item) else (b"", NOT_STORED_BY_ENGINE)
 
     def _touch(self, req: Request) -> bytes:
         key = req.keys[0]
@@ -316,18 +335,21 @@ class CommandHandler:
     def _flush_all(self, req: Request) -> bytes:
         # Items are not erased: they become invisible (cas below the threshold) and FIFO eviction reclaims them.
         self.counters["cmd_flush"] += 1
-        if req.delta:
-            self.pending_flush_at = self.now + req.delta
-            if self.journal is not None:
-                self.journal.add(FLUSH_AT, b"", int(self.pending_flush_at * 1e6))
-        else:
+        if req.delta <= 0:  # none, 0 or negative: now
             self._invalidate_all()
+            return b"OK\r\n"
+        at = items.absolute_exptime(req.delta, self.now)  # over 30 days: a unix time
+        if at > self.now:  # a unix time already past: memcached flushes only what predates its own start, so nothing
+            self.pending_flush_at = at
+            if self.journal is not None:
+                self.journal.add(FLUSH_AT, b"", int(at * 1e6))
         return b"OK\r\n"
 
     def _version(self, req: Request) -> bytes:
         return b"VERSION tierwise-nemo-%s\r\n" % __version__.encode()
 
-    def _ok(self, req: Request) -> bytes:
+    def _verbosity(self, req: Request) -> bytes:
+        self.verbosity = req.delta  # reported by `stats settings`; the server logs the same at every level
         return b"OK\r\n"
 
     def _quit(self, req: Request) -> bytes:
@@ -337,57 +359,65 @@ class CommandHandler:
         return b"MN\r\n"
 
     # ---- meta commands -------------------------------------------------------------------------------------------
-    def _meta_flags(self, req: Request, key: bytes, item: Item | None, which: bytes) -> bytes:
-        meta = req.meta
+    def _ret_flags(self, req: Request, key: bytes, item: Item | None, which: bytes) -> bytes:
+        """The return flags among `which`, in the order the request gave them (as memcached): k and O always, c f s
+        t only with an item."""
         out = []
-        for flag in which:
-            if flag not in meta:
+        for flag, arg in req.meta.items():
+            if flag not in which:
                 continue
             if flag == 107:  # k
-                out.append(b"k" + key)
+                out.append(b" k" + key)
             elif flag == 79:  # O
-                out.append(b"O" + meta[flag])
-            elif item is not None:
-                if flag == 99:  # c
-                    out.append(b"c%d" % item.cas)
-                elif flag == 102:  # f
-                    out.append(b"f%d" % item.flags)
-                elif flag == 115:  # s
-                    out.append(b"s%d" % len(item.data))
-                elif flag == 116:  # t
-                    out.append(b"t%d" % (max(0, item.exptime - int(self.now)) if item.exptime else -1))
-        return b"".join(b" " + f for f in out)
+                out.append(b" O" + arg)
+            elif item is None:
+                continue
+            elif flag == 99:  # c
+                out.append(b" c%d" % item.cas)
+            elif flag == 102:  # f
+                out.append(b" f%d" % item.flags)
+            elif flag == 115:  # s
+                out.append(b" s%d" % len(item.data))
+            elif flag == 116:  # t
+                out.append(b" t%d" % (max(0, item.exptime - int(self.now)) if item.exptime else -1))
+        return b"".join(out)
+
+    def _meta_reply(self, req: Request, code: bytes, flags: bytes, value: bytes | None = None) -> bytes:
+        # q hides only the "nothing to report" code: EN for mg, HD (or ma's VA) for ms, md and ma
+        req.noreply = req.noreply and code in _QUIET[req.cmd]
+        if value is None:
+            return b"%s%s\r\n" % (code, flags)
+        return b"%s %d%s\r\n%s\r\n" % (code, len(value), flags, value)
 
     def _mg(self, req: Request) -> bytes:
         key = req.keys[0]
         self.counters["cmd_get"] += 1
         item = self._find(key, "get")
         if item is None:
-            return b"EN\r\n"
+            return self._meta_reply(req, b"EN", self._ret_flags(req, key, None, b"kO"))
         if ord("T") in req.meta:
             self.counters["cmd_touch"] += 1
             item.exptime = items.absolute_exptime(req.exptime, self.now)
             self._put(key, item)
-        flags = self._meta_flags(req, key, item, b"cfkOst")
+        flags = self._ret_flags(req, key, item, b"cfkOst")
         if ord("v") in req.meta:
-            reply = b"VA %d%s\r\n%s\r\n" % (len(item.data), flags, item.data)
-        else:
-            reply = b"HD%s\r\n" % flags
-        req.noreply = False  # q only hides misses for mg
-        return reply
+            return self._meta_reply(req, b"VA", flags, item.data)
+        return self._meta_reply(req, b"HD", flags)
 
     def _ms(self, req: Request) -> bytes:
         key = req.keys[0]
         self.counters["cmd_set"] += 1
-        mode = MS_MODES[req.meta.get(ord("M"), b"S")[:1].upper() or b"S"]
+        mode = MS_MODES[req.meta.get(ord("M")) or b"S"]
         old = self.lookup(key) if (mode != b"set" or ord("C") in req.meta) else None
+        # memcached reports the cas of an item it did not store as c0
+        refused = self._ret_flags(req, key, Item(0, 0, 0, b""), b"ckO")
         if ord("C") in req.meta:
             if old is None:
-                return self._meta_reply(req, b"NF", key, None)
+                return self._meta_reply(req, b"NF", refused)
             if old.cas != req.cas:
-                return self._meta_reply(req, b"EX", key, None)
+                return self._meta_reply(req, b"EX", refused)
         if mode == b"add" and old is not None or mode != b"add" and mode != b"set" and old is None:
-            return self._meta_reply(req, b"NS", key, None)
+            return self._meta_reply(req, b"NS", refused)
         if mode in (b"append", b"prepend"):
             data = old.data + req.data if mode == b"append" else req.data + old.data
             if len(data) > self.limits.max_value:
@@ -399,42 +429,80 @@ class CommandHandler:
         if not self._put(key, item):
             req.noreply = False
             return NOT_STORED_BY_ENGINE
-        return self._meta_reply(req, b"HD", key, item)
+        return self._meta_reply(req, b"HD", self._ret_flags(req, key, item, b"ckO"))
 
     def _md(self, req: Request) -> bytes:
         key = req.keys[0]
         item = self._find(key, "delete")
+        flags = self._ret_flags(req, key, None, b"kO")
         if item is None:
-            return self._meta_reply(req, b"NF", key, None)
+            return self._meta_reply(req, b"NF", flags)
         if ord("C") in req.meta and item.cas != req.cas:
-            return self._meta_reply(req, b"EX", key, None)
+            return self._meta_reply(req, b"EX", flags)
         self._remove(key)
-        return self._meta_reply(req, b"HD", key, None)
+        return self._meta_reply(req, b"HD", flags)
 
-    def _meta_reply(self, req: Request, code: bytes, key: bytes, item: Item | None) -> bytes:
-        # q suppresses only the "nothing interesting happened" code: HD for ms/md, plus NF for md.
-        if code not in (b"HD", b"NF") or (code == b"NF" and req.cmd == b"ms"):
-            req.noreply = False
-        return b"%s%s\r\n" % (code, self._meta_flags(req, key, item, b"ckO"))
+    def _ma(self, req: Request) -> bytes:
+        """Meta arithmetic: M mode (I + incr, D - decr), D delta (1), N ttl with J initial value (0) to create a
+        missing key, C compare-cas, T new ttl; returns HD, or VA with the number (v), and c t k O."""
+        key = req.keys[0]
+        meta = req.meta
+        incr = MA_MODES[meta.get(ord("M")) or b"I"]
+        item = self._find(key, "incr" if incr else "decr")
+        if item is None and ord("N") not in meta:
+            return self._meta_reply(req, b"NF", self._ret_flags(req, key, None, b"kO"))
+        if item is None:  # autovivify: the initial value is stored as it is, not changed by the delta
+            number = b"%d" % c_strtoull(meta.get(ord("J")) or b"0")
+            exptime = items.absolute_exptime(int(meta[ord("N")] or b"0"), self.now)
+            item = Item(0, exptime, self.clock.next(), number)
+            if not self._put(key, item):
+                return NOT_STORED_BY_ENGINE
+        elif ord("C") in meta and item.cas != req.cas:
+            return self._meta_reply(req, b"EX", self._ret_flags(req, key, None, b"kO"))
+        else:
+            if ord("T") in meta:
+                item.exptime = items.absolute_exptime(req.exptime, self.now)
+            number, error = self._add_delta(key, item, incr, req.delta)
+            if error:
+                return error
+        flags = self._ret_flags(req, key, item, b"ctkO")
+        return self._meta_reply(req, b"VA", flags, number) if ord("v") in meta else self._meta_reply(req, b"HD", flags)
 
     # ---- stats ---------------------------------------------------------------------------------------------------
     def _stats(self, req: Request) -> bytes:
-        if not req.args:
-            return stats_reply(self.general_stats())
-        if req.args == [b"settings"]:
-            lim = self.limits
-            return stats_reply([("item_size_max", lim.max_value), ("key_max", lim.max_key),
-                                ("line_max", lim.max_line), ("engine", type(self.engine).__name__)])
-        if req.args == [b"nemo"]:
-            return stats_reply(self.engine_stats(detail=True))
-        return b"CLIENT_ERROR unknown stats group (use: stats, stats settings, stats nemo)\r\n"
+        """memcached's stats groups that exporters read, answered from what this server has (no slab classes: one
+        pseudo class holds every item), plus `stats nemo`; an unknown group is an ERROR, as in memcached."""
+        group = req.args[0] if req.args else b""
+        if group == b"detail":  # no per-prefix stats are kept: on/off are accepted, a dump is empty
+            sub = req.args[1] if len(req.args) > 1 else b""
+            return {b"on": b"OK\r\n", b"off": b"OK\r\n", b"dump": b"END\r\n"}.get(
+                sub, b"CLIENT_ERROR usage: stats detail on|off|dump\r\n")
+        if group == b"reset":
+            self.counters = dict.fromkeys(self.counters, 0)
+            return b"RESET\r\n"
+        lines = self._stats_groups.get(group)
+        return b"ERROR\r\n" if lines is None else stats_reply(lines())
+
+    def _settings_stats(self) -> list[tuple[str, object]]:
+        lim = self.limits
+        return [("maxbytes", self.engine.device.capacity_bytes), *self.server_settings, ("verbosity", self.verbosity),
+                ("evictions", "on"), ("cas_enabled", "yes"), ("item_size_max", lim.max_value),
+                ("key_max", lim.max_key), ("line_max", lim.max_line), ("engine", type(self.engine).__name__)]
+
+    def _items_stats(self) -> list[tuple[str, object]]:
+        return [("items:1:number", self.engine.object_count())]
+
+    def _slabs_stats(self) -> list[tuple[str, object]]:
+        return [("active_slabs", 0), ("total_malloced", sum(self.engine.dram_bytes().values()))]
 
     def general_stats(self) -> list[tuple[str, object]]:
         now = time.time()
         c = self.counters
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         stats: list[tuple[str, object]] = [
             ("pid", os.getpid()), ("uptime", int(now - self.started)), ("time", int(now)),
             ("version", f"tierwise-nemo-{__version__}"), ("pointer_size", 64),
+            ("rusage_user", f"{usage.ru_utime:.6f}"), ("rusage_system", f"{usage.ru_stime:.6f}"), ("threads", 1),
         ]
         stats += sorted(self.connection_stats.items())
         stats += list(c.items())

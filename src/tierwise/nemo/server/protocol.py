@@ -1,34 +1,52 @@
 """memcached text protocol: an incremental parser with limits, and the reply serialiser.
 
 The parser never raises on client input: anything wrong becomes a `Request` whose `error` is the reply line the
-protocol prescribes (`ERROR`, `CLIENT_ERROR <reason>`, `SERVER_ERROR <reason>`). Whenever the byte count of a data
-block is known, the block is consumed even if the command is rejected (oversized value, bad key), so the next
-command starts where the client thinks it does and the connection stays in sync.
+protocol prescribes (`ERROR`, `CLIENT_ERROR <reason>`, `SERVER_ERROR <reason>`). A data block is consumed even if
+its command is rejected wherever memcached consumes it (oversized value, a meta set with bad flags, a number
+memcached would truncate), so the next command starts where memcached would start it; where memcached rejects the
+line before it knows the block's length (wrong token count, unparsable number, key over 250 bytes), the block's
+bytes are read as commands, as memcached reads them.
 
 Commands: get gets gat gats set add replace append prepend cas delete touch incr decr flush_all stats version
-verbosity quit, and the meta commands mg ms md mn.
+verbosity quit, and the meta commands mg ms md ma mn. Replies follow memcached 1.6.18 byte for byte, except the
+differences listed in docs/nemo-server.md ("memcached compatibility") and checked by
+tests/nemo/test_memcached_conformance.py.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 STORAGE = frozenset((b"set", b"add", b"replace", b"append", b"prepend", b"cas"))
 RETRIEVAL = frozenset((b"get", b"gets", b"gat", b"gats"))
-MG_FLAGS = frozenset(b"cfkOqstTv")
-MS_FLAGS = frozenset(b"cCFkMOqT")
-MD_FLAGS = frozenset(b"CkOq")
+# memcached 1.6's argument counts (tokens after the command); outside them it answers a bare ERROR
+_ARGS = {b"set": (4, 5), b"add": (4, 5), b"replace": (4, 5), b"append": (4, 5), b"prepend": (4, 5),
+         b"cas": (5, 6), b"incr": (2, 3), b"decr": (2, 3), b"touch": (2, 3), b"delete": (1, 3),
+         b"flush_all": (0, 2), b"verbosity": (1, 2)}
+# Every meta flag memcached 1.6 parses (any of them is accepted by every meta command and ignored where it means
+# nothing), and those of them whose meaning tierwise does not implement (b base64 keys, h/l/u access history,
+# R/I/N stale-while-revalidate and autovivify except in ma): refused as "invalid flag", never silently ignored.
+META_KNOWN = frozenset(b"bNTRlOPLkstcfvhuqFCMJDI")
+META_UNSUPPORTED = {b"mg": frozenset(b"bhluRNI"), b"ms": frozenset(b"bRNI"), b"md": frozenset(b"bRNI"),
+                    b"ma": frozenset(b"bRI")}
 MS_MODES = {b"S": b"set", b"E": b"add", b"A": b"append", b"P": b"prepend", b"R": b"replace"}
+MA_MODES = {b"I": True, b"i": True, b"+": True, b"D": False, b"d": False, b"-": False}  # True: incr
 
 BAD_FORMAT = b"CLIENT_ERROR bad command line format"
 BAD_EXPTIME = b"CLIENT_ERROR invalid exptime argument"
+BAD_TOKEN = b"CLIENT_ERROR bad token in command line format"
+BAD_META_FLAG = b"CLIENT_ERROR invalid or duplicate flag"  # md and ma say this whatever the flag error was
+TOO_LARGE = b"SERVER_ERROR object too large for cache"
 
 
 @dataclass
 class Limits:
     max_key: int = 250  # memcached's KEY_MAX_LENGTH
     max_value: int = 2048  # tiny-object limit (CacheLib small-item max)
-    max_line: int = 65536  # a command line; long enough for a multi-get of ~250 long keys
+    max_line: int = 65536  # a command line other than get/gets
+    # a get/gets line: memcached reads multi-gets of any length; this bounds a connection's input buffer
+    max_get_line: int = 4 << 20
 
 
 @dataclass(slots=True)
@@ -84,18 +102,54 @@ def _uint(tok: bytes, bits: int) -> int | None:
     return v if v < (1 << bits) else None
 
 
+def _c_int(text: bytes) -> int | None:
+    """A number in strtol's syntax, of any size; None if it is not one."""
+    m = _C_NUMBER.match(text)
+    return None if m is None else -int(m[2]) if m[1] == b"-" else int(m[2])
+
+
+def c_strtol(text: bytes) -> int | None:
+    """A signed number as memcached's safe_strtol reads it; None where strtol fails (no digits, out of 64 bits)."""
+    v = _c_int(text)
+    return v if v is not None and -(1 << 63) <= v < (1 << 63) else None
+
+
+def _int32(v: int | None) -> int | None:
+    # memcached silently truncates exptimes to 32 bits (2^32 becomes 0, "never"); tierwise refuses them instead
+    return v if v is not None and -(1 << 31) <= v < (1 << 31) else None
+
+
 def _exptime(tok: bytes) -> int | None:
-    """An exptime: a signed 32-bit number, as memcached parses it (anything else is a client error, never a value
-    the item header cannot hold)."""
-    neg = tok.startswith(b"-")
-    v = _uint(tok[1:] if neg else tok, 32)
-    if v is None or v > (1 << 31) - (0 if neg else 1):
+    """An exptime: a signed 32-bit number (anything else is a client error, never a value the item header cannot
+    hold)."""
+    return _int32(c_strtol(tok))
+
+
+_U64_MAX = (1 << 64) - 1
+# strtoull's view of a number: leading whitespace, an optional sign, digits, then whitespace (anything after it is
+# ignored) or the end
+_C_NUMBER = re.compile(rb"[ \t\n\v\f\r]*([+-]?)([0-9]+)(?:[ \t\n\v\f\r]|\Z)")
+
+
+def c_strtoull(text: bytes) -> int | None:
+    """A number as memcached's safe_strtoull reads it (incr/decr of a stored value, so " 12" and "12 " count);
+    None if it is not one, is out of 64 bits, or reads as negative."""
+    m = _C_NUMBER.match(text)
+    if m is None:
         return None
-    return -v if neg else v
+    v = int(m[2])
+    if v > _U64_MAX:
+        return None
+    if m[1] == b"-":  # strtoull negates modulo 2^64; memcached refuses what is then negative as a signed number
+        v = -v & _U64_MAX
+        if v >> 63:
+            return None
+    return v
 
 
-def _error(msg: bytes) -> Request:
-    return Request(b"", error=msg)
+def _error(msg: bytes, noreply: bool = False) -> Request:
+    # memcached notes `noreply` before it checks anything else, so a classic command's error is not sent either
+    return Request(b"", error=msg, noreply=noreply)
 
 
 class Parser:
@@ -110,6 +164,11 @@ class Parser:
         self._skip_line = False  # discarding the rest of an over-long line
         self.closed = False  # `quit` seen: ignore everything after it
         self.idle = True  # at a command boundary with nothing buffered: the next bytes start a new command
+
+    def _max_line(self, buf: bytearray, pos: int) -> int:
+        """memcached reads get/gets lines of any length (multi-gets); other lines have the shorter limit."""
+        head = buf[pos:pos + 5]
+        return self.limits.max_get_line if head[:4] == b"get " or head == b"gets " else self.limits.max_line
 
     @property
     def buffered(self) -> int:
@@ -148,7 +207,7 @@ class Parser:
                 req, self._pending = self._pending, None
                 end = pos + self._need
                 if buf[end - 2:end] != b"\r\n":
-                    out.append(_error(b"CLIENT_ERROR bad data chunk"))
+                    out.append(_error(b"CLIENT_ERROR bad data chunk", req.noreply and req.cmd != b"ms"))
                 else:
                     req.data = bytes(buf[pos:end - 2])
                     out.append(req)
@@ -159,9 +218,10 @@ class Parser:
                 pos = n if nl < 0 else nl + 1
                 self._skip_line = nl < 0
                 continue
-            nl = buf.find(b"\n", pos, pos + self.limits.max_line + 1)
+            max_line = self._max_line(buf, pos)
+            nl = buf.find(b"\n", pos, pos + max_line + 1)
             if nl < 0:
-                if n - pos > self.limits.max_line:
+                if n - pos > max_line:
                     out.append(_error(b"CLIENT_ERROR line too long"))
                     self._skip_line = True
                     continue
@@ -185,152 +245,170 @@ class Parser:
         self._update_idle()
         return out
 
-    # One command line -> a Request. A storage command carries its data length in `delta` until its block arrives.
+    # One command line -> a Request, or memcached 1.6's reply to what is wrong with it. A storage command carries
+    # its data length in `delta` until its block arrives.
     def _parse_line(self, line: bytes) -> Request:
         tokens = [t for t in line.split(b" ") if t]
-        if not tokens:
+        if not tokens or len(tokens[0]) < 2:  # memcached: no command is shorter than two bytes
             return _error(b"ERROR")
-        cmd = tokens[0]
+        cmd, args = tokens[0], tokens[1:]
+        bounds = _ARGS.get(cmd)
+        if bounds is not None and not bounds[0] <= len(args) <= bounds[1]:
+            return _error(b"ERROR")
+        # memcached: a last token `noreply` silences the reply (errors included); another extra token is ignored
+        noreply = bool(args) and args[-1] == b"noreply"
         if cmd in RETRIEVAL:
-            return self._retrieval(cmd, tokens)
+            return self._retrieval(cmd, args)
         if cmd in STORAGE:
-            return self._storage(cmd, tokens)
+            return self._storage(cmd, args, noreply)
+        if cmd in META_UNSUPPORTED:
+            return self._meta(cmd, args)
         if cmd == b"delete":
-            # `delete <key> [0] [noreply]`: the legacy time argument must be 0.
-            rest = tokens[2:]
-            noreply = bool(rest) and rest[-1] == b"noreply"
-            if noreply:
-                rest = rest[:-1]
-            if len(tokens) < 2 or rest not in ([], [b"0"]):
-                return _error(b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]")
-            return self._keyed(Request(cmd, [tokens[1]], noreply=noreply))
-        if cmd in (b"incr", b"decr"):
-            if len(tokens) not in (3, 4) or (len(tokens) == 4 and tokens[3] != b"noreply"):
-                return _error(BAD_FORMAT)
-            delta = _uint(tokens[2], 64)
-            if delta is None:
-                return _error(b"CLIENT_ERROR invalid numeric delta argument")
-            return self._keyed(Request(cmd, [tokens[1]], delta=delta, noreply=len(tokens) == 4))
-        if cmd == b"touch":
-            if len(tokens) not in (3, 4) or (len(tokens) == 4 and tokens[3] != b"noreply"):
-                return _error(BAD_FORMAT)
-            exptime = _exptime(tokens[2])
-            if exptime is None:
-                return _error(BAD_EXPTIME)
-            return self._keyed(Request(cmd, [tokens[1]], exptime=exptime, noreply=len(tokens) == 4))
-        if cmd in (b"flush_all", b"verbosity"):
-            rest = tokens[1:]
-            noreply = bool(rest) and rest[-1] == b"noreply"
-            if noreply:
-                rest = rest[:-1]
-            if len(rest) > 1 or (cmd == b"verbosity" and not rest):
-                return _error(BAD_FORMAT)
-            num = _uint(rest[0], 32) if rest else 0
-            if num is None:
-                return _error(BAD_FORMAT)
-            return Request(cmd, delta=num, noreply=noreply)
+            return self._delete(args, noreply)
+        if cmd in (b"incr", b"decr", b"touch"):
+            return self._keyed_number(cmd, args, noreply)
+        if cmd == b"flush_all":
+            delay = 0
+            if args and args != [b"noreply"]:
+                delay = _exptime(args[0])
+                if delay is None:
+                    return _error(BAD_EXPTIME, noreply)
+            return Request(cmd, delta=delay, noreply=noreply)
+        if cmd == b"verbosity":
+            level = _uint(args[0], 32)
+            return _error(BAD_FORMAT, noreply) if level is None else Request(cmd, delta=level, noreply=noreply)
         if cmd == b"stats":
-            return Request(cmd, args=tokens[1:])
-        if cmd in (b"version", b"quit", b"mn") and len(tokens) == 1:
+            return Request(cmd, args=args)
+        if cmd in (b"version", b"quit", b"mn"):  # memcached ignores their arguments
             return Request(cmd)
-        if cmd in (b"mg", b"md"):
-            return self._meta(cmd, tokens, 2)
-        if cmd == b"ms":
-            return self._meta(cmd, tokens, 3)
         return _error(b"ERROR")
 
     def _keyed(self, req: Request) -> Request:
         for key in req.keys:
             if not valid_key(key, self.limits.max_key):
-                return _error(BAD_FORMAT)
+                return _error(BAD_FORMAT, req.noreply)
         return req
 
-    def _retrieval(self, cmd: bytes, tokens: list[bytes]) -> Request:
-        req = Request(cmd)
-        keys = tokens[1:]
+    def _retrieval(self, cmd: bytes, args: list[bytes]) -> Request:
+        if not args:
+            return _error(b"ERROR")
+        req = Request(cmd, args)
         if cmd in (b"gat", b"gats"):
-            if len(tokens) < 2:
-                return _error(BAD_FORMAT)
-            exptime = _exptime(tokens[1])
+            exptime = _exptime(args[0])
             if exptime is None:
                 return _error(BAD_EXPTIME)
             req.exptime = exptime
-            keys = tokens[2:]
-        if not keys:
-            return _error(b"ERROR")
-        req.keys = keys
+            req.keys = args[1:]  # none: memcached answers END
         return self._keyed(req)
 
-    def _storage(self, cmd: bytes, tokens: list[bytes]) -> Request:
-        want = 6 if cmd == b"cas" else 5
-        if len(tokens) not in (want, want + 1):
-            return _error(BAD_FORMAT)
-        nbytes = _uint(tokens[4], 31)
-        if nbytes is None:
-            return _error(BAD_FORMAT)
-        noreply = len(tokens) == want + 1 and tokens[want] == b"noreply"
-        flags = _uint(tokens[2], 32)
-        exptime = _exptime(tokens[3])
-        cas = _uint(tokens[5], 64) if cmd == b"cas" else 0
-        if flags is None or exptime is None or cas is None or (len(tokens) == want + 1 and not noreply):
-            return self._reject(nbytes, BAD_FORMAT)
-        if not valid_key(tokens[1], self.limits.max_key):
-            return self._reject(nbytes, BAD_FORMAT)
-        if nbytes > self.limits.max_value:
-            return self._reject(nbytes, b"SERVER_ERROR object too large for cache")
-        return Request(cmd, [tokens[1]], flags=flags, exptime=exptime, cas=cas, delta=nbytes, noreply=noreply)
+    def _delete(self, args: list[bytes], noreply: bool) -> Request:
+        # `delete <key> [0] [noreply]`: the legacy time argument must be 0
+        zero = len(args) > 1 and args[1] == b"0"
+        if not (len(args) == 1 or len(args) == 2 and (zero or noreply) or len(args) == 3 and zero and noreply):
+            return _error(b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]", noreply)
+        return self._keyed(Request(b"delete", args[:1], noreply=noreply))
 
-    def _reject(self, nbytes: int, reply: bytes) -> Request:
-        # Error replies are sent even with noreply (as memcached does), so the client sees why nothing was stored.
-        return Request(b"", error=reply, swallow=nbytes + 2)
-
-    def _meta(self, cmd: bytes, tokens: list[bytes], first_flag: int) -> Request:
-        if len(tokens) < first_flag:
-            return _error(BAD_FORMAT)
-        allowed = {b"mg": MG_FLAGS, b"ms": MS_FLAGS, b"md": MD_FLAGS}[cmd]
-        meta: dict[int, bytes] = {}
-        bad = b""
-        for tok in tokens[first_flag:]:
-            if tok[0] not in allowed:
-                bad = b"CLIENT_ERROR invalid flag"
-            meta[tok[0]] = tok[1:]
-        req = Request(cmd, [tokens[1]], meta=meta, noreply=ord("q") in meta)
-        if cmd == b"ms":
-            nbytes = _uint(tokens[2], 31)
-            if nbytes is None:
-                return _error(BAD_FORMAT)
-            if not bad:
-                bad = _meta_numbers(req, meta)
-            if bad or not valid_key(tokens[1], self.limits.max_key):
-                return self._reject(nbytes, bad or BAD_FORMAT)
-            if nbytes > self.limits.max_value:
-                return self._reject(nbytes, b"SERVER_ERROR object too large for cache")
-            req.delta = nbytes
+    def _keyed_number(self, cmd: bytes, args: list[bytes], noreply: bool) -> Request:
+        """incr/decr <key> <delta>, touch <key> <exptime>: the key is checked first, as memcached does."""
+        req = self._keyed(Request(cmd, args[:1], noreply=noreply))
+        if req.error:
             return req
-        if not bad:
-            bad = _meta_numbers(req, meta)
-        return _error(bad) if bad else self._keyed(req)
+        if cmd == b"touch":
+            req.exptime = _exptime(args[1])
+            return _error(BAD_EXPTIME, noreply) if req.exptime is None else req
+        req.delta = c_strtoull(args[1])
+        return _error(b"CLIENT_ERROR invalid numeric delta argument", noreply) if req.delta is None else req
+
+    def _storage(self, cmd: bytes, args: list[bytes], noreply: bool) -> Request:
+        key = args[0]
+        # flags and exptime of any size here: one out of range is refused below, with its block skipped
+        flags, exptime, nbytes = _c_int(args[1]), _c_int(args[2]), c_strtol(args[3])
+        cas = c_strtoull(args[4]) if cmd == b"cas" else 0
+        if len(key) > self.limits.max_key or None in (flags, exptime, nbytes, cas) or flags < 0 \
+                or not 0 <= nbytes < _INT_MAX - 2:
+            # memcached answers before it reads the data block: the block's bytes are then read as commands
+            return _error(BAD_FORMAT, noreply)
+        if flags >> 32 or _int32(exptime) is None or not valid_key(key, self.limits.max_key):
+            # memcached would truncate the number (or keep the control character) and store, or (beyond 64 bits)
+            # read the block as commands: refused here, and the block skipped as the client meant it to be stored
+            return self._reject(nbytes, BAD_FORMAT, noreply)
+        if nbytes > self.limits.max_value:
+            return self._reject(nbytes, TOO_LARGE, noreply)
+        return Request(cmd, [key], flags=flags, exptime=exptime, cas=cas, delta=nbytes, noreply=noreply)
+
+    def _reject(self, nbytes: int, reply: bytes, noreply: bool = False) -> Request:
+        return Request(b"", error=reply, swallow=nbytes + 2, noreply=noreply)
+
+    def _meta(self, cmd: bytes, args: list[bytes]) -> Request:
+        """mg/md/ma <key> <flags>*, ms <key> <datalen> <flags>*. Meta errors are sent even with q."""
+        if not args:
+            return _error(b"ERROR")
+        key = args[0]
+        if cmd == b"ms":
+            nbytes = c_strtol(args[1]) if len(args) > 1 else None
+            if len(key) > self.limits.max_key or nbytes is None or not 0 <= nbytes < _INT_MAX - 2:
+                return _error(BAD_FORMAT)  # the block is not skipped: memcached does not know its length yet
+            flags = args[2:]
+        elif len(key) > self.limits.max_key:
+            return _error(BAD_FORMAT)
+        else:
+            flags = args[1:]
+        req = Request(cmd, [key])
+        err = _meta_flags(req, flags)
+        if err and cmd in (b"md", b"ma"):
+            err = BAD_META_FLAG
+        modes = {b"ms": MS_MODES, b"ma": MA_MODES}.get(cmd)  # mg and md ignore M
+        mode = req.meta.get(ord("M"), b"")
+        if not err and modes is not None and mode and mode not in modes:
+            err = b"CLIENT_ERROR invalid mode for %s M token" % cmd
+        if not err and not valid_key(key, self.limits.max_key):
+            err = BAD_FORMAT
+        if cmd != b"ms":
+            return _error(err) if err else req
+        if err:
+            return self._reject(nbytes, err)  # memcached skips the block once it has read its length
+        if nbytes > self.limits.max_value:
+            return self._reject(nbytes, TOO_LARGE)
+        req.delta = nbytes
+        return req
 
 
-def _meta_numbers(req: Request, meta: dict[int, bytes]) -> bytes:
-    """Decode the numeric meta flags (T ttl, F flags, C cas, M mode) into the request; return an error or b""."""
-    if ord("T") in meta:
-        t = _exptime(meta[ord("T")])
-        if t is None:
-            return b"CLIENT_ERROR bad token in command line format"
-        req.exptime = t
-    if ord("F") in meta:
-        f = _uint(meta[ord("F")], 32)
-        if f is None:
-            return b"CLIENT_ERROR bad token in command line format"
-        req.flags = f
-    if ord("C") in meta:
-        c = _uint(meta[ord("C")], 64)
-        if c is None:
-            return b"CLIENT_ERROR bad token in command line format"
-        req.cas = c
-    if ord("M") in meta and meta[ord("M")][:1].upper() not in MS_MODES:
-        return b"CLIENT_ERROR invalid mode for ms STORE"
+_INT_MAX = (1 << 31) - 1
+# meta flag -> (how memcached reads its value, its message when that fails); F's failure keeps the earlier message
+_META_VALUES = {ord("T"): (_exptime, BAD_TOKEN), ord("N"): (_exptime, BAD_TOKEN), ord("R"): (_exptime, BAD_TOKEN),
+                ord("C"): (c_strtoull, BAD_TOKEN), ord("F"): (lambda t: _uint(t, 32), b""),
+                ord("J"): (c_strtoull, b"CLIENT_ERROR invalid numeric initial value"),
+                ord("D"): (c_strtoull, b"CLIENT_ERROR invalid numeric delta value")}
+
+
+def _meta_flags(req: Request, tokens: list[bytes]) -> bytes:
+    """memcached's flag pre-parse into `req` (meta: flag -> argument, in request order; noreply; ttl, client flags,
+    cas and delta decoded): a duplicate or unknown flag stops it; after a bad value it goes on, and the last
+    message wins. Returns the error line or b""."""
+    meta: dict[int, bytes] = {}
+    req.meta = meta
+    unsupported = META_UNSUPPORTED[req.cmd]
+    bad = b""
+    for tok in tokens:
+        flag, arg = tok[0], tok[1:]
+        if flag in meta:
+            return b"CLIENT_ERROR duplicate flag"
+        if flag not in META_KNOWN or flag in unsupported:
+            return b"CLIENT_ERROR invalid flag"
+        meta[flag] = arg
+        if flag == ord("M") and len(arg) != 1:
+            bad = b"CLIENT_ERROR incorrect length for M token"
+        elif flag in _META_VALUES:
+            read, message = _META_VALUES[flag]
+            if read(arg) is None:
+                bad = message or bad or BAD_FORMAT
+    if bad:
+        return bad
+    req.noreply = ord("q") in meta
+    req.exptime = _exptime(meta[ord("T")]) if ord("T") in meta else 0
+    req.flags = _uint(meta[ord("F")], 32) if ord("F") in meta else 0
+    req.cas = c_strtoull(meta[ord("C")]) if ord("C") in meta else 0
+    req.delta = c_strtoull(meta[ord("D")]) if ord("D") in meta else 1  # ma's delta
     return b""
 
 

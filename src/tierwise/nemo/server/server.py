@@ -5,6 +5,8 @@ engine thread that receives the requests of all waiting connections in one batch
 connection has at most one batch in flight, so its replies stay in order.
 
 Limits: `max_conns` (one more gets `SERVER_ERROR too many open connections` and is closed, as memcached does);
+`idle_timeout` (like memcached's `-o idle_timeout`: a connection that completes no request for that many seconds
+is closed, so idle clients cannot hold every slot);
 per-connection input is bounded by the parser (one command line + one data block; rejected blocks are discarded
 as they arrive) and, while the connection waits, by `buffer_bytes` of unparsed input; output is bounded by the
 transport's write-buffer high-water mark (`buffer_bytes`): above it the server stops reading from that client
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -32,6 +35,7 @@ class ServerConfig:
     buffer_bytes: int = 1 << 20  # per-connection output high-water mark (input is bounded by Limits)
     max_batch: int = 256  # requests of one connection run per turn
     engine_thread: bool = False  # run requests on a dedicated engine thread instead of inline on the loop
+    idle_timeout: float = 0.0  # close a connection that completes no request for this long (seconds); 0 = never
     limits: Limits = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -48,6 +52,7 @@ class Connection(asyncio.Protocol):
         self.eof = False
         self.reading = True
         self.write_paused = False
+        self.last_request = server.now()  # when a request last completed (idle_timeout, `stats conns`)
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -67,6 +72,7 @@ class Connection(asyncio.Protocol):
             reply = self.server.quick_reply(data)
             if reply is not None:
                 self.transport.write(reply)
+                self.last_request = self.server.now()
                 return
         self.parser.feed(data)
         if self.busy or self.write_paused:
@@ -110,6 +116,7 @@ class Connection(asyncio.Protocol):
                 elif not self.reading:
                     self._set_reading(True)
                 return
+            self.last_request = server.now()
             if not server.inline:
                 self.busy = True
                 server.submit(self, reqs)
@@ -154,6 +161,10 @@ class MemcacheServer:
         self._server: asyncio.base_events.Server | None = None
         self._idle = asyncio.Event()
         self.port = config.port
+        self.now = time.monotonic
+        handler.conns_report = self.conns_report
+        handler.server_settings = [("maxconns", config.max_conns), ("tcpport", config.port), ("inter", config.host),
+                                   ("num_threads", 1), ("idle_timeout", config.idle_timeout)]
 
     # ---- connections ---------------------------------------------------------------------------------------------
     def admit(self, conn: Connection) -> bool:
@@ -164,6 +175,36 @@ class MemcacheServer:
         self.total_conns += 1
         self.handler.connection_stats.update(curr_connections=len(self.conns), total_connections=self.total_conns)
         return True
+
+    def conns_report(self) -> list[tuple[str, object]]:
+        """`stats conns`, in memcached's shape: the listening socket, then per connection (keyed by fd) its peer,
+        state and seconds since its last request."""
+        lines: list[tuple[str, object]] = []
+        for sock in self._server.sockets if self._server is not None else ():
+            host, port = sock.getsockname()[:2]
+            lines += [(f"{sock.fileno()}:addr", f"tcp:{host}:{port}"), (f"{sock.fileno()}:state", "conn_listening")]
+        now = self.now()
+        for conn in self.conns:
+            sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
+            if sock is None:
+                continue
+            fd = sock.fileno()
+            lines += [(f"{fd}:addr", "tcp:%s:%d" % sock.getpeername()[:2]),
+                      (f"{fd}:listen_addr", "tcp:%s:%d" % sock.getsockname()[:2]),
+                      (f"{fd}:state", "conn_parse_cmd" if conn.parser.idle else "conn_nread"),
+                      (f"{fd}:secs_since_last_cmd", int(now - conn.last_request))]
+        return lines
+
+    def _close_idle(self) -> None:
+        """Close the connections that completed no request within idle_timeout (a batch with the engine thread is
+        not idle), then look again in a while: at most a second late, or a tenth of the timeout."""
+        timeout = self.config.idle_timeout
+        oldest = self.now() - timeout
+        for conn in list(self.conns):
+            if conn.last_request < oldest and not conn.busy and conn.transport is not None:
+                conn.transport.close()
+        if not self.closing:
+            self._loop.call_later(min(1.0, timeout / 10), self._close_idle)
 
     def forget(self, conn: Connection) -> None:
         self.conns.discard(conn)
@@ -253,6 +294,8 @@ class MemcacheServer:
         self._server = await self._loop.create_server(lambda: Connection(self), self.config.host, self.config.port,
                                                       reuse_address=True, backlog=1024)
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.config.idle_timeout > 0:
+            self._close_idle()
 
     async def shutdown(self, finalize) -> None:
         """Stop accepting, let in-flight requests finish, close the connections, then run `finalize` (flush the
