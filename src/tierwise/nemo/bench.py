@@ -346,8 +346,11 @@ def write_plots(report: BenchResult, folder: Path) -> list[Path]:
     paths = []
     series = {name: ([r["requests"] for r in rows if r["alwa"]], [r["alwa"] for r in rows if r["alwa"]])
               for name, rows in report.series.items() if rows}
+    warm = [report.summaries.get(name, {}).get("warm_at_request") for name in series]
+    # shaded from the latest warm-up end: from there every run is in its steady window
+    steady = max(warm) if warm and None not in warm else None
     paths.append(line_plot(series, folder / "wa_over_time.png", title="Write amplification over time (windowed ALWA)",
-                           xlabel="requests", ylabel="ALWA", logy=True))
+                           xlabel="requests", ylabel="app-level write amplification (x)", logy=True, steady=steady))
     if report.ablation:
         paths.append(bar_plot({r["config"]: r["sg_fill_pct"] for r in report.ablation}, folder / "fill_ablation.png",
                               title="Nemo SG fill rate by technique (paper: 6.8 / 31.3 / 36.8 / 64.1 / 89.3 %)",
@@ -359,7 +362,7 @@ def write_plots(report: BenchResult, folder: Path) -> list[Path]:
         ys.append(r["miss_ratio"])
     if any(len(xs) > 1 for xs, _ in curves.values()):  # a curve needs more than one cache size
         paths.append(line_plot(curves, folder / "miss_ratio_vs_size.png", title="Miss ratio vs cache size",
-                               xlabel="flash (MiB)", ylabel="miss ratio", logx=True))
+                               xlabel="flash (MiB)", ylabel="miss ratio (0-1)", logx=True))
     return paths
 
 
