@@ -80,3 +80,17 @@ def test_replay_picks_enough_zones_for_a_small_flash():
     assert result["requests"] == 200_000 and result["replay"]["wrong_values"] == 0
     config = result["engine"]
     assert config["S"] == 62 and config["N"] + config["index_zones"] == 16  # 16 zones of 256 KiB: one SG each
+
+
+def test_replay_plot_shades_the_steady_window(tmp_path):
+    result = nemo("replay", "--trace", "synth:twitter-merged:300k", "--flash-size", "2M", "--sample-every", "20000",
+                  "--plot", str(tmp_path), "--json", str(tmp_path / "r.json"))
+    assert result.exit_code == 0, result.output
+    png = tmp_path / "replay_over_time.png"
+    assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "r.json").read_text())["summary"]["warm_at_request"] is not None
+
+
+def test_device_profiles_as_json():
+    profiles = json_alone(nemo("device", "profiles", "--json", "-"))
+    assert {"zn540", "fdp", "conventional"} <= set(profiles) and profiles["zn540"]["dies"] > 0

@@ -42,6 +42,10 @@ def test_device_report(tmp_path):
     r = CliRunner().invoke(app, ["nemo", "device", "report", f"file:{tmp_path / 'd'}"])
     assert r.exit_code == 0, r.output
     assert "CLOSED" in r.output and "EMPTY" in r.output
+    r = CliRunner().invoke(app, ["nemo", "device", "report", f"file:{tmp_path / 'd'}", "--json", "-"])
+    zones = json.loads(r.stdout)["zones"]  # nothing but the JSON
+    assert {z["condition"] for z in zones} == {"EMPTY", "CLOSED"}
+    assert zones[1]["write pointer (B)"] == 4096
 
 
 def test_stats_json_to_standard_output_alone(tmp_path):

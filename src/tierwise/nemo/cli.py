@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from pathlib import Path
+
 import typer
 
 from tierwise.common.units import format_bytes
@@ -160,23 +162,32 @@ def trace_stats_cmd(
 
 
 @device_app.command("report")
-def device_report(spec: str = typer.Argument(..., help="file:FOLDER or zbd:/dev/<zoned device>.")) -> None:
+def device_report(spec: str = typer.Argument(..., help="file:FOLDER or zbd:/dev/<zoned device>."),
+                  json_out: Optional[str] = json_option("the geometry and every zone")) -> None:
     """Print a device's geometry and every zone's condition and write pointer."""
     from tierwise.common.report import print_table
     from tierwise.nemo.device import open_device
 
+    json_only(json_out)
     with open_device(spec) as dev:
-        typer.echo(f"{dev!r}  max_open_zones={dev.max_open_zones} max_active_zones={dev.max_active_zones}")
-        print_table([{"zone": z.index, "start": z.start, "condition": z.condition.name,
-                      "write pointer (B)": z.write_pointer, "capacity (B)": z.capacity} for z in dev.report_zones()])
+        zones = [{"zone": z.index, "start": z.start, "condition": z.condition.name,
+                  "write pointer (B)": z.write_pointer, "capacity (B)": z.capacity} for z in dev.report_zones()]
+        geometry = {"device": repr(dev), "max_open_zones": dev.max_open_zones,
+                    "max_active_zones": dev.max_active_zones}
+    if emit({**geometry, "zones": zones}, json_out):
+        return
+    typer.echo(f"{geometry['device']}  max_open_zones={dev.max_open_zones} max_active_zones={dev.max_active_zones}")
+    print_table(zones)
 
 
 @device_app.command("profiles")
-def device_profiles() -> None:
+def device_profiles(json_out: Optional[str] = json_option("every profile's parameters")) -> None:
     """The device timing profiles a replay can simulate (--profile), with their NAND parameters."""
     from tierwise.common.report import print_table
     from tierwise.nemo.device.timing import PROFILES
 
+    if emit({p.name: {**vars(p)} for p in PROFILES.values()}, json_out):
+        return
     print_table([{"profile": p.name, "dies": p.dies, "read (us)": p.read_us, "program (us)": p.program_us,
                   "unit (KiB)": p.unit_kb, "erase (ms)": p.erase_ms} for p in PROFILES.values()],
                 title="device timing profiles (docs/nemo-devices-and-traces.md has their sources)")
@@ -208,6 +219,9 @@ def replay_cmd(
     format: str = typer.Option(None, "--format", help=FORMAT_HELP),
     skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_BAD_HELP),
     json_out: Optional[str] = json_option("the summary, config and time series"),
+    plot: Optional[str] = typer.Option(None, "--plot", metavar="DIR",
+                                       help="Folder for replay_over_time.png (windowed ALWA and miss ratio, the "
+                                       "steady window shaded)."),
 ) -> None:
     """Replay a trace against an engine (lookaside: GET miss -> SET) and print ALWA, DRAM bits/object, miss
     ratio, read amplification, fill rates and simulated get/set latency over the steady-state window."""
@@ -225,12 +239,36 @@ def replay_cmd(
                     profile=profile)
     for msg in result.bad_examples:
         typer.echo(f"skipped: {msg}", err=True)
+    if plot is not None:
+        replay_plot(result, Path(plot) / "replay_over_time.png", title=f"{engine} on {trace}")
     if emit(result.as_dict(), json_out):
         return
     s = result.summary
     print_table([{"figure": k, "value": v} for k, v in replay_figures(engine, result).items()],
                 title=f"replay {trace} (figures of the {s['window']} window)")
     print_table([{"cause": k, "ALWA": v} for k, v in s["alwa_breakdown"].items()], title="ALWA by cause")
+
+
+def replay_plot(result: Any, path: Path, title: str) -> Path:
+    """Windowed ALWA and miss ratio against requests, one panel each, the steady window shaded."""
+    from tierwise.common.plots import figure, readable_ticks, save
+
+    rows = [r for r in result.series if r["alwa"] is not None]
+    x = [r["requests"] for r in rows]
+    fig, axes = figure(ncols=2, width=9, height=3.6)
+    warm = result.summary["warm_at_request"]
+    for ax, key, label in ((axes[0], "alwa", "app-level write amplification (x)"),
+                           (axes[1], "miss_ratio", "miss ratio (0-1)")):
+        ax.plot(x, [r[key] for r in rows], marker="o", markersize=3)
+        if warm is not None and x:
+            ax.axvspan(warm, x[-1], color="0.85", zorder=0, label="steady window")
+            ax.legend(fontsize=7)
+        ax.set_xlabel("requests")
+        ax.set_ylabel(label)
+        readable_ticks(ax.xaxis)
+        readable_ticks(ax.yaxis)
+    fig.suptitle(title, fontsize=9)
+    return save(fig, path)
 
 
 def replay_figures(engine: str, result: Any) -> dict[str, Any]:
