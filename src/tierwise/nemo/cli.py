@@ -15,6 +15,7 @@ from pathlib import Path
 
 import typer
 
+from tierwise.common.cli import emit, json_only
 from tierwise.common.units import format_bytes
 from tierwise.nemo.defaults import (DEFAULT_DEVICE, DEFAULT_ENGINE, DEFAULT_EXECUTOR, RENAMED_SIZES, REPLAY_FLASH_SIZE,
                                     SYNTH_PROFILE, SYNTH_REQUESTS, SYNTH_SEED, BenchSettings, MiB, ReplayOptions)
@@ -83,24 +84,6 @@ def given(**values: Any) -> dict[str, Any]:
 def json_option(what: str) -> Any:
     return typer.Option(None, "--json", metavar="PATH",
                         help=f"Write {what} as JSON to PATH ('-': standard output, then without the tables).")
-
-
-def json_only(path: str | None) -> bool:
-    """`--json -`: standard output carries the JSON alone, so nothing draws progress (call before the work)."""
-    from tierwise.common.progress import silence
-
-    if path == "-":
-        silence()
-    return path == "-"
-
-
-def emit(data: Any, path: str | None) -> bool:
-    """Write `data` where --json asks; True when standard output carries it (print nothing else then)."""
-    from tierwise.common.report import emit_json
-
-    if path is not None:
-        emit_json(data, path)
-    return path == "-"
 
 
 # ---- traces and devices --------------------------------------------------------------------------------------

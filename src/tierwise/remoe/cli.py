@@ -14,6 +14,8 @@ from typing import Any, Optional
 import typer
 from typer.core import TyperCommand
 
+from tierwise.common.cli import emit, json_only
+
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 
 MODEL_HELP = "MoE checkpoint: local HF folder, hub id (online), or 'embedded'."
@@ -55,24 +57,6 @@ def dtype_option(help: str = DTYPE_HELP) -> Any:
 
 def threads_option(help: str = THREADS_HELP) -> Any:
     return typer.Option(None, "--threads", help=help)
-
-
-def json_only(json_path: str | None) -> bool:
-    """`--json -`: standard output is the JSON's alone, so nothing draws progress (call before the work)."""
-    from tierwise.common.progress import silence
-
-    if json_path == "-":
-        silence()
-    return json_path == "-"
-
-
-def emit(result: Any, json_path: str | None) -> bool:
-    """Write `result` where --json asks; True when standard output carries it (print nothing else then)."""
-    from tierwise.common.report import emit_json
-
-    if json_path is not None:
-        emit_json(result, json_path)
-    return json_path == "-"
 
 
 def given(**values: Any) -> dict[str, Any]:
