@@ -1,5 +1,7 @@
 """Nemo engine: byte-exact round trips through flushes, evictions and write-back; deletes; accounting; format."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -7,10 +9,11 @@ from tierwise.common.errors import TierwiseError
 from tierwise.nemo.device import MemoryZonedDevice
 from tierwise.nemo.engines import engine_names, make_engine
 from tierwise.nemo.engines.nemo import NemoConfig, NemoEngine, plan_geometry
+from tierwise.nemo.engines.nemo.engine import FLUSHES
 from tierwise.nemo.engines.nemo.pbfg import block_segments
 from tierwise.nemo.engines.nemo.format import (decode_index_header, decode_sg_header, decode_sg_trailer,
                                                encode_sg_header, SGHeader)
-from tierwise.nemo.layout import PAGE_SIZE, page_crc_ok
+from tierwise.nemo.layout import PAGE_SIZE, PAYLOAD, page_crc_ok, page_used
 
 
 def small_engine(sets=8, zones=24, zone_pages=None, **opts) -> NemoEngine:
@@ -36,17 +39,17 @@ def test_registry_and_bad_options():
 
 def test_roundtrip_across_flushes_and_evictions():
     e = small_engine()
-    for i in range(3000):
+    for i in range(4000):
         assert e.set(b"k%d" % i, val(i))
     assert e.metrics.counters["sg_evictions"] > 5
     hits = 0
-    for i in range(3000):
+    for i in range(4000):
         got = e.get(b"k%d" % i)
         if got is not None:
             assert got == val(i)
             hits += 1
     assert hits > 300  # the newest SGs survive FIFO eviction
-    assert e.get(b"k2999") == val(2999)
+    assert e.get(b"k3999") == val(3999)
 
 
 def test_overwrite_and_delete_never_serve_old_data():
@@ -88,15 +91,19 @@ def test_delete_then_flush_and_buffer_only_delete():
 
 
 def _hot_survivors(**opts) -> tuple[int, NemoEngine]:
+    # clean-shutdown flushes write partly filled SGs, so the SG a write-back fills has room (under steady inserts
+    # the SG flushed next is nearly full: it takes every insert first)
     e = small_engine(sets=8, zones=14, pbfg_cache_ratio=1.0, flush_threshold=1, **opts)
     hot = [b"hot%d" % i for i in range(20)]
     for h in hot:
         e.set(h, val(1, 100))
-    for i in range(4000):
+    for i in range(1500):
         e.set(b"cold%d" % i, val(i, 200))
         if i % 10 == 0:
             for h in hot:
                 e.get(h)
+        if i % 40 == 39:
+            e.flush()
     return sum(e.get(h) == val(1, 100) for h in hot), e
 
 
@@ -108,6 +115,48 @@ def test_write_back_keeps_hot_objects_and_device_accounting_matches():
     s = e.metrics.summary(steady=False)
     assert s["device_bytes_written"] == e.device.stats.bytes_written
     assert s["alwa"] > 1 and s["mean_sg_fill"] > 0.5
+
+
+def test_the_sg_flushed_next_takes_inserts_first_and_the_secondary_stops_at_its_threshold():
+    e = small_engine(sets=1, flush_threshold=1000)  # one offset, and no flush: failed inserts sacrifice
+    s = e.state
+    rear, front = s.order[-1], s.order[0]
+    size = 4 + 4 + 198  # object header + key + value
+    for i in range(25):
+        e.set(b"k%03d" % i, val(i, 200))
+    assert page_used(s.pages[rear, 0]) == (PAYLOAD // size) * size  # B[M-1] filled to the brim first
+    assert page_used(s.pages[front, 0]) == (25 - PAYLOAD // size) * size
+    for i in range(25, 40):
+        e.set(b"k%03d" % i, val(i, 200))
+    secondary = math.floor(0.9 * PAYLOAD)  # the artifact's FLUSH_THRESHOLD 90
+    assert secondary - size < page_used(s.pages[front, 0]) <= secondary
+    assert e.metrics.counters["dropped_objects"] > 0 and e.next_seq == 0
+    assert page_used(s.pages[rear, 0]) == (PAYLOAD // size) * size  # sacrifices come from the secondary
+    assert e.get(b"k039") == val(39, 200) and e.get(b"k000") == val(0, 200)
+    loose = small_engine(sets=1, flush_threshold=1000, secondary_threshold=1.0)
+    for i in range(40):
+        loose.set(b"k%03d" % i, val(i, 200))
+    assert page_used(loose.state.pages[loose.state.order[0], 0]) > secondary
+
+
+def test_cooling_forgets_only_sets_whose_pbfg_left_the_cache():
+    e = small_engine(sets=8, zones=30, flush_threshold=1, pbfg_cache_ratio=0.5)
+    keys = [b"k%d" % i for i in range(400)]
+    for k in keys:
+        e.set(k, val(1, 200))
+    for k in keys:
+        e.get(k)  # fetches PBFGs: the cache now holds 4 of the 8 offsets
+    st, every = e.state.st, e.state.cfg.COOL_EVERY
+    cached = e.pbfg.slot_of >= 0
+    assert 0 < cached.sum() < 8 and e.metrics.counters.get("sg_evictions", 0) == 0
+    e.state.hot[:] = 0xFFFF
+    flushes = st[FLUSHES]
+    i = 0
+    while st[FLUSHES] < (flushes // every + 1) * every:  # inserts (no lookups) up to the next cooling
+        e.set(b"filler%d" % i, val(i, 200))
+        i += 1
+    assert e.metrics.counters.get("sg_evictions", 0) == 0
+    assert (e.state.hot[:, cached] == 0xFFFF).all() and (e.state.hot[:, ~cached] == 0).all()
 
 
 def test_sg_spanning_several_zones_and_on_flash_format():
@@ -160,7 +209,9 @@ def test_dram_measured_and_geometry_defaults():
     e = small_engine()
     d = e.dram_bytes()
     assert d["buffers"] == 2 * 8 * PAGE_SIZE and d["pbfg_cache"] > 0 and d["open_group"] > 0
-    assert NemoConfig().p_threshold(126) == 126 and NemoConfig(flush_threshold=2).p_threshold(126) == 2
+    # the paper's p_th = 4096 of S = 275,712 sets, scaled (nemo.md §11): 1.5% of S, at least one failed insert
+    assert NemoConfig().p_threshold(126) == 2 and NemoConfig().p_threshold(1022) == 16
+    assert NemoConfig().p_threshold(8) == 1 and NemoConfig(flush_threshold=64).p_threshold(126) == 64
     with pytest.raises(TierwiseError, match="not both"):
         NemoConfig(filter_budget=0.5, pbfg_cache_ratio=0.5)
 
@@ -187,7 +238,7 @@ def test_filter_budget_counts_the_open_group():
     by_offsets = NemoConfig(pbfg_cache_ratio=0.5).pbfg_cache_offsets(geo)
     by_budget = NemoConfig(filter_budget=0.5).pbfg_cache_offsets(geo)
     assert by_offsets == geo.sets // 2 and 0 < by_budget < by_offsets
-    assert NemoConfig().pbfg_cache_offsets(geo) == by_budget  # the default
+    assert NemoConfig().pbfg_cache_offsets(geo) == by_offsets  # the default: the paper's 50% of offsets
     # DRAM filters (open group + cached rows) stay within half of all live filters
     filters = geo.sets * geo.group_size + by_budget * geo.live_groups * geo.group_size
     assert filters <= 0.5 * geo.data_slots * geo.sets

@@ -12,24 +12,29 @@ from tierwise.nemo.index.bloom import FilterParams, group_row_bytes
 from tierwise.nemo.layout import OBJ_HEADER, PAGE_SIZE, PAYLOAD
 
 SG_META_PAGES = 2  # SG header page + SG trailer (commit) page around the S set pages
-DEFAULT_FILTER_BUDGET = 0.5  # Table 6: 14.4 bits per object x 50%
+P_TH_SHARE = 4096 / 275_712  # the paper's p_th over its S (Table 3); §11 keeps this ratio when S is scaled down
+DEFAULT_PBFG_CACHE_RATIO = 0.5  # Table 3: the index cache holds the PBFGs of 50% of the set offsets
 
 
 @dataclass
 class NemoConfig:
     sets_per_sg: int | None = None  # S; None = as many as fill one zone (the paper's SG = zone)
     buffered_sgs: int = 2  # M, in-memory SetGroups (paper: 2)
-    buffer_fallback: bool = True  # B: a full set in B[0] falls back to the same set of older buffers (ablation: off)
+    # B: the SG flushed next (B[M-1]) takes every insert its set can hold; a full set falls back to the same set of
+    # the younger buffers (ablation: off, B[M-1] only)
+    buffer_fallback: bool = True
+    # the artifact's FLUSH_THRESHOLD 90: a younger (secondary) SG's set takes an object only while it stays within
+    # this fraction of its payload, so the next SG starts with room for the sets that overflowed
+    secondary_threshold: float = 0.9
     flush_mode: str = "count"  # "count": flush after p_th failed inserts; "probability": flush w.p. p per failure
-    # p_th (count mode) or p (probability mode); None = S (count) or 0.001. The paper's 4096 of 275,712 sets is
-    # 1.5% of S; scaled so to a laptop-sized S it gives 73% SG fill, not the paper's 89% (docs/results-nemo.md),
-    # while p_th = S reproduces the paper's fill and ALWA
+    # p_th (count mode) or p (probability mode); None = the paper's 1.5% of S, at least 1 (count) or 0.001
     flush_threshold: float | None = None
-    # DRAM for set-level filters, as a fraction of the filters of every live SG: the open index group plus the
-    # PBFG cache, which gets what the open group leaves (Table 6's "14.4 x 50%"). None = 0.5.
+    # the fraction of set offsets whose PBFG is cached (the open index group comes on top); None = 0.5, unless
+    # filter_budget sizes the cache instead
+    pbfg_cache_ratio: float | None = None
+    # instead: DRAM for set-level filters as a fraction of the filters of every live SG, the open index group
+    # included (Table 6's "14.4 x 50%" read as a bound on all filter bits); excludes pbfg_cache_ratio
     filter_budget: float | None = None
-    pbfg_cache_ratio: float | None = None  # instead: the fraction of set offsets whose PBFG is cached (the open
-    # group then comes on top); excludes filter_budget
     fp_rate: float = 0.001  # design false-positive rate of a set-level filter (paper: 0.1%)
     expected_object_bytes: float = 250.0  # key+value bytes per object, to size the filters (twitter-merged: 246)
     filter_fill: float = 0.9  # set fill the filters are sized for (the target SG fill)
@@ -56,6 +61,8 @@ class NemoConfig:
             raise TierwiseError("give filter_budget or pbfg_cache_ratio, not both: each sizes the PBFG cache")
         if self.filter_budget is not None and not 0 < self.filter_budget <= 1:
             raise TierwiseError(f"filter_budget must be in (0, 1], got {self.filter_budget}")
+        if not 0 < self.secondary_threshold <= 1:
+            raise TierwiseError(f"secondary_threshold must be in (0, 1], got {self.secondary_threshold}")
         if not 0 < self.hot_window <= 1 or not 0 < self.cooling <= 1:
             raise TierwiseError("hot_window and cooling must be fractions in (0, 1]")
         if self.sets_per_sg is not None and self.sets_per_sg < 1:
@@ -70,14 +77,13 @@ class NemoConfig:
 
     def pbfg_cache_offsets(self, geo: "Geometry") -> int:
         """How many set offsets the PBFG cache holds (each costs live_groups rows of G filters)."""
-        if self.pbfg_cache_ratio is not None:
-            return max(1, math.floor(self.pbfg_cache_ratio * geo.sets))
-        budget = DEFAULT_FILTER_BUDGET if self.filter_budget is None else self.filter_budget
-        spare = budget * geo.data_slots - geo.group_size  # filters per offset left after the open group
-        if spare <= 0 and self.filter_budget is not None:
+        if self.filter_budget is None:
+            ratio = DEFAULT_PBFG_CACHE_RATIO if self.pbfg_cache_ratio is None else self.pbfg_cache_ratio
+            return max(1, math.floor(ratio * geo.sets))
+        spare = self.filter_budget * geo.data_slots - geo.group_size  # filters per offset left after the open group
+        if spare <= 0:
             raise TierwiseError(f"filter_budget {self.filter_budget} does not even cover the open index group "
                                 f"({geo.group_size} of {geo.data_slots} SGs)")
-        # a tiny cache whose open group alone exceeds the default budget still caches one offset
         return max(1, min(geo.sets, math.floor(geo.sets * spare / (geo.live_groups * geo.group_size))))
 
     def p_threshold(self, sets: int) -> float:
@@ -85,7 +91,7 @@ class NemoConfig:
             return self.flush_threshold
         if self.flush_mode == "probability":
             return 0.001
-        return sets
+        return max(1, math.ceil(P_TH_SHARE * sets))
 
     def as_dict(self) -> dict:
         return asdict(self)

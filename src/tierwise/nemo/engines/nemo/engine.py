@@ -55,6 +55,7 @@ Cfg = namedtuple("Cfg", [
     "K", "MBITS",  # set-level filter: hash functions, bits
     "ZPS",  # zones per SG
     "TRIES",  # buffered SGs an insert may use (M, or 1 without buffered-SG fallback)
+    "SECONDARY_USED",  # bytes a younger buffered set may hold after an insert (FLUSH_THRESHOLD of its payload)
     "M",  # buffered SGs
     "P_TH",  # count mode: flush after this many failed inserts
     "PROBABILITY",  # 1: flush with probability FLUSH_P per failed insert instead
@@ -183,24 +184,35 @@ def _next_random(st):
 @internal
 def _put(P, j, key, value, flags):
     """Insert into the buffers; when every candidate set is full, delay the flush (§3.3): sacrifice the oldest
-    objects of the set, or flush once the delay has run out."""
+    objects of the youngest candidate set (the artifact's secondary SG) down to its threshold, or flush once the
+    delay has run out."""
     cfg, st = P.cfg, P.st
     positions = P.scratch.pos
-    if buffers_insert(P.pages, P.filters, P.order, j, key, value, flags, positions, cfg.TRIES) >= 0:
+    if _insert(P, j, key, value, flags, positions) >= 0:
         return
     st[WAITS] += 1
     due = _next_random(st) < cfg.FLUSH_P if cfg.PROBABILITY else st[WAITS] >= cfg.P_TH
     if due:
         flush_sg(P)
     else:
-        lost, lost_bytes, ok = sacrifice(P.pages[P.order[cfg.TRIES - 1], j], OBJ_HEADER + key.shape[0] + value.shape[0])
+        need = OBJ_HEADER + key.shape[0] + value.shape[0]
+        if cfg.TRIES > 1:
+            need += PAYLOAD - cfg.SECONDARY_USED
+        lost, lost_bytes, ok = sacrifice(P.pages[P.order[cfg.M - cfg.TRIES], j], need)
         P.m.counters[mt.C_DROPPED_OBJECTS] += lost
         P.m.counters[mt.C_DROPPED_BYTES] += lost_bytes
         if not ok:
             flush_sg(P)  # the set holds only tombstones: flushing is the only way to make room
     _hash(P, key, positions)  # a flush's write-back hashed other keys
-    if buffers_insert(P.pages, P.filters, P.order, j, key, value, flags, positions, cfg.TRIES) < 0:
+    if _insert(P, j, key, value, flags, positions) < 0:
         raise TierwiseError("an object does not fit an empty 4 KB set")
+
+
+@internal(inline=True)
+def _insert(P, j, key, value, flags, positions):
+    cfg = P.cfg
+    return buffers_insert(P.pages, P.filters, P.order, j, key, value, flags, positions, cfg.TRIES,
+                          cfg.SECONDARY_USED)
 
 
 @internal
@@ -265,7 +277,7 @@ def flush_sg(P):
     set_filters(pages, filters, cfg.SEED, cfg.K, cfg.MBITS, sc.bad)
     w[mt.W_INDEX] += pbfg.add_sg(P, seq, filters)
     st[FLUSHES] += 1
-    hotness.on_flush(P.hot, st[FLUSHES], cfg.COOL_EVERY)
+    hotness.on_flush(P.hot, P.pbfg.slot_of, st[FLUSHES], cfg.COOL_EVERY)
     rotate(P.pages, P.filters, P.order)
     st[NEXT_SEQ] += 1
     st[WAITS] = 0
@@ -424,7 +436,8 @@ class NemoEngine(Engine):
         compiled_cfg = Cfg(
             S=S, N=geo.data_slots, G=geo.group_size, L=geo.live_groups, R=geo.rows_per_page, RB=geo.row_bytes,
             K=self.filter.k, MBITS=self.filter.m_bits, ZPS=geo.zones_per_sg,
-            TRIES=M if cfg.buffer_fallback else 1, M=M, P_TH=math.ceil(self.p_th) if not probability else 0,
+            TRIES=M if cfg.buffer_fallback else 1, SECONDARY_USED=math.floor(cfg.secondary_threshold * PAYLOAD), M=M,
+            P_TH=math.ceil(self.p_th) if not probability else 0,
             PROBABILITY=int(probability), FLUSH_P=float(self.p_th) if probability else 0.0,
             WRITE_BACK=int(cfg.write_back), WB_COLD=int(cfg.write_back_cold),
             COOL_EVERY=hotness.cool_every(geo.data_slots, cfg.cooling),

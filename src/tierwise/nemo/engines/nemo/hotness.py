@@ -1,6 +1,6 @@
 """Hybrid hotness tracking (nemo.md §3.7): frequency = one access bit per object slot, kept only for the oldest
-`window` of live SGs; recency = the object's PBFG is cached. Hot = bit set AND PBFG cached (the caller checks the
-second half, which it knows from the index cache). The bits are a (window, S) uint16 array: row seq % window is
+`window` of live SGs; recency = the object's PBFG is cached. Hot = bit set AND PBFG cached (write-back only visits
+cached offsets; cooling clears the bits of the others). The bits are a (window, S) uint16 array: row seq % window is
 SG seq's while it is in the window."""
 
 from __future__ import annotations
@@ -39,7 +39,11 @@ def on_evict(bits, oldest):
 
 
 @internal
-def on_flush(bits, flushes, every):
-    """After the `flushes`-th SG flush: cool down (clear every bit) every `every` flushes."""
+def on_flush(bits, slot_of, flushes, every):
+    """After the `flushes`-th SG flush: cool down every `every` flushes. As in the artifact (`coldZone`), only sets
+    whose PBFG is no longer cached forget their hits: a cached set's bits keep counting over the whole window, where
+    clearing them too would leave an evicted SG only the hits of its last cooling period."""
     if flushes % every == 0:
-        bits[:, :] = 0
+        for j in range(bits.shape[1]):
+            if slot_of[j] < 0:
+                bits[:, j] = 0

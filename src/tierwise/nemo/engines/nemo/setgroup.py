@@ -71,10 +71,16 @@ def buffers_remove(pages, filters, order, j, key, positions) -> int:
 
 
 @unref
-def buffers_insert(pages, filters, order, j, key, value, flags, positions, tries) -> int:
-    """Put the object into the first of B[0..tries) whose set j has room; its index, or -1."""
-    for i in range(min(tries, order.shape[0])):
+def buffers_insert(pages, filters, order, j, key, value, flags, positions, tries, secondary_used) -> int:
+    """Put the object into set j of the SG flushed next (B[M-1]) if it fits, else of the next younger of the
+    `tries` buffers whose set stays within `secondary_used` bytes (the artifact's rule: the SG flushed next takes
+    every insert it can hold, a younger one only overflow while below FLUSH_THRESHOLD). Its index, or -1."""
+    need = OBJ_HEADER + key.shape[0] + value.shape[0]
+    last = order.shape[0] - 1
+    for i in range(last, last - min(tries, order.shape[0]), -1):
         b = order[i]
+        if i < last and page_used(pages[b, j]) + need > secondary_used:
+            continue
         if page_append(pages[b, j], key, value, flags):
             filter_add(filters[b, j], 0, positions)
             return i
