@@ -67,7 +67,7 @@ DESIGNS = {
                                 "ssd": ("migrations_passive", "migrations_active", "gc_zones")}),
     # SetGroups of 8 sets in zones of 10 pages (header + 8 sets + trailer); flush at the first failed insert, so
     # SGs are flushed (and the ring evicts) often
-    "nemo": Design("nemo", 24, 40, {"sets_per_sg": 8, "flush_threshold": 1},
+    "nemo": Design("nemo", 16, 40, {"sets_per_sg": 8, "flush_threshold": 1},
                    events={"zoned": ("sg_evictions",), "ssd": ("sg_evictions",)},
                    mixed_events=("tombstones", "writeback_objects", "writeback_shadowed"),
                    # a later flush: full sets sacrifice objects (those shadowing flash copies become tombstones)
