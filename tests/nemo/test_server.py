@@ -80,6 +80,49 @@ def test_pymemcache_round_trips(served):
     assert c.set("after", b"1") and c.get("after") == b"1"
 
 
+def _stats(sock: socket.socket, group: bytes = b"") -> dict[bytes, bytes]:
+    sock.sendall(b"stats " + group + b"\r\n" if group else b"stats\r\n")
+    lines = recv_until(sock, b"END\r\n").split(b"\r\n")[:-2]
+    return {name: value for _, name, value in (line.split(b" ", 2) for line in lines)}
+
+
+def test_stats_that_exporters_read_are_there_and_count(served):
+    """prometheus memcached_exporter and telegraf read these from `stats` and fail on a value that is not a number;
+    bytes_read / bytes_written count the wire bytes of every request and reply."""
+    port, _ = served
+    s = raw(port)
+    before = _stats(s)
+    for name in (b"bytes_read", b"bytes_written", b"evictions", b"curr_items", b"total_items", b"curr_connections",
+                 b"total_connections", b"rejected_connections", b"conn_yields", b"listen_disabled_num",
+                 b"accepting_conns", b"limit_maxbytes", b"bytes", b"cmd_get", b"cmd_set", b"cmd_flush", b"cmd_touch",
+                 b"get_hits", b"get_misses", b"get_expired", b"get_flushed", b"cas_badval", b"store_no_memory",
+                 b"uptime", b"time"):
+        float(before[name])
+    user, _, micros = before[b"rusage_user"].partition(b".")
+    assert user.isdigit() and len(micros) == 6
+    request, reply = b"set k 0 0 3\r\nabc\r\n", b"STORED\r\n"
+    s.sendall(request)
+    assert recv_until(s, reply) == reply
+    after = _stats(s)
+    # the first `stats` request (its reply was counted before it left) and the set in between
+    assert int(after[b"bytes_read"]) - int(before[b"bytes_read"]) == len(b"stats\r\n") + len(request)
+    sent_stats = sum(len(b"STAT %s %s\r\n" % kv) for kv in before.items()) + len(b"END\r\n")
+    assert int(after[b"bytes_written"]) - int(before[b"bytes_written"]) == sent_stats + len(reply)
+
+
+def test_evictions_count_what_the_cache_gave_up(tmp_path):
+    cache = open_cache(f"file:{tmp_path / 'dev'}", flash_bytes=16 << 20, zone_bytes=1 << 20)
+    handler = cache.handler
+    stats = lambda: dict(handler.engine_stats(detail=False))  # noqa: E731
+    assert stats()["evictions"] == 0
+    value = b"v" * 200
+    for i in range(200_000):  # about 45 MB through a 16 MiB device: SGs are evicted
+        handler.run_set(b"key%d" % i, 0, 0, value)
+    assert handler.engine.metrics.summary(steady=False)["counters"]["sg_evictions"] > 0
+    assert stats()["evictions"] > 100_000
+    cache.engine.close()
+
+
 def test_value_limit_and_key_limit(served):
     port, _ = served
     c = client(port)

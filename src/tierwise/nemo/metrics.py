@@ -56,7 +56,7 @@ COUNTERS = (
     "corrupt_pages", "corrupt_set_pages",
     # Nemo
     "tombstones", "delete_index_reads", "writeback_objects", "writeback_hot", "writeback_cold", "writeback_shadowed",
-    "sg_evictions", "recoveries",
+    "sg_evictions", "evicted_objects", "recoveries",
     # set tiers (Set, Kangaroo, FairyWREN)
     "gc_zones", "gc_set_copies",
     # Kangaroo
@@ -73,7 +73,7 @@ COUNTERS = (
  C_READ_WRITEBACK, C_READ_WRITEBACK_CHECK, C_READ_LOG, C_READ_MIGRATION, C_READ_GC, C_READ_RMW, C_READ_DELETE,
  C_CORRUPT_PAGES, C_CORRUPT_SET_PAGES,
  C_TOMBSTONES, C_DELETE_INDEX_READS, C_WRITEBACK_OBJECTS, C_WRITEBACK_HOT, C_WRITEBACK_COLD, C_WRITEBACK_SHADOWED,
- C_SG_EVICTIONS, C_RECOVERIES,
+ C_SG_EVICTIONS, C_EVICTED_OBJECTS, C_RECOVERIES,
  C_GC_ZONES, C_GC_SET_COPIES,
  C_MIGRATIONS_THRESHOLD, C_MIGRATED_OBJECTS_THRESHOLD, C_MIGRATED_BYTES_THRESHOLD, C_THRESHOLD_DROPS,
  C_READMISSIONS,

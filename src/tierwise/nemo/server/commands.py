@@ -83,7 +83,7 @@ class CommandHandler:
             ("cmd_get", "cmd_set", "cmd_touch", "cmd_flush", "get_hits", "get_misses", "get_expired",
              "get_flushed", "delete_hits", "delete_misses", "incr_hits", "incr_misses", "decr_hits", "decr_misses",
              "cas_hits", "cas_misses", "cas_badval", "touch_hits", "touch_misses", "total_items",
-             "engine_rejects", "internal_errors"), 0)
+             "store_no_memory", "internal_errors", "bytes_read", "bytes_written"), 0)
         self.connection_stats: dict[str, int] = {}  # filled by the server (curr/total/rejected connections)
         self.server_settings: list[tuple[str, object]] = []  # `stats settings` lines the server knows (port, ...)
         self.conns_report = list  # callable -> `stats conns` lines, set by the server
@@ -230,7 +230,7 @@ class CommandHandler:
     def _put(self, key: bytes, item: Item) -> bool:
         blob = items.pack(item)
         if not self.engine.set(key, blob):
-            self.counters["engine_rejects"] += 1
+            self.counters["store_no_memory"] += 1
             return False
         if self.journal is not None:  # with its bytes: a restart restores what only the DRAM buffers held
             self.journal.add(SET, key, item.cas, item.exptime, blob)
@@ -478,7 +478,7 @@ class CommandHandler:
             return {b"on": b"OK\r\n", b"off": b"OK\r\n", b"dump": b"END\r\n"}.get(
                 sub, b"CLIENT_ERROR usage: stats detail on|off|dump\r\n")
         if group == b"reset":
-            self.counters = dict.fromkeys(self.counters, 0)
+            self.counters.update(dict.fromkeys(self.counters, 0))  # in place: the server counts bytes into it
             return b"RESET\r\n"
         lines = self._stats_groups.get(group)
         return b"ERROR\r\n" if lines is None else stats_reply(lines())
@@ -506,6 +506,9 @@ class CommandHandler:
         ]
         stats += sorted(self.connection_stats.items())
         stats += list(c.items())
+        # memcached's listener never pauses here (one connection over --max-conns is told so and closed) and no
+        # connection yields mid-batch; exporters read these
+        stats += [("accepting_conns", 1), ("listen_disabled_num", 0), ("conn_yields", 0)]
         stats += self.engine_stats(detail=False)
         if self.journal is not None:
             stats += [("journal_bytes_written", self.journal.bytes_written), ("journal_bytes", self.journal.size)]
@@ -520,10 +523,14 @@ class CommandHandler:
         device = engine.device
         in_use = sum(device.write_pointer(z) for z in range(device.num_zones))
         c = self.counters
+        counted = summary["counters"]
         stats: list[tuple[str, object]] = [
             ("curr_items", objects),
             ("bytes", in_use),  # flash bytes holding data (written zone space), not the sum of item sizes
             ("limit_maxbytes", device.capacity_bytes),
+            # objects the cache gave up for room: sacrificed in a buffered SG, or in an evicted SG and not written
+            # back (stale copies included)
+            ("evictions", int(counted.get("dropped_objects", 0) + counted.get("evicted_objects", 0))),
             ("engine", engine.name),
             ("miss_ratio", _fmt(c["get_misses"] / c["cmd_get"] if c["cmd_get"] else None)),
             ("engine_miss_ratio", _fmt(summary["miss_ratio"])),

@@ -68,10 +68,11 @@ class Connection(asyncio.Protocol):
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
+        self.server.counters["bytes_read"] += len(data)
         if self.parser.idle and self.server.inline and not self.write_paused:
             reply = self.server.quick_reply(data)
             if reply is not None:
-                self.transport.write(reply)
+                self.send(reply)
                 self.last_request = self.server.now()
                 return
         self.parser.feed(data)
@@ -123,14 +124,18 @@ class Connection(asyncio.Protocol):
                 return
             reply = server.run_requests(reqs)
             if reply:
-                self.transport.write(reply)
+                self.send(reply)
+
+    def send(self, reply: bytes) -> None:
+        self.server.counters["bytes_written"] += len(reply)
+        self.transport.write(reply)
 
     def deliver(self, reply: bytes) -> None:
         self.busy = False
         if self.transport is None:
             return
         if reply:
-            self.transport.write(reply)
+            self.send(reply)
         self.pump()
 
 
@@ -145,6 +150,7 @@ class MemcacheServer:
 
     def __init__(self, handler: CommandHandler, config: ServerConfig, *, durable=lambda: 0, lag: int = 0):
         self.handler = handler
+        self.counters = handler.counters  # bytes_read / bytes_written are counted here
         self.config = config
         self.inline = not config.engine_thread  # read on every request: attributes, not config.*
         self.max_key = config.limits.max_key

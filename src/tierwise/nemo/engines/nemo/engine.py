@@ -305,10 +305,14 @@ def _write_sg(P, first_zone, pages):
 
 @internal
 def evict_oldest(P):
-    cfg, st = P.cfg, P.st
+    cfg, st, c = P.cfg, P.st, P.m.counters
     v = st[OLDEST]
+    kept = c[mt.C_WRITEBACK_HOT] + c[mt.C_WRITEBACK_COLD]
     if cfg.WRITE_BACK:
         write_back(P, v)
+    kept = c[mt.C_WRITEBACK_HOT] + c[mt.C_WRITEBACK_COLD] - kept
+    # what leaves flash with the SG (stale copies included: telling them apart would cost an index probe each)
+    c[mt.C_EVICTED_OBJECTS] += P.sg_objects[v % cfg.N] - kept
     F = P.dev
     first = (v % cfg.N) * cfg.ZPS
     for z in range(first, first + cfg.ZPS):
@@ -318,7 +322,7 @@ def evict_oldest(P):
     hotness.on_evict(P.hot, v)
     pbfg.on_evict(P, v)
     st[OLDEST] += 1
-    P.m.counters[mt.C_SG_EVICTIONS] += 1
+    c[mt.C_SG_EVICTIONS] += 1
 
 
 @internal
