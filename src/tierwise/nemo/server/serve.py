@@ -68,7 +68,7 @@ class Cache:
     def reopen(self) -> None:
         """After a device fault (disk full, I/O error in an SG flush) the engine's state may be half-updated: drop it
         as a crash would and recover the cache from flash and the journal, as a restarted server does. Writes that
-        were only buffered are lost; the journal turns each of their keys into a miss, never an older value."""
+        were only buffered come back from the bytes their journal records carry."""
         device = self.engine.device
         getattr(device, "crash", device.close)()  # a file device drops without syncing (its sync may fail now)
         if self.journal is not None:

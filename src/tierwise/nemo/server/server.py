@@ -168,6 +168,7 @@ class MemcacheServer:
         self._idle = asyncio.Event()
         self.port = config.port
         self.now = time.monotonic
+        handler.connection_stats.update(curr_connections=0, total_connections=0, rejected_connections=0)
         handler.conns_report = self.conns_report
         handler.server_settings = [("maxconns", config.max_conns), ("tcpport", config.port), ("inter", config.host),
                                    ("num_threads", 1), ("idle_timeout", config.idle_timeout)]
