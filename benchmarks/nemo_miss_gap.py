@@ -65,6 +65,35 @@ def held(engine, state) -> tuple[int, int]:
     return n, b
 
 
+def nemo_census(engine) -> dict[str, int]:
+    """Bytes of every Nemo object record (header + key + value), on flash in the live SGs and in the DRAM buffers,
+    by what it is now: live (the key's latest version: a get returns these bytes), stale (superseded or deleted),
+    tombstone. Plus the flash bytes of SG slots that hold no live SG, and the padding of live SGs' pages."""
+    from tierwise.nemo.layout import FLAG_TOMBSTONE, OBJ_HEADER, PAGE_HEADER, PAGE_SIZE, iter_objects
+
+    out = dict.fromkeys(("live", "stale", "tombstone", "page_padding", "buffer_live", "buffer_stale",
+                         "buffer_tombstone"), 0)
+
+    def tally(page, where):
+        used = 0
+        for key, value, flags in iter_objects(page):
+            size = OBJ_HEADER + len(key) + len(value)
+            used += size
+            kind = "tombstone" if flags & FLAG_TOMBSTONE else "live" if engine.get(key) == value else "stale"
+            out[where + kind] += size
+        return used
+
+    for seq in range(engine.oldest, engine.next_seq):
+        for j in range(1, engine.S + 1):
+            z, off = engine._addr(seq, j)
+            page = np.frombuffer(engine.device.read(z, off, PAGE_SIZE), np.uint8).copy()
+            out["page_padding"] += PAGE_SIZE - PAGE_HEADER - tally(page, "")
+    for page in engine.state.pages.reshape(-1, PAGE_SIZE):
+        tally(page, "buffer_")
+    out["live_sgs"] = engine.next_seq - engine.oldest
+    return out
+
+
 def policy_miss(chunks, capacity: int, policy: str, warm: int) -> float:
     """Lookaside miss ratio of a byte-capacity "fifo" or "lru" cache over the requests after `warm`. Both hold only
     live copies (an update replaces the old copy and moves the key to the head), so `capacity` is live bytes."""
@@ -103,7 +132,7 @@ def main() -> None:
     ap.add_argument("--trace", default="synth:twitter-merged")
     ap.add_argument("--requests", default="2M")
     ap.add_argument("--flash-size", default="8M")
-    ap.add_argument("--only", default="", help="comma-separated design labels to run (default: all)")
+    ap.add_argument("--only", default="", help="design labels to run, separated by ';' (default: all)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     n, flash = parse_count(args.requests, "requests"), parse_size(args.flash_size, "flash-size")
@@ -111,23 +140,28 @@ def main() -> None:
     state = last_state(chunks)
     rows = []
     for label, spec in designs(flash).items():
-        if args.only and label not in args.only.split(","):
+        if args.only and label not in args.only.split(";"):
             continue
         spec = dict(spec)
         name, zone = spec.pop("name"), spec.pop("zone_size")
         engine = open_engine(name, flash_size=flash, zone_size=zone, **spec)
         r = replay(engine, chunks, ReplayOptions(progress=False, profile=None))
         s = r.summary
+        census = nemo_census(engine) if name == "nemo" else None
         objects, live = held(engine, state)
         dram = s.get("dram", {})
         rows.append({"design": label, "miss_ratio": s["miss_ratio"], "alwa": s["alwa"],
                      "dropped_fraction": s["dropped_fraction"], "mean_sg_fill": s.get("mean_sg_fill"),
                      "live_objects": objects, "live_bytes": live, "live_share_of_flash": live / flash,
                      "warm_at_request": s["warm_at_request"], "buffer_bytes": dram.get("buffer_bytes"),
+                     "nemo_census_bytes": census,
                      "counters": {k: v for k, v in s["counters"].items() if k in (
                          "tombstones", "writeback_objects", "evicted_objects", "dropped_objects", "sg_evictions")}})
         print(f"{label:32s} miss {100 * s['miss_ratio']:5.2f} %  live {live / 2**20:5.2f} MiB "
               f"({100 * live / flash:4.1f} % of flash, {objects:,} objects)  ALWA {s['alwa']:.2f}", flush=True)
+        if census:
+            print("   Nemo record bytes (MiB): " + ", ".join(f"{k} {v / 2**20:.2f}" for k, v in census.items()
+                                                             if k != "live_sgs") + f"; {census['live_sgs']} live SGs")
         engine.close()
         engine.device.close()
     warm = int(np.median([r["warm_at_request"] for r in rows])) if rows else 0
@@ -136,6 +170,21 @@ def main() -> None:
             r[f"{policy}_miss_at_live_bytes"] = policy_miss(chunks, r["live_bytes"], policy, warm)
         print(f"{r['design']:32s} same live bytes: fifo {100 * r['fifo_miss_at_live_bytes']:5.2f} %, "
               f"lru {100 * r['lru_miss_at_live_bytes']:5.2f} %  (measured {100 * r['miss_ratio']:5.2f} %)", flush=True)
+        census = r["nemo_census_bytes"]
+        if census and r["design"].startswith("nemo (table"):
+            # what FIFO reaches if each loss, in turn, held live objects instead
+            steps, capacity, ladder = [], r["live_bytes"], []
+            for label, extra in (("+ stale copies", census["stale"] + census["buffer_stale"]),
+                                 ("+ tombstones and page padding", census["tombstone"] + census["page_padding"]),
+                                 ("+ SG header/trailer pages, page headers and index zones",
+                                  flash + census["buffer_live"] - capacity - census["stale"] - census["tombstone"]
+                                  - census["page_padding"])):
+                capacity += extra
+                ladder.append({"step": label, "bytes": extra, "capacity": capacity,
+                               "fifo_miss": policy_miss(chunks, capacity, "fifo", warm)})
+                print(f"   FIFO {label:58s} {extra / 2**20:5.2f} MiB -> {100 * ladder[-1]['fifo_miss']:5.2f} %",
+                      flush=True)
+            r["fifo_ladder"] = ladder
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"trace": f"{args.trace}:{n}", "flash_bytes": flash, "policy_warm_at": warm, "rows": rows}, f,
