@@ -31,6 +31,8 @@ import time
 import numpy as np
 from pymemcache.client.base import Client
 
+from tierwise.common.units import parse_size
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -62,10 +64,10 @@ def start_memcached(memory_mb: int) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def start_nemo(folder: str, flash: str, dram_mb: int, extra: list[str]) -> tuple[subprocess.Popen, int]:
+def start_nemo(folder: str, flash: str, dram: str, extra: list[str]) -> tuple[subprocess.Popen, int]:
     port = free_port()
     cmd = [sys.executable, "-m", "tierwise.cli", "nemo", "serve", "--device", folder, "--flash-size", flash,
-           "--dram-mb", str(dram_mb), "--port", str(port), "--fresh", *extra]
+           "--dram-size", dram, "--port", str(port), "--fresh", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     banner: list[str] = []
 
@@ -179,7 +181,8 @@ def main() -> None:
     ap.add_argument("--multiget", type=int, default=1,
                     help="keys per get request (get_many); latencies are then per key")
     ap.add_argument("--flash-size", default="256M", help="Nemo device size")
-    ap.add_argument("--dram-mb", type=int, default=48, help="Nemo DRAM budget (sizes the SGs)")
+    ap.add_argument("--dram-size", default="48M", help="Nemo DRAM budget, e.g. 48M (sizes the SGs; memcached gets "
+                    "the same, at least 64 MiB)")
     ap.add_argument("--engine-thread", action="store_true", help="serve Nemo with --engine-thread")
     args = ap.parse_args()
 
@@ -198,9 +201,9 @@ def main() -> None:
             for name in servers:
                 print(f"round {rnd + 1}/{args.rounds}: {name}", flush=True)
                 if name == "memcached":
-                    proc, port = start_memcached(max(64, args.dram_mb))
+                    proc, port = start_memcached(max(64, parse_size(args.dram_size, "--dram-size") >> 20))
                 else:
-                    proc, port = start_nemo(os.path.join(tmp, "dev"), args.flash_size, args.dram_mb, extra)
+                    proc, port = start_nemo(os.path.join(tmp, "dev"), args.flash_size, args.dram_size, extra)
                 try:
                     populate(port, args.keys, args.value_min, args.value_max)
                     cpu0 = cpu_seconds(proc.pid)

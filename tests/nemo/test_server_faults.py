@@ -160,6 +160,29 @@ def test_a_second_server_on_the_same_device_is_refused(tmp_path):
 
 # ---- 3. a missing device description -----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("ending", ["kill", "clean"])
+def test_fresh_forgets_the_previous_runs_journal(tmp_path, ending):
+    """--fresh wipes the device; the journal segments a previous run left must go too, or they are replayed into
+    the new cache (and a clean run's SG count is taken for missing SGs)."""
+    cache = open_dev(tmp_path / "dev")
+    w = wire(cache)
+    for i in range(300):
+        w(b"set k%d 0 0 3\r\nold\r\n" % i)
+    cache.engine.flush()
+    for i in range(300):
+        w(b"set k%d 0 0 3\r\nnew\r\n" % i)  # only buffered and journaled
+    kill(cache) if ending == "kill" else cache.close()
+    cache = open_dev(tmp_path / "dev", fresh=True)
+    assert cache.journal_replayed == {"keys": 0, "deleted": 0, "restored": 0, "notes": []}
+    assert "WARNING" not in describe(cache)
+    w = wire(cache)
+    assert all(w(b"get k%d\r\n" % i) == b"END\r\n" for i in range(300))
+    assert w(b"set a 0 0 1\r\nx\r\n") == b"STORED\r\n"
+    kill(cache)
+    w = wire(open_dev(tmp_path / "dev"))
+    assert w(b"get a\r\n") == b"VALUE a 0 1\r\nx\r\nEND\r\n" and w(b"get k1\r\n") == b"END\r\n"
+
+
 def test_a_missing_device_description_is_an_error_not_a_new_device(tmp_path):
     cache = open_dev(tmp_path / "dev")
     wire(cache)(b"set k 0 0 1\r\nx\r\n")

@@ -417,6 +417,16 @@ class AckJournal:
             seg.path.unlink(missing_ok=True)
         self._checkpoint_bytes = 0
 
+    def discard(self, durable: int) -> None:
+        """Forget everything (a fresh cache): delete every segment in the folder, then write a header segment."""
+        self._close_segment(durable)
+        for path in self.folder.glob("*.log"):
+            path.unlink()
+        self._segments = []
+        self._next_seq = 0
+        self.flush_threshold = self.flush_at = 0
+        self.clear(durable)
+
     def close(self) -> None:
         self._close_segment(self._durable)
 

@@ -136,8 +136,8 @@ class _Opener:
         if self.journal_dir is None:
             return None, {"keys": 0, "deleted": 0, "restored": 0, "notes": []}
         journal = AckJournal(self.journal_dir, sync=self.sync, sync_interval=self.sync_interval)
-        if fresh:
-            journal.clear(engine.next_seq)
+        if fresh:  # the device was wiped: so is every segment a previous run left (load would replay them)
+            journal.discard(engine.next_seq)
         replay = journal.load(engine.next_seq)
         notes = [f"journal damaged: {d}" for d in replay.damage]
         if replay.damage:
@@ -334,11 +334,11 @@ def describe(cache: Cache) -> str:
         lines.append(f"journal: {replayed['keys']} keys replayed, {replayed['restored']} writes restored to the DRAM "
                      f"buffers, {replayed['deleted']} stale or deleted keys dropped")
         lines += [f"  WARNING {note}" for note in replayed["notes"][:10]]
-    if getattr(engine.device, "unreserved", None):
-        lines.append(f"  WARNING {engine.device.unreserved}: writes are refused until it can be reserved")
     else:
         lines.append("no acknowledgement journal (give --journal DIR): after a crash, a key whose last write was "
                      "still buffered may read back an older value")
+    if getattr(engine.device, "unreserved", None):
+        lines.append(f"  WARNING {engine.device.unreserved}: writes are refused until it can be reserved")
     return "\n".join(lines)
 
 
