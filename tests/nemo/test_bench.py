@@ -177,6 +177,19 @@ def test_demo_section_and_report_files(tmp_path):
     assert {p.name for p in (tmp_path / "nemo").iterdir()} >= {"bench.json", "bench.md", "wa_over_time.png"}
 
 
+def test_the_ablation_reads_the_same_in_every_report():
+    """The bench command, the demo and the Markdown report show the ablation under one set of headers, the
+    percentages as percentages (they printed raw field names and fractions in the demo)."""
+    from tierwise.common.report import markdown_table
+    from tierwise.nemo.bench import ablation_rows
+
+    rows = ablation_rows([{"config": "+write-back", "sg_fill_pct": 95.69, "paper_fill_pct": 89.34, "alwa": 1.158,
+                           "miss_ratio": 0.07187}])
+    md = markdown_table(rows)
+    assert "SG fill (%)" in md and "miss (%)" in md and "sg_fill_pct" not in md
+    assert "95.69" in md and "7.19" in md and "0.07187" not in md
+
+
 ENGINE_ON_SMALL_DEVICE = {
     "nemo": lambda: make_engine("nemo", MemoryZonedDevice(14, 6 * 4096), sets_per_sg=4, group_size=2,
                                 flush_threshold=3),

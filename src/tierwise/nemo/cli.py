@@ -359,7 +359,7 @@ def bench_cmd(
     read amplification and simulated get/set latency percentiles, beside the paper's WA."""
     from tierwise.common.report import print_table
     from tierwise.nemo.api import bench
-    from tierwise.nemo.bench import rows_for_terminal
+    from tierwise.nemo.bench import ablation_rows, rows_for_terminal
 
     json_only(json_out)
     result = bench(trace, engines, format=format, executor=executor, workers=workers, address=address, plot=plot,
@@ -377,9 +377,7 @@ def bench_cmd(
     print_table(rows_for_terminal(result.table),
                 title=f"bench {result.settings['trace']}, {format_bytes(result.settings['flash_size'])} flash")
     if result.ablation:
-        print_table([{"config": r["config"], "SG fill (%)": r["sg_fill_pct"] / 100,
-                      "paper SG fill (%)": r["paper_fill_pct"] / 100, "ALWA": r["alwa"], "miss (%)": r["miss_ratio"]}
-                     for r in result.ablation], title="Nemo fill-rate ablation (paper Fig. 17)")
+        print_table(ablation_rows(result.ablation), title="Nemo fill-rate ablation (paper Fig. 17)")
     if result.miss_ratio_curve:
         print_table([{"engine": r["engine"], "flash (MiB)": r["flash_size"] / MiB, "miss (%)": r["miss_ratio"]}
                      for r in result.miss_ratio_curve], title="miss ratio vs cache size")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from tierwise.common.report import print_table, write_json
 from tierwise.common.units import format_size
-from tierwise.nemo.bench import COMPARISON_NEMO, BenchSettings, bench, markdown_report, rows_for_terminal
+from tierwise.nemo.bench import (COMPARISON_NEMO, BenchSettings, ablation_rows, bench, markdown_report,
+                                 rows_for_terminal)
 
 DEMO = BenchSettings(
     trace="synth:twitter-merged:2M",
@@ -40,7 +41,7 @@ def run(out_dir: str | Path, settings: BenchSettings = DEMO) -> str:
     report = bench(settings, plot_dir=out)
     print_table(rows_for_terminal(report.table), title="Nemo vs baselines (demo scale)")
     if report.ablation:
-        print_table(report.ablation, title="Nemo fill-rate ablation")
+        print_table(ablation_rows(report.ablation), title="Nemo fill-rate ablation (paper Fig. 17)")
     write_json(report, out / "bench.json")
     title = "Nemo: flash-cache designs side by side (demo scale)"
     note = ("\nPaper (ZN540, 400 GB, Fig. 12a): WA Nemo 1.56, Log 1.08, FairyWREN 15.20, Set 16.31, Kangaroo 55.59; "
