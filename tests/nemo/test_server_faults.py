@@ -55,6 +55,19 @@ def wire(cache) -> Wire:
     return Wire(cache.handler, durable=cache.durable, lag=cache.lag)
 
 
+def flushed_then_buffered(folder, n: int, old: bytes, new: bytes):
+    """A cache whose keys k0..k{n-1} hold `old` on flash and `new` only in the DRAM buffers (and the journal);
+    returns (cache, wire)."""
+    cache = open_dev(folder)
+    w = wire(cache)
+    for i in range(n):
+        w(b"set k%d 0 0 %d\r\n%s\r\n" % (i, len(old), old))
+    cache.engine.flush()
+    for i in range(n):
+        w(b"set k%d 0 0 %d\r\n%s\r\n" % (i, len(new), new))
+    return cache, w
+
+
 def kill(cache) -> None:
     """kill -9: the device is dropped unsynced (its lock goes with it); the journal's mapping is left as it is."""
     cache.engine.device.crash()
@@ -164,13 +177,7 @@ def test_a_second_server_on_the_same_device_is_refused(tmp_path):
 def test_fresh_forgets_the_previous_runs_journal(tmp_path, ending):
     """--fresh wipes the device; the journal segments a previous run left must go too, or they are replayed into
     the new cache (and a clean run's SG count is taken for missing SGs)."""
-    cache = open_dev(tmp_path / "dev")
-    w = wire(cache)
-    for i in range(300):
-        w(b"set k%d 0 0 3\r\nold\r\n" % i)
-    cache.engine.flush()
-    for i in range(300):
-        w(b"set k%d 0 0 3\r\nnew\r\n" % i)  # only buffered and journaled
+    cache, _ = flushed_then_buffered(tmp_path / "dev", 300, b"old", b"new")
     kill(cache) if ending == "kill" else cache.close()
     cache = open_dev(tmp_path / "dev", fresh=True)
     assert cache.journal_replayed == {"keys": 0, "deleted": 0, "restored": 0, "notes": []}
@@ -361,13 +368,7 @@ def flip(path, offset: int) -> None:
 
 @pytest.mark.parametrize("where", ["body", "length"])
 def test_a_flipped_journal_byte_after_kill_9_never_serves_an_older_value(tmp_path, where):
-    cache = open_dev(tmp_path / "dev")
-    w = wire(cache)
-    for i in range(200):
-        w(b"set k%d 0 0 2\r\nv1\r\n" % i)
-    cache.engine.flush()
-    for i in range(200):
-        w(b"set k%d 0 0 2\r\nv2\r\n" % i)  # acknowledged and journaled, lost with the DRAM buffers
+    cache, w = flushed_then_buffered(tmp_path / "dev", 200, b"v1", b"v2")  # v2 lost with the DRAM buffers
     w(b"set late 0 0 1\r\nx\r\n")
     kill(cache)
     seg = sorted((tmp_path / "dev" / "server-journal").glob("*.log"))[-1]
