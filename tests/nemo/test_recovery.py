@@ -212,3 +212,23 @@ def test_other_parameters_are_refused(golden, tmp_path):
     path, _ = copy_of(golden, tmp_path)
     with pytest.raises(TierwiseError, match="other parameters"):
         NemoEngine(FileZonedDevice(path), recover=True, fp_rate=0.01)
+
+
+def test_index_pages_with_fewer_rows_recover_and_spread_the_index(tmp_path):
+    """index_rows_per_page caps R (rows per index page): the index block spans more pages, the engine answers the
+    same, and recovery reads the R the blocks were written with."""
+    dev = FileZonedDevice(tmp_path / "dev", ZONES, ZONE)
+    engine = NemoEngine(dev, flush_threshold=P_TH, index_rows_per_page=2)
+    packed = NemoEngine(FileZonedDevice(tmp_path / "packed", ZONES, ZONE), flush_threshold=P_TH)
+    assert engine.geo.rows_per_page == 2 < packed.geo.rows_per_page
+    assert engine.geo.index_block_pages == 1 + -(-engine.S // 2)
+    packed.close()
+    packed.device.close()
+    latest = workload(engine, 24000, seed=5)
+    assert engine.oldest > 0 and check_newest_or_absent(engine, latest) > 0
+    engine.close()
+    dev.close()
+    recovered = NemoEngine(FileZonedDevice(tmp_path / "dev"), recover=True, index_rows_per_page=2)
+    assert recovered.recovery.index_blocks_loaded >= 1 and check_newest_or_absent(recovered, latest) > 0
+    with pytest.raises(TierwiseError):
+        NemoEngine(FileZonedDevice(tmp_path / "dev"), recover=True, index_rows_per_page=0)

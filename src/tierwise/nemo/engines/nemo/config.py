@@ -40,6 +40,10 @@ class NemoConfig:
     filter_fill: float = 0.9  # set fill the filters are sized for (the target SG fill)
     group_size: int | None = None  # G, SGs per index group; None = chosen so ceil(N/G) ≈ 7 (the paper's 7 pages)
     index_pages_per_pbfg: int = 7  # target ceil(N/G) when group_size is None
+    # R, PBFG rows (set offsets) per 4 KB index page; None = as many as fit (fewest index writes). At the paper's
+    # scale a row fills a page (R = 1), so fetches spread over S pages; packing many rows at a small S puts them on a
+    # few pages, hence a few dies (docs/results-nemo.md, "Comparison"): 1 reproduces the paper's spread
+    index_rows_per_page: int | None = None
     hot_window: float = 0.3  # hotness bits only for the oldest 30% of live SGs
     cooling: float = 0.1  # clear the hotness bits every 10% of cache writes (in SG flushes)
     write_back: bool = True  # hotness-aware write-back from the evicted SG
@@ -65,6 +69,8 @@ class NemoConfig:
             raise TierwiseError(f"secondary_threshold must be in (0, 1], got {self.secondary_threshold}")
         if not 0 < self.hot_window <= 1 or not 0 < self.cooling <= 1:
             raise TierwiseError("hot_window and cooling must be fractions in (0, 1]")
+        if self.index_rows_per_page is not None and self.index_rows_per_page < 1:
+            raise TierwiseError(f"index_rows_per_page must be at least 1, got {self.index_rows_per_page}")
         if self.sets_per_sg is not None and self.sets_per_sg < 1:
             raise TierwiseError(f"sets_per_sg must be >= 1, got {self.sets_per_sg}")
         if not 0 < self.max_value_size <= PAYLOAD - OBJ_HEADER - 1:
@@ -144,6 +150,7 @@ def plan_geometry(cfg: NemoConfig, num_zones: int, zone_capacity: int) -> Geomet
                                 f"(max {max_group}); raise fp_rate or lower group_size")
         live = math.ceil(n / g)
         rows = (PAGE_SIZE - INDEX_ROW_HEADER) // (group_row_bytes(filt.m_bits, g) + ROW_CHECK)
+        rows = min(rows, cfg.index_rows_per_page or rows)
         block_pages = 1 + math.ceil(sets / rows)
         need = _index_zones_needed(block_pages * PAGE_SIZE, zone_capacity, live)
         if n * zps + need <= num_zones:
