@@ -41,7 +41,7 @@ from tierwise.nemo.engines.settier import (NO_OWNER, new_set_tier, no_merge, obj
                                            page_nearest, page_put, page_room_at, register_set_owner,
                                            set_begin_update, set_dram_bytes, set_holds, set_lookup, set_may_hold,
                                            set_object_count, set_of, set_params, set_put, set_remove,
-                                           set_report_fills, set_write)
+                                           set_report_fills, set_write, set_write_no_owner)
 from tierwise.nemo.layout import OBJ_HEADER, PAGE_HEADER, PAGE_SIZE
 from tierwise.nemo.native import internal, state_field
 
@@ -220,7 +220,7 @@ def redivide(P, j, cold, n):
         while layout.page_free(hot) < size:
             _move(spill, hot, page_most_distant(hot))
         _move(hot, cold, pos)
-    set_write(np.int64(NO_OWNER), H, j, hot, 0, 0, 0)
+    set_write_no_owner(np.int64(NO_OWNER), H, j, hot, 0, 0, 0)
     end = PAGE_HEADER + layout.page_used(spill)
     pos = PAGE_HEADER
     while pos < end:  # the displaced hot objects join the cold half (RRIParoo evicts there if they do not fit)

@@ -165,10 +165,9 @@ def no_merge(P, S, j, page):
     return -1
 
 
-# Pass as P, as np.int64(NO_OWNER), to write a set tier whose GC must copy, whatever its owner's hook (FairyWREN's
-# hot halves): the hook is chosen at compile time, so this also keeps the owner's hook out of that path, where it
-# could call back into the function writing the tier (a recursion numba cannot cache). The np.int64 keeps numba
-# from specialising on the literal 0, which its cache does not link back either.
+# Pass as P, as np.int64(NO_OWNER), to `set_write_no_owner` to write a set tier whose GC must copy, whatever its
+# owner's hook (FairyWREN's hot halves): the hook is chosen at compile time, so this keeps the owner's hook out of
+# that path. The np.int64 keeps numba from specialising on the literal 0, which its cache does not link back.
 NO_OWNER = 0
 
 
@@ -495,28 +494,6 @@ def set_remove(P, S, j, key):
 
 
 @internal
-def set_write(P, S, j, page, added, new_kv, new_objects):
-    """Write set j. `added` = bytes of objects added by this write; `new_kv`/`new_objects` = the user objects among
-    them reaching flash for the first time (migrated ones were already counted)."""
-    _rebuild(S, j, page)
-    if S.in_place:
-        pid = S.base + j
-        if layout.page_count(page):
-            write_page_at(S.io, pid, page, new_kv, new_objects)
-            S.loc[j] = pid
-            _record_fill(S, added)
-        elif S.loc[j] >= 0:
-            trim_page(S.io, pid)
-            S.loc[j] = -1
-        return
-    _invalidate(S, j)
-    if layout.page_count(page) == 0:  # an empty set needs no page: its old version is simply stale
-        return
-    _room(P, S)
-    _append(S, j, page, added, new_kv, new_objects)
-
-
-@internal
 def _append(S, j, page, added, new_kv, new_objects):
     zone = S.st[ZONE]
     p = write_pages(S.io, zone, page.reshape(1, PAGE_SIZE), 1, new_kv, new_objects)
@@ -556,19 +533,85 @@ def set_report_fills(S):
 
 # ---- zone GC -------------------------------------------------------------------------------------------------------
 
-@internal
-def _room(P, S):
-    """Make sure the open zone has a free page, collecting a victim zone whenever the last free zone is taken."""
-    st = S.st
-    while st[WP] == S.io.ppz:
-        S.closed[(st[CLOSED_AT] + st[CLOSED_N]) % S.closed.shape[0]] = st[ZONE]
-        st[CLOSED_N] += 1
-        st[ZONE] = S.free[st[FREE_AT]]
-        st[FREE_AT] = (st[FREE_AT] + 1) % S.free.shape[0]
-        st[FREE_N] -= 1
-        st[WP] = 0
-        if st[FREE_N] == 0:  # keep one zone in reserve: GC copies into the zone just opened
-            _collect(P, S)
+def _set_writer():
+    """`write(P, S, j, page, added, new_kv, new_objects)` with the zone GC it may run (`room`, `collect`): one set
+    of compiled functions. Two sets are built: `set_write`, whose GC calls the owner's hook, and `set_write_no_owner`
+    for NO_OWNER writes (FairyWREN's hot halves, written from inside that hook). With one set, the hook's write would
+    call the function that is running it, a recursion numba's cache cannot link back: a later process that loaded
+    the cached code crashed (numba issue 6061)."""
+
+    @internal
+    def collect(P, S):
+        victim = _take_victim(S)
+        c = S.io.m.counters
+        c[mt.C_GC_ZONES] += 1
+        ppz = S.io.ppz
+        if S.valid[victim]:
+            read_pages_into(S.io, victim, 0, S.gc, ppz, mt.C_READ_GC)
+            copies = 0
+            for p in range(ppz):
+                pid = victim * ppz + p
+                j = np.int64(S.owner[pid - S.base])
+                if S.loc[j] != pid:
+                    continue  # a stale version
+                page = S.gc[p]
+                if S.rrip and S.hits[j]:
+                    promote_hits(page, S.hits[j])
+                added = on_set_gc(P, S, j, page)
+                _invalidate(S, j)
+                if added >= 0 or S.rrip and layout.page_count(page) != S.counts[j]:
+                    _rebuild(S, j, page)  # the owner may have changed the keys (or the page read back damaged: empty)
+                elif S.rrip:  # the same keys: the filter stands (a plain copy always keeps it)
+                    S.hits[j] = 0
+                if layout.page_count(page):
+                    _append(S, j, page, max(added, 0), 0, 0)
+                copies += 1
+            c[mt.C_GC_SET_COPIES] += copies
+        reset_zone(S.io, victim)
+        st = S.st
+        S.free[(st[FREE_AT] + st[FREE_N]) % S.free.shape[0]] = victim
+        st[FREE_N] += 1
+
+    @internal
+    def room(P, S):
+        """Make sure the open zone has a free page, collecting a victim zone whenever the last free zone is taken."""
+        st = S.st
+        while st[WP] == S.io.ppz:
+            S.closed[(st[CLOSED_AT] + st[CLOSED_N]) % S.closed.shape[0]] = st[ZONE]
+            st[CLOSED_N] += 1
+            st[ZONE] = S.free[st[FREE_AT]]
+            st[FREE_AT] = (st[FREE_AT] + 1) % S.free.shape[0]
+            st[FREE_N] -= 1
+            st[WP] = 0
+            if st[FREE_N] == 0:  # keep one zone in reserve: GC copies into the zone just opened
+                collect(P, S)
+
+    @internal
+    def write(P, S, j, page, added, new_kv, new_objects):
+        """Write set j. `added` = bytes of objects added by this write; `new_kv`/`new_objects` = the user objects among
+        them reaching flash for the first time (migrated ones were already counted)."""
+        _rebuild(S, j, page)
+        if S.in_place:
+            pid = S.base + j
+            if layout.page_count(page):
+                write_page_at(S.io, pid, page, new_kv, new_objects)
+                S.loc[j] = pid
+                _record_fill(S, added)
+            elif S.loc[j] >= 0:
+                trim_page(S.io, pid)
+                S.loc[j] = -1
+            return
+        _invalidate(S, j)
+        if layout.page_count(page) == 0:  # an empty set needs no page: its old version is simply stale
+            return
+        room(P, S)
+        _append(S, j, page, added, new_kv, new_objects)
+
+    return write
+
+
+set_write = _set_writer()
+set_write_no_owner = _set_writer()
 
 
 @internal
@@ -594,34 +637,4 @@ def _take_victim(S):
     return victim
 
 
-@internal
-def _collect(P, S):
-    victim = _take_victim(S)
-    c = S.io.m.counters
-    c[mt.C_GC_ZONES] += 1
-    ppz = S.io.ppz
-    if S.valid[victim]:
-        read_pages_into(S.io, victim, 0, S.gc, ppz, mt.C_READ_GC)
-        copies = 0
-        for p in range(ppz):
-            pid = victim * ppz + p
-            j = np.int64(S.owner[pid - S.base])
-            if S.loc[j] != pid:
-                continue  # a stale version
-            page = S.gc[p]
-            if S.rrip and S.hits[j]:
-                promote_hits(page, S.hits[j])
-            added = on_set_gc(P, S, j, page)
-            _invalidate(S, j)
-            if added >= 0 or S.rrip and layout.page_count(page) != S.counts[j]:
-                _rebuild(S, j, page)  # the owner may have changed the keys (or the page read back damaged: empty)
-            elif S.rrip:  # the same keys: the filter stands (a plain copy always keeps it)
-                S.hits[j] = 0
-            if layout.page_count(page):
-                _append(S, j, page, max(added, 0), 0, 0)
-            copies += 1
-        c[mt.C_GC_SET_COPIES] += copies
-    reset_zone(S.io, victim)
-    st = S.st
-    S.free[(st[FREE_AT] + st[FREE_N]) % S.free.shape[0]] = victim
-    st[FREE_N] += 1
+

@@ -23,8 +23,11 @@ from typing import ClassVar, Iterable, Sequence
 import numpy as np
 from numba import njit
 
+from tierwise.common.compiled import serialise_cache_files
 from tierwise.common.errors import TierwiseError
 from tierwise.remoe.models.routing import DECODE, PREFILL, RoutingTrace
+
+serialise_cache_files()  # sweeps simulate in parallel worker processes
 
 POLICIES = ("lru", "fifo", "lfu", "lfru", "belady")
 LRU, FIFO, LFU, LFRU, BELADY = range(5)
