@@ -9,6 +9,7 @@ import os
 import numpy as np
 from numba import njit
 from numba.core import caching
+from numba.core import config as numba_config
 
 from tierwise.common.compiled import serialise_cache_files
 
@@ -26,7 +27,7 @@ def _lock_held_elsewhere(folder) -> bool:
 
 
 def test_a_cache_save_holds_the_folder_lock(tmp_path, monkeypatch):
-    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(numba_config, "CACHE_DIR", str(tmp_path))  # an empty cache: the function is saved, not loaded
     serialise_cache_files()
     seen = []
     real = caching.IndexDataCacheFile._save_index
@@ -43,6 +44,7 @@ def test_a_cache_save_holds_the_folder_lock(tmp_path, monkeypatch):
 
     assert twice(np.int64(21)) == 42
     assert seen == [True]  # the index was written under the exclusive lock
+    assert any(tmp_path.rglob("*.nbi"))
     serialise_cache_files()  # installing twice wraps once
     assert not hasattr(caching.IndexDataCacheFile.save.__wrapped__, "__wrapped__")
 
