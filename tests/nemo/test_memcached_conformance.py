@@ -156,11 +156,13 @@ def free_port() -> int:
 
 
 def ask(port: int, data: bytes) -> bytes:
-    """Send `data` then `mn` on a new connection; everything received until MN or the end of the connection."""
+    """Send `data` then `mn` on a new connection; everything received until the MN of that last `mn` (counting
+    those of any `mn` in `data`: replies may arrive in several reads) or the end of the connection."""
+    expected = 1 + sum(line == b"mn" or line.startswith(b"mn ") for line in data.split(b"\r\n"))
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.sendall(data + b"mn\r\n")
         out = b""
-        while not out.endswith(b"MN\r\n"):
+        while out.count(b"MN\r\n") < expected:
             chunk = s.recv(1 << 20)
             if not chunk:
                 return out + b"<closed>"
