@@ -42,8 +42,8 @@ def designs(flash: int) -> dict[str, dict]:
     }
 
 
-def last_state(chunks) -> dict[int, int]:
-    """key id -> key + value bytes of its latest version, for keys whose last request left a value (GET misses
+def last_state(chunks) -> dict[int, tuple[int, int]]:
+    """key id -> (key size, value size) of its latest version, for keys whose last request left a value (GET misses
     refill with the requested size, as the lookaside replay does)."""
     state: dict[int, int] = {}
     for c in chunks:
@@ -51,7 +51,7 @@ def last_state(chunks) -> dict[int, int]:
             if op == 2:
                 state.pop(k, None)
             elif op == 1 or k not in state:
-                state[(k)] = (ks, vs)
+                state[k] = (ks, vs)
     return state
 
 

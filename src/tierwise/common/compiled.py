@@ -21,7 +21,7 @@ _LOCK_NAME = "numba-cache.lock"
 
 
 @contextmanager
-def cache_lock(folder: str | Path, exclusive: bool = True):
+def _cache_lock(folder: str | Path, exclusive: bool = True):
     """Hold the lock of the numba cache in `folder` (no lock where the folder cannot hold one: then numba cannot
     write its cache there either)."""
     try:
@@ -38,7 +38,7 @@ def cache_lock(folder: str | Path, exclusive: bool = True):
 
 def _locked(method, exclusive: bool):
     def wrapper(self, *args):
-        with cache_lock(self._cache_path, exclusive):
+        with _cache_lock(self._cache_path, exclusive):
             return method(self, *args)
 
     wrapper.__wrapped__ = method

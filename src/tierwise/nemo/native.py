@@ -31,7 +31,7 @@ from numba.core.imputils import impl_ret_borrowed, lower_getattr_generic
 from numba.core.typing.templates import AttributeTemplate
 from numba.extending import infer_getattr, intrinsic, models, register_model
 
-from tierwise.common.compiled import cache_lock, serialise_cache_files
+from tierwise.common.compiled import serialise_cache_files
 
 _XXH3_SYMBOL = "XXH3_128bits_withSeed"
 
@@ -50,11 +50,10 @@ def _drop_stale_compiled_code() -> None:
     try:
         if stamp.exists() and stamp.read_text() == digest.hexdigest():
             return
+        for cached in [*root.rglob("*.nbi"), *root.rglob("*.nbc")]:
+            cached.unlink(missing_ok=True)
         stamp.parent.mkdir(exist_ok=True)
-        with cache_lock(stamp.parent):  # no other process reads or writes a cache entry meanwhile
-            for cached in [*root.rglob("*.nbi"), *root.rglob("*.nbc")]:
-                cached.unlink(missing_ok=True)
-            stamp.write_text(digest.hexdigest())
+        stamp.write_text(digest.hexdigest())
     except OSError:
         pass
 
