@@ -76,7 +76,7 @@ def nemo_census(engine) -> dict[str, int]:
 
     def tally(page, where):
         used = 0
-        for key, value, flags in iter_objects(page):
+        for key, value, flags, _ in iter_objects(page):
             size = OBJ_HEADER + len(key) + len(value)
             used += size
             kind = "tombstone" if flags & FLAG_TOMBSTONE else "live" if engine.get(key) == value else "stale"

@@ -50,11 +50,13 @@ class Design:
     # the model check's second run: option overrides reaching another path, and the counters that prove it did
     model_options: dict[str, Any] = field(default_factory=dict)
     model_events: tuple[str, ...] = ()
+    # what a TTL churn must move besides expired misses (a plain log copies nothing, so drops nothing)
+    ttl_events: tuple[str, ...] = ("expired_dropped_objects",)
 
 
 DESIGNS = {
     # 16 zones of 4 pages: the FIFO wraps after ~1000 objects of 250 B
-    "log": Design("log", 16, 16, {"buffer_pages": 2}),
+    "log": Design("log", 16, 16, {"buffer_pages": 2}, ttl_events=()),
     # half the pages are over-provisioning for zone GC (the default); 32 sets of ~16 objects
     "set": Design("set", 16, 16, {}, events={"zoned": ("gc_zones", "gc_set_copies")}),
     # a 3-zone log in front of 29 set zones (set_op 0.25: zone GC needs >= 2 zones of spare pages)
@@ -186,8 +188,9 @@ def assert_events(variant: Variant, engine, dev, *extra: str) -> None:
         assert c.get(name, 0) > 0, f"{variant.id}: counter {name!r} never moved ({c})"
 
 
-def check_model(engine, latest: dict[bytes, bytes | None], keys=None) -> int:
-    """Every hit equals the newest value the model holds (a key set to None must miss); returns the hits."""
+def check_model(engine, latest: dict[bytes, bytes | None], keys=None, expires: dict[bytes, int] | None = None) -> int:
+    """Every hit equals the newest value the model holds (a key set to None must miss) and has not expired on the
+    engine's clock (`expires`: key -> expiry, 0 or absent = never); returns the hits."""
     hits = 0
     for k in latest if keys is None else keys:
         got = engine.get(k)
@@ -195,14 +198,16 @@ def check_model(engine, latest: dict[bytes, bytes | None], keys=None) -> int:
             want = latest.get(k)
             assert want is not None, f"key {k[:24]!r}: deleted (or never cached) but served {len(got)} B"
             assert got == want, f"key {k[:24]!r}: served a stale or wrong value ({len(got)} B, newest {len(want)} B)"
+            expiry = (expires or {}).get(k, 0)
+            assert not 0 < expiry <= engine.clock, f"key {k[:24]!r}: served at {engine.clock}, expired at {expiry}"
             hits += 1
     return hits
 
 
-def put(engine, latest: dict, key: bytes, val: bytes) -> None:
+def put(engine, latest: dict, key: bytes, val: bytes, expiry: int = 0) -> None:
     """set, and the model's rule for it: accepted -> a get right after hits with exactly these bytes; declined
     (False) -> the key misses."""
-    ok = engine.set(key, val)
+    ok = engine.set(key, val, expiry)
     latest[key] = val if ok else None
     got = engine.get(key)
     if ok:
@@ -360,18 +365,22 @@ def test_deleted_keys_never_come_back_through_churn(variant, rig):
 # ---- the model check -------------------------------------------------------------------------------------------------
 
 
-def random_ops(seed: int, n: int, max_value: int, keys: int = 1500):
+def random_ops(seed: int, n: int, max_value: int, keys: int = 1500, ttls: bool = False):
     """Mixed sets / overwrites / deletes / gets / flushes over skewed keys of 1..255 bytes and values of 0..max
-    bytes; values are distinct per op, so a stale value cannot pass for the newest."""
+    bytes; values are distinct per op, so a stale value cannot pass for the newest. With `ttls`, a third of the
+    sets carry a TTL (1..40 s) and the clock ticks a second every ~20 ops."""
     rng = random.Random(seed)
     ops = []
     for i in range(n):
         k = key_of(int(keys * rng.random() ** 3))
         r = rng.random()
+        if ttls and rng.random() < 0.05:
+            ops.append(("tick", None, None))
         if r < 0.45:
             u = rng.random()
             size = 1 if u < 0.04 else 0 if u < 0.06 else max_value if u < 0.09 else rng.randrange(2, 600)
-            ops.append(("set", k, value(seed * 1_000_000 + i, size)))
+            ttl = rng.randrange(1, 41) if ttls and rng.random() < 0.33 else 0
+            ops.append(("set", k, value(seed * 1_000_000 + i, size), ttl))
         elif r < 0.55:
             ops.append(("delete", k, None))
         elif r < 0.995:
@@ -383,20 +392,25 @@ def random_ops(seed: int, n: int, max_value: int, keys: int = 1500):
 
 def run_model(engine, ops) -> tuple[int, int]:
     """Apply ops to the engine and a dict of the newest value per key (None: deleted or declined); every hit must
-    equal the newest value. Returns (gets that hit, gets)."""
+    equal the newest value and be unexpired. A set may carry a TTL (a 4th field); "tick" advances the engine's
+    clock a second. Returns (gets that hit, gets)."""
     latest: dict[bytes, bytes | None] = {}
+    expires: dict[bytes, int] = {}
     hits = gets = 0
-    for op, k, v in ops:
+    for op, k, v, *ttl in ops:
         if op == "set":
-            put(engine, latest, k, v)
+            expires[k] = engine.clock + ttl[0] if ttl and ttl[0] else 0
+            put(engine, latest, k, v, expires[k])
         elif op == "delete":
             remove(engine, latest, k)
         elif op == "flush":
             engine.flush()
+        elif op == "tick":
+            engine.clock += 1
         else:
             gets += 1
-            hits += check_model(engine, latest, [k])
-    check_model(engine, latest)
+            hits += check_model(engine, latest, [k], expires)
+    check_model(engine, latest, None, expires)
     return hits, gets
 
 
@@ -411,6 +425,20 @@ def test_never_serves_a_value_older_than_the_last_write(variant, rig):
         assert 0 < hits < gets, f"{variant.id}: {hits} hits of {gets} gets: the workload does not test a cache"
         assert_events(variant, engine, dev, *spec.mixed_events, *events)
         assert device_bytes_match(engine)
+
+
+@pytest.mark.parametrize("variant", WITH_ZCAP)
+def test_never_serves_an_expired_object(variant, rig):
+    """The model check with TTLs on a third of the sets and a ticking clock: no hit after its expiry, even where an
+    older copy without one lies deeper (overwrites of keys on flash); expired objects met by lookups are misses, and
+    those met by a flush, write-back, migration or GC are dropped, not written."""
+    spec = variant.spec
+    engine, dev = rig(variant)
+    engine.clock = 1_000
+    hits, gets = run_model(engine, random_ops(3, 9000, engine.max_value_size, ttls=True))
+    assert 0 < hits < gets
+    assert_events(variant, engine, dev, "expired_misses", *spec.ttl_events)
+    assert device_bytes_match(engine)
 
 
 try:  # hypothesis shrinks a failure to a minimal op list; the seeded lists above do not need it
@@ -535,11 +563,14 @@ def test_bad_options_and_devices_raise(design, tmp_path):
 def _trace(max_value: int) -> list[np.ndarray]:
     """A synthetic twitter-like trace (gets, sets, deletes over ~4000 keys), with some SETs made uncacheable (value
     larger than the engine accepts: the replay deletes the older value) and some keys the cache cannot hold (0 or
-    300 bytes: every request of them misses), in a few chunks."""
+    300 bytes: every request of them misses), in a few chunks. 500 requests a second, and SETs with TTLs of 1..20 s:
+    objects expire while cached."""
     from tierwise.nemo.traces import open_trace
 
     t = np.concatenate(list(open_trace("synth:twitter-merged:30000")))
     t["key"] = t["key"] * 4 + np.arange(len(t)) % 4  # 4x the keys: enough objects to fill every design's device
+    t["time"] = np.arange(len(t)) // 500
+    t["ttl"] = np.where(t["op"] == 1, 1 + t["key"] % 20, 0)
     sets = np.flatnonzero(t["op"] == 1)
     t["value_size"][sets[::50]] = max_value + 1 + np.arange(len(sets[::50])) % 500
     bad = np.isin(t["key"], np.unique(t["key"])[::97])
@@ -550,17 +581,20 @@ def _trace(max_value: int) -> list[np.ndarray]:
 def replay_by_hand(engine, chunks) -> dict[str, int]:
     """The lookaside replay of `tierwise.nemo.replay` through the Python API: keys spelled by `key_bytes`, values
     `value_bytes(key id, version, size)`; a GET miss sets the key's current version (size: the table's, else the
-    request's); a SET bumps the version (an uncacheable one deletes the key); a DELETE bumps it too."""
+    request's); a SET bumps the version (an uncacheable one deletes the key); a DELETE bumps it too. The clock is the
+    request's time; a SET stores an expiry of time + TTL, a refill the key's last TTL (or its GET's)."""
     from tierwise.nemo.lookaside import value_bytes
     from tierwise.nemo.traces import key_bytes
 
     rc = dict.fromkeys(("gets", "sets", "deletes", "lookaside_sets", "wrong_values", "uncacheable", "hits",
-                        "hit_bytes"), 0)
+                        "hit_bytes", "expired_served"), 0)
     table: dict[int, tuple[int, int]] = {}  # key id -> (version, value size)
+    life: dict[int, tuple[int, int]] = {}  # key id -> (expiry, TTL)
     m = engine.max_value_size
     for chunk in chunks:
-        for op, kid, ksize, vsize in zip(chunk["op"].tolist(), chunk["key"].tolist(), chunk["key_size"].tolist(),
-                                         chunk["value_size"].tolist()):
+        for op, kid, ksize, vsize, ttl, now in zip(*(chunk[f].tolist() for f in ("op", "key", "key_size",
+                                                                                 "value_size", "ttl", "time"))):
+            engine.clock = now
             key = key_bytes(kid, ksize)
             storable = 1 <= ksize <= 255  # a key the cache cannot hold: every request of it misses
             if op == 0:
@@ -571,15 +605,21 @@ def replay_by_hand(engine, chunks) -> dict[str, int]:
                     got = None
                     engine.metrics.get(False)
                 version, size = table.get(kid, (0, vsize))
+                expiry, last_ttl = life.get(kid, (0, 0))
                 if got is None:
                     rc["lookaside_sets"] += 1
                     table[kid] = (version, size)
+                    last_ttl = ttl if ttl > 0 else last_ttl
+                    expiry = now + last_ttl if last_ttl else 0
+                    life[kid] = (expiry, last_ttl)
                     if size > m or not storable:
                         rc["uncacheable"] += 1
                     else:
-                        engine.set(key, value_bytes(kid, version, size))
+                        engine.set(key, value_bytes(kid, version, size), expiry)
                 elif got != value_bytes(kid, version, size):
                     rc["wrong_values"] += 1
+                elif 0 < expiry <= now:
+                    rc["expired_served"] += 1
                 else:
                     rc["hits"] += 1
                     rc["hit_bytes"] += ksize + len(got)
@@ -587,12 +627,14 @@ def replay_by_hand(engine, chunks) -> dict[str, int]:
                 rc["sets"] += 1
                 version = table.get(kid, (0, 0))[0] + 1
                 table[kid] = (version, vsize)
+                ttl = max(ttl, 0)
+                life[kid] = (now + ttl if ttl else 0, ttl)
                 if vsize > m or not storable:
                     rc["uncacheable"] += 1
                     if storable:
                         engine.delete(key)
                 else:
-                    engine.set(key, value_bytes(kid, version, vsize))
+                    engine.set(key, value_bytes(kid, version, vsize), life[kid][0])
             else:
                 rc["deletes"] += 1
                 if storable:
@@ -619,8 +661,9 @@ def test_replay_driver_and_python_api_give_identical_figures(variant, rig):
     rc = replay_by_hand(by_hand, chunks)
     driven, dev_b = rig(variant)
     result = replay(driven, chunks, ReplayOptions(sample_every=10_000, progress=False))
-    assert rc["wrong_values"] == 0 and result.counters == rc
+    assert rc["wrong_values"] == 0 and rc["expired_served"] == 0 and result.counters == rc
     assert rc["hits"] > 0 and rc["lookaside_sets"] > 0 and rc["uncacheable"] > 0 and rc["deletes"] > 0
+    assert by_hand.metrics.counters.get("expired_misses", 0) > 0, f"{variant.id}: no object expired while cached"
     assert reclaims(dev_a) > 0, f"{variant.id}: the trace never filled the device"
     assert _figures(by_hand) == _figures(driven)
     assert by_hand.metrics.writes == driven.metrics.writes
@@ -718,6 +761,30 @@ def test_nemo_recovers_newest_or_nothing_after_close(variant, rig, tmp_path):
         check_model(engine, latest)
         engine.close()
         dev.close()
+
+
+@pytest.mark.parametrize("variant", NEMO_FILE)
+def test_nemo_recovers_expiries(variant, rig):
+    """Expiries are on flash with their objects: after recovery an object whose time has passed is a miss (even
+    over an older copy without a TTL), one whose time has not is served, and so is one that never expires."""
+    engine, dev = rig(variant)
+    engine.clock = 100
+    for i in range(3000):  # a first copy of every key without a TTL, pushed to flash by what follows
+        engine.set(b"t:%d" % (i % 600), value(i, 120))
+    latest = {}
+    for i in range(600):
+        latest[b"t:%d" % i] = value(10_000 + i, 120)
+        engine.set(b"t:%d" % i, latest[b"t:%d" % i], (150 if i % 3 == 0 else 250) if i % 3 != 2 else 0)
+    engine.close()
+    dev.close()
+    dev = FileZonedDevice(dev.path)
+    engine, _ = rig(variant, device=dev, recover=True)
+    engine.clock = 200
+    served = {k for k in latest if engine.get(k) is not None}
+    assert check_model(engine, latest) == len(served)
+    assert not any(int(k[2:]) % 3 == 0 for k in served), "served an object whose expiry passed before recovery"
+    assert sum(int(k[2:]) % 3 != 0 for k in served) > 300, "recovery lost the unexpired objects"
+    assert engine.metrics.counters.get("expired_misses", 0) > 0
 
 
 @pytest.mark.parametrize("variant", NEMO_FILE)

@@ -107,7 +107,7 @@ def test_readmit_is_a_hit_count():
 
 @njit
 def _put(S, key, value, hits):
-    return set_put(S, S.page, key, value, hits)
+    return set_put(S, S.page, key, value, 0, 0, hits)
 
 
 def _set_tier(rrip_insert):

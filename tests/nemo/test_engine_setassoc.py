@@ -18,7 +18,7 @@ from .baseline_helpers import check_against_dict, check_op_list, device_bytes_ma
 
 @njit
 def _put(page, key, value, flags, rrip):
-    return page_put(page, key, value, flags, rrip)
+    return page_put(page, key, value, flags, rrip, 0)
 
 
 @njit

@@ -14,11 +14,11 @@ def test_append_find_remove_roundtrip():
     page = L.new_pages(1)[0]
     objs = [(f"key{i}".encode(), bytes([i]) * (10 * i)) for i in range(1, 8)]
     for k, v in objs:
-        assert L.page_append(page, _a(k), _a(v), 0)
+        assert L.page_append(page, _a(k), _a(v), 0, 0)
     assert L.page_count(page) == 7
     assert L.page_used(page) == sum(L.object_size(len(k), len(v)) for k, v in objs)
     pos = L.page_find(page, _a(b"key3"))
-    assert L.object_at(page, pos) == (b"key3", objs[2][1], 0)
+    assert L.object_at(page, pos) == (b"key3", objs[2][1], 0, 0)
     L.page_remove(page, pos)
     assert L.page_find(page, _a(b"key3")) == -1
     assert [o.key for o in L.iter_objects(page)] == [k for k, _ in objs if k != b"key3"]
@@ -28,20 +28,20 @@ def test_append_find_remove_roundtrip():
 def test_append_refuses_when_full_and_tombstone_conversion_frees_value():
     page = L.new_pages(1)[0]
     big = _a(b"v" * 2000)
-    assert L.page_append(page, _a(b"a"), big, 0)
-    assert L.page_append(page, _a(b"b"), big, L.FLAG_SHADOWS)
-    assert not L.page_append(page, _a(b"c"), big, 0)
+    assert L.page_append(page, _a(b"a"), big, 0, 0)
+    assert L.page_append(page, _a(b"b"), big, L.FLAG_SHADOWS, 0)
+    assert not L.page_append(page, _a(b"c"), big, 0, 0)
     assert L.page_free(page) == L.PAYLOAD - 2 * (L.OBJ_HEADER + 1 + 2000)
     L.page_to_tombstone(page, L.page_find(page, _a(b"a")))
     objs = list(L.iter_objects(page))
     assert objs[0] == (b"a", b"", L.FLAG_TOMBSTONE) and objs[1].value == b"v" * 2000
-    assert L.page_append(page, _a(b"c"), big, 0)
+    assert L.page_append(page, _a(b"c"), big, 0, 0)
 
 
 def test_seal_and_checksum_detect_corruption():
     pages = L.new_pages(3)
     for p in pages:
-        L.page_append(p, _a(b"k"), _a(b"value"), 0)
+        L.page_append(p, _a(b"k"), _a(b"value"), 0, 0)
     L.seal_pages(pages, 12345, 2)
     assert [L.page_seq(p) for p in pages] == [12345, 12347, 12349]
     assert all(L.page_crc_ok(p) and L.page_crc_ok(p.tobytes()) for p in pages)
@@ -53,9 +53,9 @@ def test_seal_and_checksum_detect_corruption():
 
 def test_tally_splits_user_writeback_tombstone():
     pages = L.new_pages(2)
-    L.page_append(pages[0], _a(b"u"), _a(b"12345"), 0)
-    L.page_append(pages[0], _a(b"w"), _a(b"123"), L.FLAG_WRITEBACK)
-    L.page_append(pages[1], _a(b"t"), _a(b""), L.FLAG_TOMBSTONE)
+    L.page_append(pages[0], _a(b"u"), _a(b"12345"), 0, 0)
+    L.page_append(pages[0], _a(b"w"), _a(b"123"), L.FLAG_WRITEBACK, 0)
+    L.page_append(pages[1], _a(b"t"), _a(b""), L.FLAG_TOMBSTONE, 0)
     t = np.zeros((2, 8), np.int64)
     L.page_tally_into(pages[0], t[0])
     L.page_tally_into(pages[1], t[1])
@@ -67,7 +67,7 @@ def test_tally_splits_user_writeback_tombstone():
 
 def test_malformed_page_is_reported():
     page = L.new_pages(1)[0]
-    L.page_append(page, _a(b"k"), _a(b"v"), 0)
+    L.page_append(page, _a(b"k"), _a(b"v"), 0, 0)
     page[12] = 5  # count disagrees with the chain
     with pytest.raises(TierwiseError, match="malformed"):
         list(L.iter_objects(page))
@@ -95,7 +95,7 @@ def test_hashing_offsets_and_positions_are_stable_and_spread():
 def test_rotate_to_front_keeps_objects():
     page = L.new_pages(1)[0]
     for k in (b"a", b"b", b"c"):
-        L.page_append(page, _a(k), _a(k * 5), 0)
+        L.page_append(page, _a(k), _a(k * 5), 0, 0)
     L.page_rotate_to_front(page, L.page_find(page, _a(b"b")))
     assert [o.key for o in L.iter_objects(page)] == [b"b", b"c", b"a"]
     assert all(o.value == o.key * 5 for o in L.iter_objects(page))

@@ -60,12 +60,12 @@ def replay(trace: str | Path | Iterable, engine: Any = DEFAULT_ENGINE, *, flash_
            skip_bad: bool = False, sample_every: int = ReplayOptions.sample_every,
            warmup: float = ReplayOptions.warmup, rate: float = ReplayOptions.rate,
            arrivals: str = ReplayOptions.arrivals, profile: str | None = ReplayOptions.profile,
-           progress: bool = ReplayOptions.progress) -> ReplayResult:
+           ttl_scale: float = ReplayOptions.ttl_scale, progress: bool = ReplayOptions.progress) -> ReplayResult:
     """Replay `trace` (a file, `synth:PROFILE[:REQUESTS[:SEED]]`, or an iterable of request chunks) on `engine`:
     a name, opened on a fresh device as `open_engine` does (`flash_size` default 256M, `zone_size`, `dram_size`,
     `device`, engine `options`) and closed after, or an engine you opened (then give none of those). Stops after
-    `requests`; `format` and `skip_bad` read a trace file as `tierwise nemo trace stats` does. Returns the
-    steady-state figures, the time series and the replay's counters."""
+    `requests`; `format` and `skip_bad` read a trace file as `tierwise nemo trace stats` does; `ttl_scale`
+    multiplies the trace's TTLs. Returns the steady-state figures, the time series and the replay's counters."""
     from tierwise.nemo.replay import replay as run_replay
 
     opened = isinstance(engine, str)
@@ -78,7 +78,8 @@ def replay(trace: str | Path | Iterable, engine: Any = DEFAULT_ENGINE, *, flash_
                       **(options or {})) if opened else engine
     try:
         return run_replay(eng, reader, ReplayOptions(sample_every=sample_every, warmup=warmup, limit=limit,
-                                                     progress=progress, rate=rate, arrivals=arrivals, profile=profile))
+                                                     progress=progress, rate=rate, arrivals=arrivals, profile=profile,
+                                                     ttl_scale=ttl_scale))
     finally:
         if opened:
             _close(eng)

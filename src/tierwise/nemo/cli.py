@@ -199,6 +199,9 @@ def replay_cmd(
     rate: float = typer.Option(ReplayOptions.rate, "--rate", help="Requests per second arriving (simulated time)."),
     arrivals: str = typer.Option(ReplayOptions.arrivals, "--arrivals", help=ARRIVALS_HELP),
     profile: str = typer.Option(ReplayOptions.profile, "--profile", help=PROFILE_HELP),
+    ttl_scale: float = typer.Option(ReplayOptions.ttl_scale, "--ttl-scale",
+                                    help="Multiply the trace's TTLs (a downscaled trace turns its cache over in "
+                                    "seconds: e.g. 0.001 keeps TTLs in proportion)."),
     format: str = typer.Option(None, "--format", help=FORMAT_HELP),
     skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_BAD_HELP),
     json_out: Optional[str] = json_option("the summary, config and time series"),
@@ -219,7 +222,7 @@ def replay_cmd(
                     dram_size=size_flag("dram_size", dram_size, dram_mb), device=device,
                     options=parse_engine_options(opt), requests=count_flag("--requests", requests),
                     sample_every=sample_every, warmup=warmup, rate=rate, arrivals=arrivals,
-                    profile=profile)
+                    profile=profile, ttl_scale=ttl_scale)
     for msg in result.bad_examples:
         typer.echo(f"skipped: {msg}", err=True)
     if plot is not None:
@@ -254,6 +257,10 @@ def replay_plot(result: Any, path: Path, title: str) -> Path:
     return save(fig, path)
 
 
+def _share(part: float, whole: float) -> float | None:
+    return part / whole if whole else None
+
+
 def replay_figures(engine: str, result: Any) -> dict[str, Any]:
     """The replay's main figures, labelled with their units."""
     s = result.summary
@@ -266,7 +273,10 @@ def replay_figures(engine: str, result: Any) -> dict[str, Any]:
                "index per object (bits)": dram.get("index_bits_per_object_mean", dram.get("index_bits_per_object")),
                "DRAM per object (bits)": dram.get("total_bits_per_object"),
                "read per get (B)": s["bytes_read_per_get"], "flash reads per get": s["flash_reads_per_get"],
-               "index pages per get": s["index_reads_per_get"], "wrong values": result.counters["wrong_values"]}
+               "index pages per get": s["index_reads_per_get"], "wrong values": result.counters["wrong_values"],
+               "expired objects served": result.counters["expired_served"],
+               "expired misses (%)": _share(s["counters"].get("expired_misses", 0), s["counters"].get("gets", 0)),
+               "expired dropped (B)": s["counters"].get("expired_dropped_bytes", 0)}
     for kind in ("get", "set"):
         lat = s["latency"][kind]
         figures[f"{kind} latency p50/p99/p99.9/p99.99 (us)"] = " / ".join(

@@ -81,10 +81,15 @@ class ReplayOptions:
     # "rate": request i arrives at i / rate seconds; "trace": at the trace's timestamps, the requests of one second
     # spread evenly over it (tierwise.nemo.traces.arrivals; a trace without timestamps is refused)
     arrivals: str = "rate"
+    # the trace's TTLs times this (a downscaled trace's cache turns over in seconds of trace time, not hours: scaling
+    # its TTLs keeps their ratio to the cache's retention); TTLs <= 0 mean none
+    ttl_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.arrivals not in ("rate", "trace"):
             raise TierwiseError(f"arrivals must be 'rate' or 'trace', got {self.arrivals!r}")
+        if not self.ttl_scale > 0:
+            raise TierwiseError(f"ttl_scale must be positive, got {self.ttl_scale}")
 
 
 @dataclass

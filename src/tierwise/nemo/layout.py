@@ -12,8 +12,12 @@ Page layout (little-endian), PAGE_SIZE = 4096:
 Object layout: OBJ_HEADER = 4 bytes, then key, then value:
 
     0  u8   key length (1..255)
-    1  u8   flags (FLAG_TOMBSTONE, FLAG_SHADOWS, FLAG_WRITEBACK)
+    1  u8   flags (FLAG_TOMBSTONE, FLAG_SHADOWS, FLAG_WRITEBACK, FLAG_EXPIRES)
     2  u16  value length (0 for a tombstone)
+
+An object with a TTL (FLAG_EXPIRES) stores its expiry first in the value field: a u32 of seconds on the cache's
+clock (`MetricsArrays.clock`), then the value; the value length counts those 4 bytes, so walking a page never needs
+the flag. It is expired once expiry <= clock; `obj_value_span` skips the expiry.
 
 A page is a numpy uint8 row so a SetGroup is one (S, 4096) array and the packing loops below run in numba.
 """
@@ -39,12 +43,15 @@ MAX_KEY = 255
 FLAG_TOMBSTONE = 1  # a delete marker: a lookup that meets it misses
 FLAG_SHADOWS = 2  # in a buffer: an older copy may be on flash, so sacrificing this object must leave a tombstone
 FLAG_WRITEBACK = 4  # re-inserted by hotness-aware write-back (charged as amplification, not logical bytes)
+FLAG_EXPIRES = 8  # the value field starts with a u32 expiry (EXPIRY_BYTES)
+EXPIRY_BYTES = 4
 
 
 class PageObject(NamedTuple):
     key: bytes
     value: bytes
     flags: int
+    expiry: int = 0  # seconds on the cache's clock; 0 = never
 
 
 def object_size(key_len: int, value_len: int) -> int:
@@ -52,7 +59,8 @@ def object_size(key_len: int, value_len: int) -> int:
 
 
 def max_value_size(key_len: int) -> int:
-    return PAYLOAD - OBJ_HEADER - key_len
+    """The largest value a page holds with a `key_len`-byte key and an expiry."""
+    return PAYLOAD - OBJ_HEADER - EXPIRY_BYTES - key_len
 
 
 def check_object(key: bytes, value: bytes, max_value: int = PAYLOAD) -> None:
@@ -105,8 +113,37 @@ def obj_flags_at(page, pos) -> int:
 
 @njit(cache=True)
 def obj_value_span(page, pos):
-    """(start, length, flags) of the value of the object at `pos`."""
-    return pos + OBJ_HEADER + np.int64(page[pos]), _u16(page, pos + 2), np.int64(page[pos + 1])
+    """(start, length, flags) of the value of the object at `pos` (its expiry, if any, is before `start`)."""
+    start, n, flags = pos + OBJ_HEADER + np.int64(page[pos]), _u16(page, pos + 2), np.int64(page[pos + 1])
+    if flags & FLAG_EXPIRES:
+        return start + EXPIRY_BYTES, n - EXPIRY_BYTES, flags
+    return start, n, flags
+
+
+@njit(cache=True, inline="always")
+def _u32(page, pos):
+    return _u16(page, pos) | (_u16(page, pos + 2) << 16)
+
+
+@njit(cache=True)
+def span_expired(page, start, flags, now) -> bool:
+    """Is the object whose value span `obj_value_span` gave (start, _, flags) expired at time `now`?"""
+    return flags & FLAG_EXPIRES != 0 and _u32(page, start - EXPIRY_BYTES) <= now
+
+
+@njit(cache=True)
+def obj_expiry_at(page, pos) -> int:
+    """The expiry of the object at `pos` (0: none)."""
+    if not page[pos + 1] & FLAG_EXPIRES:
+        return 0
+    return _u32(page, pos + OBJ_HEADER + np.int64(page[pos]))
+
+
+@njit(cache=True)
+def obj_expired(page, pos, now) -> bool:
+    """Is the object at `pos` a record with an expiry at or before `now` (tombstones never expire)?"""
+    f = page[pos + 1]
+    return f & FLAG_EXPIRES != 0 and not f & FLAG_TOMBSTONE and obj_expiry_at(page, pos) <= now
 
 
 # ---- packing (numba) -------------------------------------------------------------------------------------------
@@ -144,21 +181,35 @@ def page_index_of(page, pos) -> int:
     return i
 
 
+@njit(cache=True, inline="always")
+def stored_size(key, value, expiry) -> int:
+    """Bytes `page_append` takes for this object."""
+    return OBJ_HEADER + key.shape[0] + value.shape[0] + (EXPIRY_BYTES if expiry else 0)
+
+
 @unref
-def page_append(page, key, value, flags) -> bool:
-    """Append an object at the end (newest position); False if it does not fit."""
+def page_append(page, key, value, flags, expiry) -> bool:
+    """Append an object at the end (newest position); False if it does not fit. `expiry` > 0 stores it (with
+    FLAG_EXPIRES); 0 stores `value` as given, so a copy of a stored object passes its raw value field and flags."""
     klen = key.shape[0]
     vlen = value.shape[0]
     used = _u16(page, 14)
-    need = OBJ_HEADER + klen + vlen
+    extra = EXPIRY_BYTES if expiry else 0
+    need = OBJ_HEADER + klen + vlen + extra
     if used + need > PAYLOAD:
         return False
     pos = PAGE_HEADER + used
     page[pos] = klen
-    page[pos + 1] = flags
-    _put_u16(page, pos + 2, vlen)
+    page[pos + 1] = flags | (FLAG_EXPIRES if expiry else 0)
+    _put_u16(page, pos + 2, vlen + extra)
     copy_bytes(page, pos + OBJ_HEADER, key, 0, klen)
-    copy_bytes(page, pos + OBJ_HEADER + klen, value, 0, vlen)
+    at = pos + OBJ_HEADER + klen
+    if expiry:
+        e = np.int64(expiry)
+        _put_u16(page, at, e & 0xFFFF)
+        _put_u16(page, at + 2, (e >> 16) & 0xFFFF)
+        at += EXPIRY_BYTES
+    copy_bytes(page, at, value, 0, vlen)
     _put_u16(page, 12, _u16(page, 12) + 1)
     _put_u16(page, 14, used + need)
     return True
@@ -166,14 +217,15 @@ def page_append(page, key, value, flags) -> bool:
 
 @njit(cache=True)
 def page_copy_object(dst, src, pos, flags) -> bool:
-    """Append the object at `pos` of page `src` to `dst` with new flags; False if it does not fit."""
+    """Append the object at `pos` of page `src` to `dst` with new flags (its expiry kept); False if it does not
+    fit."""
     size = obj_size_at(src, pos)
     used = _u16(dst, 14)
     if used + size > PAYLOAD:
         return False
     d = PAGE_HEADER + used
     copy_bytes(dst, d, src, pos, size)
-    dst[d + 1] = flags
+    dst[d + 1] = flags | (src[pos + 1] & FLAG_EXPIRES)
     _put_u16(dst, 12, _u16(dst, 12) + 1)
     _put_u16(dst, 14, used + size)
     return True
@@ -214,6 +266,27 @@ def page_to_tombstone(page, pos) -> None:
     page[pos + 1] = FLAG_TOMBSTONE
     _put_u16(page, pos + 2, 0)
     _put_u16(page, 14, end - vlen - PAGE_HEADER)
+
+
+@unref
+def page_drop_expired(page, now):
+    """Remove the objects expired at `now` (an object that may shadow an older flash copy, FLAG_SHADOWS, becomes a
+    tombstone instead). Returns (objects dropped, their key+value bytes)."""
+    n = 0
+    nbytes = 0
+    pos = PAGE_HEADER
+    while pos < PAGE_HEADER + _u16(page, 14):
+        if not obj_expired(page, pos, now):
+            pos += obj_size_at(page, pos)
+            continue
+        n += 1
+        nbytes += obj_size_at(page, pos) - OBJ_HEADER - EXPIRY_BYTES
+        if page[pos + 1] & FLAG_SHADOWS:
+            page_to_tombstone(page, pos)
+            pos += obj_size_at(page, pos)
+        else:
+            page_remove(page, pos)
+    return n, nbytes
 
 
 @njit(cache=True)
@@ -267,10 +340,11 @@ def page_tally_into(page, out) -> None:
         elif f & FLAG_WRITEBACK:
             out[T_WRITEBACK] += size
             out[T_WRITEBACK_OBJECTS] += 1
-        else:
-            out[T_USER_KV] += size - OBJ_HEADER
+        else:  # an expiry is per-object metadata, like the header
+            meta = OBJ_HEADER + (EXPIRY_BYTES if f & FLAG_EXPIRES else 0)
+            out[T_USER_KV] += size - meta
             out[T_USER_OBJECTS] += 1
-            out[T_USER_HEADERS] += OBJ_HEADER
+            out[T_USER_HEADERS] += meta
         pos += size
     out[T_USED] += end - PAGE_HEADER
 
@@ -316,7 +390,10 @@ def object_at(page: np.ndarray, pos: int) -> PageObject:
     klen = int(page[pos])
     vlen = int(page[pos + 2]) | (int(page[pos + 3]) << 8)
     k0 = pos + OBJ_HEADER
-    return PageObject(page[k0 : k0 + klen].tobytes(), page[k0 + klen : k0 + klen + vlen].tobytes(), int(page[pos + 1]))
+    flags = int(page[pos + 1])
+    expiry = int.from_bytes(page[k0 + klen:k0 + klen + EXPIRY_BYTES].tobytes(), "little") if flags & FLAG_EXPIRES else 0
+    v0 = k0 + klen + (EXPIRY_BYTES if expiry or flags & FLAG_EXPIRES else 0)
+    return PageObject(page[k0:k0 + klen].tobytes(), page[v0:k0 + klen + vlen].tobytes(), flags, expiry)
 
 
 def iter_objects(page: np.ndarray) -> Iterator[PageObject]:

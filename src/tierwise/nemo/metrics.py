@@ -54,6 +54,8 @@ COUNTERS = (
     "read_rmw_bytes", "read_delete_bytes",
     # damaged pages met (read as empty / a miss)
     "corrupt_pages", "corrupt_set_pages",
+    # TTLs: lookups that met an expired copy (a miss), expired objects dropped instead of written or copied
+    "expired_misses", "expired_dropped_objects", "expired_dropped_bytes",
     # Nemo
     "tombstones", "delete_index_reads", "writeback_objects", "writeback_hot", "writeback_cold", "writeback_shadowed",
     "sg_evictions", "evicted_objects", "recoveries",
@@ -72,6 +74,7 @@ COUNTERS = (
  C_SETS_FLUSHED, C_SET_FILL_SUM, C_SGS_FLUSHED, C_SG_FILL_SUM,
  C_READ_WRITEBACK, C_READ_WRITEBACK_CHECK, C_READ_LOG, C_READ_MIGRATION, C_READ_GC, C_READ_RMW, C_READ_DELETE,
  C_CORRUPT_PAGES, C_CORRUPT_SET_PAGES,
+ C_EXPIRED_MISSES, C_EXPIRED_DROPPED_OBJECTS, C_EXPIRED_DROPPED_BYTES,
  C_TOMBSTONES, C_DELETE_INDEX_READS, C_WRITEBACK_OBJECTS, C_WRITEBACK_HOT, C_WRITEBACK_COLD, C_WRITEBACK_SHADOWED,
  C_SG_EVICTIONS, C_EVICTED_OBJECTS, C_RECOVERIES,
  C_GC_ZONES, C_GC_SET_COPIES,
@@ -91,12 +94,15 @@ _SUB = 32
 LATENCY_BINS = 2 * _SUB + 40 * _SUB
 PERCENTILES = (50.0, 99.0, 99.9, 99.99)
 
-MetricsArrays = namedtuple("MetricsArrays", ["counters", "writes", "fill_hist", "latency"])
+# `clock` (int64[1]) is the cache's time in seconds, what object expiries are compared with (replay: the trace's
+# timestamps; server: unix time). It lives here because every layer of every design reaches this bundle.
+MetricsArrays = namedtuple("MetricsArrays", ["counters", "writes", "fill_hist", "latency", "clock"])
 
 
 def new_arrays() -> MetricsArrays:
     return MetricsArrays(np.zeros(len(COUNTERS), np.float64), np.zeros(len(CAUSES), np.float64),
-                         np.zeros(FILL_BINS, np.int64), np.zeros((len(LATENCY_KINDS), LATENCY_BINS), np.int64))
+                         np.zeros(FILL_BINS, np.int64), np.zeros((len(LATENCY_KINDS), LATENCY_BINS), np.int64),
+                         np.zeros(1, np.int64))
 
 
 # ---- compiled recorders -----------------------------------------------------------------------------------------------
@@ -140,6 +146,14 @@ def record_fills(m, used, payload, as_group):
     if as_group and used.shape[0]:
         m.counters[C_SGS_FLUSHED] += 1
         m.counters[C_SG_FILL_SUM] += total / payload / used.shape[0]
+
+
+@internal(inline=True)
+def record_expired(m, dropped):
+    """(objects, key+value bytes) that `layout.page_drop_expired` dropped."""
+    if dropped[0]:
+        m.counters[C_EXPIRED_DROPPED_OBJECTS] += dropped[0]
+        m.counters[C_EXPIRED_DROPPED_BYTES] += dropped[1]
 
 
 @internal(inline=True)

@@ -10,7 +10,10 @@ replay runs at millions of requests a second whatever the design. Per request:
   its GETs miss, its SETs and DELETEs only count as `uncacheable` (a SET still removes an older cached value);
 - every hit is compared byte for byte with the value of the key's current version (values are deterministic bytes
   per (key, version); a SET or DELETE in the trace bumps the version): a wrong or stale value counts in
-  `wrong_values`, and fails the replay when `strict`.
+  `wrong_values`, and fails the replay when `strict`;
+- TTLs: the engine's clock follows the trace's timestamps; a SET with a TTL (x `ttl_scale`) stores an expiry of
+  time + TTL, a lookaside refill the key's last TTL (or its GET's own); a hit on an object whose expiry has passed
+  counts in `expired_served` (must stay 0) and fails the replay when `strict`.
 
 Steady state (one rule for replay and bench): the window starts after the request at which (a) the device has
 reclaimed space at least once (a zone reset or an FTL erase: the cache is full) and written `warmup` x its capacity
@@ -40,18 +43,21 @@ from tierwise.nemo.device import flash as fl
 from tierwise.nemo.device import ftl as ftl_model
 from tierwise.nemo.device import timing
 from tierwise.nemo.engines import make_engine
-from tierwise.nemo.engines.base import Engine, engine_delete, engine_get, engine_set
+from tierwise.nemo.engines.base import MAX_EXPIRY, Engine, engine_delete, engine_get, engine_set
 from tierwise.nemo.layout import MAX_KEY, PAGE_SIZE
-from tierwise.nemo.lookaside import POOL, VersionTable, slot_of, spell_key, store_at, value_bytes, value_start, version_at
+from tierwise.nemo.lookaside import (POOL, VersionTable, life_of, slot_of, spell_key, store_at, store_life,
+                                     value_bytes, value_start, version_at)
 from tierwise.nemo.native import borrow, internal, load_u64, ref_of
 from tierwise.nemo.traces.arrivals import TraceClock, rate_arrivals
 
 __all__ = ["ReplayOptions", "ReplayResult", "engine_on", "parse_engine_options", "replay", "value_bytes"]
 
 
-REPLAY_COUNTERS = ("gets", "sets", "deletes", "lookaside_sets", "wrong_values", "uncacheable", "hits", "hit_bytes")
-GETS, SETS, DELETES, LOOKASIDE, WRONG, UNCACHEABLE, HITS, HIT_BYTES = range(len(REPLAY_COUNTERS))
-FINISHED, WARM, WRONG_VALUE = range(3)  # slice outcomes
+REPLAY_COUNTERS = ("gets", "sets", "deletes", "lookaside_sets", "wrong_values", "uncacheable", "hits", "hit_bytes",
+                   "expired_served")
+GETS, SETS, DELETES, LOOKASIDE, WRONG, UNCACHEABLE, HITS, HIT_BYTES, EXPIRED_SERVED = range(len(REPLAY_COUNTERS))
+FINISHED, WARM, WRONG_VALUE, EXPIRED_VALUE = range(4)  # slice outcomes
+MAX_TTL = 1 << 30  # seconds: an expiry (time + TTL) stays within u32
 _SLICE = 65536  # requests per compiled call at most (progress, samples and warm-up marks fall between calls)
 FIRST_RECLAIM, DEVICE_NEED, LOGICAL_NEED, MARKED = range(4)  # the warm-up watch
 _GET, _SET = 0, 1  # tierwise.nemo.traces.Op
@@ -107,7 +113,7 @@ def _same_bytes(a, a0, b, b0, n) -> bool:
 
 
 @internal
-def _set(P, key, key_id, size, version, pool, max_value, rc, invalidate):
+def _set(P, key, key_id, size, version, expiry, pool, max_value, rc, invalidate):
     """A SET of (key, version) as the replay issues it; a value beyond the engine's limit (or a key outside
     1..255 bytes) is never cached and, for a SET in the trace, must not leave the older cached value behind."""
     if size > max_value or not 1 <= key.shape[0] <= MAX_KEY:
@@ -116,7 +122,12 @@ def _set(P, key, key_id, size, version, pool, max_value, rc, invalidate):
             engine_delete(P, key)
         return
     start = value_start(key_id, version, size)
-    engine_set(P, key, pool[start:start + size])
+    engine_set(P, key, pool[start:start + size], expiry)
+
+
+@internal(inline=True)
+def _expiry(now, ttl):
+    return min(now + ttl, MAX_EXPIRY) if ttl > 0 else 0
 
 
 @internal(inline=True)
@@ -132,17 +143,19 @@ def _warm(P, warm):
 
 
 @njit(cache=True)
-def replay_slice(arena, E, ops, key_ids, key_sizes, value_sizes, arrivals, start, rows, count, pool, max_value,
-                 strict, rc, keybuf, warm):
+def replay_slice(arena, E, ops, key_ids, key_sizes, value_sizes, ttls, times, arrivals, start, rows, life, count,
+                 pool, max_value, strict, rc, keybuf, warm):
     """Replay requests [start, len(ops)) of a slice on the engine whose state E is pinned in `arena`. Returns
     (outcome, index): FINISHED at the end, WARM after the request that began the steady state (resume at index),
-    WRONG_VALUE at the failing request."""
+    WRONG_VALUE or EXPIRED_VALUE at the failing request."""
     # every array outlives this call: borrowed, they cost no reference counting below
-    rows, pool, rc, keybuf, warm = borrow((rows, pool, rc, keybuf, warm))
+    rows, life, pool, rc, keybuf, warm = borrow((rows, life, pool, rc, keybuf, warm))
     P = ref_of(arena, E)
     TR = P.dev.timing
     m = P.m
     for i in range(start, ops.shape[0]):
+        now = np.int64(times[i])
+        m.clock[0] = now
         kid, ksize = key_ids[i], np.int64(key_sizes[i])
         key = keybuf[:ksize]
         spell_key(kid, ksize, key)
@@ -158,16 +171,25 @@ def replay_slice(arena, E, ops, key_ids, key_sizes, value_sizes, arrivals, start
                 mt.record_get(m, False, 0, 0, PAGE_SIZE)
             mt.record_latency(m, mt.L_GET, timing.latency(TR))
             version, size = version_at(rows, slot, np.int64(value_sizes[i]))
+            expiry, ttl = life_of(life, slot)
             if not hit:
                 rc[LOOKASIDE] += 1
                 store_at(rows, count, slot, kid, version, size)
+                if ttls[i] > 0:
+                    ttl = np.int64(ttls[i])
+                expiry = _expiry(now, ttl)
+                store_life(life, slot, expiry, ttl)
                 timing.begin_request(TR, arrivals[i])  # the refill is a set of its own, issued on the miss
-                _set(P, key, kid, size, version, pool, max_value, rc, False)
+                _set(P, key, kid, size, version, expiry, pool, max_value, rc, False)
                 mt.record_latency(m, mt.L_SET, timing.latency(TR))
             elif n != size or not _same_bytes(buf, vstart, pool, value_start(kid, version, size), n):
                 rc[WRONG] += 1
                 if strict:
                     return WRONG_VALUE, i
+            elif expiry and expiry <= now:
+                rc[EXPIRED_SERVED] += 1
+                if strict:
+                    return EXPIRED_VALUE, i
             else:
                 rc[HITS] += 1
                 rc[HIT_BYTES] += ksize + n
@@ -175,7 +197,10 @@ def replay_slice(arena, E, ops, key_ids, key_sizes, value_sizes, arrivals, start
             rc[SETS] += 1
             version = version_at(rows, slot, 0)[0] + 1
             store_at(rows, count, slot, kid, version, value_sizes[i])
-            _set(P, key, kid, np.int64(value_sizes[i]), version, pool, max_value, rc, True)
+            ttl = max(np.int64(ttls[i]), 0)
+            expiry = _expiry(now, ttl)
+            store_life(life, slot, expiry, ttl)
+            _set(P, key, kid, np.int64(value_sizes[i]), version, expiry, pool, max_value, rc, True)
             mt.record_latency(m, mt.L_SET, timing.latency(TR))
         else:
             rc[DELETES] += 1
@@ -208,6 +233,10 @@ class _Run:
         """Replay one slice of a trace; `first` numbers its first request."""
         eng = self.engine
         cols = [np.ascontiguousarray(part[f]) for f in ("op", "key", "key_size", "value_size")]
+        ttl = part["ttl"].astype(np.int64)
+        if self.opt.ttl_scale != 1.0:
+            ttl = np.where(ttl > 0, np.maximum(1, np.rint(ttl * self.opt.ttl_scale)), 0).astype(np.int64)
+        cols += [np.minimum(ttl, MAX_TTL), np.ascontiguousarray(part["time"])]
         if self.clock is not None:  # the trace's timestamps
             every = self.opt.sample_every or _SLICE
             short = len(part) < min(_SLICE, every - first % every)  # the trace, or its chunk, ended in this slice
@@ -218,7 +247,8 @@ class _Run:
         i = 0
         while True:
             try:
-                outcome, i = replay_slice(eng.pinned.arena, eng.state, *cols, arrivals, i, self.table.rows, self.table.count, POOL, eng.max_value_size,
+                outcome, i = replay_slice(eng.pinned.arena, eng.state, *cols, arrivals, i, self.table.rows,
+                                          self.table.life, self.table.count, POOL, eng.max_value_size,
                                           self.opt.strict, self.rc, self.keybuf, self.warm)
             except (fl.DeviceFault, TierwiseError) as e:
                 eng._fault(e)
@@ -227,7 +257,8 @@ class _Run:
             if outcome == WARM:
                 eng.metrics.mark_warm(first + i)
                 continue
-            raise TierwiseError(f"engine {eng.name} returned a wrong or stale value for key id {int(part['key'][i])} at "
+            what = "an expired" if outcome == EXPIRED_VALUE else "a wrong or stale"
+            raise TierwiseError(f"engine {eng.name} returned {what} value for key id {int(part['key'][i])} at "
                                 f"request {first + i}")
 
     def counters(self) -> dict[str, int]:

@@ -6,9 +6,14 @@ see `tierwise.nemo.native`, "state bundles by reference"), and the module of a d
 functions taking its ref P for its bundle type with `register_compiled`:
 
     get(P, key) -> (hit, buffer, start, length)   the value is buffer[start:start + length]
-    set(P, key, value) -> bool                     False: the engine declined to cache it (the key then misses)
+    set(P, key, value, expiry) -> bool             False: the engine declined to cache it (the key then misses)
     delete(P, key)                                 after it returns, get(P, key) misses until the key is set again
     flush(P)                                       write what is buffered (clean shutdown)
+
+TTLs: `expiry` is when the object expires, in seconds on the cache's clock (`P.m.clock[0]`), 0 = never. A get never
+returns an object whose expiry <= clock (the newest copy decides: an expired copy is a miss even when an older one
+lies deeper), and a design drops expired objects wherever it would write or copy them (flush, write-back,
+migration, GC), counting them in `expired_dropped_*`.
 
 Keys are 1..255 bytes and values at most the engine's `max_value_size` (callers check; the Python API raises
 TierwiseError). The replay driver (`tierwise.nemo.replay`) calls these through `engine_get` / `engine_set` /
@@ -43,6 +48,7 @@ class CompiledEngine:
 
 
 _COMPILED: dict[type, CompiledEngine] = {}
+MAX_EXPIRY = (1 << 32) - 1  # expiries are stored as u32 seconds
 
 
 def register_compiled(state_type: type, *, get: Callable, set: Callable, delete: Callable,
@@ -65,7 +71,7 @@ def engine_get(P, key):
     raise compiled_only("engine_get")
 
 
-def engine_set(P, key, value):
+def engine_set(P, key, value, expiry):
     raise compiled_only("engine_set")
 
 
@@ -84,9 +90,9 @@ def _ov_get(P, key):
 
 
 @overload(engine_set)
-def _ov_set(P, key, value):
+def _ov_set(P, key, value, expiry):
     fn = _impl(P).set
-    return lambda P, key, value: fn(P, key, value)
+    return lambda P, key, value, expiry: fn(P, key, value, expiry)
 
 
 @overload(engine_delete)
@@ -144,8 +150,8 @@ def api_get(h, key):
 
 
 @njit(cache=True)
-def api_set(h, key, value):
-    return engine_set(h.ref, _arg(h.key, key), _arg(h.value, value))
+def api_set(h, key, value, expiry):
+    return engine_set(h.ref, _arg(h.key, key), _arg(h.value, value), expiry)
 
 
 @njit(cache=True)
@@ -228,18 +234,21 @@ class Engine(ABC):
             self._fault(e)
         return None if n < 0 else self._out[:n].tobytes()
 
-    def set(self, key: bytes, value: bytes) -> bool:
-        """Insert or overwrite; False if the engine declined to cache it (the key then misses)."""
+    def set(self, key: bytes, value: bytes, expiry: int = 0) -> bool:
+        """Insert or overwrite; False if the engine declined to cache it (the key then misses). `expiry`: when it
+        expires on the engine's `clock` (seconds; 0 = never)."""
         if type(key) is not bytes:
             key = bytes(key)
         if type(value) is not bytes:
             value = bytes(value)
         if not 0 < len(key) <= layout.MAX_KEY or len(value) > min(self.max_value_size, layout.max_value_size(len(key))):
             layout.check_object(key, value, self.max_value_size)  # raises, naming the limit
+        if expiry and not 0 < expiry <= MAX_EXPIRY:
+            raise TierwiseError(f"expiry {expiry} outside 0..{MAX_EXPIRY} (seconds on the engine's clock)")
         if self.failed is not None:
             self._check_usable()
         try:
-            return bool(api_set(self._handle, key, value))
+            return bool(api_set(self._handle, key, value, expiry))
         except (DeviceFault, TierwiseError) as e:
             self._fault(e)
 
@@ -263,6 +272,16 @@ class Engine(ABC):
             api_flush(self._handle)
         except (DeviceFault, TierwiseError) as e:
             self._fault(e)
+
+    @property
+    def clock(self) -> int:
+        """The engine's time in seconds, what expiries are compared with (the server keeps it at unix time, a replay
+        at the trace's timestamps)."""
+        return int(self.metrics.arrays.clock[0])
+
+    @clock.setter
+    def clock(self, now: int) -> None:
+        self.metrics.arrays.clock[0] = now
 
     @abstractmethod
     def dram_bytes(self) -> dict[str, int]:

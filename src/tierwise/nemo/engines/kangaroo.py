@@ -33,7 +33,7 @@ from tierwise.nemo import layout
 from tierwise.nemo import metrics as mt
 from tierwise.nemo.engines import register_engine
 from tierwise.nemo.engines.base import Engine, register_compiled
-from tierwise.nemo.engines.paged import (GET_READS, LIVE, POS_BITS, POS_MASK, ix_chain_length,
+from tierwise.nemo.engines.paged import (ABSENT, GET_READS, HIT, LIVE, POS_BITS, POS_MASK, ix_chain_length,
                                          ix_hits, key_tag, log_bucket, log_capacity_pages, log_dram_bytes, log_flush,
                                          log_insert, log_live, log_lookup, log_remove, log_take_bucket, new_log_tier,
                                          new_page_io, register_log_owner)
@@ -70,21 +70,22 @@ def hier_get(P, key):
     """The log first, then the key's set (its cold half, where newer copies land, then its hot half)."""
     before = P.sets.io.st[GET_READS]
     tag = key_tag(key)
-    hit, page, start, n = log_lookup(P.log, tag, key)
-    if not hit:
+    found, page, start, n = log_lookup(P.log, tag, key)
+    if found == ABSENT:
         j = set_of(P.sets, tag)
-        hit, page, start, n = set_lookup(P.sets, j, key)
-        if not hit and P.cfg[HOT_COLD]:
-            hit, page, start, n = set_lookup(P.hot, j, key)
+        found, page, start, n = set_lookup(P.sets, j, key)
+        if found == ABSENT and P.cfg[HOT_COLD]:
+            found, page, start, n = set_lookup(P.hot, j, key)
+    hit = found == HIT
     mt.record_get(P.m, hit, P.sets.io.st[GET_READS] - before, 0, PAGE_SIZE)
     return hit, page, start, n
 
 
 @internal
-def hier_set(P, key, value):
+def hier_set(P, key, value, expiry):
     P.m.counters[mt.C_INSERTS] += 1
     P.m.counters[mt.C_INSERT_BYTES] += key.shape[0] + value.shape[0]
-    log_insert(P, P.log, key_tag(key), key, value, 0)
+    log_insert(P, P.log, key_tag(key), key, value, expiry)
     return True
 
 
@@ -129,23 +130,33 @@ def take_bucket(P, j):
 
 @internal
 def taken(L, i):
-    """(key, value) of the i-th object `take_bucket` took."""
+    """(key, value field, FLAG_EXPIRES bit, expired now) of the i-th object `take_bucket` took (the value field as
+    stored: with its expiry)."""
     loc = L.tk_loc[i]
     src = L.tk_pages[loc >> POS_BITS]
     pos = loc & POS_MASK
     k0 = pos + OBJ_HEADER
     klen = np.int64(src[pos])
     vlen = np.int64(src[pos + 2]) | (np.int64(src[pos + 3]) << 8)
-    return src[k0:k0 + klen], src[k0 + klen:k0 + klen + vlen]
+    flags = np.int64(src[pos + 1]) & layout.FLAG_EXPIRES
+    return src[k0:k0 + klen], src[k0 + klen:k0 + klen + vlen], flags, layout.obj_expired(src, pos, L.io.m.clock[0])
 
 
 @internal
 def put_taken(P, S, n, page):
-    """Put the n objects `take_bucket` just took into a set page, in the order taken; returns the bytes added."""
+    """Put the n objects `take_bucket` just took into a set page, in the order taken (an expired one only removes
+    the older copy it replaces); returns the bytes added."""
     added = 0
     for i in range(n):
-        key, value = taken(P.log, i)
-        added += set_put(S, page, key, value, np.int64(P.taken_hits[i]))
+        key, value, flags, expired = taken(P.log, i)
+        if expired:
+            pos = layout.page_find(page, key)
+            if pos >= 0:
+                layout.page_remove(page, pos)
+            P.m.counters[mt.C_EXPIRED_DROPPED_OBJECTS] += 1
+            P.m.counters[mt.C_EXPIRED_DROPPED_BYTES] += key.shape[0] + value.shape[0] - layout.EXPIRY_BYTES
+            continue
+        added += set_put(S, page, key, value, flags, 0, np.int64(P.taken_hits[i]))
     return added
 
 
@@ -169,7 +180,7 @@ def _move(dst, src, pos):
     klen = np.int64(src[pos])
     k0 = pos + OBJ_HEADER
     end = k0 + klen + (np.int64(src[pos + 2]) | (np.int64(src[pos + 3]) << 8))
-    layout.page_append(dst, src[k0:k0 + klen], src[k0 + klen:end], np.int64(src[pos + 1]))
+    layout.page_append(dst, src[k0:k0 + klen], src[k0 + klen:end], np.int64(src[pos + 1]), 0)
     layout.page_remove(src, pos)
 
 
@@ -227,7 +238,7 @@ def redivide(P, j, cold, n):
         klen = np.int64(spill[pos])
         k0 = pos + OBJ_HEADER
         size = layout.obj_size_at(spill, pos)
-        page_put(cold, spill[k0:k0 + klen], spill[k0 + klen:pos + size], np.int64(spill[pos + 1]), True)
+        page_put(cold, spill[k0:k0 + klen], spill[k0 + klen:pos + size], np.int64(spill[pos + 1]), True, 0)
         pos += size
 
 
@@ -262,6 +273,20 @@ def _older_copy_in_set(P, j, i):
 
 
 @internal
+def _evicted_expired(P, i):
+    """Has evicted log object i expired (counted as dropped: it is not readmitted)?"""
+    L = P.log
+    loc = L.ev_loc[i]
+    page = L.evicting[(loc >> POS_BITS) % L.io.ppz]
+    pos = loc & POS_MASK
+    if not layout.obj_expired(page, pos, P.m.clock[0]):
+        return False
+    P.m.counters[mt.C_EXPIRED_DROPPED_OBJECTS] += 1
+    P.m.counters[mt.C_EXPIRED_DROPPED_BYTES] += layout.obj_size_at(page, pos) - OBJ_HEADER - layout.EXPIRY_BYTES
+    return True
+
+
+@internal
 def kangaroo_on_evict(P, n):
     """Threshold admission of the live objects of a reclaimed log zone; objects hit more than `readmit` times in
     the log are readmitted."""
@@ -277,6 +302,8 @@ def kangaroo_on_evict(P, n):
         if ix_chain_length(L.ix, j) >= P.cfg[THRESHOLD] or _older_copy_in_set(P, j, i):
             migrate(P, j, mt.C_MIGRATIONS_THRESHOLD)
         elif readmit and ix_hits(L.ix, j, tag) > readmit:
+            if _evicted_expired(P, i):
+                continue
             L.ev_readmit[i] = 1
             readmitted += 1
         else:

@@ -14,7 +14,7 @@ import numpy as np
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo.engines import register_engine
 from tierwise.nemo.engines.base import Engine, register_compiled
-from tierwise.nemo.engines.paged import (GET_READS, LIVE, LogTier, index_capacity, key_tag, log_dram_bytes, log_flush, log_insert,
+from tierwise.nemo.engines.paged import (GET_READS, HIT, LIVE, LogTier, index_capacity, key_tag, log_dram_bytes, log_flush, log_insert,
                                          log_lookup, log_remove, new_log_tier, new_page_io, register_log_owner)
 from tierwise.nemo.layout import PAGE_SIZE
 from tierwise.nemo.metrics import C_DELETES, C_INSERT_BYTES, C_INSERTS, record_get
@@ -27,16 +27,17 @@ LogState = namedtuple("LogState", ["dev", "m", "log"])  # the device's Flash, Me
 def get(P, key):
     io = P.log.io
     before = io.st[GET_READS]
-    hit, page, start, n = log_lookup(P.log, key_tag(key), key)
+    found, page, start, n = log_lookup(P.log, key_tag(key), key)
+    hit = found == HIT
     record_get(P.m, hit, io.st[GET_READS] - before, 0, PAGE_SIZE)
     return hit, page, start, n
 
 
 @internal
-def set_(P, key, value):
+def set_(P, key, value, expiry):
     P.m.counters[C_INSERTS] += 1
     P.m.counters[C_INSERT_BYTES] += key.shape[0] + value.shape[0]
-    log_insert(P, P.log, key_tag(key), key, value, 0)
+    log_insert(P, P.log, key_tag(key), key, value, expiry)
     return True
 
 

@@ -39,6 +39,7 @@ MAX_OBJECTS_PER_PAGE = PAYLOAD // (OBJ_HEADER + 1)  # 1-byte keys, empty values
 POS_BITS = 12  # an index entry locates the object itself: page id << 12 | byte position in the page
 POS_MASK = (1 << POS_BITS) - 1
 GET = -1  # `cause` of a read done for a lookup (counted per get by the engine, not as a background read)
+ABSENT, HIT, EXPIRED = 0, 1, 2  # what a tier's lookup found
 
 # ---- page I/O ---------------------------------------------------------------------------------------------------------
 
@@ -70,21 +71,22 @@ def _account(io, pages, n, new_kv, new_objects):
     for p in range(n):
         layout.page_tally_into(pages[p], t)
         used += layout.page_used(pages[p])
+    headers = new_objects * OBJ_HEADER  # a set write's newcomer: its expiry, if any, counts with the rewritten bytes
     if new_kv < 0:
-        new_kv, new_objects = t[layout.T_USER_KV], t[layout.T_USER_OBJECTS]
+        new_kv, new_objects, headers = t[layout.T_USER_KV], t[layout.T_USER_OBJECTS], t[layout.T_USER_HEADERS]
     layout.seal_pages(pages[:n], io.st[SEQ], 1)
     io.st[SEQ] += n
     w = io.m.writes
     w[mt.W_USER] += new_kv
-    w[mt.W_OBJECT_HEADERS] += new_objects * OBJ_HEADER
-    w[mt.W_WRITEBACK] += used - new_kv - new_objects * OBJ_HEADER
+    w[mt.W_OBJECT_HEADERS] += headers
+    w[mt.W_WRITEBACK] += used - new_kv - headers
     w[mt.W_PADDING] += n * PAYLOAD - used
     w[mt.W_PAGE_HEADERS] += n * PAGE_HEADER
     if new_objects:
         c = io.m.counters
         c[mt.C_FLASHED_OBJECTS] += new_objects
         c[mt.C_LOGICAL_BYTES] += new_kv
-        c[mt.C_LOGICAL_HEADER_BYTES] += new_objects * OBJ_HEADER
+        c[mt.C_LOGICAL_HEADER_BYTES] += headers
 
 
 @internal
@@ -386,22 +388,26 @@ def log_page(L, pid, cause):
 
 @internal
 def log_lookup(L, tag, key):
-    """(hit, page, value start, value length) of `key` in the log."""
+    """(found, page, value start, value length) of `key` in the log; found: HIT, ABSENT, or EXPIRED (a copy whose
+    time has passed: a miss that no older copy elsewhere may answer)."""
     b = log_bucket(L, tag)
     loc = ix_lookup(L.ix, b, tag)
     if loc < 0:
-        return False, L.io.zero, 0, 0
+        return ABSENT, L.io.zero, 0, 0
     page = log_page(L, loc >> POS_BITS, GET)
     pos = loc & POS_MASK
     klen = np.int64(page[pos])
     if klen != key.shape[0]:
-        return False, page, 0, 0  # a different key with the same 64-bit tag: a miss
+        return ABSENT, page, 0, 0  # a different key with the same 64-bit tag: a miss
     for i in range(klen):
         if page[pos + OBJ_HEADER + i] != key[i]:
-            return False, page, 0, 0
+            return ABSENT, page, 0, 0
+    start, n, flags = layout.obj_value_span(page, pos)
+    if layout.span_expired(page, start, flags, L.io.m.clock[0]):
+        L.io.m.counters[mt.C_EXPIRED_MISSES] += 1
+        return EXPIRED, page, 0, 0
     ix_mark_hit(L.ix, b, tag)
-    start, n, _ = layout.obj_value_span(page, pos)
-    return True, page, start, n
+    return HIT, page, start, n
 
 
 @internal
@@ -463,16 +469,23 @@ def _push(L, tag, flags, src, pos):
     """Put the object at byte `pos` of page `src` on the pending-append stack."""
     klen = np.int64(src[pos])
     vlen = np.int64(src[pos + 2]) | (np.int64(src[pos + 3]) << 8)
-    copy_bytes(L.stack, _stack_entry(L, tag, flags, klen, vlen), src, pos + OBJ_HEADER, klen + vlen)
+    at = _stack_entry(L, tag, flags | (np.int64(src[pos + 1]) & layout.FLAG_EXPIRES), klen, vlen)
+    copy_bytes(L.stack, at, src, pos + OBJ_HEADER, klen + vlen)
 
 
 @internal
-def log_insert(P, L, tag, key, value, flags):
-    """Append an object; an older copy anywhere in the log (even in the open page) just stops being indexed."""
+def log_insert(P, L, tag, key, value, expiry):
+    """Append an object (`expiry`: module `layout`); an older copy anywhere in the log (even in the open page) just
+    stops being indexed."""
     klen, vlen = key.shape[0], value.shape[0]
-    at = _stack_entry(L, tag, flags, klen, vlen)
+    extra = layout.EXPIRY_BYTES if expiry else 0
+    at = _stack_entry(L, tag, layout.FLAG_EXPIRES if expiry else 0, klen, vlen + extra)
     copy_bytes(L.stack, at, key, 0, klen)
-    copy_bytes(L.stack, at + klen, value, 0, vlen)
+    if expiry:  # the value field as a page stores it: the expiry first
+        e = np.int64(expiry)
+        for b in range(layout.EXPIRY_BYTES):
+            L.stack[at + klen + b] = (e >> (8 * b)) & 0xFF
+    copy_bytes(L.stack, at + klen + extra, value, 0, vlen)
     _drain(P, L)
 
 
@@ -493,7 +506,7 @@ def _drain(P, L):
         value = s[at + _ENTRY + klen:at + _ENTRY + klen + vlen]
         page = L.seg[L.st[NBUF]]
         pos = PAGE_HEADER + layout.page_used(page)
-        if layout.page_append(page, key, value, flags):
+        if layout.page_append(page, key, value, flags, 0):
             L.st[STACK_N] -= 1
             L.st[STACK_BYTES] = at
             pid = L.st[ZONE] * L.io.ppz + L.st[WP] + L.st[NBUF]

@@ -10,7 +10,7 @@ from collections import namedtuple
 
 from tierwise.nemo.engines import register_engine
 from tierwise.nemo.engines.base import Engine, register_compiled
-from tierwise.nemo.engines.paged import GET_READS, key_tag, new_page_io
+from tierwise.nemo.engines.paged import GET_READS, HIT, key_tag, new_page_io
 from tierwise.nemo.engines.settier import (SetTier, new_set_tier, no_merge, register_set_owner, set_begin_update,
                                            set_dram_bytes, set_lookup, set_object_count, set_of, set_params, set_put,
                                            set_remove, set_report_fills, set_write)
@@ -25,19 +25,20 @@ SetState = namedtuple("SetState", ["dev", "m", "sets"])  # the device's Flash, M
 def get(P, key):
     S = P.sets
     before = S.io.st[GET_READS]
-    hit, page, start, n = set_lookup(S, set_of(S, key_tag(key)), key)
+    found, page, start, n = set_lookup(S, set_of(S, key_tag(key)), key)
+    hit = found == HIT
     record_get(P.m, hit, S.io.st[GET_READS] - before, 0, PAGE_SIZE)
     return hit, page, start, n
 
 
 @internal
-def set_(P, key, value):
+def set_(P, key, value, expiry):
     P.m.counters[C_INSERTS] += 1
     P.m.counters[C_INSERT_BYTES] += key.shape[0] + value.shape[0]
     S = P.sets
     j = set_of(S, key_tag(key))
     page = set_begin_update(S, j, C_READ_RMW, True)
-    added = set_put(S, page, key, value, 0)
+    added = set_put(S, page, key, value, 0, expiry, 0)
     set_write(P, S, j, page, added, key.shape[0] + value.shape[0], 1)
     return True
 

@@ -41,8 +41,9 @@ from tierwise.common.errors import TierwiseError
 from tierwise.nemo import layout
 from tierwise.nemo import metrics as mt
 from tierwise.nemo.device import flash as fl
-from tierwise.nemo.engines.paged import (GET, MAX_OBJECTS_PER_PAGE, PageIO, read_page, read_page_as, read_pages_into, reset_zone, trim_page,
-                                         write_page_at, write_pages)
+from tierwise.nemo.engines.paged import (ABSENT, EXPIRED, GET, HIT, MAX_OBJECTS_PER_PAGE, PageIO, read_page,
+                                         read_page_as, read_pages_into, reset_zone, trim_page, write_page_at,
+                                         write_pages)
 from tierwise.nemo.index.bloom import FilterParams
 from tierwise.nemo.layout import OBJ_HEADER, PAGE_HEADER, PAGE_SIZE, PAYLOAD
 from tierwise.nemo.native import compiled_only, copy_bytes, internal
@@ -372,14 +373,14 @@ def _evict_one(page, rrip):
 
 
 @internal
-def page_put(page, key, value, flags, rrip):
-    """Insert into a set page, replacing an older copy and evicting until it fits; returns the objects evicted, or
-    -1 if the object cannot fit even in an empty page."""
+def page_put(page, key, value, flags, rrip, expiry):
+    """Insert into a set page (`flags`, `expiry`: `layout.page_append`), replacing an older copy and evicting until
+    it fits; returns the objects evicted, or -1 if the object cannot fit even in an empty page."""
     pos = layout.page_find(page, key)
     if pos >= 0:
         layout.page_remove(page, pos)
     evicted = 0
-    while not layout.page_append(page, key, value, flags):
+    while not layout.page_append(page, key, value, flags, expiry):
         if layout.page_count(page) == 0:
             return -1
         _evict_one(page, rrip)
@@ -409,12 +410,13 @@ def insert_rrip(S, hits):
 
 
 @internal
-def set_put(S, page, key, value, hits):
-    """Insert into a page from `set_begin_update`, evicting as the policy says; `hits` = the newcomer's hits in
-    the log. Returns the bytes added (object with header), 0 when RRIParoo refuses it ("authors" insertion)."""
-    size = OBJ_HEADER + key.shape[0] + value.shape[0]
+def set_put(S, page, key, value, flags, expiry, hits):
+    """Insert into a page from `set_begin_update`, evicting as the policy says (`flags`, `expiry`:
+    `layout.page_append`); `hits` = the newcomer's hits in the log. Returns the bytes added (object with header), 0
+    when RRIParoo refuses it ("authors" insertion)."""
+    size = layout.stored_size(key, value, expiry)
     if not S.rrip:
-        page_put(page, key, value, 0, False)
+        page_put(page, key, value, flags, False, expiry)
         return size
     v = insert_rrip(S, hits)
     if S.insert == AUTHORS:
@@ -424,7 +426,7 @@ def set_put(S, page, key, value, hits):
         if page_room_at(page, v) < size:
             S.io.m.counters[mt.C_REJECTED] += 1
             return 0
-    page_put(page, key, value, v << RRIP_SHIFT, True)
+    page_put(page, key, value, flags | v << RRIP_SHIFT, True, expiry)
     return size
 
 
@@ -432,21 +434,25 @@ def set_put(S, page, key, value, hits):
 
 @internal
 def set_lookup(S, j, key):
-    """(hit, page, value start, value length) of `key` in set j (a lookup: the read is the request's)."""
+    """(found, page, value start, value length) of `key` in set j (a lookup: the read is the request's); found as
+    `paged.log_lookup` says."""
     if not set_may_hold(S, j, key):
-        return False, S.io.zero, 0, 0
+        return ABSENT, S.io.zero, 0, 0
     ppz = S.io.ppz
     pid = np.int64(S.loc[j])
     page = read_page(S.io, pid // ppz, pid % ppz, S.scratch, GET)
     pos = layout.page_find(page, key)
     if pos < 0:
-        return False, page, 0, 0
+        return ABSENT, page, 0, 0
+    start, n, flags = layout.obj_value_span(page, pos)
+    if layout.span_expired(page, start, flags, S.io.m.clock[0]):
+        S.io.m.counters[mt.C_EXPIRED_MISSES] += 1
+        return EXPIRED, page, 0, 0
     if S.rrip:
         slot = layout.page_index_of(page, pos)
         if slot < HIT_SLOTS:
             S.hits[j] |= np.uint16(1 << slot)
-    start, n, _ = layout.obj_value_span(page, pos)
-    return True, page, start, n
+    return HIT, page, start, n
 
 
 @internal
@@ -557,9 +563,11 @@ def _set_writer():
                 page = S.gc[p]
                 if S.rrip and S.hits[j]:
                     promote_hits(page, S.hits[j])
+                dropped = layout.page_drop_expired(page, S.io.m.clock[0])  # not worth a copy
+                mt.record_expired(S.io.m, dropped)
                 added = on_set_gc(P, S, j, page)
                 _invalidate(S, j)
-                if added >= 0 or S.rrip and layout.page_count(page) != S.counts[j]:
+                if added >= 0 or dropped[0] or S.rrip and layout.page_count(page) != S.counts[j]:
                     _rebuild(S, j, page)  # the owner may have changed the keys (or the page read back damaged: empty)
                 elif S.rrip:  # the same keys: the filter stands (a plain copy always keeps it)
                     S.hits[j] = 0
@@ -589,7 +597,8 @@ def _set_writer():
     @internal
     def write(P, S, j, page, added, new_kv, new_objects):
         """Write set j. `added` = bytes of objects added by this write; `new_kv`/`new_objects` = the user objects among
-        them reaching flash for the first time (migrated ones were already counted)."""
+        them reaching flash for the first time (migrated ones were already counted). Expired objects are dropped."""
+        mt.record_expired(S.io.m, layout.page_drop_expired(page, S.io.m.clock[0]))
         _rebuild(S, j, page)
         if S.in_place:
             pid = S.base + j

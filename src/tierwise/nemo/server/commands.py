@@ -21,6 +21,7 @@ import traceback
 
 from tierwise import __version__
 from tierwise.common.errors import TierwiseError
+from tierwise.nemo import metrics as mt
 from tierwise.nemo.server import items
 from tierwise.nemo.server.items import Item
 from tierwise.nemo.server.journal import DELETE, FLUSH, FLUSH_AT, SET, SET_RECORD, AckJournal
@@ -108,6 +109,7 @@ class CommandHandler:
         self.now = time.time()
         if self.engine.failed is not None and self.reopen is not None:
             self._reopen()
+        self.engine.clock = int(self.now)  # items expire in the engine: it never serves, flushes or copies them late
         if self.pending_flush_at and self.now >= self.pending_flush_at:
             self.pending_flush_at = 0.0
             if self.journal is not None:
@@ -229,7 +231,7 @@ class CommandHandler:
 
     def _put(self, key: bytes, item: Item) -> bool:
         blob = items.pack(item)
-        if not self.engine.set(key, blob):
+        if not self.engine.set(key, blob, item.exptime):
             self.counters["store_no_memory"] += 1
             return False
         if self.journal is not None:  # with its bytes: a restart restores what only the DRAM buffers held
@@ -505,7 +507,8 @@ class CommandHandler:
             ("rusage_user", f"{usage.ru_utime:.6f}"), ("rusage_system", f"{usage.ru_stime:.6f}"), ("threads", 1),
         ]
         stats += sorted(self.connection_stats.items())
-        stats += list(c.items())
+        expired = int(self.engine.metrics.arrays.counters[mt.C_EXPIRED_MISSES])  # the engine saw them first
+        stats += [(k, v + expired if k == "get_expired" else v) for k, v in c.items()]
         # memcached's listener never pauses here (one connection over --max-conns is told so and closed) and no
         # connection yields mid-batch; exporters read these
         stats += [("accepting_conns", 1), ("listen_disabled_num", 0), ("conn_yields", 0)]
@@ -531,6 +534,8 @@ class CommandHandler:
             # objects the cache gave up for room: sacrificed in a buffered SG, or in an evicted SG and not written
             # back (stale copies included)
             ("evictions", int(counted.get("dropped_objects", 0) + counted.get("evicted_objects", 0))),
+            # expired items the engine dropped instead of writing or copying them
+            ("expired_dropped", int(counted.get("expired_dropped_objects", 0))),
             ("engine", engine.name),
             ("miss_ratio", _fmt(c["get_misses"] / c["cmd_get"] if c["cmd_get"] else None)),
             ("engine_miss_ratio", _fmt(summary["miss_ratio"])),

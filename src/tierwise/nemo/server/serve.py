@@ -173,9 +173,9 @@ def open_cache(device: str, *, flash_bytes: int | None = None, zone_bytes: int |
     (the paper's delayed flush: ~90% SG fill and ALWA ~1.16 on tiny objects, against ~60% and ~1.6 at 1). Those are
     acknowledged writes read back as misses while the cache has room (4% of a working set written once), which
     no memcached user expects, so a served cache flushes at once (1) unless told otherwise."""
-    from tierwise.nemo.layout import OBJ_HEADER, PAYLOAD
+    from tierwise.nemo.layout import max_value_size
 
-    largest = PAYLOAD - OBJ_HEADER - 1 - ITEM_HEADER_MAX
+    largest = max_value_size(1) - ITEM_HEADER_MAX
     if not 1 <= max_value <= largest:
         raise TierwiseError(f"--max-value {max_value} out of range: at most {largest} bytes (a value, its "
                             f"{ITEM_HEADER_MAX}-byte item header and the key must fit one 4 KB set page)")
@@ -274,12 +274,13 @@ def replay_journal(engine, last: dict[bytes, tuple[int, int, int, bytes]], flush
     journaled, unless flash holds that version already (same cas and exptime: a touch keeps the cas) or it has
     expired or been flushed since; delete any other recovered item that is not that version."""
     deleted = restored = 0
+    engine.clock = int(now)
     for key, (kind, cas, exptime, data) in last.items():
         blob = engine.get(key)
         if kind == SET and blob is not None and _version(blob) == (cas, exptime):
             continue
         if kind == SET and data and cas >= flush_threshold and not 0 < exptime <= now:
-            restored += bool(engine.set(key, data))
+            restored += bool(engine.set(key, data, exptime))
         elif blob is not None:
             engine.delete(key)
             deleted += 1
@@ -306,7 +307,7 @@ def buffered_records(engine) -> list[tuple[int, bytes, int, int, bytes]] | None:
     pages = engine.state.pages.reshape(-1, engine.state.pages.shape[-1])
     records = []
     for page in pages[np.flatnonzero(pages[:, 12] | pages[:, 13])]:  # pages holding objects (their count field)
-        for key, value, flags in iter_objects(page):
+        for key, value, flags, _ in iter_objects(page):
             if flags & FLAG_TOMBSTONE:
                 records.append((DELETE, key, 0, 0, b""))
             elif (version := _version(value)) is not None:  # not an item: never served, nothing to keep

@@ -9,7 +9,7 @@ from tierwise.common.errors import TierwiseError
 from tierwise.nemo.engines.nemo.format import INDEX_ROW_HEADER, ROW_CHECK
 from tierwise.nemo.hashing import DEFAULT_SEED
 from tierwise.nemo.index.bloom import FilterParams, group_row_bytes
-from tierwise.nemo.layout import OBJ_HEADER, PAGE_SIZE, PAYLOAD
+from tierwise.nemo.layout import OBJ_HEADER, PAGE_SIZE, PAYLOAD, max_value_size
 
 SG_META_PAGES = 2  # SG header page + SG trailer (commit) page around the S set pages
 P_TH_SHARE = 4096 / 275_712  # the paper's p_th over its S (Table 3); §11 keeps this ratio when S is scaled down
@@ -73,8 +73,8 @@ class NemoConfig:
             raise TierwiseError(f"index_rows_per_page must be at least 1, got {self.index_rows_per_page}")
         if self.sets_per_sg is not None and self.sets_per_sg < 1:
             raise TierwiseError(f"sets_per_sg must be >= 1, got {self.sets_per_sg}")
-        if not 0 < self.max_value_size <= PAYLOAD - OBJ_HEADER - 1:
-            raise TierwiseError(f"max_value_size must be in 1..{PAYLOAD - OBJ_HEADER - 1}")
+        if not 0 < self.max_value_size <= max_value_size(1):
+            raise TierwiseError(f"max_value_size must be in 1..{max_value_size(1)}")
 
     def filter_params(self) -> FilterParams:
         """Set-level filter sized for the objects a set holds at `filter_fill` (nemo.md §3.5 caveat)."""

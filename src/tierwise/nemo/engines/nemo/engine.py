@@ -37,12 +37,13 @@ from tierwise.nemo.engines.nemo.setgroup import (buffered_objects, buffers_find,
                                                  buffers_value, rotate, sacrifice, set_filters)
 from tierwise.nemo.hashing import key_hash_into, set_offset
 from tierwise.nemo.index.bloom import filter_add
-from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, FLAG_WRITEBACK, OBJ_HEADER, PAGE_HEADER, PAGE_SIZE,
-                                  PAYLOAD, T_TOMBSTONE, T_USED, T_USER_HEADERS, T_USER_KV, T_USER_OBJECTS, T_WRITEBACK,
-                                  T_WRITEBACK_OBJECTS, obj_flags_at, obj_size_at, obj_value_span, page_copy_object,
-                                  page_crc_valid, page_find, page_free, page_index_of, page_positions,
-                                  page_rotate_to_front, page_tally_into, page_used, seal_pages)
-from tierwise.nemo.metrics import MetricsArrays, record_fills, record_get
+from tierwise.nemo.layout import (EXPIRY_BYTES, FLAG_SHADOWS, FLAG_TOMBSTONE, FLAG_WRITEBACK, OBJ_HEADER, PAGE_HEADER,
+                                  PAGE_SIZE, PAYLOAD, T_TOMBSTONE, T_USED, T_USER_HEADERS, T_USER_KV, T_USER_OBJECTS,
+                                  T_WRITEBACK, T_WRITEBACK_OBJECTS, obj_expired, obj_flags_at, obj_size_at,
+                                  obj_value_span, page_copy_object, page_crc_valid, page_drop_expired, page_find,
+                                  page_free, page_index_of, page_positions, page_rotate_to_front, page_tally_into,
+                                  page_used, seal_pages, span_expired, stored_size)
+from tierwise.nemo.metrics import MetricsArrays, record_expired, record_fills, record_get
 from tierwise.nemo.native import Pinned, internal, ref_of
 
 Cfg = namedtuple("Cfg", [
@@ -115,6 +116,9 @@ def get(P, key):
     row, start, n, flags = buffers_value(P.pages, P.filters, P.order, j, key, positions)
     if row >= 0:
         hit = not flags & FLAG_TOMBSTONE
+        if hit and span_expired(P.pages[row, j], start, flags, m.clock[0]):
+            hit = False
+            m.counters[mt.C_EXPIRED_MISSES] += 1
         record_get(m, hit, 0, 0, PAGE_SIZE)
         return hit, P.pages[row, j], start, n
     n_cands, index_reads = pbfg.candidates(P, j, positions, st[OLDEST], st[NEXT_SEQ], True, True)
@@ -134,16 +138,20 @@ def get(P, key):
         if pos < 0:
             continue  # a filter false positive
         start, n, flags = obj_value_span(page, pos)
-        if not flags & FLAG_TOMBSTONE:
-            hit = True
-            hotness.mark(P.hot, seq, st[OLDEST], j, page_index_of(page, pos))
+        if flags & FLAG_TOMBSTONE:
+            break
+        if span_expired(page, start, flags, m.clock[0]):  # the newest copy decides: an older one is older still
+            m.counters[mt.C_EXPIRED_MISSES] += 1
+            break
+        hit = True
+        hotness.mark(P.hot, seq, st[OLDEST], j, page_index_of(page, pos))
         break
     record_get(m, hit, reads, index_reads, PAGE_SIZE)
     return hit, page, start, n
 
 
 @internal
-def set_(P, key, value):
+def set_(P, key, value, expiry):
     st, m = P.st, P.m
     m.counters[mt.C_INSERTS] += 1
     m.counters[mt.C_INSERT_BYTES] += key.shape[0] + value.shape[0]
@@ -152,7 +160,7 @@ def set_(P, key, value):
     buffers_remove(P.pages, P.filters, P.order, j, key, positions)
     # known-absent from flash only if the filters in DRAM say so; otherwise assume an older copy may exist
     n, _ = pbfg.candidates(P, j, positions, st[OLDEST], st[NEXT_SEQ], False, False)
-    _put(P, j, key, value, FLAG_SHADOWS if n != 0 else 0)
+    _put(P, j, key, value, FLAG_SHADOWS if n != 0 else 0, expiry)
     return True
 
 
@@ -167,7 +175,7 @@ def delete(P, key):
     m.counters[mt.C_DELETE_INDEX_READS] += index_reads
     if n:
         m.counters[mt.C_TOMBSTONES] += 1
-        _put(P, j, key, key[:0], FLAG_TOMBSTONE)
+        _put(P, j, key, key[:0], FLAG_TOMBSTONE, 0)
 
 
 @internal
@@ -182,20 +190,20 @@ def _next_random(st):
 
 
 @internal
-def _put(P, j, key, value, flags):
+def _put(P, j, key, value, flags, expiry):
     """Insert into the buffers; when every candidate set is full, delay the flush (§3.3): sacrifice the oldest
     objects of the youngest candidate set (the artifact's secondary SG) down to its threshold, or flush once the
     delay has run out."""
     cfg, st = P.cfg, P.st
     positions = P.scratch.pos
-    if _insert(P, j, key, value, flags, positions) >= 0:
+    if _insert(P, j, key, value, flags, expiry, positions) >= 0:
         return
     st[WAITS] += 1
     due = _next_random(st) < cfg.FLUSH_P if cfg.PROBABILITY else st[WAITS] >= cfg.P_TH
     if due:
         flush_sg(P)
     else:
-        need = OBJ_HEADER + key.shape[0] + value.shape[0]
+        need = stored_size(key, value, expiry)
         if cfg.TRIES > 1:
             need += PAYLOAD - cfg.SECONDARY_USED
         lost, lost_bytes, ok = sacrifice(P.pages[P.order[cfg.M - cfg.TRIES], j], need)
@@ -204,14 +212,14 @@ def _put(P, j, key, value, flags):
         if not ok:
             flush_sg(P)  # the set holds only tombstones: flushing is the only way to make room
     _hash(P, key, positions)  # a flush's write-back hashed other keys
-    if _insert(P, j, key, value, flags, positions) < 0:
+    if _insert(P, j, key, value, flags, expiry, positions) < 0:
         raise TierwiseError("an object does not fit an empty 4 KB set")
 
 
 @internal(inline=True)
-def _insert(P, j, key, value, flags, positions):
+def _insert(P, j, key, value, flags, expiry, positions):
     cfg = P.cfg
-    return buffers_insert(P.pages, P.filters, P.order, j, key, value, flags, positions, cfg.TRIES,
+    return buffers_insert(P.pages, P.filters, P.order, j, key, value, flags, expiry, positions, cfg.TRIES,
                           cfg.SECONDARY_USED)
 
 
@@ -248,6 +256,7 @@ def flush_sg(P):
     t = sc.tally
     t[:] = 0
     for j in range(cfg.S):
+        record_expired(m, page_drop_expired(pages[j], m.clock[0]))  # never written: they would only be misses
         page_tally_into(pages[j], t)
         sc.used[j] = page_used(pages[j])
     seal_pages(pages, seq, 0)
@@ -376,6 +385,10 @@ def write_back(P, v):
                     continue
                 pos = positions[i]
                 if obj_flags_at(page, pos) & FLAG_TOMBSTONE or obj_size_at(page, pos) > page_free(dst):
+                    continue
+                if obj_expired(page, pos, m.clock[0]):
+                    m.counters[mt.C_EXPIRED_DROPPED_OBJECTS] += 1
+                    m.counters[mt.C_EXPIRED_DROPPED_BYTES] += obj_size_at(page, pos) - OBJ_HEADER - EXPIRY_BYTES
                     continue
                 key = page[pos + OBJ_HEADER:pos + OBJ_HEADER + np.int64(page[pos])]
                 _hash(P, key, sc.wb_pos)

@@ -15,7 +15,8 @@ from tierwise.nemo.hashing import bloom_positions
 from tierwise.nemo.index.bloom import filter_add, filter_test
 from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, OBJ_HEADER, PAGE_HEADER, PAGE_SIZE, PAYLOAD,
                                   obj_flags_at, obj_size_at, obj_value_span, page_append, page_count, page_find,
-                                  page_positions, page_remove, page_to_tombstone, page_used, page_well_formed)
+                                  page_positions, page_remove, page_to_tombstone, page_used, page_well_formed,
+                                  stored_size)
 from tierwise.nemo.native import unref, xxh3_128
 
 
@@ -71,17 +72,17 @@ def buffers_remove(pages, filters, order, j, key, positions) -> int:
 
 
 @unref
-def buffers_insert(pages, filters, order, j, key, value, flags, positions, tries, secondary_used) -> int:
+def buffers_insert(pages, filters, order, j, key, value, flags, expiry, positions, tries, secondary_used) -> int:
     """Put the object into set j of the SG flushed next (B[M-1]) if it fits, else of the next younger of the
     `tries` buffers whose set stays within `secondary_used` bytes (the artifact's rule: the SG flushed next takes
     every insert it can hold, a younger one only overflow while below FLUSH_THRESHOLD). Its index, or -1."""
-    need = OBJ_HEADER + key.shape[0] + value.shape[0]
+    need = stored_size(key, value, expiry)
     last = order.shape[0] - 1
     for i in range(last, last - min(tries, order.shape[0]), -1):
         b = order[i]
         if i < last and page_used(pages[b, j]) + need > secondary_used:
             continue
-        if page_append(pages[b, j], key, value, flags):
+        if page_append(pages[b, j], key, value, flags, expiry):
             filter_add(filters[b, j], 0, positions)
             return i
     return -1
