@@ -34,7 +34,7 @@ def test_append_refuses_when_full_and_tombstone_conversion_frees_value():
     assert L.page_free(page) == L.PAYLOAD - 2 * (L.OBJ_HEADER + 1 + 2000)
     L.page_to_tombstone(page, L.page_find(page, _a(b"a")))
     objs = list(L.iter_objects(page))
-    assert objs[0] == (b"a", b"", L.FLAG_TOMBSTONE) and objs[1].value == b"v" * 2000
+    assert objs[0] == (b"a", b"", L.FLAG_TOMBSTONE, 0) and objs[1].value == b"v" * 2000
     assert L.page_append(page, _a(b"c"), big, 0, 0)
 
 
@@ -99,3 +99,32 @@ def test_rotate_to_front_keeps_objects():
     L.page_rotate_to_front(page, L.page_find(page, _a(b"b")))
     assert [o.key for o in L.iter_objects(page)] == [b"b", b"c", b"a"]
     assert all(o.value == o.key * 5 for o in L.iter_objects(page))
+
+
+def test_an_expiry_travels_with_its_object_and_expired_objects_drop():
+    """An object with a TTL stores its expiry before the value: the value span skips it, copies keep it, the tally
+    counts it as per-object metadata; dropping expired objects leaves a tombstone for one that may shadow an older
+    flash copy and nothing for the others."""
+    page = L.new_pages(1)[0]
+    assert L.page_append(page, _a(b"old"), _a(b"abc"), L.FLAG_SHADOWS, 100)
+    assert L.page_append(page, _a(b"new"), _a(b"defg"), 0, 300)
+    assert L.page_append(page, _a(b"none"), _a(b"hi"), 0, 0)
+    assert L.page_used(page) == 3 * L.OBJ_HEADER + 2 * L.EXPIRY_BYTES + 3 + 3 + 3 + 4 + 4 + 2
+    pos = L.page_find(page, _a(b"new"))
+    start, n, flags = L.obj_value_span(page, pos)
+    assert page[start:start + n].tobytes() == b"defg" and flags & L.FLAG_EXPIRES
+    assert L.obj_expiry_at(page, pos) == 300 and not L.obj_expired(page, pos, 299) and L.obj_expired(page, pos, 300)
+    assert L.span_expired(page, start, flags, 300) and not L.span_expired(page, start, flags, 299)
+    assert [(o.key, o.value, o.expiry) for o in L.iter_objects(page)] == [
+        (b"old", b"abc", 100), (b"new", b"defg", 300), (b"none", b"hi", 0)]
+    copy = L.new_pages(1)[0]
+    assert L.page_copy_object(copy, page, pos, L.FLAG_WRITEBACK)
+    assert L.object_at(copy, L.PAGE_HEADER) == (b"new", b"defg", L.FLAG_WRITEBACK | L.FLAG_EXPIRES, 300)
+    tally = np.zeros(8, np.int64)
+    L.page_tally_into(page, tally)
+    assert tally[L.T_USER_KV] == 3 + 3 + 3 + 4 + 4 + 2
+    assert tally[L.T_USER_HEADERS] == 3 * L.OBJ_HEADER + 2 * L.EXPIRY_BYTES
+    assert L.page_drop_expired(page, 200) == (1, 6)  # "old": shadows, so a tombstone
+    assert [(o.key, o.flags) for o in L.iter_objects(page)][0] == (b"old", L.FLAG_TOMBSTONE)
+    assert L.page_drop_expired(page, 1000) == (1, 7)  # "new" goes; tombstones and "none" never expire
+    assert [o.key for o in L.iter_objects(page)] == [b"old", b"none"]

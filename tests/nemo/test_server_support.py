@@ -6,7 +6,8 @@ import socket
 
 
 class DictEngine:
-    """Protocol-only engine double: a dict behind the Engine get/set/delete API, with the stats hooks."""
+    """Protocol-only engine double: a dict behind the Engine get/set/delete API (expiries on `clock` included),
+    with the stats hooks."""
 
     name = "dict"
     failed = None  # never fails
@@ -16,16 +17,21 @@ class DictEngine:
         from tierwise.nemo.metrics import Metrics
 
         self.d: dict[bytes, bytes] = {}
+        self.expiry: dict[bytes, int] = {}
+        self.clock = 0
         self.metrics = Metrics()
         self.device = MemoryZonedDevice(2, 4096)
 
     def get(self, key: bytes) -> bytes | None:
         v = self.d.get(key)
+        if v is not None and 0 < self.expiry[key] <= self.clock:
+            v = None
         self.metrics.get(v is not None)
         return v
 
-    def set(self, key: bytes, value: bytes) -> bool:
+    def set(self, key: bytes, value: bytes, expiry: int = 0) -> bool:
         self.d[key] = value
+        self.expiry[key] = expiry
         return True
 
     def delete(self, key: bytes) -> None:
