@@ -73,14 +73,6 @@ def test_malformed_page_is_reported():
         list(L.iter_objects(page))
 
 
-def test_check_object_limits():
-    L.check_object(b"k", b"x" * 2048, max_value=2048)
-    with pytest.raises(TierwiseError, match="exceeds"):
-        L.check_object(b"k", b"x" * 2049, max_value=2048)
-    with pytest.raises(TierwiseError, match="key length"):
-        L.check_object(b"", b"x")
-
-
 def test_hashing_offsets_and_positions_are_stable_and_spread():
     S = 64
     offs = [key_hash(f"k{i}".encode(), S).offset for i in range(6400)]

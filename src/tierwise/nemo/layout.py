@@ -63,15 +63,6 @@ def max_value_size(key_len: int) -> int:
     return PAYLOAD - OBJ_HEADER - EXPIRY_BYTES - key_len
 
 
-def check_object(key: bytes, value: bytes, max_value: int = PAYLOAD) -> None:
-    """Reject objects the page format cannot hold, with a message naming the limit."""
-    if not 1 <= len(key) <= MAX_KEY:
-        raise TierwiseError(f"key length {len(key)} outside 1..{MAX_KEY} bytes")
-    limit = min(max_value, max_value_size(len(key)))
-    if len(value) > limit:
-        raise TierwiseError(f"value of {len(value)} bytes exceeds the {limit}-byte limit for a {len(key)}-byte key")
-
-
 # ---- header fields (numba) -------------------------------------------------------------------------------------
 
 

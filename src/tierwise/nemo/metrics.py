@@ -56,6 +56,9 @@ COUNTERS = (
     "corrupt_pages", "corrupt_set_pages",
     # TTLs: lookups that met an expired copy (a miss), expired objects dropped instead of written or copied
     "expired_misses", "expired_dropped_objects", "expired_dropped_bytes",
+    # a two-tier cache: gets of objects above its size threshold (the replay counts them), and the large tier's
+    # share of the logical bytes and device writes (the small tier's is the rest)
+    "large_gets", "large_hits", "large_logical_bytes", "large_bytes_written",
     # Nemo
     "tombstones", "delete_index_reads", "writeback_objects", "writeback_hot", "writeback_cold", "writeback_shadowed",
     "sg_evictions", "evicted_objects", "recoveries",
@@ -75,6 +78,7 @@ COUNTERS = (
  C_READ_WRITEBACK, C_READ_WRITEBACK_CHECK, C_READ_LOG, C_READ_MIGRATION, C_READ_GC, C_READ_RMW, C_READ_DELETE,
  C_CORRUPT_PAGES, C_CORRUPT_SET_PAGES,
  C_EXPIRED_MISSES, C_EXPIRED_DROPPED_OBJECTS, C_EXPIRED_DROPPED_BYTES,
+ C_LARGE_GETS, C_LARGE_HITS, C_LARGE_LOGICAL_BYTES, C_LARGE_BYTES_WRITTEN,
  C_TOMBSTONES, C_DELETE_INDEX_READS, C_WRITEBACK_OBJECTS, C_WRITEBACK_HOT, C_WRITEBACK_COLD, C_WRITEBACK_SHADOWED,
  C_SG_EVICTIONS, C_EVICTED_OBJECTS, C_RECOVERIES,
  C_GC_ZONES, C_GC_SET_COPIES,
@@ -357,7 +361,18 @@ class Metrics:
         gets = c("gets")
         ratio = (lambda a, b: a / b if b else None)
         by_cause = {k: float(v) for k, v in zip(CAUSES, writes.tolist()) if v or k in now_causes(now)}
+        tiers = None
+        if c("large_gets") or c("large_logical_bytes") or c("large_bytes_written"):
+            large = {"gets": c("large_gets"), "hits": c("large_hits"), "logical_bytes": c("large_logical_bytes"),
+                     "device_bytes_written": c("large_bytes_written")}
+            small = {"gets": gets - large["gets"], "hits": c("hits") - large["hits"],
+                     "logical_bytes": logical - large["logical_bytes"],
+                     "device_bytes_written": device - large["device_bytes_written"]}
+            tiers = {name: {**t, "miss_ratio": ratio(t["gets"] - t["hits"], t["gets"]),
+                            "alwa": ratio(t["device_bytes_written"], t["logical_bytes"])}
+                     for name, t in (("small", small), ("large", large))}
         return {
+            "tiers": tiers,  # a two-tier cache's figures per tier (None otherwise)
             "device_bytes_written": device,
             "logical_bytes": logical,
             "alwa": ratio(device, logical),

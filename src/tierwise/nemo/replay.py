@@ -45,7 +45,7 @@ from tierwise.nemo.device import timing
 from tierwise.nemo.engines import make_engine
 from tierwise.nemo.engines.base import MAX_EXPIRY, Engine, engine_delete, engine_get, engine_set
 from tierwise.nemo.layout import MAX_KEY, PAGE_SIZE
-from tierwise.nemo.lookaside import (POOL, VersionTable, life_of, slot_of, spell_key, store_at, store_life,
+from tierwise.nemo.lookaside import (POOL, POOL_BYTES, VersionTable, life_of, slot_of, spell_key, store_at, store_life,
                                      value_bytes, value_start, version_at)
 from tierwise.nemo.native import borrow, internal, load_u64, ref_of
 from tierwise.nemo.traces.arrivals import TraceClock, rate_arrivals
@@ -144,7 +144,7 @@ def _warm(P, warm):
 
 @njit(cache=True)
 def replay_slice(arena, E, ops, key_ids, key_sizes, value_sizes, ttls, times, arrivals, start, rows, life, count,
-                 pool, max_value, strict, rc, keybuf, warm):
+                 pool, max_value, split, strict, rc, keybuf, warm):
     """Replay requests [start, len(ops)) of a slice on the engine whose state E is pinned in `arena`. Returns
     (outcome, index): FINISHED at the end, WARM after the request that began the steady state (resume at index),
     WRONG_VALUE or EXPIRED_VALUE at the failing request."""
@@ -172,6 +172,9 @@ def replay_slice(arena, E, ops, key_ids, key_sizes, value_sizes, ttls, times, ar
             mt.record_latency(m, mt.L_GET, timing.latency(TR))
             version, size = version_at(rows, slot, np.int64(value_sizes[i]))
             expiry, ttl = life_of(life, slot)
+            large = 0 <= split < size  # a two-tier cache: a get of the large tier's size class
+            if large:
+                m.counters[mt.C_LARGE_GETS] += 1
             if not hit:
                 rc[LOOKASIDE] += 1
                 store_at(rows, count, slot, kid, version, size)
@@ -193,6 +196,8 @@ def replay_slice(arena, E, ops, key_ids, key_sizes, value_sizes, ttls, times, ar
             else:
                 rc[HITS] += 1
                 rc[HIT_BYTES] += ksize + n
+                if large:
+                    m.counters[mt.C_LARGE_HITS] += 1
         elif ops[i] == _SET:
             rc[SETS] += 1
             version = version_at(rows, slot, 0)[0] + 1
@@ -228,6 +233,7 @@ class _Run:
         self.keybuf = np.zeros(1 << 16, np.uint8)
         self.warm = np.array([-1, int(opt.warmup * cap), int(opt.warm_capacities * cap), 0], np.int64)
         self.clock = TraceClock() if opt.arrivals == "trace" else None
+        self.max_value = min(engine.max_value_size, POOL_BYTES - 1)  # replay values are slices of the pool
 
     def run(self, part: np.ndarray, first: int) -> None:
         """Replay one slice of a trace; `first` numbers its first request."""
@@ -248,7 +254,7 @@ class _Run:
         while True:
             try:
                 outcome, i = replay_slice(eng.pinned.arena, eng.state, *cols, arrivals, i, self.table.rows,
-                                          self.table.life, self.table.count, POOL, eng.max_value_size,
+                                          self.table.life, self.table.count, POOL, self.max_value, eng.size_split,
                                           self.opt.strict, self.rc, self.keybuf, self.warm)
             except (fl.DeviceFault, TierwiseError) as e:
                 eng._fault(e)

@@ -20,6 +20,8 @@ DESIGNS = {
     "set": "tierwise.nemo.engines.setassoc",
     "kangaroo": "tierwise.nemo.engines.kangaroo",
     "fairywren": "tierwise.nemo.engines.fairywren",
+    "block": "tierwise.nemo.engines.block",
+    "tiered": "tierwise.nemo.engines.tiered",
 }
 
 _REGISTRY: dict[str, Callable[..., Engine]] = {}

@@ -178,6 +178,7 @@ class Engine(ABC):
 
     name: str = "engine"
     max_value_size: int = 2048  # largest value accepted (CacheLib's small-item max); larger sets raise TierwiseError
+    size_split: int = -1  # a two-tier cache: values above this go to its large tier (the replay counts their gets)
 
     def __init__(self, device: Any, metrics: Metrics | None = None):
         self.device = device
@@ -215,9 +216,10 @@ class Engine(ABC):
         """Install the state bundle the compiled request path works on (pinned: compiled code takes its ref)."""
         self.state = state
         self.pinned = Pinned(state)
-        self._out = np.zeros(layout.PAGE_SIZE, np.uint8)
+        largest = max(layout.PAGE_SIZE, self.max_value_size)
+        self._out = np.zeros(largest, np.uint8)
         self._handle = make_handle(self.pinned.arena, state, np.zeros(layout.MAX_KEY, np.uint8),
-                                   np.zeros(layout.PAGE_SIZE, np.uint8), self._out)
+                                   np.zeros(largest, np.uint8), self._out)
 
     # The request methods are on the server's path: one compiled call each, arguments checked inline.
     def get(self, key: bytes) -> bytes | None:
@@ -241,8 +243,11 @@ class Engine(ABC):
             key = bytes(key)
         if type(value) is not bytes:
             value = bytes(value)
-        if not 0 < len(key) <= layout.MAX_KEY or len(value) > min(self.max_value_size, layout.max_value_size(len(key))):
-            layout.check_object(key, value, self.max_value_size)  # raises, naming the limit
+        if not 0 < len(key) <= layout.MAX_KEY:
+            raise _bad_key(key)
+        if len(value) > self.value_limit(len(key)):
+            raise TierwiseError(f"value of {len(value)} bytes exceeds the {self.value_limit(len(key))}-byte limit "
+                                f"of engine {self.name} for a {len(key)}-byte key")
         if expiry and not 0 < expiry <= MAX_EXPIRY:
             raise TierwiseError(f"expiry {expiry} outside 0..{MAX_EXPIRY} (seconds on the engine's clock)")
         if self.failed is not None:
@@ -272,6 +277,10 @@ class Engine(ABC):
             api_flush(self._handle)
         except (DeviceFault, TierwiseError) as e:
             self._fault(e)
+
+    def value_limit(self, key_len: int) -> int:
+        """The largest value `set` takes with a `key_len`-byte key (a set page's room, at most `max_value_size`)."""
+        return min(self.max_value_size, layout.max_value_size(key_len))
 
     @property
     def clock(self) -> int:

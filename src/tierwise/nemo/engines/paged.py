@@ -551,13 +551,13 @@ def log_flush(P, L):
 
 
 @internal
-def _ring_push(ring, st, at, count, value):
+def ring_push(ring, st, at, count, value):
     ring[(st[at] + st[count]) % ring.shape[0]] = value
     st[count] += 1
 
 
 @internal
-def _ring_pop(ring, st, at, count):
+def ring_pop(ring, st, at, count):
     v = ring[st[at]]
     st[at] = (st[at] + 1) % ring.shape[0]
     st[count] -= 1
@@ -567,11 +567,11 @@ def _ring_pop(ring, st, at, count):
 @internal
 def _advance_zone(P, L):
     st = L.st
-    _ring_push(L.live, st, LIVE_AT, LIVE_N, st[ZONE])
+    ring_push(L.live, st, LIVE_AT, LIVE_N, st[ZONE])
     n = 0
     if st[FREE_N] == 0:
         n = _evict_oldest(L)
-    st[ZONE] = _ring_pop(L.free, st, FREE_AT, FREE_N)
+    st[ZONE] = ring_pop(L.free, st, FREE_AT, FREE_N)
     st[WP] = 0
     L.ev_readmit[:n] = 0
     if n:
@@ -590,7 +590,7 @@ def _advance_zone(P, L):
 def _evict_oldest(L):
     """Read the oldest zone, list its live objects (ev_tag / ev_loc), reset it; returns how many."""
     st = L.st
-    victim = _ring_pop(L.live, st, LIVE_AT, LIVE_N)
+    victim = ring_pop(L.live, st, LIVE_AT, LIVE_N)
     ppz = L.io.ppz
     read_pages_into(L.io, victim, 0, L.evicting, ppz, L.cause)
     st[EVICTING] = victim
@@ -610,7 +610,7 @@ def _evict_oldest(L):
                 n += 1
             pos += layout.obj_size_at(page, pos)
     reset_zone(L.io, victim)
-    _ring_push(L.free, st, FREE_AT, FREE_N, victim)
+    ring_push(L.free, st, FREE_AT, FREE_N, victim)
     st[EV_N] = n
     return n
 
