@@ -75,6 +75,15 @@ DESIGNS = {
                    # a later flush: full sets sacrifice objects (those shadowing flash copies become tombstones)
                    model_options={"flush_threshold": 4}, model_events=("dropped_objects",)),
 }
+# the large-object log: 16 zones of 64 KB hold a few objects of the largest size each
+DESIGNS["block"] = Design("block", 16, 64, {}, events={"zoned": ("evicted_objects",), "ssd": ("evicted_objects",)},
+                          ttl_events=())
+# Nemo on 16 zones of 40 KB (as above) and a block log on 8 more; values over 300 B (about half the fillers) go to
+# the block log, so churn fills both tiers
+DESIGNS["tiered"] = Design("tiered", 24, 40, {"small_zones": 16, "threshold": 300, "small.sets_per_sg": 8,
+                                              "small.flush_threshold": 1},
+                           events={"zoned": ("sg_evictions", "evicted_objects"),
+                                   "ssd": ("sg_evictions", "evicted_objects")})
 SSD_OP = 0.25  # over-provisioning of the FTL model: small erase blocks need a few spare ones for its GC
 STRICT = os.environ.get("TIERWISE_CONFORMANCE_STRICT", "") not in ("", "0")
 
@@ -521,11 +530,11 @@ def _state(engine, dev):
 def test_bad_input_raises_and_leaves_the_cache_unchanged(variant, rig):
     engine, dev = rig(variant)
     m = engine.max_value_size
-    assert 1 <= m <= PAGE_SIZE
+    assert 1 <= m <= (PAGE_SIZE if variant.design not in ("block", "tiered") else dev.zone_capacity)
     assert engine.set(b"keep", b"kept") and engine.set(b"big", value(1, m)) and engine.set(b"k" * 255, value(2, m))
     before = _state(engine, dev)
     for key, val in ((b"keep", b"x" * (m + 1)), (b"new", b"x" * (m + 1)), (b"k" * 255, b"x" * (m + 1)),
-                     (b"keep", b"x" * (4 * PAGE_SIZE))):
+                     (b"keep", b"x" * (m + 4 * PAGE_SIZE))):
         with pytest.raises(TierwiseError):
             engine.set(key, val)
     for bad in (b"", b"k" * 256, b"x" * 1000):
@@ -606,6 +615,9 @@ def replay_by_hand(engine, chunks) -> dict[str, int]:
                     engine.metrics.get(False)
                 version, size = table.get(kid, (0, vsize))
                 expiry, last_ttl = life.get(kid, (0, 0))
+                large = 0 <= engine.size_split < size  # a two-tier cache's large size class
+                if large:
+                    engine.metrics.count("large_gets")
                 if got is None:
                     rc["lookaside_sets"] += 1
                     table[kid] = (version, size)
@@ -623,6 +635,8 @@ def replay_by_hand(engine, chunks) -> dict[str, int]:
                 else:
                     rc["hits"] += 1
                     rc["hit_bytes"] += ksize + len(got)
+                    if large:
+                        engine.metrics.count("large_hits")
             elif op == 1:
                 rc["sets"] += 1
                 version = table.get(kid, (0, 0))[0] + 1

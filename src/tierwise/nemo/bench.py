@@ -58,8 +58,11 @@ COLUMNS = ["run", "device", "alwa", "dlwa", "e2e_wa", "index_bits_per_obj", "tot
 
 # the comparison on an 80-column terminal: a few columns, headers carrying their units (tierwise.common.report
 # formats the cells by them); the JSON and Markdown reports keep every column
+TIER_COLUMNS = ["small_miss_ratio", "large_miss_ratio", "small_alwa", "large_alwa"]  # two-tier rows only
 TERMINAL_COLUMNS = {"run": "run", "alwa": "ALWA", "e2e_wa": "E2E WA", "index_bits_per_obj": "bits",
-                    "miss_ratio": "miss (%)", "get_p99_us": "p99 (us)", "set_fill": "fill (%)", "paper_wa": "paper"}
+                    "miss_ratio": "miss (%)", "get_p99_us": "p99 (us)", "set_fill": "fill (%)", "paper_wa": "paper",
+                    "small_miss_ratio": "small miss (%)", "large_miss_ratio": "large miss (%)",
+                    "small_alwa": "small ALWA", "large_alwa": "large ALWA"}
 
 
 @dataclass
@@ -172,6 +175,8 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         "requests": result.requests, "window": s["window"], "seconds": result.seconds, "options": dict(spec.options),
         "profile": profile, "rate": spec.rate if spec.arrivals == "rate" else None,
     }
+    for tier, t in (s.get("tiers") or {}).items():  # a two-tier cache: each tier's own figures
+        row[f"{tier}_miss_ratio"], row[f"{tier}_alwa"] = t["miss_ratio"], t["alwa"]
     return {"row": row, "series": result.series, "summary": s, "engine_config": result.engine_config,
             "replay": result.counters}
 
@@ -466,7 +471,9 @@ def load_sweep_config(path: str | Path) -> dict[str, Any]:
 
 def rows_for_print(rows: Iterable[dict[str, Any]], columns: list[str] = COLUMNS) -> list[dict[str, Any]]:
     """Rows reduced to `columns`, with the paper's WA where the rows have it (the Markdown report)."""
-    return [{c: r.get(c) for c in [*columns, *(["paper_wa"] if "paper_wa" in r else [])]} for r in rows]
+    rows = list(rows)
+    tiers = [c for c in TIER_COLUMNS if any(c in r for r in rows)]
+    return [{c: r.get(c) for c in [*columns, *tiers, *(["paper_wa"] if "paper_wa" in r else [])]} for r in rows]
 
 
 def rows_for_terminal(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
