@@ -317,6 +317,9 @@ def serve_cmd(
                                         "set full. 1 never drops an acknowledged write while the cache has room; "
                                         "larger fills SGs better (lower write amplification) but may drop "
                                         "recent writes."),
+    engine: str = typer.Option("nemo", "--engine", help="nemo (items up to 2 KB), or tiered: Nemo for items up to "
+                               "2 KB and a block log on the last zones for larger ones, up to --max-value (the block "
+                               "log starts empty at every restart)."),
 ) -> None:
     """Serve a Nemo cache over the memcached text protocol until SIGTERM/SIGINT (then flush and sync)."""
     from tierwise.common.units import parse_size
@@ -326,7 +329,7 @@ def serve_cmd(
           dram_bytes=size_flag("dram_size", dram_size, dram_mb), max_conns=max_conns,
           max_value=parse_size(max_value, "--max-value"), engine_thread=engine_thread, fresh=fresh,
           journal_dir=journal, sync=sync, sync_interval_ms=sync_interval_ms, idle_timeout=idle_timeout,
-          flush_threshold=flush_threshold)
+          flush_threshold=flush_threshold, engine=engine)
 
 
 # ---- bench and sweep ---------------------------------------------------------------------------------------------

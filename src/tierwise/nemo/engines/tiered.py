@@ -91,12 +91,13 @@ register_compiled(TieredState, get=get, set=set_, delete=delete, flush=flush)
 class TieredEngine(Engine):
     """`small` (a small-object design) on the first `small_zones` zones, a `block` log on the rest; values above
     `threshold` bytes (default: the small design's largest) go to the block log. Options of a tier are given as
-    `small.NAME=value` / `large.NAME=value` (e.g. `small.flush_threshold=16`)."""
+    `small.NAME=value` / `large.NAME=value` (e.g. `small.flush_threshold=16`). `recover` recovers a Nemo small tier
+    from flash; the block log always starts empty (as CacheLib's BlockCache after a crash)."""
 
     name = "tiered"
 
     def __init__(self, device, metrics=None, *, small: str = "nemo", small_zones: int | None = None,
-                 threshold: int | None = None, **tier_options: Any):
+                 threshold: int | None = None, recover: bool = False, **tier_options: Any):
         super().__init__(device, metrics)
         if small not in SMALL_DESIGNS:
             raise TierwiseError(f"tiered: small must be one of {', '.join(SMALL_DESIGNS)}, got {small!r}")
@@ -112,6 +113,10 @@ class TieredEngine(Engine):
         if not 0 < small_zones <= n - 2:
             raise TierwiseError(f"tiered: small_zones must leave the large tier 2 of the device's {n} zones, "
                                 f"got {small_zones}")
+        if recover:  # the small tier's contents come back (Nemo's recovery); the block log starts empty
+            if small != "nemo":
+                raise TierwiseError(f"tiered: only a nemo small tier can be recovered, not {small!r}")
+            opts["small"]["recover"] = True
         self.small = make_engine(small, ZonePrefix(device, small_zones), metrics=self.metrics, **opts["small"])
         self.large = BlockEngine(device, self.metrics, zones=list(range(small_zones, n)), **opts["large"])
         self.threshold = self.small.max_value_size if threshold is None else threshold
@@ -126,6 +131,19 @@ class TieredEngine(Engine):
 
     def value_limit(self, key_len: int) -> int:
         return self.large.value_limit(key_len)
+
+    # a Nemo small tier's own state, for the server (its journal follows Nemo's SG flushes)
+    @property
+    def next_seq(self) -> int:
+        return self.small.next_seq
+
+    @property
+    def cfg(self):
+        return self.small.cfg
+
+    @property
+    def recovery(self):
+        return getattr(self.small, "recovery", None)
 
     def dram_bytes(self) -> dict[str, int]:
         return {**{f"{k}@small": v for k, v in self.small.dram_bytes().items()}, **self.large.dram_bytes()}

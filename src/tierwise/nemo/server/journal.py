@@ -71,9 +71,9 @@ _RECORD = struct.Struct("<BHQ")  # kind, key length, value: DELETE, FLUSH, FLUSH
 _SET = struct.Struct("<BHQI")  # ... and exptime
 _ITEM = struct.Struct("<BHQII")  # ... and the length of the item's bytes
 SET_RECORD = _SET.size  # bytes of a SET record besides its key
-# The most an ITEM adds to a SET record: its data length and the item, which is one Nemo object (it fits a 4 KB
-# set page). `reserve` counts it for every record a write may add, so a commit never needs room it did not reserve.
-_ITEM_EXTRA = _ITEM.size - _SET.size + 4096
+# The most an ITEM adds to a SET record: its data length and the item, at most `max_item` bytes (a Nemo object fits
+# a 4 KB set page; a two-tier cache's large items are bigger). `reserve` counts it for every record a write may
+# add, so a commit never needs room it did not reserve.
 # room kept free beyond the reserved writes: a block header and the records a batch adds on its own (a delayed
 # flush_all firing: FLUSH and FLUSH_AT; a flush_all request; SEQ)
 _SLACK = _BLOCK.size + 4 * _RECORD.size
@@ -176,7 +176,8 @@ class _Segment:
 
 class AckJournal:
     def __init__(self, folder: str | Path, *, segment_bytes: int = 4 << 20, compact_bytes: int = 8 << 20,
-                 sync: str = "never", sync_interval: float = 0.005):
+                 sync: str = "never", sync_interval: float = 0.005, max_item: int = 4096):
+        self._item_extra = _ITEM.size - _SET.size + max_item
         if sync not in SYNC_POLICIES:
             raise TierwiseError(f"sync policy {sync!r}: give one of {', '.join(SYNC_POLICIES)}")
         self.folder = Path(folder)
@@ -262,7 +263,7 @@ class AckJournal:
         plus the key, for each key a write may change), opening a new segment if needed. Each of those records may
         become an ITEM, and each key has a byte at least, so room for that many items is added. Raises JournalFull
         when there is no room (disk full, I/O error): then nothing may be acknowledged that would need it."""
-        need = len(self._pending) + extra + extra // (SET_RECORD + 1) * _ITEM_EXTRA + _SLACK
+        need = len(self._pending) + extra + extra // (SET_RECORD + 1) * self._item_extra + _SLACK
         if self._map is None or self._size + need > len(self._map):
             self._open_segment(self._durable, need)
 

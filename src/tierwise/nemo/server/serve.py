@@ -27,6 +27,8 @@ from tierwise.nemo.server.commands import CommandHandler
 from tierwise.nemo.server.journal import DELETE, SET, AckJournal, JournalFull
 from tierwise.nemo.server.protocol import Limits
 
+SMALL_ITEM = 2048  # a tiered cache's Nemo holds items of up to this many data bytes (CacheLib's small-item limit)
+
 ITEM_HEADER_MAX = items.header_size(1, 1)
 
 
@@ -114,6 +116,7 @@ class _Opener:
     sync_interval: float = 0.005
     block_lock: int = -1  # fd holding a block device with O_EXCL
     flush_threshold: int = 1  # Nemo's p_th (see open_cache)
+    engine_name: str = "nemo"  # or "tiered": Nemo for items up to SMALL_ITEM, a block log for larger ones
 
     def engine(self, *, fresh: bool):
         from tierwise.nemo.device import open_device
@@ -124,6 +127,10 @@ class _Opener:
         dev = open_device(self.spec, **self.geometry, **options)
         recover = (existing or self.spec.startswith("zbd:")) and not fresh
         try:
+            if self.engine_name == "tiered":
+                small = SMALL_ITEM + ITEM_HEADER_MAX
+                return make_engine("tiered", dev, recover=recover, threshold=small,
+                                   **{"small.max_value_size": small, "small.flush_threshold": self.flush_threshold})
             return make_engine("nemo", dev, recover=recover, max_value_size=self.max_value + ITEM_HEADER_MAX,
                                flush_threshold=self.flush_threshold)
         except BaseException:
@@ -135,7 +142,8 @@ class _Opener:
         journal saw written; anything it cannot vouch for is dropped (made invisible), never served."""
         if self.journal_dir is None:
             return None, {"keys": 0, "deleted": 0, "restored": 0, "notes": []}
-        journal = AckJournal(self.journal_dir, sync=self.sync, sync_interval=self.sync_interval)
+        journal = AckJournal(self.journal_dir, sync=self.sync, sync_interval=self.sync_interval,
+                             max_item=engine.max_value_size)
         if fresh:  # the device was wiped: so is every segment a previous run left (load would replay them)
             journal.discard(engine.next_seq)
         replay = journal.load(engine.next_seq)
@@ -163,7 +171,7 @@ class _Opener:
 def open_cache(device: str, *, flash_bytes: int | None = None, zone_bytes: int | None = None,
                dram_bytes: int | None = None, max_value: int = 2048, fresh: bool = False,
                journal_dir: str | Path | None = None, sync: str = "never", sync_interval_ms: float = 5.0,
-               flush_threshold: int = 1) -> Cache:
+               flush_threshold: int = 1, engine: str = "nemo") -> Cache:
     """Open `device` (`file:FOLDER`, a folder path, `mem` or `zbd:/dev/...`) and the Nemo cache on it. The
     acknowledgement journal lives in `journal_dir`, by default inside a file-backed device's folder; `sync` is its
     sync policy (never, batch: at most one fdatasync per `sync_interval_ms`, always: see `journal`).
@@ -172,10 +180,16 @@ def open_cache(device: str, *, flash_bytes: int | None = None, zone_bytes: int |
     in every buffer, and each insert before that makes room by dropping the oldest buffered objects of that set
     (the paper's delayed flush: ~90% SG fill and ALWA ~1.16 on tiny objects, against ~60% and ~1.6 at 1). Those are
     acknowledged writes read back as misses while the cache has room (4% of a working set written once), which
-    no memcached user expects, so a served cache flushes at once (1) unless told otherwise."""
+    no memcached user expects, so a served cache flushes at once (1) unless told otherwise.
+
+    `engine` "tiered" keeps items of up to 2048 data bytes in Nemo and larger ones (up to `max_value`, at most what a
+    zone holds) in a block log on the device's last zones (`tierwise.nemo.engines.tiered`); the block log starts
+    empty at every restart."""
     from tierwise.nemo.layout import max_value_size
 
-    largest = max_value_size(1) - ITEM_HEADER_MAX
+    if engine not in ("nemo", "tiered"):
+        raise TierwiseError(f"--engine {engine!r}: give nemo or tiered")
+    largest = max_value_size(1) - ITEM_HEADER_MAX if engine == "nemo" else 1 << 20
     if not 1 <= max_value <= largest:
         raise TierwiseError(f"--max-value {max_value} out of range: at most {largest} bytes (a value, its "
                             f"{ITEM_HEADER_MAX}-byte item header and the key must fit one 4 KB set page)")
@@ -192,7 +206,7 @@ def open_cache(device: str, *, flash_bytes: int | None = None, zone_bytes: int |
         geometry = dict(flash_bytes=flash_bytes, zone_size=zone)
     jdir = Path(journal_dir) if journal_dir else folder / "server-journal" if folder is not None else None
     opener = _Opener(spec, folder, geometry, max_value, jdir, sync, sync_interval_ms / 1000,
-                     flush_threshold=flush_threshold)
+                     flush_threshold=flush_threshold, engine_name=engine)
     if spec.startswith("zbd:"):
         opener.block_lock = lock_block_device(spec[4:])
     try:
@@ -203,6 +217,10 @@ def open_cache(device: str, *, flash_bytes: int | None = None, zone_bytes: int |
     if folder is not None:
         opener.geometry = {}  # the folder is a device now: a reopen recovers it
     dev = engine.device
+    if max_value + ITEM_HEADER_MAX > engine.max_value_size:
+        _give_up(engine, opener)
+        raise TierwiseError(f"--max-value {max_value} out of range: at most {engine.max_value_size - ITEM_HEADER_MAX} "
+                            "bytes on this device (an item and its header must fit one zone)")
     if existing and flash_bytes is not None and abs(dev.capacity_bytes - flash_bytes) >= dev.zone_capacity:
         _give_up(engine, opener)
         raise TierwiseError(f"{folder} holds a {dev.capacity_bytes / 2**30:.2f} GiB device, not {flash_bytes / 2**30:.2f} "
@@ -221,7 +239,7 @@ def open_cache(device: str, *, flash_bytes: int | None = None, zone_bytes: int |
     handler = CommandHandler(engine, Limits(max_value=max_value), ack)
     cache = Cache(engine, handler, ack, getattr(engine, "recovery", None), replayed, opener)
     handler.reopen, handler.room = cache.reopen, cache.room
-    warm_up_engine_code()
+    warm_up_engine_code(engine.name)
     return cache
 
 
@@ -241,7 +259,7 @@ def lock_block_device(path: str) -> int:
         raise TierwiseError(f"cannot open device {path}: {e.strerror}") from None
 
 
-def warm_up_engine_code() -> dict:
+def warm_up_engine_code(name: str = "nemo") -> dict:
     """Run a throwaway Nemo cache through sets, gets, deletes, flushes and evictions, so the engine's compiled code
     is compiled (or loaded from numba's on-disk cache) before the first client connects, instead of stalling the
     client whose set triggers the first SG flush for seconds. One compiled implementation serves every device kind,
@@ -253,10 +271,17 @@ def warm_up_engine_code() -> dict:
     sets = 4
     device = open_device("mem", num_zones=8, zone_size=(sets + 2) * PAGE_SIZE)
     # p_th 2 (a full-size device has dozens): full sets give up objects before a flush, as in service
-    engine = make_engine("nemo", device, sets_per_sg=sets, flush_threshold=2)
+    if name == "tiered":  # Nemo on the first 16 zones, a block log on 8 more; every 4th value is a large one
+        device.close()
+        device = open_device("mem", num_zones=24, zone_size=(sets + 2) * PAGE_SIZE)
+        engine = make_engine("tiered", device, small_zones=16, threshold=600,
+                             **{"small.sets_per_sg": sets, "small.flush_threshold": 2})
+    else:
+        engine = make_engine("nemo", device, sets_per_sg=sets, flush_threshold=2)
+    large = 10 if name == "tiered" else 0
     for i in range(1500):  # enough to fill, flush and evict SGs on this geometry, several times over
         key = b"warm-%d" % i
-        engine.set(key, key * (1 + i % 40))
+        engine.set(key, key * (1 + i % 40) * (1 + large * (i % 4 == 0)))
         engine.get(key)
         engine.get(b"warm-%d" % (i // 2))  # older keys: reads of flushed SGs, hotness marks, write-back
         engine.get(b"warm-miss-%d" % i)
@@ -304,7 +329,8 @@ def buffered_records(engine) -> list[tuple[int, bytes, int, int, bytes]] | None:
 
     if engine.failed is not None:
         return None
-    pages = engine.state.pages.reshape(-1, engine.state.pages.shape[-1])
+    state = getattr(engine, "small", engine).state  # a tiered cache: its Nemo's buffers (the block log's are forgotten
+    pages = state.pages.reshape(-1, state.pages.shape[-1])  # at a restart anyway)
     records = []
     for page in pages[np.flatnonzero(pages[:, 12] | pages[:, 13])]:  # pages holding objects (their count field)
         for key, value, flags, _ in iter_objects(page):
@@ -316,11 +342,15 @@ def buffered_records(engine) -> list[tuple[int, bytes, int, int, bytes]] | None:
 
 
 def describe(cache: Cache) -> str:
-    engine = cache.engine
+    engine = getattr(cache.engine, "small", cache.engine)  # a tiered cache: its Nemo, then its block log
     cfg = engine.config()
     dram = sum(engine.dram_bytes().values())
     lines = [f"nemo cache: {engine.device!r}, S={cfg['S']} sets/SG, N={cfg['N']} SGs, G={cfg['G']}, "
              f"DRAM {dram / 2**20:.1f} MiB"]
+    if engine is not cache.engine:
+        large = cache.engine.large
+        lines.append(f"block log for items over {SMALL_ITEM} B: zones {large.zones[0]}..{large.zones[-1]}, "
+                     f"DRAM {sum(large.dram_bytes().values()) / 2**20:.1f} MiB (starts empty at every restart)")
     rec = cache.recovery
     if rec is not None:
         lines.append(f"recovered in {rec.seconds:.2f} s ({rec.seconds_per_gb:.2f} s/GiB of flash): {rec.live_sgs} live "
@@ -358,13 +388,14 @@ def exposure_warning(host: str) -> str | None:
 
 def serve(device: str, *, host: str, port: int, flash_bytes: int | None, dram_bytes: int | None, max_conns: int,
           max_value: int, engine_thread: bool, fresh: bool, journal_dir: str | None = None, sync: str = "never",
-          sync_interval_ms: float = 5.0, idle_timeout: float = 0.0, flush_threshold: int = 1) -> None:
+          sync_interval_ms: float = 5.0, idle_timeout: float = 0.0, flush_threshold: int = 1,
+          engine: str = "nemo") -> None:
     from tierwise.nemo.server.server import ServerConfig, run_server
 
     t0 = time.perf_counter()
     cache = open_cache(device, flash_bytes=flash_bytes, dram_bytes=dram_bytes, max_value=max_value, fresh=fresh,
                        journal_dir=journal_dir, sync=sync, sync_interval_ms=sync_interval_ms,
-                       flush_threshold=flush_threshold)
+                       flush_threshold=flush_threshold, engine=engine)
     print(describe(cache), flush=True)
     warning = exposure_warning(host)
     if warning:
