@@ -38,9 +38,9 @@ def _bytes(size: Size | None, name: str) -> int | None:
 
 def open_engine(name: str = DEFAULT_ENGINE, flash_size: Size = REPLAY_FLASH_SIZE, zone_size: Size | None = None,
                 dram_size: Size | None = None, device: str = DEFAULT_DEVICE, **options: Any):
-    """Engine `name` (nemo, log, set, kangaroo, fairywren) on a fresh device of `flash_size` in zones of `zone_size`
-    (default: picked from the flash size); `device` is `mem` or `file:FOLDER`; `options` are the engine's (e.g.
-    `flush_threshold=16`). With `dram_size`, a configuration whose measured DRAM exceeds it is refused."""
+    """Engine `name` (nemo, log, set, kangaroo, fairywren, block, tiered) on a fresh device of `flash_size` in zones
+    of `zone_size` (default: picked from the flash size); `device` is `mem` or `file:FOLDER`; `options` are the
+    engine's (e.g. `flush_threshold=16`). With `dram_size`, a configuration whose measured DRAM exceeds it is refused."""
     from tierwise.nemo.device import open_device
     from tierwise.nemo.replay import engine_on
 

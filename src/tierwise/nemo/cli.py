@@ -182,7 +182,8 @@ def device_profiles(json_out: Optional[str] = json_option("every profile's param
 @app.command("replay")
 def replay_cmd(
     trace: str = typer.Option(..., "--trace", help=TRACE_HELP),
-    engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help="Engine: nemo, log, set, kangaroo, fairywren."),
+    engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help="Engine: nemo, log, set, kangaroo, fairywren, "
+                               "block (large objects) or tiered (nemo + block)."),
     flash_size: Optional[str] = size_option("flash_size", "Flash (device) size", REPLAY_FLASH_SIZE),
     dram_size: Optional[str] = size_option("dram_size", "DRAM budget: refuse an engine that needs more"),
     zone_size: Optional[str] = size_option("zone_size", f"Zone size (Nemo: one SG per zone); {ZONE_HELP}"),
