@@ -319,8 +319,7 @@ def serve_cmd(
                                         "larger fills SGs better (lower write amplification) but may drop "
                                         "recent writes."),
     engine: str = typer.Option("nemo", "--engine", help="nemo (items up to 2 KB), or tiered: Nemo for items up to "
-                               "2 KB and a block log on the last zones for larger ones, up to --max-value (the block "
-                               "log starts empty at every restart)."),
+                               "2 KB and a block log on the last zones for larger ones, up to --max-value."),
 ) -> None:
     """Serve a Nemo cache over the memcached text protocol until SIGTERM/SIGINT (then flush and sync)."""
     from tierwise.common.units import parse_size

@@ -9,7 +9,7 @@ as many 4 KB pages as it needs, but never two zones:
     4       4     value length
     8       4     expiry (seconds on the cache's clock; 0 = never)
     12      1     key length
-    13      1     flags (unused: 0)
+    13      1     flags (1: a tombstone, written by a delete: no value)
     14      2     magic 0xB10C (a record starts here; zeros are padding)
     16      8     sequence number (records in write order)
 
@@ -17,8 +17,10 @@ The zone being filled is a DRAM buffer (CacheLib's region buffer): it is written
 (the zone is then finished: its unused tail costs no write) or at `flush` (up to the next page boundary, which is
 padding). An index entry holds the record's byte address and length, so a get is one read of exactly the record;
 records in the open zone are served from the buffer. Eviction reads the oldest zone to unlink its live records
-(CacheLib reads a reclaimed region too) and resets it. An overwritten or deleted key's older record just stops
-being indexed; nothing is rewritten, so the only write amplification is headers and padding.
+(CacheLib reads a reclaimed region too) and resets it. An overwritten key's older record just stops being indexed;
+a delete of an indexed key also appends a tombstone record, so recovery (`recover=True`: the zones' records
+replayed in sequence order) never brings a deleted key back. Nothing is rewritten, so the only write amplification
+is headers, tombstones and padding.
 
 It runs alone (design "block") and as the large-object tier of a two-tier cache (`tiered.py`), on the zones it is
 given.
@@ -39,7 +41,7 @@ from tierwise.nemo.engines.base import Engine, register_compiled
 from tierwise.nemo.engines.paged import (LIVE, index_capacity, index_nbytes, ix_lookup, ix_insert, ix_remove,
                                          key_tag, new_log_index, ring_pop, ring_push)
 from tierwise.nemo.layout import MAX_KEY, PAGE_SIZE
-from tierwise.nemo.native import copy_bytes, crc32c, internal
+from tierwise.nemo.native import copy_bytes, crc32c, internal, ref_of
 
 HEADER = 24
 MAGIC = 0xB10C
@@ -56,7 +58,9 @@ BlockState = namedtuple("BlockState", [
     "scratch",  # uint8[largest record + 2 pages]: reads on syscall devices
     "bucket_mask",
 ])
-ZONE, WP, POS, FREE_AT, FREE_N, LIVE_AT, LIVE_N, SEQ, P_KV, P_META, P_OBJECTS = range(11)  # st; P_*: not yet written
+# st; P_*: what the buffer holds that is not yet written
+ZONE, WP, POS, FREE_AT, FREE_N, LIVE_AT, LIVE_N, SEQ, P_KV, P_META, P_OBJECTS, P_TOMBSTONES = range(12)
+TOMBSTONE = 1
 
 
 @internal(inline=True)
@@ -130,11 +134,10 @@ def holds(P, key):
 
 
 @internal
-def set_(P, key, value, expiry):
-    st, m = P.st, P.m
+def _append(P, key, value, expiry, flags):
+    """Put a record in the buffer (sealing the zone first if it does not fit); returns its index entry."""
+    st = P.st
     klen, vlen = key.shape[0], value.shape[0]
-    m.counters[mt.C_INSERTS] += 1
-    m.counters[mt.C_INSERT_BYTES] += klen + vlen
     n = record_length(klen, vlen)
     if st[POS] + n > P.buf.shape[0]:
         _seal(P)
@@ -143,29 +146,43 @@ def set_(P, key, value, expiry):
     _put(r, at + 4, vlen, 4)
     _put(r, at + 8, expiry, 4)
     r[at + 12] = klen
-    r[at + 13] = 0
+    r[at + 13] = flags
     _put(r, at + 14, MAGIC, 2)
     _put(r, at + 16, st[SEQ], 8)
     copy_bytes(r, at + HEADER, key, 0, klen)
     copy_bytes(r, at + HEADER + klen, value, 0, vlen)
     _put(r, at, crc32c(r[at + 4:at + HEADER + klen + vlen]), 4)
     st[SEQ] += 1
-    addr = st[ZONE] * P.dev.zone_cap + at
-    tag = key_tag(key)
-    ix_insert(P.ix, np.int64(tag & np.uint64(P.bucket_mask)), tag, (addr >> 3) << _LEN_BITS | n >> 3)
     st[POS] = at + n
-    st[P_KV] += klen + vlen
-    st[P_META] += n - klen - vlen
-    st[P_OBJECTS] += 1
+    if flags & TOMBSTONE:
+        st[P_TOMBSTONES] += n
+    else:
+        st[P_KV] += klen + vlen
+        st[P_META] += n - klen - vlen
+        st[P_OBJECTS] += 1
+    addr = st[ZONE] * P.dev.zone_cap + at
+    return (addr >> 3) << _LEN_BITS | n >> 3
+
+
+@internal
+def set_(P, key, value, expiry):
+    m = P.m
+    m.counters[mt.C_INSERTS] += 1
+    m.counters[mt.C_INSERT_BYTES] += key.shape[0] + value.shape[0]
+    loc = _append(P, key, value, expiry, 0)
+    tag = key_tag(key)
+    ix_insert(P.ix, np.int64(tag & np.uint64(P.bucket_mask)), tag, loc)
     return True
 
 
 @internal
 def delete(P, key):
-    """An older record stops being indexed (nothing is written: a restarted block tier starts empty)."""
+    """Unlink the key's record; a tombstone record keeps recovery from bringing it back."""
     P.m.counters[mt.C_DELETES] += 1
     tag = key_tag(key)
-    ix_remove(P.ix, np.int64(tag & np.uint64(P.bucket_mask)), tag, -1)
+    if ix_remove(P.ix, np.int64(tag & np.uint64(P.bucket_mask)), tag, -1):
+        P.m.counters[mt.C_TOMBSTONES] += 1
+        _append(P, key, key[:0], 0, TOMBSTONE)
 
 
 @internal
@@ -189,13 +206,15 @@ def _write(P, end):
     w, c = m.writes, m.counters
     w[mt.W_USER] += st[P_KV]
     w[mt.W_OBJECT_HEADERS] += st[P_META]
-    w[mt.W_PADDING] += n - st[P_KV] - st[P_META]
+    w[mt.W_TOMBSTONE] += st[P_TOMBSTONES]
+    w[mt.W_PADDING] += n - st[P_KV] - st[P_META] - st[P_TOMBSTONES]
     c[mt.C_FLASHED_OBJECTS] += st[P_OBJECTS]
     c[mt.C_LOGICAL_BYTES] += st[P_KV]
     c[mt.C_LOGICAL_HEADER_BYTES] += st[P_META]
     st[P_KV] = 0
     st[P_META] = 0
     st[P_OBJECTS] = 0
+    st[P_TOMBSTONES] = 0
     st[WP] = end
 
 
@@ -209,6 +228,12 @@ def _seal(P):
     if st[WP] < F.zone_cap:
         fl.finish(F, st[ZONE])
     ring_push(P.live, st, LIVE_AT, LIVE_N, st[ZONE])
+    _open_next(P)
+
+
+@internal
+def _open_next(P):
+    st = P.st
     if st[FREE_N] == 0:
         _evict_oldest(P)
     st[ZONE] = ring_pop(P.free, st, FREE_AT, FREE_N)
@@ -248,6 +273,53 @@ def _evict_oldest(P):
 register_compiled(BlockState, get=get, set=set_, delete=delete, flush=flush)
 
 
+# ---- recovery ----------------------------------------------------------------------------------------------------
+
+@njit(cache=True)
+def scan_zone(data, zone, zone_cap, seqs, tags, locs, kinds):
+    """The records of one zone's bytes, in order, up to the first damaged one: (records, intact). Record i:
+    seqs[i], tags[i] (the key's), locs[i] (its index entry), kinds[i] (its flags)."""
+    n = data.shape[0]
+    pos = 0
+    k = 0
+    while pos + HEADER <= n:
+        if data[pos + 14] | np.int64(data[pos + 15]) << 8 != MAGIC:
+            pos = _page_end(pos + 1)
+            continue
+        klen, vlen = np.int64(data[pos + 12]), _u32(data, pos + 4)
+        end = pos + HEADER + klen + vlen
+        size = record_length(klen, vlen)
+        if klen == 0 or pos + size > n or _u32(data, pos) != crc32c(data[pos + 4:end]):
+            return k, False
+        seq = np.int64(0)
+        for b in range(8):
+            seq |= np.int64(data[pos + 16 + b]) << (8 * b)
+        seqs[k] = seq
+        tags[k] = key_tag(data[pos + HEADER:pos + HEADER + klen])
+        locs[k] = ((zone * zone_cap + pos) >> 3) << _LEN_BITS | size >> 3
+        kinds[k] = data[pos + 13]
+        k += 1
+        pos += size
+    return k, True
+
+
+@njit(cache=True)
+def _index_records(ix, mask, seqs, tags, locs, kinds, since):
+    """Replay records (in sequence order) into the index: a record indexes its key, a tombstone unlinks it; records
+    before `since` are not trusted (damage may have lost a later tombstone of theirs)."""
+    for i in range(tags.shape[0]):
+        b = np.int64(tags[i] & np.uint64(mask))
+        if kinds[i] & TOMBSTONE or seqs[i] < since:
+            ix_remove(ix, b, tags[i], -1)
+        else:
+            ix_insert(ix, b, tags[i], locs[i])
+
+
+@njit(cache=True)
+def _open_entry(arena, state):
+    _open_next(ref_of(arena, state))
+
+
 @register_engine("block")
 class BlockEngine(Engine):
     """BlockCache-like large-object log on `zones` (default: every zone of the device)."""
@@ -255,7 +327,7 @@ class BlockEngine(Engine):
     name = "block"
 
     def __init__(self, device, metrics=None, *, zones: list[int] | None = None, max_value_size: int | None = None,
-                 expected_object_bytes: int = 32 << 10, bucket_load: float = 2.0):
+                 expected_object_bytes: int = 32 << 10, bucket_load: float = 2.0, recover: bool = False):
         super().__init__(device, metrics)
         zones = list(range(device.num_zones)) if zones is None else [int(z) for z in zones]
         cap = device.zone_capacity
@@ -272,13 +344,14 @@ class BlockEngine(Engine):
         self.max_value_size = max_value_size
         self.zones = zones
         self.expected_object_bytes, self.bucket_load = expected_object_bytes, bucket_load
+        found = self._scan(device, zones) if recover else []
         for z in zones:  # a new cache; only its own zones (a tier shares the device)
-            if device.write_pointer(z):
+            if device.write_pointer(z) and z not in {f[1] for f in found}:
                 device.reset(z)
         capacity = len(zones) * cap
         nb = 1 << max(4, int(np.ceil(np.log2(capacity / expected_object_bytes / bucket_load))))
         ix = new_log_index(nb, capacity // record_length(1, 0), max_loc=1 << 63)
-        st = np.zeros(11, np.int64)
+        st = np.zeros(12, np.int64)
         free = np.array(zones, np.int64)
         st[ZONE] = free[0]
         st[FREE_AT], st[FREE_N] = 1 % len(zones), len(zones) - 1
@@ -286,6 +359,68 @@ class BlockEngine(Engine):
         self._ready(BlockState(device.flash, self.metrics.arrays, ix, free, np.zeros(len(zones), np.int64), st,
                                np.zeros(cap, np.uint8), np.zeros(cap, np.uint8),
                                np.zeros(largest_record + 2 * PAGE_SIZE, np.uint8), nb - 1))
+        self.recovered = None
+        if recover:
+            self._rebuild(found)
+
+    @staticmethod
+    def _scan(device, zones):
+        """(first seq, zone, bytes written, intact, records) of every zone holding records, oldest first."""
+        found = []
+        cap = device.zone_capacity
+        for z in zones:
+            n = device.write_pointer(z)
+            if not n:
+                continue
+            data = np.empty(n, np.uint8)
+            device.read_into(z, 0, data)
+            most = n // record_length(1, 0) + 1
+            seqs, tags, locs = np.empty(most, np.int64), np.empty(most, np.uint64), np.empty(most, np.int64)
+            kinds = np.empty(most, np.uint8)
+            k, intact = scan_zone(data, z, cap, seqs, tags, locs, kinds)
+            if k:
+                found.append((int(seqs[0]), z, n, intact, (seqs[:k].copy(), tags[:k].copy(), locs[:k].copy(),
+                                                          kinds[:k].copy())))
+            else:  # data, but not one readable record: where it stood in the log is unknown
+                found.append((-1, z, n, False, None))
+        return sorted(found, key=lambda f: f[0])
+
+    def _rebuild(self, found) -> None:
+        """Index the records found, oldest zone first; resume in the newest zone if it is intact and not full."""
+        s, cap, dev = self.state, self.device.zone_capacity, self.device
+        unplaced = [f for f in found if f[4] is None]
+        for f in unplaced:
+            dev.reset(f[1])
+        found = [f for f in found if f[4] is not None]
+        since = 0  # a damaged zone before the newest may have lost tombstones: forget everything older
+        for i, f in enumerate(found[:-1]):
+            if not f[3]:
+                since = found[i + 1][0]
+        if unplaced:  # it may have held the tombstone of any record: forget them all
+            since = max((int(f[4][0][-1]) + 1 for f in found), default=0)
+        for f in found:
+            _index_records(s.ix, s.bucket_mask, *f[4], since)
+        used = {f[1] for f in found}
+        free = [z for z in self.zones if z not in used]
+        st = s.st
+        s.free[:len(free)] = free
+        st[FREE_AT], st[FREE_N] = 0, len(free)
+        st[SEQ] = max(int(f[4][0][-1]) for f in found) + 1 if found else 0
+        resume = bool(found) and found[-1][3] and found[-1][2] < cap and dev.condition(found[-1][1]).name != "FULL"
+        live = [f[1] for f in (found[:-1] if resume else found)]
+        s.live[:len(live)] = live
+        st[LIVE_AT], st[LIVE_N] = 0, len(live)
+        for f in found:
+            if f[1] in live and dev.condition(f[1]).name != "FULL":
+                dev.finish(f[1])  # a damaged or earlier zone takes no more records
+        if resume:  # the open zone's records are served from its image in the buffer
+            z, n = found[-1][1], found[-1][2]
+            dev.read_into(z, 0, s.buf[:n])
+            st[ZONE], st[WP], st[POS] = z, n, n
+        else:
+            _open_entry(self.pinned.arena, s)
+        self.recovered = {"zones": len(found), "objects": self.object_count(), "damaged_zones":
+                          sum(not f[3] for f in found) + len(unplaced), "forgotten_before_seq": since}
 
     def value_limit(self, key_len: int) -> int:
         return self.max_value_size

@@ -22,6 +22,7 @@ from collections import namedtuple
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from tierwise.common.errors import TierwiseError
 from tierwise.nemo import metrics as mt
@@ -30,7 +31,6 @@ from tierwise.nemo.device.window import ZonePrefix
 from tierwise.nemo.engines import make_engine, register_engine
 from tierwise.nemo.engines.base import Engine, engine_delete, engine_flush, engine_get, engine_set, register_compiled
 from tierwise.nemo.engines.block import BlockEngine, holds
-from tierwise.nemo.metrics import Metrics
 from tierwise.nemo.native import internal
 
 TieredState = namedtuple("TieredState", ["dev", "m", "small", "large", "cfg"])  # cfg: int64[1], THRESHOLD
@@ -79,20 +79,30 @@ def delete(P, key):
 @internal
 def flush(P):
     engine_flush(P.small)
+    flush_large(P)
+
+
+register_compiled(TieredState, get=get, set=set_, delete=delete, flush=flush)
+
+
+@internal
+def flush_large(P):
     before = _large_begin(P)
     engine_flush(P.large)
     _large_end(P, before)
 
 
-register_compiled(TieredState, get=get, set=set_, delete=delete, flush=flush)
+@njit(cache=True)
+def _flush_large_entry(h):
+    flush_large(h.ref)
 
 
 @register_engine("tiered")
 class TieredEngine(Engine):
     """`small` (a small-object design) on the first `small_zones` zones, a `block` log on the rest; values above
     `threshold` bytes (default: the small design's largest) go to the block log. Options of a tier are given as
-    `small.NAME=value` / `large.NAME=value` (e.g. `small.flush_threshold=16`). `recover` recovers a Nemo small tier
-    from flash; the block log always starts empty (as CacheLib's BlockCache after a crash)."""
+    `small.NAME=value` / `large.NAME=value` (e.g. `small.flush_threshold=16`). `recover` recovers both tiers from
+    flash (a Nemo small tier)."""
 
     name = "tiered"
 
@@ -113,10 +123,10 @@ class TieredEngine(Engine):
         if not 0 < small_zones <= n - 2:
             raise TierwiseError(f"tiered: small_zones must leave the large tier 2 of the device's {n} zones, "
                                 f"got {small_zones}")
-        if recover:  # the small tier's contents come back (Nemo's recovery); the block log starts empty
+        if recover:  # both tiers' contents come back from flash
             if small != "nemo":
                 raise TierwiseError(f"tiered: only a nemo small tier can be recovered, not {small!r}")
-            opts["small"]["recover"] = True
+            opts["small"]["recover"] = opts["large"]["recover"] = True
         self.small = make_engine(small, ZonePrefix(device, small_zones), metrics=self.metrics, **opts["small"])
         self.large = BlockEngine(device, self.metrics, zones=list(range(small_zones, n)), **opts["large"])
         self.threshold = self.small.max_value_size if threshold is None else threshold
@@ -131,6 +141,15 @@ class TieredEngine(Engine):
 
     def value_limit(self, key_len: int) -> int:
         return self.large.value_limit(key_len)
+
+    def flush_large(self) -> None:
+        """Write what the block log buffers (up to a page boundary): the server does at every Nemo SG flush, so
+        its journal may retire large writes on Nemo's schedule."""
+        self._check_usable()
+        try:
+            _flush_large_entry(self._handle)
+        except (fl.DeviceFault, TierwiseError) as e:
+            self._fault(e)
 
     # a Nemo small tier's own state, for the server (its journal follows Nemo's SG flushes)
     @property

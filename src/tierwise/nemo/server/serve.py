@@ -49,10 +49,19 @@ class Cache:
     recovery: object | None
     journal_replayed: dict
     opener: "_Opener"
+    _large_synced_at: int = -1  # Nemo's SG count when a tiered cache's block log was last written
 
     def durable(self) -> int:
-        """SGs flushed so far: a write acknowledged before this count reached n is on flash once it reaches n+M."""
-        return self.engine.next_seq
+        """SGs flushed so far: a write acknowledged before this count reached n is on flash once it reaches n+M. A
+        tiered cache writes its block log's buffer whenever the count moves, so its large writes keep that rule."""
+        seq = self.engine.next_seq
+        if seq != self._large_synced_at and hasattr(self.engine, "flush_large"):
+            try:
+                self.engine.flush_large()
+            except Exception:  # a device fault (the next batch reopens the cache): vouch only for what was written
+                return max(self._large_synced_at, 0)
+            self._large_synced_at = seq
+        return seq
 
     @property
     def lag(self) -> int:
@@ -183,8 +192,8 @@ def open_cache(device: str, *, flash_bytes: int | None = None, zone_bytes: int |
     no memcached user expects, so a served cache flushes at once (1) unless told otherwise.
 
     `engine` "tiered" keeps items of up to 2048 data bytes in Nemo and larger ones (up to `max_value`, at most what a
-    zone holds) in a block log on the device's last zones (`tierwise.nemo.engines.tiered`); the block log starts
-    empty at every restart."""
+    zone holds) in a block log on the device's last zones (`tierwise.nemo.engines.tiered`), both recovered at a
+    restart."""
     from tierwise.nemo.layout import max_value_size
 
     if engine not in ("nemo", "tiered"):
@@ -329,8 +338,13 @@ def buffered_records(engine) -> list[tuple[int, bytes, int, int, bytes]] | None:
 
     if engine.failed is not None:
         return None
-    state = getattr(engine, "small", engine).state  # a tiered cache: its Nemo's buffers (the block log's are forgotten
-    pages = state.pages.reshape(-1, state.pages.shape[-1])  # at a restart anyway)
+    if hasattr(engine, "flush_large"):  # a tiered cache: its block log's buffer goes to flash, so only Nemo's remain
+        try:
+            engine.flush_large()
+        except Exception:  # a device fault: no checkpoint now
+            return None
+    state = getattr(engine, "small", engine).state
+    pages = state.pages.reshape(-1, state.pages.shape[-1])
     records = []
     for page in pages[np.flatnonzero(pages[:, 12] | pages[:, 13])]:  # pages holding objects (their count field)
         for key, value, flags, _ in iter_objects(page):
@@ -349,8 +363,9 @@ def describe(cache: Cache) -> str:
              f"DRAM {dram / 2**20:.1f} MiB"]
     if engine is not cache.engine:
         large = cache.engine.large
+        found = f", recovered {large.recovered['objects']} items" if large.recovered else ""
         lines.append(f"block log for items over {SMALL_ITEM} B: zones {large.zones[0]}..{large.zones[-1]}, "
-                     f"DRAM {sum(large.dram_bytes().values()) / 2**20:.1f} MiB (starts empty at every restart)")
+                     f"DRAM {sum(large.dram_bytes().values()) / 2**20:.1f} MiB{found}")
     rec = cache.recovery
     if rec is not None:
         lines.append(f"recovered in {rec.seconds:.2f} s ({rec.seconds_per_gb:.2f} s/GiB of flash): {rec.live_sgs} live "
