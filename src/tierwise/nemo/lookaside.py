@@ -3,8 +3,8 @@
 - `value_start`: values are deterministic bytes per (key id, version): a slice of one fixed random pool starting at
   a mix of both, so a hit can be checked byte for byte without storing values.
 - `spell_key`: the key bytes of a key id (the same bytes as `tierwise.nemo.traces.request.key_bytes`).
-- `VersionTable`: key id -> (version, value size) the cache should hold, an open-addressing table in one array,
-  and beside it each key's life (its expiry and TTL).
+- `VersionTable`: key id -> (version, value size, expiry, TTL) the cache should hold, an open-addressing table in
+  one array.
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ def spell_key(key_id, size, out) -> None:
         out[pos] = 46  # '.'
 
 
-# VersionTable rows: [key id, (version + 1) | value size << 32] (version + 1 = 0: empty row); 16 bytes, so a probe
-# touches one cache line and the table, which holds every key a trace has used, stays half the size
-_KEY, _STATE = 0, 1
+# VersionTable rows: [key id, (version + 1) | value size << 32, expiry | TTL << 32] (version + 1 = 0: empty row);
+# 24 bytes, so a request's probe and its expiry are (mostly) one cache line
+_KEY, _STATE, _LIFE = 0, 1, 2
 _LOW32 = np.uint64(0xFFFFFFFF)
 
 
@@ -96,34 +96,31 @@ def store_at(rows, count, slot, key_id, version, size) -> None:
 
 
 @njit(cache=True)
-def _rehash(rows, life, new_rows, new_life) -> None:
+def _rehash(rows, new_rows) -> None:
     for i in range(rows.shape[0]):
         if rows[i, _STATE] & _LOW32 != 0:
-            j = slot_of(new_rows, rows[i, _KEY])
-            new_rows[j] = rows[i]
-            new_life[j] = life[i]
+            new_rows[slot_of(new_rows, rows[i, _KEY])] = rows[i]
 
 
 @njit(cache=True, inline="always")
-def life_of(life, slot):
+def life_of(rows, slot):
     """(expiry, ttl) in seconds of the key in row `slot` (0: none)."""
-    v = life[slot]
+    v = rows[slot, _LIFE]
     return np.int64(v & _LOW32), np.int64(v >> np.uint64(32))
 
 
 @njit(cache=True, inline="always")
-def store_life(life, slot, expiry, ttl) -> None:
-    life[slot] = np.uint64(expiry) | (np.uint64(ttl) << np.uint64(32))
+def store_life(rows, slot, expiry, ttl) -> None:
+    rows[slot, _LIFE] = np.uint64(expiry) | (np.uint64(ttl) << np.uint64(32))
 
 
 class VersionTable:
     """key id -> (version, value size) the cache should hold, for compiled replay loops (`slot_of`, `version_at`,
-    `store_at` on `rows` and `count`); `life` (`life_of`, `store_life`): the expiry of that version and the TTL the
-    key was last written with, per row."""
+    `store_at` on `rows` and `count`), and the expiry of that version and the TTL the key was last written with
+    (`life_of`, `store_life`)."""
 
     def __init__(self, capacity: int = 1 << 16):
-        self.rows = np.zeros((capacity, 2), np.uint64)
-        self.life = np.zeros(capacity, np.uint64)
+        self.rows = np.zeros((capacity, 3), np.uint64)
         self.count = np.zeros(1, np.int64)
 
     def reserve(self, more: int) -> None:
@@ -132,6 +129,6 @@ class VersionTable:
         while 2 * (int(self.count[0]) + more) > cap:
             cap *= 2
         if cap != self.rows.shape[0]:
-            rows, life = np.zeros((cap, 2), np.uint64), np.zeros(cap, np.uint64)
-            _rehash(self.rows, self.life, rows, life)
-            self.rows, self.life = rows, life
+            rows = np.zeros((cap, 3), np.uint64)
+            _rehash(self.rows, rows)
+            self.rows = rows

@@ -143,13 +143,13 @@ def _warm(P, warm):
 
 
 @njit(cache=True)
-def replay_slice(arena, E, ops, key_ids, key_sizes, value_sizes, ttls, times, arrivals, start, rows, life, count,
-                 pool, max_value, split, strict, rc, keybuf, warm):
+def replay_slice(arena, E, ops, key_ids, key_sizes, value_sizes, ttls, times, arrivals, start, rows, count, pool,
+                 max_value, split, strict, rc, keybuf, warm):
     """Replay requests [start, len(ops)) of a slice on the engine whose state E is pinned in `arena`. Returns
     (outcome, index): FINISHED at the end, WARM after the request that began the steady state (resume at index),
     WRONG_VALUE or EXPIRED_VALUE at the failing request."""
     # every array outlives this call: borrowed, they cost no reference counting below
-    rows, life, pool, rc, keybuf, warm = borrow((rows, life, pool, rc, keybuf, warm))
+    rows, pool, rc, keybuf, warm = borrow((rows, pool, rc, keybuf, warm))
     P = ref_of(arena, E)
     TR = P.dev.timing
     m = P.m
@@ -171,7 +171,7 @@ def replay_slice(arena, E, ops, key_ids, key_sizes, value_sizes, ttls, times, ar
                 mt.record_get(m, False, 0, 0, PAGE_SIZE)
             mt.record_latency(m, mt.L_GET, timing.latency(TR))
             version, size = version_at(rows, slot, np.int64(value_sizes[i]))
-            expiry, ttl = life_of(life, slot)
+            expiry, ttl = life_of(rows, slot)
             large = 0 <= split < size  # a two-tier cache: a get of the large tier's size class
             if large:
                 m.counters[mt.C_LARGE_GETS] += 1
@@ -181,7 +181,7 @@ def replay_slice(arena, E, ops, key_ids, key_sizes, value_sizes, ttls, times, ar
                 if ttls[i] > 0:
                     ttl = np.int64(ttls[i])
                 expiry = _expiry(now, ttl)
-                store_life(life, slot, expiry, ttl)
+                store_life(rows, slot, expiry, ttl)
                 timing.begin_request(TR, arrivals[i])  # the refill is a set of its own, issued on the miss
                 _set(P, key, kid, size, version, expiry, pool, max_value, rc, False)
                 mt.record_latency(m, mt.L_SET, timing.latency(TR))
@@ -204,7 +204,7 @@ def replay_slice(arena, E, ops, key_ids, key_sizes, value_sizes, ttls, times, ar
             store_at(rows, count, slot, kid, version, value_sizes[i])
             ttl = max(np.int64(ttls[i]), 0)
             expiry = _expiry(now, ttl)
-            store_life(life, slot, expiry, ttl)
+            store_life(rows, slot, expiry, ttl)
             _set(P, key, kid, np.int64(value_sizes[i]), version, expiry, pool, max_value, rc, True)
             mt.record_latency(m, mt.L_SET, timing.latency(TR))
         else:
@@ -254,7 +254,7 @@ class _Run:
         while True:
             try:
                 outcome, i = replay_slice(eng.pinned.arena, eng.state, *cols, arrivals, i, self.table.rows,
-                                          self.table.life, self.table.count, POOL, self.max_value, eng.size_split,
+                                          self.table.count, POOL, self.max_value, eng.size_split,
                                           self.opt.strict, self.rc, self.keybuf, self.warm)
             except (fl.DeviceFault, TierwiseError) as e:
                 eng._fault(e)
