@@ -32,9 +32,11 @@ SMALL_ITEM = 2048  # a tiered cache's Nemo holds items of up to this many data b
 ITEM_HEADER_MAX = items.header_size(1, 1)
 
 
-def zone_bytes_for(flash_bytes: int, dram_bytes: int) -> int:
+def zone_bytes_for(flash_bytes: int, dram_bytes: int, buffers: int = 3, min_zones: int = 16) -> int:
+    """The largest zone (1..256 MiB, a power of two) whose `buffers` fit the DRAM budget (Nemo: 2 buffered SGs of
+    a zone each, and room for the index) and that leaves at least `min_zones` zones."""
     zone = 256 << 20
-    while zone > 1 << 20 and (3 * zone > dram_bytes or flash_bytes // zone < 16):
+    while zone > 1 << 20 and (buffers * zone > dram_bytes or flash_bytes // zone < min_zones):
         zone //= 2
     return zone
 
@@ -211,7 +213,9 @@ def open_cache(device: str, *, flash_bytes: int | None = None, zone_bytes: int |
     if not existing and not spec.startswith("zbd:"):
         if flash_bytes is None:
             raise TierwiseError(f"{device} is a new device: give its size (--flash-size, e.g. 4G)")
-        zone = zone_bytes or zone_bytes_for(flash_bytes, dram_bytes or 3 * (64 << 20))
+        # tiered: the block log buffers its open zone and the one it evicts too, and needs zones of its own
+        shape = dict(buffers=5, min_zones=32) if engine == "tiered" else {}
+        zone = zone_bytes or zone_bytes_for(flash_bytes, dram_bytes or 3 * (64 << 20), **shape)
         geometry = dict(flash_bytes=flash_bytes, zone_size=zone)
     jdir = Path(journal_dir) if journal_dir else folder / "server-journal" if folder is not None else None
     opener = _Opener(spec, folder, geometry, max_value, jdir, sync, sync_interval_ms / 1000,
