@@ -278,6 +278,9 @@ def replay_figures(engine: str, result: Any) -> dict[str, Any]:
                "expired objects served": result.counters["expired_served"],
                "expired misses (%)": _share(s["counters"].get("expired_misses", 0), s["counters"].get("gets", 0)),
                "expired dropped (B)": s["counters"].get("expired_dropped_bytes", 0)}
+    for tier, t in (s.get("tiers") or {}).items():  # a two-tier cache
+        figures[f"{tier} tier: miss (%)"] = t["miss_ratio"]
+        figures[f"{tier} tier: ALWA"] = t["alwa"]
     for kind in ("get", "set"):
         lat = s["latency"][kind]
         figures[f"{kind} latency p50/p99/p99.9/p99.99 (us)"] = " / ".join(
