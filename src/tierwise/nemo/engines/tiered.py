@@ -118,6 +118,11 @@ class TieredEngine(Engine):
                 raise TierwiseError(f"bad option for engine 'tiered': {name} (its own: small, small_zones, threshold; "
                                     "a tier's: small.NAME or large.NAME)")
             opts[tier][option] = value
+        if small == "nemo" and "filter_budget" not in opts["small"]:
+            # every get of a key the block log lacks asks Nemo: with half of its PBFG offsets cached (Nemo's default)
+            # half of those fetch an index page (CloudPhysics: 0.48 per get, +30 % bytes read); the small tier is a
+            # small share of the device, so caching all of them is cheap (+28 bits per object there)
+            opts["small"].setdefault("pbfg_cache_ratio", 1.0)
         n = device.num_zones
         small_zones = max(16, round(0.1 * n)) if small_zones is None else small_zones
         if not 0 < small_zones <= n - 2:
