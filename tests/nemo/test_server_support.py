@@ -26,6 +26,7 @@ class DictEngine:
         v = self.d.get(key)
         if v is not None and 0 < self.expiry[key] <= self.clock:
             v = None
+            self.metrics.count("expired_misses")
         self.metrics.get(v is not None)
         return v
 

@@ -31,7 +31,7 @@ import numpy as np
 from numba import njit
 
 from tierwise.common.errors import TierwiseError
-from tierwise.nemo.native import copy_bytes, unref
+from tierwise.nemo.native import copy_bytes, get_uint, put_uint, unref
 from tierwise.nemo.native import crc32c as native_crc32c
 
 PAGE_SIZE = 4096
@@ -111,15 +111,10 @@ def obj_value_span(page, pos):
     return start, n, flags
 
 
-@njit(cache=True, inline="always")
-def _u32(page, pos):
-    return _u16(page, pos) | (_u16(page, pos + 2) << 16)
-
-
 @njit(cache=True)
 def span_expired(page, start, flags, now) -> bool:
     """Is the object whose value span `obj_value_span` gave (start, _, flags) expired at time `now`?"""
-    return flags & FLAG_EXPIRES != 0 and _u32(page, start - EXPIRY_BYTES) <= now
+    return flags & FLAG_EXPIRES != 0 and get_uint(page, start - EXPIRY_BYTES, EXPIRY_BYTES) <= now
 
 
 @njit(cache=True)
@@ -127,7 +122,13 @@ def obj_expiry_at(page, pos) -> int:
     """The expiry of the object at `pos` (0: none)."""
     if not page[pos + 1] & FLAG_EXPIRES:
         return 0
-    return _u32(page, pos + OBJ_HEADER + np.int64(page[pos]))
+    return get_uint(page, pos + OBJ_HEADER + np.int64(page[pos]), EXPIRY_BYTES)
+
+
+@njit(cache=True)
+def obj_kv_size(page, pos) -> int:
+    """Key + value bytes of the object at `pos` (without its header and expiry)."""
+    return obj_size_at(page, pos) - OBJ_HEADER - (EXPIRY_BYTES if page[pos + 1] & FLAG_EXPIRES else 0)
 
 
 @njit(cache=True)
@@ -196,9 +197,7 @@ def page_append(page, key, value, flags, expiry) -> bool:
     copy_bytes(page, pos + OBJ_HEADER, key, 0, klen)
     at = pos + OBJ_HEADER + klen
     if expiry:
-        e = np.int64(expiry)
-        _put_u16(page, at, e & 0xFFFF)
-        _put_u16(page, at + 2, (e >> 16) & 0xFFFF)
+        put_uint(page, at, expiry, EXPIRY_BYTES)
         at += EXPIRY_BYTES
     copy_bytes(page, at, value, 0, vlen)
     _put_u16(page, 12, _u16(page, 12) + 1)
@@ -271,7 +270,7 @@ def page_drop_expired(page, now):
             pos += obj_size_at(page, pos)
             continue
         n += 1
-        nbytes += obj_size_at(page, pos) - OBJ_HEADER - EXPIRY_BYTES
+        nbytes += obj_kv_size(page, pos)
         if page[pos + 1] & FLAG_SHADOWS:
             page_to_tombstone(page, pos)
             pos += obj_size_at(page, pos)

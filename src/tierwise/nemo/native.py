@@ -325,6 +325,22 @@ def copy_bytes(dst, dst_start, src, src_start, n) -> None:
     _memmove(dst, dst_start, src, src_start, n)
 
 
+@njit(cache=True, inline="always")
+def get_uint(buf, at, n):
+    """The little-endian unsigned integer in buf[at:at + n] (n <= 8), as an int64."""
+    v = np.int64(0)
+    for i in range(n):
+        v |= np.int64(buf[at + i]) << (8 * i)
+    return v
+
+
+@njit(cache=True, inline="always")
+def put_uint(buf, at, v, n) -> None:
+    """Store v as n little-endian bytes at buf[at]."""
+    for i in range(n):
+        buf[at + i] = (np.int64(v) >> (8 * i)) & 0xFF
+
+
 def unref(fn):
     """`njit(cache=True)` without reference counting, for hot compiled functions that neither allocate arrays nor
     get new ones from their callees (views of their arguments are fine). Numba otherwise wraps every array a

@@ -41,7 +41,7 @@ from tierwise.nemo.engines.base import Engine, register_compiled
 from tierwise.nemo.engines.paged import (LIVE, index_capacity, index_nbytes, ix_lookup, ix_insert, ix_remove,
                                          key_tag, new_log_index, ring_pop, ring_push)
 from tierwise.nemo.layout import MAX_KEY, PAGE_SIZE
-from tierwise.nemo.native import copy_bytes, crc32c, internal, ref_of
+from tierwise.nemo.native import copy_bytes, crc32c, get_uint, internal, put_uint, ref_of
 
 HEADER = 24
 MAGIC = 0xB10C
@@ -63,17 +63,6 @@ ZONE, WP, POS, FREE_AT, FREE_N, LIVE_AT, LIVE_N, SEQ, P_KV, P_META, P_OBJECTS, P
 TOMBSTONE = 1
 
 
-@internal(inline=True)
-def _u32(b, at):
-    return np.int64(b[at]) | np.int64(b[at + 1]) << 8 | np.int64(b[at + 2]) << 16 | np.int64(b[at + 3]) << 24
-
-
-@internal(inline=True)
-def _put(b, at, v, n):
-    for i in range(n):
-        b[at + i] = (v >> (8 * i)) & 0xFF
-
-
 @njit(cache=True, inline="always")
 def record_length(klen, vlen):
     return (HEADER + klen + vlen + 7) & ~7
@@ -82,6 +71,17 @@ def record_length(klen, vlen):
 @internal(inline=True)
 def _page_end(pos):
     return (pos + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+
+
+@internal(inline=True)
+def _next_record(data, pos, n):
+    """(start, length) of the first record at or after `pos` in data[:n] (zeros up to a page boundary are
+    padding), or (n, 0) when none is left. The length is the header's word: the caller checks it fits."""
+    while pos + HEADER <= n:
+        if get_uint(data, pos + 14, 2) == MAGIC:
+            return pos, record_length(np.int64(data[pos + 12]), get_uint(data, pos + 4, 4))
+        pos = _page_end(pos + 1)
+    return n, 0
 
 
 @internal
@@ -97,40 +97,42 @@ def _record(P, loc):
 
 
 @internal
-def get(P, key):
+def find(P, key):
+    """(indexed, hit, buffer, value start, value length): a get that, when the index has no entry for the key
+    (DRAM only), stops there and records nothing (a two-tier cache then asks its small tier)."""
     m = P.m
     tag = key_tag(key)
     b = np.int64(tag & np.uint64(P.bucket_mask))
     loc = ix_lookup(P.ix, b, tag)
     if loc < 0:
-        mt.record_get(m, False, 0, 0, PAGE_SIZE)
-        return False, P.buf, 0, 0
+        return False, False, P.buf, 0, 0
     rec, pages = _record(P, loc)
-    klen, vlen = np.int64(rec[12]), _u32(rec, 4)
+    klen, vlen = np.int64(rec[12]), get_uint(rec, 4, 4)
     end = HEADER + klen + vlen
-    if rec[14] | np.int64(rec[15]) << 8 != MAGIC or end > rec.shape[0] or _u32(rec, 0) != crc32c(rec[4:end]):
+    if get_uint(rec, 14, 2) != MAGIC or end > rec.shape[0] or get_uint(rec, 0, 4) != crc32c(rec[4:end]):
         m.counters[mt.C_CORRUPT_PAGES] += 1  # damaged on flash: forget it rather than serve it
         ix_remove(P.ix, b, tag, loc)
         mt.record_get(m, False, pages, 0, PAGE_SIZE)
-        return False, rec, 0, 0
+        return True, False, rec, 0, 0
     same = klen == key.shape[0]
     i = 0
     while same and i < klen:
         same = rec[HEADER + i] == key[i]
         i += 1
-    expiry = _u32(rec, 8)
+    expiry = get_uint(rec, 8, 4)
     hit = same and not 0 < expiry <= m.clock[0]
     if same and not hit:
         m.counters[mt.C_EXPIRED_MISSES] += 1
     mt.record_get(m, hit, pages, 0, PAGE_SIZE)
-    return hit, rec, HEADER + klen, vlen if hit else 0
+    return True, hit, rec, HEADER + klen, vlen if hit else 0
 
 
 @internal
-def holds(P, key):
-    """Does the index have an entry for `key`'s tag (DRAM only: a two-tier cache's first question)?"""
-    tag = key_tag(key)
-    return ix_lookup(P.ix, np.int64(tag & np.uint64(P.bucket_mask)), tag) >= 0
+def get(P, key):
+    indexed, hit, buf, start, n = find(P, key)
+    if not indexed:
+        mt.record_get(P.m, False, 0, 0, PAGE_SIZE)
+    return hit, buf, start, n
 
 
 @internal
@@ -143,15 +145,15 @@ def _append(P, key, value, expiry, flags):
         _seal(P)
     at = st[POS]
     r = P.buf
-    _put(r, at + 4, vlen, 4)
-    _put(r, at + 8, expiry, 4)
+    put_uint(r, at + 4, vlen, 4)
+    put_uint(r, at + 8, expiry, 4)
     r[at + 12] = klen
     r[at + 13] = flags
-    _put(r, at + 14, MAGIC, 2)
-    _put(r, at + 16, st[SEQ], 8)
+    put_uint(r, at + 14, MAGIC, 2)
+    put_uint(r, at + 16, st[SEQ], 8)
     copy_bytes(r, at + HEADER, key, 0, klen)
     copy_bytes(r, at + HEADER + klen, value, 0, vlen)
-    _put(r, at, crc32c(r[at + 4:at + HEADER + klen + vlen]), 4)
+    put_uint(r, at, crc32c(r[at + 4:at + HEADER + klen + vlen]), 4)
     st[SEQ] += 1
     st[POS] = at + n
     if flags & TOMBSTONE:
@@ -176,13 +178,18 @@ def set_(P, key, value, expiry):
 
 
 @internal
-def delete(P, key):
-    """Unlink the key's record; a tombstone record keeps recovery from bringing it back."""
-    P.m.counters[mt.C_DELETES] += 1
+def unlink(P, key):
+    """Drop the key's index entry, if any, with a tombstone record so recovery never brings it back."""
     tag = key_tag(key)
     if ix_remove(P.ix, np.int64(tag & np.uint64(P.bucket_mask)), tag, -1):
         P.m.counters[mt.C_TOMBSTONES] += 1
         _append(P, key, key[:0], 0, TOMBSTONE)
+
+
+@internal
+def delete(P, key):
+    P.m.counters[mt.C_DELETES] += 1
+    unlink(P, key)
 
 
 @internal
@@ -252,20 +259,13 @@ def _evict_oldest(P):
     if n:
         fl.read_into(F, victim, 0, ev[:n], False)
         c[mt.C_READ_LOG] += n
-    pos = 0
-    while pos + HEADER <= n:
-        if ev[pos + 14] | np.int64(ev[pos + 15]) << 8 != MAGIC:
-            pos = _page_end(pos + 1)  # padding up to a page boundary (or the zone's end)
-            continue
-        klen = np.int64(ev[pos + 12])
-        size = record_length(klen, _u32(ev, pos + 4))
-        if pos + size > n:
-            break  # damaged: its records are forgotten with the zone
-        tag = key_tag(ev[pos + HEADER:pos + HEADER + klen])
+    pos, size = _next_record(ev, 0, n)
+    while size and pos + size <= n:  # (a damaged length ends the walk: the rest is forgotten with the zone)
+        tag = key_tag(ev[pos + HEADER:pos + HEADER + np.int64(ev[pos + 12])])
         loc = ((victim * F.zone_cap + pos) >> 3) << _LEN_BITS | size >> 3
         if ix_remove(P.ix, np.int64(tag & np.uint64(P.bucket_mask)), tag, loc):
             c[mt.C_EVICTED_OBJECTS] += 1
-        pos += size
+        pos, size = _next_record(ev, pos + size, n)
     fl.reset(F, victim)
     ring_push(P.free, st, FREE_AT, FREE_N, victim)
 
@@ -280,26 +280,19 @@ def scan_zone(data, zone, zone_cap, seqs, tags, locs, kinds):
     """The records of one zone's bytes, in order, up to the first damaged one: (records, intact). Record i:
     seqs[i], tags[i] (the key's), locs[i] (its index entry), kinds[i] (its flags)."""
     n = data.shape[0]
-    pos = 0
     k = 0
-    while pos + HEADER <= n:
-        if data[pos + 14] | np.int64(data[pos + 15]) << 8 != MAGIC:
-            pos = _page_end(pos + 1)
-            continue
-        klen, vlen = np.int64(data[pos + 12]), _u32(data, pos + 4)
-        end = pos + HEADER + klen + vlen
-        size = record_length(klen, vlen)
-        if klen == 0 or pos + size > n or _u32(data, pos) != crc32c(data[pos + 4:end]):
+    pos, size = _next_record(data, 0, n)
+    while size:
+        klen = np.int64(data[pos + 12])
+        end = pos + HEADER + klen + get_uint(data, pos + 4, 4)
+        if klen == 0 or pos + size > n or get_uint(data, pos, 4) != crc32c(data[pos + 4:end]):
             return k, False
-        seq = np.int64(0)
-        for b in range(8):
-            seq |= np.int64(data[pos + 16 + b]) << (8 * b)
-        seqs[k] = seq
+        seqs[k] = get_uint(data, pos + 16, 8)
         tags[k] = key_tag(data[pos + HEADER:pos + HEADER + klen])
         locs[k] = ((zone * zone_cap + pos) >> 3) << _LEN_BITS | size >> 3
         kinds[k] = data[pos + 13]
         k += 1
-        pos += size
+        pos, size = _next_record(data, pos + size, n)
     return k, True
 
 

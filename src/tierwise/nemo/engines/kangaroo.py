@@ -153,8 +153,7 @@ def put_taken(P, S, n, page):
             pos = layout.page_find(page, key)
             if pos >= 0:
                 layout.page_remove(page, pos)
-            P.m.counters[mt.C_EXPIRED_DROPPED_OBJECTS] += 1
-            P.m.counters[mt.C_EXPIRED_DROPPED_BYTES] += key.shape[0] + value.shape[0] - layout.EXPIRY_BYTES
+            mt.record_expired(P.m, (1, key.shape[0] + value.shape[0] - layout.EXPIRY_BYTES))
             continue
         added += set_put(S, page, key, value, flags, 0, np.int64(P.taken_hits[i]))
     return added
@@ -281,8 +280,7 @@ def _evicted_expired(P, i):
     pos = loc & POS_MASK
     if not layout.obj_expired(page, pos, P.m.clock[0]):
         return False
-    P.m.counters[mt.C_EXPIRED_DROPPED_OBJECTS] += 1
-    P.m.counters[mt.C_EXPIRED_DROPPED_BYTES] += layout.obj_size_at(page, pos) - OBJ_HEADER - layout.EXPIRY_BYTES
+    mt.record_expired(P.m, (1, layout.obj_kv_size(page, pos)))
     return True
 
 

@@ -33,7 +33,7 @@ from tierwise.nemo import metrics as mt
 from tierwise.nemo.device import flash as fl
 from tierwise.nemo.hashing import DEFAULT_SEED
 from tierwise.nemo.layout import FLAG_WRITEBACK, OBJ_HEADER, PAGE_HEADER, PAGE_SIZE, PAYLOAD
-from tierwise.nemo.native import compiled_only, copy_bytes, internal, lazy_zeros, xxh3_128
+from tierwise.nemo.native import compiled_only, copy_bytes, internal, lazy_zeros, put_uint, xxh3_128
 
 MAX_OBJECTS_PER_PAGE = PAYLOAD // (OBJ_HEADER + 1)  # 1-byte keys, empty values
 POS_BITS = 12  # an index entry locates the object itself: page id << 12 | byte position in the page
@@ -482,9 +482,7 @@ def log_insert(P, L, tag, key, value, expiry):
     at = _stack_entry(L, tag, layout.FLAG_EXPIRES if expiry else 0, klen, vlen + extra)
     copy_bytes(L.stack, at, key, 0, klen)
     if expiry:  # the value field as a page stores it: the expiry first
-        e = np.int64(expiry)
-        for b in range(layout.EXPIRY_BYTES):
-            L.stack[at + klen + b] = (e >> (8 * b)) & 0xFF
+        put_uint(L.stack, at + klen, expiry, extra)
     copy_bytes(L.stack, at + klen + extra, value, 0, vlen)
     _drain(P, L)
 

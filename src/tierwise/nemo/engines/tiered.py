@@ -30,7 +30,7 @@ from tierwise.nemo.device import flash as fl
 from tierwise.nemo.device.window import ZonePrefix
 from tierwise.nemo.engines import make_engine, register_engine
 from tierwise.nemo.engines.base import Engine, engine_delete, engine_flush, engine_get, engine_set, register_compiled
-from tierwise.nemo.engines.block import BlockEngine, holds
+from tierwise.nemo.engines.block import BlockEngine, find, unlink
 from tierwise.nemo.native import internal
 
 TieredState = namedtuple("TieredState", ["dev", "m", "small", "large", "cfg"])  # cfg: int64[1], THRESHOLD
@@ -52,8 +52,9 @@ def _large_end(P, before):
 
 @internal
 def get(P, key):
-    if holds(P.large, key):
-        return engine_get(P.large, key)
+    indexed, hit, buf, start, n = find(P.large, key)
+    if indexed:
+        return hit, buf, start, n
     return engine_get(P.small, key)
 
 
@@ -65,14 +66,17 @@ def set_(P, key, value, expiry):
         ok = engine_set(P.large, key, value, expiry)
         _large_end(P, before)
         return ok
-    if holds(P.large, key):
-        engine_delete(P.large, key)
+    before = _large_begin(P)
+    unlink(P.large, key)  # its tombstone may seal a zone of the large tier
+    _large_end(P, before)
     return engine_set(P.small, key, value, expiry)
 
 
 @internal
 def delete(P, key):
+    before = _large_begin(P)
     engine_delete(P.large, key)
+    _large_end(P, before)
     engine_delete(P.small, key)
 
 

@@ -208,18 +208,15 @@ class CommandHandler:
         return Item(flags, exptime, cas, blob[start:])
 
     def _visible(self, blob: bytes) -> tuple[int, int, int, int] | None:
-        """The item header (`items.header`) of a stored value a client may see now, else None: flushed, expired, or
-        a value some other tool wrote with the engine (not an item this server can serve)."""
+        """The item header (`items.header`) of a stored value a client may see now, else None: flushed, or a value
+        some other tool wrote with the engine (not an item this server can serve). Expired items never get here: the
+        engine holds each item's exptime as its expiry, on a clock `begin_batch` keeps at unix time."""
         try:
             head = items.header(blob)
         except TierwiseError:
             return None
         if head[2] < self.flush_threshold:
             self.counters["get_flushed"] += 1
-            return None
-        exptime = head[1]
-        if exptime and exptime <= self.now:  # 0 = never expires
-            self.counters["get_expired"] += 1
             return None
         return head
 
@@ -507,8 +504,8 @@ class CommandHandler:
             ("rusage_user", f"{usage.ru_utime:.6f}"), ("rusage_system", f"{usage.ru_stime:.6f}"), ("threads", 1),
         ]
         stats += sorted(self.connection_stats.items())
-        expired = int(self.engine.metrics.arrays.counters[mt.C_EXPIRED_MISSES])  # the engine saw them first
-        stats += [(k, v + expired if k == "get_expired" else v) for k, v in c.items()]
+        expired = int(self.engine.metrics.arrays.counters[mt.C_EXPIRED_MISSES])  # the engine expires items
+        stats += [(k, expired if k == "get_expired" else v) for k, v in c.items()]
         # memcached's listener never pauses here (one connection over --max-conns is told so and closed) and no
         # connection yields mid-batch; exporters read these
         stats += [("accepting_conns", 1), ("listen_disabled_num", 0), ("conn_yields", 0)]

@@ -37,9 +37,9 @@ from tierwise.nemo.engines.nemo.setgroup import (buffered_objects, buffers_find,
                                                  buffers_value, rotate, sacrifice, set_filters)
 from tierwise.nemo.hashing import key_hash_into, set_offset
 from tierwise.nemo.index.bloom import filter_add
-from tierwise.nemo.layout import (EXPIRY_BYTES, FLAG_SHADOWS, FLAG_TOMBSTONE, FLAG_WRITEBACK, OBJ_HEADER, PAGE_HEADER,
+from tierwise.nemo.layout import (FLAG_SHADOWS, FLAG_TOMBSTONE, FLAG_WRITEBACK, OBJ_HEADER, PAGE_HEADER,
                                   PAGE_SIZE, PAYLOAD, T_TOMBSTONE, T_USED, T_USER_HEADERS, T_USER_KV, T_USER_OBJECTS,
-                                  T_WRITEBACK, T_WRITEBACK_OBJECTS, obj_expired, obj_flags_at, obj_size_at,
+                                  T_WRITEBACK, T_WRITEBACK_OBJECTS, obj_expired, obj_flags_at, obj_kv_size, obj_size_at,
                                   obj_value_span, page_copy_object, page_crc_valid, page_drop_expired, page_find,
                                   page_free, page_index_of, page_positions, page_rotate_to_front, page_tally_into,
                                   page_used, seal_pages, span_expired, stored_size)
@@ -387,8 +387,7 @@ def write_back(P, v):
                 if obj_flags_at(page, pos) & FLAG_TOMBSTONE or obj_size_at(page, pos) > page_free(dst):
                     continue
                 if obj_expired(page, pos, m.clock[0]):
-                    m.counters[mt.C_EXPIRED_DROPPED_OBJECTS] += 1
-                    m.counters[mt.C_EXPIRED_DROPPED_BYTES] += obj_size_at(page, pos) - OBJ_HEADER - EXPIRY_BYTES
+                    record_expired(m, (1, obj_kv_size(page, pos)))
                     continue
                 key = page[pos + OBJ_HEADER:pos + OBJ_HEADER + np.int64(page[pos])]
                 _hash(P, key, sc.wb_pos)
